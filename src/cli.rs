@@ -1,0 +1,201 @@
+//! Command-line flags, and their checked form.
+//!
+//! Parsing happens in two steps, as in ripgrep: clap fills [`Cli`], then
+//! [`ExecArgs::plan`] loads and checks the inventory and builds the
+//! [`Plan`] before any host is contacted. Every error up to there is a
+//! usage error (exit status 2) and nothing has touched the network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+
+use crate::fleet::{PtyMode, RunSpec};
+use crate::inventory::{Host, Inventory, InventoryError};
+use crate::report::OutputMode;
+use crate::session::{HostKeyChecking, SshOptions};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0    every host ran the command and it exited 0
+  1    the command exited non-zero (or was killed) on some host
+  2    usage or inventory error; no host was contacted
+  3    some host was unreachable, refused authentication or timed out
+  130  interrupted (Ctrl-C)";
+
+/// Runs commands on many hosts over SSH, with nothing to install on them.
+#[derive(Debug, Parser)]
+#[command(name = "pushrun", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// pushrun's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command on every selected host.
+    #[command(after_help = EXIT_CODES)]
+    Exec(ExecArgs),
+    /// List the selected hosts and their settings, contacting none.
+    Hosts(SelectArgs),
+}
+
+/// Which hosts.
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Inventory file (hosts.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
+    /// Hosts to use, as a comma list with ranges (`node[01-10],db1`), like pdsh/clush -w.
+    /// With --hosts, selects these hosts from the inventory.
+    #[arg(short = 'w', value_name = "LIST")]
+    pub wlist: Vec<String>,
+    /// Select hosts: names, ranges, globs, @group, !exclusion, comma lists.
+    #[arg(long, short = 'l', value_name = "PATTERN")]
+    pub limit: Vec<String>,
+}
+
+/// Flags of `pushrun exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Which hosts.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How many hosts at once.
+    #[arg(long, short = 'f', default_value_t = 64, value_name = "N")]
+    pub forks: usize,
+    /// ssh configuration file (ssh -F).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Seconds to wait for a host to answer.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+    /// Seconds a command may run; then it is killed on the host. Default: no limit.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+    /// Host key policy. Default: what ssh_config says (never a prompt).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub host_key_checking: Option<HostKeyChecking>,
+    /// Run with a pseudo terminal: `--pty` (fail where refused) or `--pty auto` (fall back).
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "yes", default_value = "no")]
+    pub pty: PtyMode,
+    /// Gather identical outputs under one folded host list (like clush -b / dshbak -c).
+    #[arg(long, short = 'b', conflicts_with = "json")]
+    pub gather: bool,
+    /// One JSON object per event on stdout, and a final summary object.
+    #[arg(long)]
+    pub json: bool,
+    /// The command, after `--`; run by the login shell on each host.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// A run, checked and ready.
+#[derive(Debug)]
+pub struct Plan {
+    /// The selected hosts, in inventory order.
+    pub hosts: Vec<Host>,
+    /// What to do on each.
+    pub spec: RunSpec,
+    /// How to show it.
+    pub output: OutputMode,
+}
+
+/// A mistake in the flags or the inventory: exit status 2.
+#[derive(Debug, Error)]
+pub enum UsageError {
+    /// The inventory is broken.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// The flags are.
+    #[error("{0}")]
+    Flags(String),
+}
+
+impl SelectArgs {
+    /// Loads the inventory and applies the selection.
+    pub fn select(&self) -> Result<Vec<Host>, UsageError> {
+        let default = PathBuf::from("hosts.yaml");
+        let (inventory, mut patterns) = match (&self.hosts, self.wlist.is_empty()) {
+            (Some(path), _) => (Inventory::load(path)?, self.wlist.clone()),
+            (None, false) => (Inventory::ad_hoc(&self.wlist.join(","))?, Vec::new()),
+            (None, true) if default.exists() => (Inventory::load(&default)?, Vec::new()),
+            (None, true) => {
+                return Err(UsageError::Flags(
+                    "no hosts: give --hosts FILE or -w LIST (no hosts.yaml in this directory)".into(),
+                ));
+            }
+        };
+        patterns.extend(self.limit.iter().cloned());
+        Ok(inventory.select(&patterns)?)
+    }
+}
+
+impl ExecArgs {
+    /// Checks everything and builds the plan.
+    pub fn plan(&self) -> Result<Plan, UsageError> {
+        if self.command.is_empty() {
+            return Err(UsageError::Flags("no command: give one after `--`, e.g. pushrun exec --hosts hosts.yaml -- uptime".into()));
+        }
+        if self.forks == 0 {
+            return Err(UsageError::Flags("--forks must be at least 1".into()));
+        }
+        if let Some(cfg) = &self.ssh_config
+            && !cfg.is_file()
+        {
+            return Err(UsageError::Flags(format!("{}: ssh config file not found", cfg.display())));
+        }
+        let hosts = self.select.select()?;
+        let output = match (self.gather, self.json) {
+            (_, true) => OutputMode::Json,
+            (true, false) => OutputMode::Gather,
+            _ => OutputMode::Lines,
+        };
+        let spec = RunSpec {
+            command: self.command.join(" "),
+            timeout: self.timeout,
+            pty: self.pty,
+            ssh: SshOptions {
+                config_file: self.ssh_config.clone(),
+                connect_timeout: self.connect_timeout,
+                host_key_checking: self.host_key_checking,
+            },
+            forks: self.forks,
+        };
+        Ok(Plan { hosts, spec, output })
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("`{s}`: seconds must be more than 0"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_accept_fractions_and_refuse_nonsense() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("ten").is_err());
+    }
+
+    #[test]
+    fn pty_flag_alone_means_yes() {
+        let cli = Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "--", "true"]).unwrap();
+        let Command::Exec(a) = cli.command else { panic!("not exec") };
+        assert_eq!(a.pty, PtyMode::Yes);
+        let cli = Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "auto", "--", "true"]).unwrap();
+        let Command::Exec(a) = cli.command else { panic!("not exec") };
+        assert_eq!(a.pty, PtyMode::Auto);
+        assert_eq!(a.command, vec!["true".to_string()]);
+    }
+}

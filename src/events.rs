@@ -1,0 +1,118 @@
+//! What happens to a host during a run, as data.
+//!
+//! Host tasks never print: they send [`Event`]s on one channel, and the
+//! reporter alone turns them into terminal lines, JSON or files. This keeps
+//! output of different hosts from interleaving and lets every output mode
+//! see exactly the same run.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Index of a host in the run's selection (the order of the inventory).
+pub type HostId = usize;
+
+/// Which of the remote command's streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// The command's standard output.
+    Stdout,
+    /// The command's standard error.
+    Stderr,
+}
+
+/// How a host's part of the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The command ran and exited 0.
+    Ok,
+    /// The command ran and exited non-zero (or was killed by a signal).
+    Failed,
+    /// The command ran longer than `--timeout` and was killed.
+    TimedOut,
+    /// No working connection: refused, timed out, authentication or host key failure.
+    Unreachable,
+    /// The run was interrupted (Ctrl-C) before this host finished.
+    Cancelled,
+}
+
+impl Status {
+    /// The word used for this status in summaries.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed out",
+            Status::Unreachable => "unreachable",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Time spent in each phase of one host's run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    /// Opening the master connection.
+    #[serde(serialize_with = "as_millis")]
+    pub connect: Duration,
+    /// Running the command.
+    #[serde(serialize_with = "as_millis")]
+    pub run: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// The end of one host's part of the run.
+#[derive(Debug, Clone)]
+pub struct HostOutcome {
+    /// How it ended.
+    pub status: Status,
+    /// The command's exit code, when it ran to an end.
+    pub exit_code: Option<i32>,
+    /// Why, for anything but a clean exit: "connection refused", "killed after 5s timeout", ...
+    pub reason: Option<String>,
+    /// Things worth knowing that did not fail the host (e.g. a PTY fallback).
+    pub notes: Vec<String>,
+    /// Time per phase.
+    pub timings: Timings,
+}
+
+impl HostOutcome {
+    /// An outcome with no exit code, for hosts that never ran the command.
+    pub fn without_exit(status: Status, reason: impl Into<String>, timings: Timings) -> Self {
+        HostOutcome {
+            status,
+            exit_code: None,
+            reason: Some(reason.into()),
+            notes: Vec::new(),
+            timings,
+        }
+    }
+}
+
+/// One thing that happened to one host.
+#[derive(Debug)]
+pub enum Event {
+    /// The host's task started connecting (it got one of the `--forks` slots).
+    Connecting(HostId),
+    /// The master connection is up.
+    Connected(HostId),
+    /// One line of output, without its line end. `complete` is false for a
+    /// last line that had no newline, or a very long line cut into pieces.
+    Output {
+        /// Which host.
+        host: HostId,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes, exactly as the host sent them (minus the newline).
+        line: Vec<u8>,
+        /// Whether a newline ended this piece.
+        complete: bool,
+    },
+    /// The host is done, one way or another.
+    Finished(HostId, HostOutcome),
+}

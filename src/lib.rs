@@ -1,0 +1,15 @@
+//! pushrun: run commands and payloads on many Linux hosts over SSH, with
+//! nothing installed on them but sshd, a POSIX shell and coreutils.
+//!
+//! The pipeline: [`inventory`] selects hosts, [`cli`] turns flags into a
+//! checked plan, [`fleet`] runs one task per host over a [`session`], host
+//! tasks send [`events`], and [`report`] alone writes what the user sees.
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+
+pub mod cli;
+pub mod events;
+pub mod fleet;
+pub mod hostlist;
+pub mod inventory;
+pub mod report;
+pub mod session;

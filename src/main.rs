@@ -1,0 +1,130 @@
+//! The `pushrun` command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::{mpsc, watch};
+
+use pushrun::cli::{Cli, Command, ExecArgs, SelectArgs};
+use pushrun::report::Reporter;
+use pushrun::session::{ControlDir, HostKeyChecking};
+use pushrun::{fleet, hostlist};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Exec(args) => exec(args),
+        Command::Hosts(args) => list_hosts(&args),
+    };
+    ExitCode::from(code)
+}
+
+fn fail(message: impl std::fmt::Display, code: u8) -> u8 {
+    eprintln!("pushrun: {message}");
+    code
+}
+
+fn list_hosts(args: &SelectArgs) -> u8 {
+    let hosts = match args.select() {
+        Ok(h) => h,
+        Err(e) => return fail(e, 2),
+    };
+    for h in &hosts {
+        let s = &h.settings;
+        let mut line = h.name.clone();
+        if h.address() != h.name {
+            line.push_str(&format!(" address={}", h.address()));
+        }
+        if let Some(u) = &s.user {
+            line.push_str(&format!(" user={u}"));
+        }
+        if let Some(p) = s.port {
+            line.push_str(&format!(" port={p}"));
+        }
+        if !h.groups.is_empty() {
+            line.push_str(&format!(" groups={}", h.groups.join(",")));
+        }
+        println!("{line}");
+    }
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    eprintln!("pushrun: {} hosts: {}", names.len(), hostlist::fold(&names));
+    0
+}
+
+fn exec(args: ExecArgs) -> u8 {
+    let plan = match args.plan() {
+        Ok(p) => p,
+        Err(e) => return fail(e, 2),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start: {e}"), 2),
+    };
+    let dir = match ControlDir::create() {
+        Ok(d) => Arc::new(d),
+        Err(e) => return fail(format!("cannot create a control directory: {e}"), 2),
+    };
+    if plan.spec.ssh.host_key_checking == Some(HostKeyChecking::Off) {
+        eprintln!("pushrun: warning: host key checking is off: connections can be intercepted unnoticed");
+    }
+    let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+    let mut reporter = Reporter::new(plan.output, names);
+    let hosts = Arc::new(plan.hosts);
+    let spec = Arc::new(plan.spec);
+
+    let code = runtime.block_on(async move {
+        let (cancel_tx, mut cancel_rx) = watch::channel(false);
+        let signal_dir = dir.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            let _ = cancel_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                // A second Ctrl-C: quit now. Masters die with us (PDEATHSIG).
+                signal_dir.remove();
+                std::process::exit(130);
+            }
+            std::future::pending::<()>().await;
+        });
+        let (tx, mut rx) = mpsc::channel(1024);
+        let run = tokio::spawn(fleet::run(hosts, spec, dir.clone(), tx, cancel_rx.clone()));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut watching = true;
+        let result: std::io::Result<()> = async {
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        let Some(ev) = ev else { break };
+                        reporter.handle(ev)?;
+                        while let Ok(ev) = rx.try_recv() {
+                            reporter.handle(ev)?;
+                        }
+                        reporter.flush()?;
+                    }
+                    _ = tick.tick() => reporter.flush()?,
+                    changed = cancel_rx.changed(), if watching => {
+                        watching = changed.is_ok();
+                        if *cancel_rx.borrow() {
+                            reporter.interrupted()?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let _ = run.await;
+        dir.remove();
+        match result.and_then(|()| reporter.finish()) {
+            Ok(summary) => summary.exit_status as u8,
+            // stdout closed (e.g. `| head`): the run itself is done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 1,
+            Err(e) => fail(format!("cannot write output: {e}"), 1),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}

@@ -1,0 +1,26 @@
+# pushrun exec wrapper: run one command on a host, and end every process it
+# started when the initiator goes away.
+#
+# Invoked as: exec sh -c "$(cat exec.sh)" pushrun-exec 'COMMAND'
+#
+# sshd makes every non-PTY session its own process group (it calls setsid()),
+# and the `exec` above makes this shell that group's leader, so $$ is the
+# group id. The initiator keeps our stdin open for as long as it wants the
+# command to live. When stdin closes (command timeout, Ctrl-C on the
+# initiator, the connection dropping, the initiator being killed), the
+# watcher below signals the whole group: TERM, then KILL after a grace period.
+pg=$$
+exec 3<&0
+(
+    trap '' TERM
+    while IFS= read -r _ <&3; do :; done
+    kill -TERM -"$pg" 2>/dev/null
+    sleep 2
+    kill -KILL -"$pg" 2>/dev/null
+) >/dev/null 2>&1 &
+watcher=$!
+exec 3<&-
+"${SHELL:-/bin/sh}" -c "$1" </dev/null
+rc=$?
+kill -KILL "$watcher" 2>/dev/null
+exit "$rc"

@@ -1,0 +1,12 @@
+# pushrun PTY wrapper: run one command only if the session really has a
+# terminal. ssh -tt goes on without one when the server refuses it
+# ("PTY allocation request failed"); then we must not run the command, so
+# that the initiator can report the refusal (or, with --pty auto, run it
+# again without a PTY) instead of running it twice or in the wrong mode.
+#
+# Invoked as: exec sh -c "$(cat pty.sh)" pushrun-pty 'COMMAND'
+if [ -t 0 ] && [ -t 1 ]; then
+    exec "${SHELL:-/bin/sh}" -c "$1"
+fi
+echo "pushrun: no pseudo terminal on this session" >&2
+exit 254

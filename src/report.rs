@@ -1,0 +1,369 @@
+//! Every byte pushrun writes to the terminal comes from here.
+//!
+//! The reporter consumes [`Event`]s in the order they arrive and renders
+//! them in one of three modes: live lines prefixed with the host name,
+//! gathered (identical outputs grouped under a folded host list, like
+//! `clush -b`), or JSON lines. Whole lines only, so hosts never interleave
+//! mid-line. A progress line is drawn on stderr when it is a terminal.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::events::{Event, HostId, HostOutcome, Status, Stream};
+use crate::hostlist;
+
+/// How output is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Live lines, `host: text` (stderr lines `host! text`, on stderr).
+    Lines,
+    /// Identical outputs grouped, shown once every host is done.
+    Gather,
+    /// One JSON object per event on stdout.
+    Json,
+}
+
+/// The run's totals, and the exit status they mean.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Hosts per status.
+    pub counts: BTreeMap<Status, usize>,
+    /// pushrun's exit status: 0 all ok, 1 a command failed, 3 a host
+    /// unreachable or timed out, 130 interrupted.
+    pub exit_status: i32,
+}
+
+/// Renders a run.
+pub struct Reporter {
+    mode: OutputMode,
+    names: Vec<String>,
+    width: usize,
+    out: io::BufWriter<io::Stdout>,
+    err: io::Stderr,
+    started: Instant,
+    outcomes: Vec<Option<HostOutcome>>,
+    gathered: Vec<Vec<(Stream, Vec<u8>, bool)>>,
+    in_flight: Vec<bool>,
+    progress: Option<Progress>,
+    interrupted: bool,
+}
+
+struct Progress {
+    drawn: bool,
+    last: Option<Instant>,
+}
+
+impl Reporter {
+    /// A reporter for hosts named `names` (in selection order).
+    pub fn new(mode: OutputMode, names: Vec<String>) -> Reporter {
+        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        let n = names.len();
+        let progress = io::stderr().is_terminal().then_some(Progress { drawn: false, last: None });
+        Reporter {
+            mode,
+            names,
+            width,
+            out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            err: io::stderr(),
+            started: Instant::now(),
+            outcomes: vec![None; n],
+            gathered: if mode == OutputMode::Gather { vec![Vec::new(); n] } else { Vec::new() },
+            in_flight: vec![false; n],
+            progress,
+            interrupted: false,
+        }
+    }
+
+    /// Takes one event.
+    pub fn handle(&mut self, event: Event) -> io::Result<()> {
+        match event {
+            Event::Connecting(id) => {
+                self.in_flight[id] = true;
+                if self.mode == OutputMode::Json {
+                    self.json(id, json!({"event": "connecting"}))?;
+                }
+            }
+            Event::Connected(id) => {
+                if self.mode == OutputMode::Json {
+                    self.json(id, json!({"event": "connected"}))?;
+                }
+            }
+            Event::Output { host, stream, line, complete } => self.output(host, stream, line, complete)?,
+            Event::Finished(id, outcome) => {
+                self.in_flight[id] = false;
+                if self.mode == OutputMode::Json {
+                    let o = &outcome;
+                    self.json(
+                        id,
+                        json!({
+                            "event": "end",
+                            "status": o.status,
+                            "exit_code": o.exit_code,
+                            "reason": o.reason,
+                            "notes": o.notes,
+                            "connect_ms": o.timings.connect.as_millis() as u64,
+                            "run_ms": o.timings.run.as_millis() as u64,
+                        }),
+                    )?;
+                }
+                self.outcomes[id] = Some(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    fn output(&mut self, id: HostId, stream: Stream, line: Vec<u8>, complete: bool) -> io::Result<()> {
+        match self.mode {
+            OutputMode::Gather => self.gathered[id].push((stream, line, complete)),
+            OutputMode::Json => {
+                let mut obj = json!({"event": "output", "stream": stream});
+                match String::from_utf8(line) {
+                    Ok(text) => obj["text"] = Value::String(text),
+                    Err(e) => {
+                        obj["data_b64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                    }
+                }
+                if !complete {
+                    obj["partial"] = Value::Bool(true);
+                }
+                self.json(id, obj)?;
+            }
+            OutputMode::Lines => {
+                self.clear_progress()?;
+                let name = &self.names[id];
+                let text = escape(&line);
+                let w = self.width;
+                match stream {
+                    Stream::Stdout => writeln!(self.out, "{name:<w$}: {text}")?,
+                    Stream::Stderr => {
+                        self.out.flush()?;
+                        writeln!(self.err, "{name:<w$}! {text}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn json(&mut self, id: HostId, mut obj: Value) -> io::Result<()> {
+        obj["host"] = Value::String(self.names[id].clone());
+        obj["t_ms"] = json!(self.started.elapsed().as_millis() as u64);
+        serde_json::to_writer(&mut self.out, &obj)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Says, once, that the run is being interrupted.
+    pub fn interrupted(&mut self) -> io::Result<()> {
+        if !self.interrupted {
+            self.interrupted = true;
+            self.clear_progress()?;
+            self.out.flush()?;
+            writeln!(self.err, "pushrun: interrupted: stopping remote commands (Ctrl-C again to quit at once)")?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what is buffered, and redraws the progress line (at most 10 times a second).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        let Some(p) = &self.progress else { return Ok(()) };
+        if p.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return Ok(());
+        }
+        let done = self.outcomes.iter().flatten().count();
+        let failed = self.outcomes.iter().flatten().filter(|o| o.status != Status::Ok).count();
+        let line = format!(
+            "[{done}/{} done, {failed} failed, {} running, {:.1}s]",
+            self.names.len(),
+            self.in_flight.iter().filter(|&&f| f).count(),
+            self.started.elapsed().as_secs_f64()
+        );
+        write!(self.err, "\r\x1b[K{line}")?;
+        self.err.flush()?;
+        if let Some(p) = &mut self.progress {
+            p.drawn = true;
+            p.last = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn clear_progress(&mut self) -> io::Result<()> {
+        if let Some(p) = &mut self.progress
+            && p.drawn
+        {
+            self.out.flush()?;
+            write!(self.err, "\r\x1b[K")?;
+            p.drawn = false;
+            p.last = None;
+        }
+        Ok(())
+    }
+
+    /// Writes what comes at the end (gathered output, the summary) and returns the totals.
+    pub fn finish(mut self) -> io::Result<Summary> {
+        self.clear_progress()?;
+        self.progress = None;
+        if self.mode == OutputMode::Gather {
+            self.write_gathered()?;
+        }
+        let summary = self.summary();
+        let elapsed = self.started.elapsed();
+        if self.mode == OutputMode::Json {
+            let mut obj = json!({
+                "event": "summary",
+                "hosts": self.names.len(),
+                "elapsed_ms": elapsed.as_millis() as u64,
+                "exit_status": summary.exit_status,
+            });
+            for status in ALL_STATUSES {
+                let key = serde_json::to_value(status)?.as_str().unwrap_or_default().to_string();
+                obj[key.as_str()] = json!(summary.counts.get(&status).copied().unwrap_or(0));
+                obj["hosts_by_status"][key.as_str()] = json!(self.folded(|o| o.status == status));
+            }
+            serde_json::to_writer(&mut self.out, &obj)?;
+            self.out.write_all(b"\n")?;
+            self.out.flush()?;
+        } else {
+            self.out.flush()?;
+            let text = self.summary_text(&summary, elapsed);
+            self.err.write_all(text.as_bytes())?;
+        }
+        Ok(summary)
+    }
+
+    fn summary(&self) -> Summary {
+        let mut counts = BTreeMap::new();
+        for o in self.outcomes.iter().flatten() {
+            *counts.entry(o.status).or_insert(0) += 1;
+        }
+        let has = |s| counts.get(&s).is_some_and(|&n| n > 0);
+        let exit_status = if self.interrupted || has(Status::Cancelled) {
+            130
+        } else if has(Status::Unreachable) || has(Status::TimedOut) {
+            3
+        } else if has(Status::Failed) {
+            1
+        } else {
+            0
+        };
+        Summary { counts, exit_status }
+    }
+
+    fn folded(&self, pick: impl Fn(&HostOutcome) -> bool) -> String {
+        let names: Vec<String> = self
+            .outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.as_ref().is_some_and(&pick))
+            .map(|(i, _)| self.names[i].clone())
+            .collect();
+        hostlist::fold(&names)
+    }
+
+    fn summary_text(&self, summary: &Summary, elapsed: Duration) -> String {
+        let mut s = format!("pushrun: {} hosts in {:.2}s:", self.names.len(), elapsed.as_secs_f64());
+        let mut first = true;
+        for status in ALL_STATUSES {
+            let n = summary.counts.get(&status).copied().unwrap_or(0);
+            if n > 0 || status == Status::Ok {
+                s.push_str(if first { " " } else { ", " });
+                first = false;
+                let _ = write!(s, "{n} {}", status.label());
+            }
+        }
+        s.push('\n');
+        // One line per distinct (status, reason), with the hosts folded.
+        let mut groups: Vec<((Status, String), Vec<String>)> = Vec::new();
+        for (i, o) in self.outcomes.iter().enumerate() {
+            let Some(o) = o else { continue };
+            let mut keys = Vec::new();
+            if o.status != Status::Ok {
+                keys.push((o.status, o.reason.clone().unwrap_or_default()));
+            }
+            for note in &o.notes {
+                keys.push((Status::Ok, format!("note: {note}")));
+            }
+            for key in keys {
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, hosts)) => hosts.push(self.names[i].clone()),
+                    None => groups.push((key, vec![self.names[i].clone()])),
+                }
+            }
+        }
+        groups.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+        for ((status, reason), hosts) in groups {
+            let label = if status == Status::Ok { String::new() } else { format!("{}: ", status.label()) };
+            let _ = writeln!(s, "  {label}{}: {reason}", hostlist::fold(&hosts));
+        }
+        s
+    }
+
+    fn write_gathered(&mut self) -> io::Result<()> {
+        // Group hosts whose whole output and end are the same.
+        type Key<'a> = (&'a [(Stream, Vec<u8>, bool)], Option<i32>, Status);
+        let mut groups: Vec<(Key<'_>, Vec<String>)> = Vec::new();
+        for (i, o) in self.outcomes.iter().enumerate() {
+            let Some(o) = o else { continue };
+            if matches!(o.status, Status::Unreachable | Status::Cancelled) && self.gathered[i].is_empty() {
+                continue;
+            }
+            let key: Key<'_> = (&self.gathered[i], o.exit_code, o.status);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, hosts)) => hosts.push(self.names[i].clone()),
+                None => groups.push((key, vec![self.names[i].clone()])),
+            }
+        }
+        let mut text = String::new();
+        for ((lines, code, status), hosts) in &groups {
+            let end = match (status, code) {
+                (_, Some(c)) => format!("exit {c}"),
+                (s, None) => s.label().to_string(),
+            };
+            let header = format!("{} ({} host{}, {end})", hostlist::fold(hosts), hosts.len(), plural(hosts.len()));
+            let rule = "-".repeat(header.chars().count().clamp(16, 79));
+            let _ = writeln!(text, "{rule}\n{header}\n{rule}");
+            for (stream, line, _) in lines.iter() {
+                let mark = if *stream == Stream::Stderr { "! " } else { "" };
+                let _ = writeln!(text, "{mark}{}", escape(line));
+            }
+        }
+        self.out.write_all(text.as_bytes())
+    }
+}
+
+const ALL_STATUSES: [Status; 5] = [Status::Ok, Status::Failed, Status::TimedOut, Status::Unreachable, Status::Cancelled];
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Shows bytes as text; bytes that are not UTF-8 become `\xNN`.
+pub fn escape(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.into();
+    }
+    let mut s = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        s.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(s, "\\x{b:02x}");
+        }
+    }
+    s.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_is_escaped_and_valid_text_kept() {
+        assert_eq!(escape(b"plain \xc3\xa9"), "plain é");
+        assert_eq!(escape(b"a\xffb\xfe"), "a\\xffb\\xfe");
+    }
+}

@@ -1,0 +1,465 @@
+//! One connected host: a master ssh connection that everything else is
+//! multiplexed on.
+//!
+//! pushrun starts the master `ssh -M -N` itself, as its own child, rather
+//! than through `openssh::SessionBuilder`: the builder always puts
+//! `StrictHostKeyChecking` and `BatchMode` on the command line (beating the
+//! user's ssh_config) and has no generic `-o`. Owning the process also means
+//! its CPU time is ours (it is not a daemon reparented to init), it dies with
+//! us (`PR_SET_PDEATHSIG`), and it is in its own process group, so the
+//! terminal's Ctrl-C reaches pushrun, which then stops remote commands in
+//! order, not the connections underneath them. Commands then go over the
+//! master with `openssh`'s native mux client (no ssh process per command).
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::AsyncRead;
+use tokio::process::{Child, Command};
+
+use crate::events::{Event, HostId, Stream};
+use crate::inventory::Host;
+use tokio::sync::mpsc;
+
+/// The wrapper that runs a command and ends its process group when stdin closes.
+const EXEC_WRAPPER: &str = include_str!("remote/exec.sh");
+/// The wrapper that refuses to run a command without a real terminal.
+const PTY_WRAPPER: &str = include_str!("remote/pty.sh");
+
+/// Exit code [`PTY_WRAPPER`] uses when the session has no terminal.
+pub const NO_PTY_EXIT: i32 = 254;
+
+/// How ssh should treat host keys; `None` in [`SshOptions`] leaves it to ssh_config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostKeyChecking {
+    /// Only known keys are accepted (`StrictHostKeyChecking=yes`).
+    Strict,
+    /// Unknown keys are added to known_hosts, changed keys refused.
+    AcceptNew,
+    /// No checking at all (known_hosts is not read or written).
+    Off,
+}
+
+/// The ssh settings that apply to every host of a run.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// `ssh -F FILE`.
+    pub config_file: Option<PathBuf>,
+    /// TCP connect and banner exchange limit (`ConnectTimeout`).
+    pub connect_timeout: Duration,
+    /// Host key policy; `None` = whatever ssh_config says (never a prompt: BatchMode).
+    pub host_key_checking: Option<HostKeyChecking>,
+}
+
+/// Why a host could not be connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens there.
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The server refused our credentials.
+    Authentication,
+    /// The host key is unknown (under strict checking) or has changed.
+    HostKey,
+    /// The name does not resolve.
+    Resolve,
+    /// Anything else ssh reported.
+    Other,
+}
+
+/// A failed connection, with ssh's own words.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    /// The kind of failure.
+    pub kind: ConnectFailure,
+    /// One line for the user.
+    pub message: String,
+}
+
+impl ConnectError {
+    fn new(kind: ConnectFailure, message: impl Into<String>) -> Self {
+        ConnectError { kind, message: message.into() }
+    }
+}
+
+/// A private directory for control sockets and ssh logs, removed on drop.
+///
+/// Kept short (`/tmp/pushrun-PID-N/`): Unix socket paths are limited to 108
+/// bytes. The pid in the name lets a later run remove directories left by a
+/// pushrun that was killed.
+#[derive(Debug)]
+pub struct ControlDir {
+    path: PathBuf,
+}
+
+impl ControlDir {
+    /// Creates a new 0700 directory, first removing stale ones of dead pushruns.
+    pub fn create() -> io::Result<ControlDir> {
+        let base = control_base();
+        sweep_stale(&base);
+        let pid = std::process::id();
+        for n in 0..1000u32 {
+            let path = base.join(format!("pushrun-{pid}-{n}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(ControlDir { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free control directory name"))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory now (also done on drop).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn control_base() -> PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(t) if !t.is_empty() && t.len() < 48 => PathBuf::from(t),
+        _ => PathBuf::from("/tmp"),
+    }
+}
+
+/// Removes `pushrun-PID-N` directories of ours whose process is gone.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let uid = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pushrun-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        if meta.is_dir() && meta.uid() == uid && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// One connected host.
+#[derive(Debug)]
+pub struct Session {
+    master: Child,
+    ctl: PathBuf,
+    log: PathBuf,
+    destination: String,
+    config_file: Option<PathBuf>,
+    mux: openssh::Session,
+}
+
+impl Session {
+    /// Opens the master connection to `host`; `slot` names its socket in `dir`.
+    pub async fn connect(
+        dir: &ControlDir,
+        slot: usize,
+        host: &Host,
+        opts: &SshOptions,
+    ) -> Result<Session, ConnectError> {
+        let ctl = dir.path().join(slot.to_string());
+        let log = dir.path().join(format!("{slot}.log"));
+        let destination = host.address().to_string();
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-M").arg("-N").arg("-S").arg(&ctl).arg("-E").arg(&log);
+        // The host's own options first: for ssh the first value given wins.
+        for opt in &host.settings.ssh_options {
+            cmd.arg("-o").arg(opt);
+        }
+        if let Some(user) = &host.settings.user {
+            cmd.arg("-l").arg(user);
+        }
+        if let Some(port) = host.settings.port {
+            cmd.arg("-p").arg(port.to_string());
+        }
+        if let Some(key) = &host.settings.identity_file {
+            cmd.arg("-i").arg(key).arg("-o").arg("IdentitiesOnly=yes");
+        }
+        if let Some(cfg) = &opts.config_file {
+            cmd.arg("-F").arg(cfg);
+        }
+        match opts.host_key_checking {
+            Some(HostKeyChecking::Strict) => {
+                cmd.arg("-o").arg("StrictHostKeyChecking=yes");
+            }
+            Some(HostKeyChecking::AcceptNew) => {
+                cmd.arg("-o").arg("StrictHostKeyChecking=accept-new");
+            }
+            Some(HostKeyChecking::Off) => {
+                cmd.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]);
+                cmd.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
+            }
+            None => {}
+        }
+        let secs = opts.connect_timeout.as_secs().max(1);
+        cmd.args(["-o", "BatchMode=yes", "-o", "ControlPersist=no"])
+            .args(["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"])
+            .arg("-o")
+            .arg(format!("ConnectTimeout={secs}"))
+            .arg("--")
+            .arg(&destination);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.process_group(0).kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut master = cmd.spawn().map_err(|e| {
+            ConnectError::new(ConnectFailure::Other, format!("cannot start ssh: {e}"))
+        })?;
+
+        // The master creates its control socket only once authenticated.
+        // ConnectTimeout bounds TCP connect and the banner; the margin bounds
+        // the key exchange and authentication of a host that hangs later.
+        let deadline = tokio::time::Instant::now() + opts.connect_timeout + Duration::from_secs(5);
+        let mut poll = Duration::from_millis(2);
+        loop {
+            tokio::select! {
+                status = master.wait() => {
+                    let _ = status;
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let _ = std::fs::remove_file(&log);
+                    return Err(classify_ssh_failure(&text));
+                }
+                _ = tokio::time::sleep(poll) => {
+                    if ctl.exists() {
+                        break;
+                    }
+                    poll = (poll * 2).min(Duration::from_millis(20));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = master.kill().await;
+                    let _ = std::fs::remove_file(&log);
+                    return Err(ConnectError::new(
+                        ConnectFailure::TimedOut,
+                        format!("connection timed out (no login within {}s)", secs + 5),
+                    ));
+                }
+            }
+        }
+        let mux = openssh::Session::resume_mux(ctl.clone().into_boxed_path(), Some(log.clone().into_boxed_path()));
+        Ok(Session { master, ctl, log, destination, config_file: opts.config_file.clone(), mux })
+    }
+
+    /// Starts `command` under the exec wrapper, with `vars` exported.
+    ///
+    /// The command lives while the returned child's stdin stays open: drop
+    /// it to end the command's whole process group on the host.
+    pub async fn spawn(
+        &self,
+        command: &str,
+        vars: &[(String, String)],
+    ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
+        let remote = wrap_command(EXEC_WRAPPER, "pushrun-exec", command, vars);
+        self.mux
+            .raw_command(remote)
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped())
+            .spawn()
+            .await
+    }
+
+    /// Starts `command` with a PTY, through the master (`ssh -S ctl -tt`).
+    ///
+    /// stdout and stderr arrive merged on the child's stdout, as on any
+    /// terminal. If the server refuses the PTY the command does not run and
+    /// the child exits [`NO_PTY_EXIT`].
+    pub fn spawn_pty(&self, command: &str, vars: &[(String, String)]) -> io::Result<Child> {
+        let remote = wrap_command(PTY_WRAPPER, "pushrun-pty", command, vars);
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-S").arg(&self.ctl).args(["-tt", "-q", "-o", "ControlMaster=no", "-o", "BatchMode=yes"]);
+        if let Some(cfg) = &self.config_file {
+            cmd.arg("-F").arg(cfg);
+        }
+        cmd.arg("--").arg(&self.destination).arg(remote);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.process_group(0).kill_on_drop(true);
+        cmd.spawn()
+    }
+
+    /// Closes the connection and waits for the master to end.
+    pub async fn close(mut self) {
+        drop(self.mux);
+        if let Some(pid) = self.master.id() {
+            // SAFETY: plain kill(2) on our own child, which has not been reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(3), self.master.wait()).await.is_err() {
+            let _ = self.master.kill().await;
+        }
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.ctl);
+    }
+}
+
+/// The remote command line: exports, then the wrapper with the command as `$1`.
+fn wrap_command(wrapper: &str, name: &str, command: &str, vars: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in vars {
+        s.push_str(&format!("export {k}={}; ", sh_quote(v)));
+    }
+    s.push_str(&format!("exec sh -c {} {name} {}", sh_quote(wrapper), sh_quote(command)));
+    s
+}
+
+/// Quotes `s` for a POSIX shell: one single-quoted word.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Turns the master's log into one line for the user.
+fn classify_ssh_failure(log: &str) -> ConnectError {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .collect();
+    let all = lines.join(" ");
+    let last = lines.last().copied().unwrap_or("ssh exited without a message");
+    let last = last.strip_prefix("ssh: ").unwrap_or(last);
+    use ConnectFailure::*;
+    let (kind, message) = if all.contains("Connection refused") {
+        (Refused, "connection refused".to_string())
+    } else if all.contains("timed out") {
+        (TimedOut, "connection timed out".to_string())
+    } else if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        (HostKey, "host key has changed (possible man-in-the-middle): ssh refused to connect".to_string())
+    } else if all.contains("Host key verification failed") {
+        (HostKey, "host key verification failed: unknown host key (try --host-key-checking accept-new)".to_string())
+    } else if all.contains("Permission denied") || all.contains("Too many authentication failures") {
+        (Authentication, format!("authentication failed: {last}"))
+    } else if all.contains("Could not resolve hostname") {
+        (Resolve, format!("cannot resolve host name: {last}"))
+    } else {
+        (Other, last.to_string())
+    };
+    ConnectError::new(kind, message)
+}
+
+/// Reads `reader` to its end, sending one [`Event::Output`] per line.
+///
+/// Lines longer than 64 KiB are passed on in pieces (`complete` false), as
+/// is a last line without a newline. With `strip_cr`, a `\r` before the
+/// newline is dropped (a PTY sends `\r\n`).
+pub async fn read_lines<R>(
+    mut reader: R,
+    strip_cr: bool,
+    host: HostId,
+    stream: Stream,
+    events: &mpsc::Sender<Event>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let emit = async |line: Vec<u8>, complete: bool| {
+        let _ = events.send(Event::Output { host, stream, line, complete }).await;
+    };
+    use tokio::io::AsyncReadExt;
+    const MAX_PIECE: usize = 64 * 1024;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        while let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
+            pending.extend_from_slice(&chunk[..pos]);
+            if strip_cr && pending.last() == Some(&b'\r') {
+                pending.pop();
+            }
+            emit(std::mem::take(&mut pending), true).await;
+            chunk = &chunk[pos + 1..];
+        }
+        pending.extend_from_slice(chunk);
+        while pending.len() >= MAX_PIECE {
+            let rest = pending.split_off(MAX_PIECE);
+            emit(std::mem::replace(&mut pending, rest), false).await;
+        }
+    }
+    if !pending.is_empty() {
+        emit(pending, false).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn classifies_common_ssh_failures() {
+        let c = |s: &str| classify_ssh_failure(s).kind;
+        assert_eq!(c("ssh: connect to host 127.0.0.9 port 22: Connection refused\n"), ConnectFailure::Refused);
+        assert_eq!(c("Connection timed out during banner exchange\nConnection to 1.2.3.4 port 22 timed out\n"), ConnectFailure::TimedOut);
+        assert_eq!(c("fleet@127.0.0.1: Permission denied (publickey).\n"), ConnectFailure::Authentication);
+        assert_eq!(c("No ED25519 host key is known for x and you have requested strict checking.\nHost key verification failed.\n"), ConnectFailure::HostKey);
+        assert_eq!(c("Warning: Permanently added 'x' (ED25519) to the list of known hosts.\nsomething odd\n"), ConnectFailure::Other);
+        assert_eq!(classify_ssh_failure("Warning: Permanently added 'x'.\nsomething odd\n").message, "something odd");
+    }
+
+    async fn lines_of(input: &[u8], strip_cr: bool) -> Vec<(Vec<u8>, bool)> {
+        let (tx, mut rx) = mpsc::channel(100);
+        let reader = read_lines(input, strip_cr, 7, Stream::Stderr, &tx);
+        let collect = async {
+            let mut got = Vec::new();
+            while let Some(ev) = rx.recv().await {
+                let Event::Output { host: 7, stream: Stream::Stderr, line, complete } = ev else { panic!("{ev:?}") };
+                got.push((line, complete));
+            }
+            got
+        };
+        let (r, got) = tokio::join!(async { let r = reader.await; drop(tx); r }, collect);
+        r.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_the_last_partial_line_kept() {
+        let got = lines_of(b"one\r\ntwo\n\nthree", true).await;
+        assert_eq!(
+            got,
+            vec![(b"one".to_vec(), true), (b"two".to_vec(), true), (vec![], true), (b"three".to_vec(), false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn very_long_lines_come_in_pieces() {
+        let input = vec![b'x'; 150 * 1024];
+        let sizes: Vec<_> = lines_of(&input, false).await.into_iter().map(|(l, c)| (l.len(), c)).collect();
+        assert_eq!(sizes, vec![(65536, false), (65536, false), (22528, false)]);
+    }
+}
