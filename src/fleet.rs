@@ -6,6 +6,7 @@
 //! command timeout, or the run's cancellation (Ctrl-C), which all end the
 //! remote command by closing its stdin (see `remote/exec.sh`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::events::{Event, HostId, HostOutcome, Status, Stream, Timings};
 use crate::inventory::Host;
-use crate::session::{ControlDir, NO_PTY_EXIT, Session, SshOptions, read_lines};
+use crate::session::{ControlDir, NO_PTY_EXIT, Session, SshOptions, read_lines, write_ssh_config};
 
 /// Whether commands get a pseudo terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,18 +54,29 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     cancel: watch::Receiver<bool>,
 ) {
+    let config = match write_ssh_config(&dir, &spec.ssh) {
+        Ok(path) => Arc::new(path),
+        Err(e) => {
+            let why = format!("cannot write the run's ssh config: {e}");
+            for id in 0..hosts.len() {
+                let outcome = HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
+                let _ = events.send(Event::Finished(id, outcome)).await;
+            }
+            return;
+        }
+    };
     let slots = Arc::new(Semaphore::new(spec.forks.max(1)));
     let mut tasks = JoinSet::new();
     for id in 0..hosts.len() {
-        let (hosts, spec, dir, events, mut cancel, slots) =
-            (hosts.clone(), spec.clone(), dir.clone(), events.clone(), cancel.clone(), slots.clone());
+        let (hosts, spec, dir, events, mut cancel, slots, config) =
+            (hosts.clone(), spec.clone(), dir.clone(), events.clone(), cancel.clone(), slots.clone(), config.clone());
         tasks.spawn(async move {
             let permit = tokio::select! {
                 p = slots.acquire_owned() => p.ok(),
                 _ = cancelled(&mut cancel) => None,
             };
             let outcome = match permit {
-                Some(_permit) => run_host(id, &hosts[id], &spec, &dir, &events, cancel).await,
+                Some(_permit) => run_host(id, &hosts[id], &spec, &dir, &config, &events, cancel).await,
                 None => HostOutcome::without_exit(Status::Cancelled, "interrupted before it started", Timings::default()),
             };
             let _ = events.send(Event::Finished(id, outcome)).await;
@@ -85,13 +97,14 @@ async fn run_host(
     host: &Host,
     spec: &RunSpec,
     dir: &ControlDir,
+    config: &Path,
     events: &mpsc::Sender<Event>,
     mut cancel: watch::Receiver<bool>,
 ) -> HostOutcome {
     let _ = events.send(Event::Connecting(id)).await;
     let started = Instant::now();
     let connected = tokio::select! {
-        r = Session::connect(dir, id, host, &spec.ssh) => r,
+        r = Session::connect(dir, config, id, host, &spec.ssh) => r,
         _ = cancelled(&mut cancel) => {
             return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
         }
