@@ -11,7 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
-use crate::fleet::{PtyMode, RunSpec};
+use std::sync::Arc;
+
+use crate::fleet::{Job, PayloadJob, PtyMode, RunSpec};
+use crate::payload::Payload;
 use crate::inventory::{Host, Inventory, InventoryError};
 use crate::report::OutputMode;
 use crate::session::{HostKeyChecking, Kex, SshOptions};
@@ -41,6 +44,23 @@ pub enum Command {
     Exec(ExecArgs),
     /// List the selected hosts and their settings, contacting none.
     Hosts(SelectArgs),
+    /// Remove pushrun's directory (payload cache, leftover runs) from the selected hosts.
+    #[command(after_help = EXIT_CODES)]
+    Clean(CleanArgs),
+}
+
+/// Flags of `pushrun clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Which hosts.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How to reach them.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// One JSON object per event on stdout, and a final summary object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which hosts.
@@ -58,12 +78,9 @@ pub struct SelectArgs {
     pub limit: Vec<String>,
 }
 
-/// Flags of `pushrun exec`.
+/// How hosts are reached.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// Which hosts.
-    #[command(flatten)]
-    pub select: SelectArgs,
+pub struct ConnectArgs {
     /// How many hosts at once.
     #[arg(long, short = 'f', default_value_t = 64, value_name = "N")]
     pub forks: usize,
@@ -73,9 +90,6 @@ pub struct ExecArgs {
     /// Seconds to wait for a host to answer.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     pub connect_timeout: Duration,
-    /// Seconds a command may run; then it is killed on the host. Default: no limit.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pub timeout: Option<Duration>,
     /// Key exchange: `fast` prefers curve25519-sha256 (a tenth of the CPU per
     /// host of OpenSSH 9's post-quantum default); `default` keeps ssh's order.
     #[arg(long, value_enum, default_value = "fast", value_name = "KEX")]
@@ -83,6 +97,33 @@ pub struct ExecArgs {
     /// Host key policy. Default: what ssh_config says (never a prompt).
     #[arg(long, value_enum, value_name = "MODE")]
     pub host_key_checking: Option<HostKeyChecking>,
+}
+
+/// Flags of `pushrun exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Which hosts.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How to reach them.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Seconds a command may run; then it is killed on the host. Default: no
+    /// limit (for a payload: its pushrun.yaml `timeout`).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+    /// Run this payload directory's entry point (`run`, or `entry:` in its
+    /// pushrun.yaml); arguments after `--` go to it. With no payload and no
+    /// command, the built-in collector runs.
+    #[arg(long, value_name = "DIR")]
+    pub payload: Option<PathBuf>,
+    /// Where results go: DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/} and
+    /// DIR/<run-id>/summary.json. Default for payload runs: ./pushrun-results.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Do not keep the payload cached on the hosts: it lives in the run dir and goes with it.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Run with a pseudo terminal: `--pty` (fail where refused) or `--pty auto` (fall back).
     #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "yes", default_value = "no")]
     pub pty: PtyMode,
@@ -92,7 +133,8 @@ pub struct ExecArgs {
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
     pub json: bool,
-    /// The command, after `--`; run by the login shell on each host.
+    /// The command, after `--`; run by the login shell on each host. With
+    /// --payload: the entry point's arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -106,6 +148,10 @@ pub struct Plan {
     pub spec: RunSpec,
     /// How to show it.
     pub output: OutputMode,
+    /// Where results go (DIR/<run-id>), if anywhere.
+    pub results: Option<PathBuf>,
+    /// The run's id.
+    pub run_id: String,
 }
 
 /// A mistake in the flags or the inventory: exit status 2.
@@ -138,12 +184,8 @@ impl SelectArgs {
     }
 }
 
-impl ExecArgs {
-    /// Checks everything and builds the plan.
-    pub fn plan(&self) -> Result<Plan, UsageError> {
-        if self.command.is_empty() {
-            return Err(UsageError::Flags("no command: give one after `--`, e.g. pushrun exec --hosts hosts.yaml -- uptime".into()));
-        }
+impl ConnectArgs {
+    fn check(&self) -> Result<SshOptions, UsageError> {
         if self.forks == 0 {
             return Err(UsageError::Flags("--forks must be at least 1".into()));
         }
@@ -152,26 +194,88 @@ impl ExecArgs {
         {
             return Err(UsageError::Flags(format!("{}: ssh config file not found", cfg.display())));
         }
-        let hosts = self.select.select()?;
-        let output = match (self.gather, self.json) {
-            (_, true) => OutputMode::Json,
-            (true, false) => OutputMode::Gather,
-            _ => OutputMode::Lines,
-        };
-        let spec = RunSpec {
-            command: self.command.join(" "),
-            timeout: self.timeout,
-            pty: self.pty,
-            ssh: SshOptions {
-                config_file: self.ssh_config.clone(),
-                kex: self.kex,
-                connect_timeout: self.connect_timeout,
-                host_key_checking: self.host_key_checking,
-            },
-            forks: self.forks,
-        };
-        Ok(Plan { hosts, spec, output })
+        Ok(SshOptions {
+            config_file: self.ssh_config.clone(),
+            kex: self.kex,
+            connect_timeout: self.connect_timeout,
+            host_key_checking: self.host_key_checking,
+        })
     }
+}
+
+fn output_mode(gather: bool, json: bool) -> OutputMode {
+    match (gather, json) {
+        (_, true) => OutputMode::Json,
+        (true, false) => OutputMode::Gather,
+        _ => OutputMode::Lines,
+    }
+}
+
+impl ExecArgs {
+    /// Checks everything and builds the plan.
+    pub fn plan(&self) -> Result<Plan, UsageError> {
+        let ssh = self.connect.check()?;
+        let run_id = new_run_id();
+        let (job, results) = match (&self.payload, self.command.is_empty()) {
+            (Some(dir), _) => {
+                let payload = Payload::load(dir).map_err(|e| UsageError::Flags(e.to_string()))?;
+                let job = PayloadJob::new(payload, self.command.clone(), !self.no_cache, run_id.clone());
+                (Job::Payload(Arc::new(job)), Some(self.results.clone().unwrap_or_else(|| "pushrun-results".into())))
+            }
+            (None, true) => {
+                let job = PayloadJob::new(Payload::builtin(), Vec::new(), !self.no_cache, run_id.clone());
+                (Job::Payload(Arc::new(job)), Some(self.results.clone().unwrap_or_else(|| "pushrun-results".into())))
+            }
+            (None, false) => {
+                if self.no_cache {
+                    return Err(UsageError::Flags("--no-cache goes with a payload, not a command".into()));
+                }
+                (Job::Command(self.command.join(" ")), self.results.clone())
+            }
+        };
+        let hosts = self.select.select()?;
+        let spec = RunSpec { job, timeout: self.timeout, pty: self.pty, ssh, forks: self.connect.forks };
+        Ok(Plan { hosts, spec, output: output_mode(self.gather, self.json), results, run_id })
+    }
+}
+
+impl CleanArgs {
+    /// Checks everything and builds the plan.
+    pub fn plan(&self) -> Result<Plan, UsageError> {
+        let ssh = self.connect.check()?;
+        let hosts = self.select.select()?;
+        let spec = RunSpec { job: Job::Clean, timeout: None, pty: PtyMode::No, ssh, forks: self.connect.forks };
+        Ok(Plan { hosts, spec, output: output_mode(false, self.json), results: None, run_id: new_run_id() })
+    }
+}
+
+/// A run id: UTC time and a random suffix, e.g. `20261121-231455-3fa9`.
+/// Sorts by time; safe in file names and on a shell command line.
+pub fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{:04x}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        h.finish() & 0xffff
+    )
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

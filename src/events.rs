@@ -55,11 +55,33 @@ impl Status {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Timings {
     /// Opening the master connection.
-    #[serde(serialize_with = "as_millis")]
+    #[serde(rename = "connect_ms", serialize_with = "as_millis")]
     pub connect: Duration,
-    /// Running the command.
-    #[serde(serialize_with = "as_millis")]
+    /// Checking the cached payload and sending what was missing.
+    #[serde(rename = "stage_ms", serialize_with = "as_millis")]
+    pub stage: Duration,
+    /// Running the command or the payload.
+    #[serde(rename = "run_ms", serialize_with = "as_millis")]
     pub run: Duration,
+    /// Bringing back `$PUSHRUN_OUT`.
+    #[serde(rename = "collect_ms", serialize_with = "as_millis")]
+    pub collect: Duration,
+    /// Removing the run dir (after the collect stream ended).
+    #[serde(rename = "clean_ms", serialize_with = "as_millis")]
+    pub clean: Duration,
+}
+
+/// What staging a payload on a host took.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageStats {
+    /// Every cached file was there and right: nothing was sent.
+    pub cache_hit: bool,
+    /// Files sent because they were missing or wrong.
+    pub files_sent: usize,
+    /// Bytes written to the host (manifest, payload archive).
+    pub bytes_sent: u64,
+    /// Bytes read back (check report, results archive; not the live output).
+    pub bytes_received: u64,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -79,6 +101,8 @@ pub struct HostOutcome {
     pub notes: Vec<String>,
     /// Time per phase.
     pub timings: Timings,
+    /// Payload staging figures (payload runs only).
+    pub stage: Option<StageStats>,
 }
 
 impl HostOutcome {
@@ -90,6 +114,7 @@ impl HostOutcome {
             reason: Some(reason.into()),
             notes: Vec::new(),
             timings,
+            stage: None,
         }
     }
 }
@@ -113,6 +138,8 @@ pub enum Event {
         /// Whether a newline ended this piece.
         complete: bool,
     },
+    /// The payload's `$PUSHRUN_OUT`, as the gzip'ed tar the host sent.
+    Collected(HostId, Vec<u8>),
     /// The host is done, one way or another.
     Finished(HostId, HostOutcome),
 }

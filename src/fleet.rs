@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::events::{Event, HostId, HostOutcome, Status, Stream, Timings};
+use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timings};
 use crate::inventory::Host;
+use crate::payload::Payload;
+use crate::remote;
 use crate::session::{ControlDir, NO_PTY_EXIT, Session, SshOptions, read_lines, write_ssh_config};
 
 /// Whether commands get a pseudo terminal.
@@ -28,11 +30,68 @@ pub enum PtyMode {
     Auto,
 }
 
+/// What runs on every host.
+#[derive(Debug)]
+pub enum Job {
+    /// A shell command, run by the login shell.
+    Command(String),
+    /// A payload, staged into the host's cache and run from there.
+    Payload(Arc<PayloadJob>),
+    /// Remove pushrun's directory from the host (`pushrun clean`).
+    Clean,
+}
+
+/// A payload run.
+#[derive(Debug)]
+pub struct PayloadJob {
+    /// The payload, its manifest built once for the whole run.
+    pub payload: Payload,
+    /// Arguments for the entry point.
+    pub args: Vec<String>,
+    /// Keep the payload in the host's cache (else it lives in the run dir).
+    pub cache: bool,
+    /// This run's id (names the run dir on hosts and the results dir).
+    pub run_id: String,
+    /// The whole payload as one archive, built once, for every cold host.
+    full_archive: tokio::sync::OnceCell<Arc<Vec<u8>>>,
+}
+
+impl PayloadJob {
+    /// A payload run.
+    pub fn new(payload: Payload, args: Vec<String>, cache: bool, run_id: String) -> PayloadJob {
+        PayloadJob { payload, args, cache, run_id, full_archive: tokio::sync::OnceCell::new() }
+    }
+
+    /// The archive of `paths`; the whole payload's is built once and shared.
+    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<Vec<u8>>, String> {
+        if paths.len() == self.payload.entries().len() {
+            let job = self.clone();
+            let built = self
+                .full_archive
+                .get_or_try_init(|| async move {
+                    tokio::task::spawn_blocking(move || job.payload.tar_gz_all().map(Arc::new).map_err(|e| e.to_string()))
+                        .await
+                        .map_err(|e| e.to_string())?
+                })
+                .await?;
+            return Ok(built.clone());
+        }
+        let job = self.clone();
+        let paths = paths.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            job.payload.tar_gz(&refs).map(Arc::new).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
 /// Everything a host task needs to know about the run.
 #[derive(Debug)]
 pub struct RunSpec {
-    /// The shell command to run on every host.
-    pub command: String,
+    /// What to run.
+    pub job: Job,
     /// Kill the command after this long.
     pub timeout: Option<Duration>,
     /// PTY policy.
@@ -109,7 +168,7 @@ async fn run_host(
             return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
         }
     };
-    let mut timings = Timings { connect: started.elapsed(), ..Timings::default() };
+    let timings = Timings { connect: started.elapsed(), ..Timings::default() };
     let session = match connected {
         Ok(s) => s,
         Err(e) => return HostOutcome::without_exit(Status::Unreachable, e.message, timings),
@@ -117,21 +176,235 @@ async fn run_host(
     let _ = events.send(Event::Connected(id)).await;
     let vars: Vec<(String, String)> =
         host.settings.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let outcome = match &spec.job {
+        Job::Command(command) => run_command(id, &session, command, spec, &vars, events, &mut cancel, timings).await,
+        Job::Payload(job) => run_payload(id, host, &session, job, spec, vars, events, &mut cancel, timings).await,
+        Job::Clean => clean(id, host, &session, events, timings).await,
+    };
+    session.close().await;
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_command(
+    id: HostId,
+    session: &Session,
+    command: &str,
+    spec: &RunSpec,
+    vars: &[(String, String)],
+    events: &mpsc::Sender<Event>,
+    cancel: &mut watch::Receiver<bool>,
+    mut timings: Timings,
+) -> HostOutcome {
     let run_started = Instant::now();
     let mut notes = Vec::new();
+    let script = |c| (remote::EXEC, "pushrun-exec", vec![c]);
     let mut result = match spec.pty {
-        PtyMode::No => run_plain(id, &session, spec, &vars, events, &mut cancel).await,
-        PtyMode::Yes | PtyMode::Auto => run_pty(id, &session, spec, &vars, events, &mut cancel).await,
+        PtyMode::No => run_streamed(id, session, script(command.to_string()), spec.timeout, vars, events, cancel).await,
+        PtyMode::Yes | PtyMode::Auto => run_pty(id, session, command, spec, vars, events, cancel).await,
     };
     if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
         notes.push("the server refused a PTY: ran without one".to_string());
-        result = run_plain(id, &session, spec, &vars, events, &mut cancel).await;
+        result = run_streamed(id, session, script(command.to_string()), spec.timeout, vars, events, cancel).await;
     }
     timings.run = run_started.elapsed();
-    session.close().await;
-    let mut outcome = result.into_outcome(spec, timings);
+    let mut outcome = result.into_outcome(spec.timeout, timings);
     outcome.notes.extend(notes);
     outcome
+}
+
+/// Stage, run, collect, clean: a payload on one host.
+#[allow(clippy::too_many_arguments)]
+async fn run_payload(
+    id: HostId,
+    host: &Host,
+    session: &Session,
+    job: &Arc<PayloadJob>,
+    spec: &RunSpec,
+    mut vars: Vec<(String, String)>,
+    events: &mpsc::Sender<Event>,
+    cancel: &mut watch::Receiver<bool>,
+    mut timings: Timings,
+) -> HostOutcome {
+    let started = Instant::now();
+    let mut stats = StageStats::default();
+    let staged = tokio::select! {
+        r = stage(session, host, job, &mut stats) => r,
+        _ = cancelled(cancel) => Err(StageError::Cancelled),
+    };
+    timings.stage = started.elapsed();
+    let fail = |status, reason: String, timings, stats| HostOutcome {
+        status,
+        exit_code: None,
+        reason: Some(reason),
+        notes: Vec::new(),
+        timings,
+        stage: Some(stats),
+    };
+    let (base, payload_dir) = match staged {
+        Ok(s) => s,
+        Err(StageError::Cancelled) => {
+            return fail(Status::Cancelled, "interrupted while staging".into(), timings, stats);
+        }
+        Err(StageError::Failed { reason, base }) => {
+            if let Some(base) = base {
+                clean_run_dir(session, &base, &job.run_id).await;
+            }
+            return fail(Status::Failed, format!("stage: {reason}"), timings, stats);
+        }
+        Err(StageError::Lost(why)) => {
+            return fail(Status::Unreachable, format!("connection lost: {why}"), timings, stats);
+        }
+    };
+
+    // The payload's own env first; the inventory's vars are more specific and win.
+    let mut env: Vec<(String, String)> = job.payload.env().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
+    env.append(&mut vars);
+    let mut args = vec![base.clone(), payload_dir, job.run_id.clone(), host.name.clone(), job.payload.entry().to_string()];
+    args.extend(job.args.iter().cloned());
+    let timeout = spec.timeout.or(job.payload.timeout());
+    let run_started = Instant::now();
+    let end = run_streamed(id, session, (remote::RUN, "pushrun-run", args), timeout, &env, events, cancel).await;
+    timings.run = run_started.elapsed();
+
+    // The run dir is gone already when the run was stopped (run.sh removes
+    // it when its stdin closes); otherwise bring back $PUSHRUN_OUT, which
+    // also removes it.
+    let mut outcome = match end {
+        CommandEnd::Exited(_) | CommandEnd::Signalled => {
+            let collect_started = Instant::now();
+            match collect(session, &base, &job.run_id).await {
+                Ok((archive, streamed)) => {
+                    timings.collect = streamed;
+                    timings.clean = collect_started.elapsed().saturating_sub(streamed);
+                    stats.bytes_received += archive.len() as u64;
+                    let _ = events.send(Event::Collected(id, archive)).await;
+                    end.into_outcome(timeout, timings)
+                }
+                Err(why) => {
+                    timings.collect = collect_started.elapsed();
+                    let mut o = end.into_outcome(timeout, timings);
+                    o.status = Status::Failed;
+                    o.reason = Some(format!("collect: {why}"));
+                    o
+                }
+            }
+        }
+        other => other.into_outcome(timeout, timings),
+    };
+    outcome.stage = Some(stats);
+    outcome
+}
+
+enum StageError {
+    Cancelled,
+    Lost(String),
+    Failed { reason: String, base: Option<String> },
+}
+
+/// Checks the host's copy of the payload and sends what is missing or wrong.
+/// Returns the host's pushrun dir and the payload's dir there.
+async fn stage(
+    session: &Session,
+    host: &Host,
+    job: &Arc<PayloadJob>,
+    stats: &mut StageStats,
+) -> Result<(String, String), StageError> {
+    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+    let digest = job.payload.digest();
+    let mode = if job.cache { "cache" } else { "nocache" };
+    let manifest = job.payload.manifest();
+    let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
+    let out = session
+        .run_script(remote::CHECK, "pushrun-check", &[remote_tmp, digest, &job.run_id, mode], manifest.as_bytes())
+        .await
+        .map_err(lost)?;
+    stats.bytes_sent += manifest.len() as u64;
+    stats.bytes_received += out.stdout.len() as u64;
+    let report = remote::parse_check(&out.stdout)
+        .map_err(|reason| StageError::Failed { reason: script_failure(reason, &out), base: None })?;
+    let base = report.base;
+    if !report.needed.is_empty() {
+        let archive = job
+            .archive(&report.needed)
+            .await
+            .map_err(|reason| StageError::Failed { reason, base: Some(base.clone()) })?;
+        let out = session
+            .run_script(remote::RECEIVE, "pushrun-receive", &[&base, digest, &job.run_id, mode], &archive)
+            .await
+            .map_err(lost)?;
+        stats.bytes_sent += archive.len() as u64;
+        stats.bytes_received += out.stdout.len() as u64;
+        stats.files_sent = report.needed.len();
+        if let Some(reason) = remote::error_line(&out.stdout) {
+            return Err(StageError::Failed { reason, base: Some(base) });
+        }
+        if out.code != Some(0) {
+            let reason = script_failure("receive failed".into(), &out);
+            return Err(StageError::Failed { reason, base: Some(base) });
+        }
+    } else {
+        stats.cache_hit = job.cache;
+    }
+    let payload_dir = if job.cache { format!("{base}/cache/{digest}") } else { format!("{base}/runs/{}/payload", job.run_id) };
+    Ok((base, payload_dir))
+}
+
+/// A script's failure in one line: its own `error` line, else `reason`
+/// with the last thing it said on stderr.
+fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String {
+    if remote::error_line(&out.stdout).is_some() {
+        return reason;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!("{reason}: {}", last.trim()),
+        None => reason,
+    }
+}
+
+/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir.
+/// Returns the archive and how long it took to arrive.
+async fn collect(session: &Session, base: &str, run_id: &str) -> Result<(Vec<u8>, Duration), String> {
+    let started = Instant::now();
+    let out = session
+        .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let streamed = started.elapsed();
+    if out.code != Some(0) {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok((out.stdout, streamed))
+}
+
+/// `pushrun clean` on one host: its answer becomes the host's output line.
+async fn clean(id: HostId, host: &Host, session: &Session, events: &mpsc::Sender<Event>, mut timings: Timings) -> HostOutcome {
+    let started = Instant::now();
+    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+    let out = session.run_script(remote::CLEAN, "pushrun-clean", &[remote_tmp], b"").await;
+    timings.clean = started.elapsed();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return HostOutcome::without_exit(Status::Unreachable, format!("connection lost: {}", error_chain(&e)), timings),
+    };
+    if let Some(reason) = remote::error_line(&out.stdout) {
+        return HostOutcome::without_exit(Status::Failed, reason, timings);
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.as_bytes().to_vec();
+        let _ = events.send(Event::Output { host: id, stream: Stream::Stdout, line, complete: true }).await;
+    }
+    match out.code {
+        Some(0) => HostOutcome { status: Status::Ok, exit_code: Some(0), reason: None, notes: Vec::new(), timings, stage: None },
+        _ => HostOutcome::without_exit(Status::Failed, script_failure("clean failed".into(), &out), timings),
+    }
+}
+
+/// Removes a run dir whose run never started (best effort).
+async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), collect(session, base, run_id)).await;
 }
 
 /// How a command ended, before it becomes a [`HostOutcome`].
@@ -145,13 +418,13 @@ enum CommandEnd {
 }
 
 impl CommandEnd {
-    fn into_outcome(self, spec: &RunSpec, timings: Timings) -> HostOutcome {
+    fn into_outcome(self, timeout: Option<Duration>, timings: Timings) -> HostOutcome {
         let (status, exit_code, reason) = match self {
             CommandEnd::Exited(0) => (Status::Ok, Some(0), None),
             CommandEnd::Exited(c) => (Status::Failed, Some(c), Some(format!("exit {c}"))),
             CommandEnd::Signalled => (Status::Failed, None, Some("killed by a signal".to_string())),
             CommandEnd::TimedOut => {
-                let secs = spec.timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
+                let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
                 (Status::TimedOut, None, Some(format!("killed after the {secs}s timeout")))
             }
             CommandEnd::Cancelled => (Status::Cancelled, None, Some("interrupted: command killed".to_string())),
@@ -162,7 +435,7 @@ impl CommandEnd {
             ),
             CommandEnd::Lost(why) => (Status::Unreachable, None, Some(format!("connection lost: {why}"))),
         };
-        HostOutcome { status, exit_code, reason, notes: Vec::new(), timings }
+        HostOutcome { status, exit_code, reason, notes: Vec::new(), timings, stage: None }
     }
 }
 
@@ -197,17 +470,21 @@ where
     Err(early)
 }
 
-async fn run_plain(
+/// Runs a remote script with its output streamed as events, stopping it
+/// on timeout or cancellation by closing its stdin.
+async fn run_streamed(
     id: HostId,
     session: &Session,
-    spec: &RunSpec,
+    (script, name, args): (&str, &str, Vec<String>),
+    timeout: Option<Duration>,
     vars: &[(String, String)],
     events: &mpsc::Sender<Event>,
     cancel: &mut watch::Receiver<bool>,
 ) -> CommandEnd {
-    let mut child = match session.spawn(&spec.command, vars).await {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = match session.spawn_script(script, name, &args, vars).await {
         Ok(c) => c,
-        Err(e) => return CommandEnd::Lost(e.to_string()),
+        Err(e) => return CommandEnd::Lost(error_chain(&e)),
     };
     let stdin = child.stdin().take();
     let stdout = child.stdout().take();
@@ -234,7 +511,7 @@ async fn run_plain(
             Err(e) => CommandEnd::Lost(error_chain(&e)),
         }
     };
-    match supervise(work, move || drop(stdin), spec.timeout, cancel).await {
+    match supervise(work, move || drop(stdin), timeout, cancel).await {
         Ok(end) | Err(end) => end,
     }
 }
@@ -242,12 +519,13 @@ async fn run_plain(
 async fn run_pty(
     id: HostId,
     session: &Session,
+    command: &str,
     spec: &RunSpec,
     vars: &[(String, String)],
     events: &mpsc::Sender<Event>,
     cancel: &mut watch::Receiver<bool>,
 ) -> CommandEnd {
-    let mut child = match session.spawn_pty(&spec.command, vars) {
+    let mut child = match session.spawn_pty(command, vars) {
         Ok(c) => c,
         Err(e) => return CommandEnd::Lost(format!("cannot start ssh: {e}")),
     };

@@ -11,5 +11,7 @@ pub mod events;
 pub mod fleet;
 pub mod hostlist;
 pub mod inventory;
+pub mod payload;
+pub mod remote;
 pub mod report;
 pub mod session;

@@ -7,15 +7,17 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
 
-use pushrun::cli::{Cli, Command, ExecArgs, SelectArgs};
-use pushrun::report::Reporter;
+use pushrun::cli::{Cli, Command, Plan, SelectArgs, UsageError};
+use pushrun::fleet::Job;
+use pushrun::report::{Reporter, RunInfo};
 use pushrun::session::{ControlDir, HostKeyChecking};
 use pushrun::{fleet, hostlist};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Exec(args) => exec(args),
+        Command::Exec(args) => run(args.plan()),
+        Command::Clean(args) => run(args.plan()),
         Command::Hosts(args) => list_hosts(&args),
     };
     ExitCode::from(code)
@@ -53,8 +55,8 @@ fn list_hosts(args: &SelectArgs) -> u8 {
     0
 }
 
-fn exec(args: ExecArgs) -> u8 {
-    let plan = match args.plan() {
+fn run(plan: Result<Plan, UsageError>) -> u8 {
+    let plan = match plan {
         Ok(p) => p,
         Err(e) => return fail(e, 2),
     };
@@ -70,7 +72,25 @@ fn exec(args: ExecArgs) -> u8 {
         eprintln!("pushrun: warning: host key checking is off: connections can be intercepted unnoticed");
     }
     let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
-    let mut reporter = Reporter::new(plan.output, names);
+    let job = match &plan.spec.job {
+        Job::Command(c) => serde_json::json!({"command": c}),
+        Job::Payload(p) => serde_json::json!({
+            "payload": p.payload.name(),
+            "digest": p.payload.digest(),
+            "entry": p.payload.entry(),
+            "args": p.args,
+            "cache": p.cache,
+        }),
+        Job::Clean => serde_json::json!({"clean": true}),
+    };
+    let info = RunInfo { run_id: plan.run_id.clone(), job, results: plan.results.clone() };
+    let mut reporter = match Reporter::new(plan.output, names, info) {
+        Ok(r) => r,
+        Err(e) => {
+            let dir = plan.results.as_deref().unwrap_or(std::path::Path::new("."));
+            return fail(format!("{}: cannot create the results dir: {e}", dir.display()), 2);
+        }
+    };
     let hosts = Arc::new(plan.hosts);
     let spec = Arc::new(plan.spec);
 

@@ -6,7 +6,9 @@
 //! `clush -b`), or JSON lines. Whole lines only, so hosts never interleave
 //! mid-line. A progress line is drawn on stderr when it is a terminal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -38,6 +40,99 @@ pub struct Summary {
     pub exit_status: i32,
 }
 
+/// What the run was, for summaries.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// The run's id.
+    pub run_id: String,
+    /// What ran, as JSON (`{"command": …}` or `{"payload": …, "digest": …}`).
+    pub job: Value,
+    /// The results root (`--results`), if results are kept.
+    pub results: Option<PathBuf>,
+}
+
+/// The results dir of one run: `DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/}`
+/// and `DIR/<run-id>/summary.json`, with `DIR/latest` pointing at it.
+struct ResultsDir {
+    root: PathBuf,
+    latest: PathBuf,
+    folders: Vec<String>,
+    open: HashMap<HostId, [Option<io::BufWriter<File>>; 2]>,
+    problems: HashMap<HostId, String>,
+}
+
+impl ResultsDir {
+    fn create(base: &Path, run_id: &str, names: &[String]) -> io::Result<ResultsDir> {
+        let root = base.join(run_id);
+        std::fs::create_dir_all(&root)?;
+        // Host names become folder names: keep them to one path component.
+        let folders = names
+            .iter()
+            .map(|n| if n.starts_with('.') { format!("_{n}") } else { n.clone() }.replace(['/', '\\', '\0'], "_"))
+            .collect();
+        Ok(ResultsDir { root, latest: base.join("latest"), folders, open: HashMap::new(), problems: HashMap::new() })
+    }
+
+    fn host_dir(&self, id: HostId) -> io::Result<PathBuf> {
+        let dir = self.root.join(&self.folders[id]);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    fn output(&mut self, id: HostId, stream: Stream, line: &[u8], complete: bool) -> io::Result<()> {
+        let slot = if stream == Stream::Stdout { 0 } else { 1 };
+        if !self.open.get(&id).is_some_and(|f| f[slot].is_some()) {
+            let file = File::create(self.host_dir(id)?.join(if slot == 0 { "stdout" } else { "stderr" }))?;
+            self.open.entry(id).or_default()[slot] = Some(io::BufWriter::new(file));
+        }
+        let Some(Some(w)) = self.open.get_mut(&id).map(|f| f[slot].as_mut()) else { return Ok(()) };
+        w.write_all(line)?;
+        if complete {
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn collected(&mut self, id: HostId, archive: &[u8]) -> io::Result<()> {
+        let out = self.host_dir(id)?.join("out");
+        std::fs::create_dir_all(&out)?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+        tar.set_preserve_permissions(true);
+        if let Err(e) = tar.unpack(&out) {
+            self.problems.insert(id, format!("results archive could not be unpacked: {e}"));
+        }
+        Ok(())
+    }
+
+    fn finished(&mut self, id: HostId, outcome: &HostOutcome) -> io::Result<()> {
+        let dir = self.host_dir(id)?;
+        let mut files = self.open.remove(&id).unwrap_or_default();
+        for (slot, name) in ["stdout", "stderr"].iter().enumerate() {
+            match files[slot].take() {
+                Some(mut w) => w.flush()?,
+                None => drop(File::create(dir.join(name))?),
+            }
+        }
+        let status = match (outcome.exit_code, &outcome.reason) {
+            (Some(code), _) => format!("{code}\n"),
+            (None, Some(reason)) => format!("{}: {reason}\n", outcome.status.label()),
+            (None, None) => format!("{}\n", outcome.status.label()),
+        };
+        std::fs::write(dir.join("exit_status"), status)
+    }
+
+    fn finish(&self, summary: &Value) -> io::Result<()> {
+        let mut text = serde_json::to_vec_pretty(summary)?;
+        text.push(b'\n');
+        std::fs::write(self.root.join("summary.json"), text)?;
+        let _ = std::fs::remove_file(&self.latest);
+        if let Some(name) = self.root.file_name() {
+            std::os::unix::fs::symlink(name, &self.latest)?;
+        }
+        Ok(())
+    }
+}
+
 /// Renders a run.
 pub struct Reporter {
     mode: OutputMode,
@@ -51,6 +146,8 @@ pub struct Reporter {
     in_flight: Vec<bool>,
     progress: Option<Progress>,
     interrupted: bool,
+    info: RunInfo,
+    results: Option<ResultsDir>,
 }
 
 struct Progress {
@@ -59,12 +156,17 @@ struct Progress {
 }
 
 impl Reporter {
-    /// A reporter for hosts named `names` (in selection order).
-    pub fn new(mode: OutputMode, names: Vec<String>) -> Reporter {
+    /// A reporter for hosts named `names` (in selection order); creates
+    /// the results dir when `info` asks for one.
+    pub fn new(mode: OutputMode, names: Vec<String>, info: RunInfo) -> io::Result<Reporter> {
+        let results = match &info.results {
+            Some(base) => Some(ResultsDir::create(base, &info.run_id, &names)?),
+            None => None,
+        };
         let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         let n = names.len();
         let progress = io::stderr().is_terminal().then_some(Progress { drawn: false, last: None });
-        Reporter {
+        Ok(Reporter {
             mode,
             names,
             width,
@@ -76,7 +178,9 @@ impl Reporter {
             in_flight: vec![false; n],
             progress,
             interrupted: false,
-        }
+            info,
+            results,
+        })
     }
 
     /// Takes one event.
@@ -93,7 +197,17 @@ impl Reporter {
                     self.json(id, json!({"event": "connected"}))?;
                 }
             }
-            Event::Output { host, stream, line, complete } => self.output(host, stream, line, complete)?,
+            Event::Output { host, stream, line, complete } => {
+                if let Some(r) = &mut self.results {
+                    r.output(host, stream, &line, complete)?;
+                }
+                self.output(host, stream, line, complete)?
+            }
+            Event::Collected(id, archive) => {
+                if let Some(r) = &mut self.results {
+                    r.collected(id, &archive)?;
+                }
+            }
             Event::Finished(id, outcome) => {
                 self.in_flight[id] = false;
                 if self.mode == OutputMode::Json {
@@ -106,10 +220,13 @@ impl Reporter {
                             "exit_code": o.exit_code,
                             "reason": o.reason,
                             "notes": o.notes,
-                            "connect_ms": o.timings.connect.as_millis() as u64,
-                            "run_ms": o.timings.run.as_millis() as u64,
+                            "timings": o.timings,
+                            "stage": o.stage,
                         }),
                     )?;
+                }
+                if let Some(r) = &mut self.results {
+                    r.finished(id, &outcome)?;
                 }
                 self.outcomes[id] = Some(outcome);
             }
@@ -213,6 +330,9 @@ impl Reporter {
         }
         let summary = self.summary();
         let elapsed = self.started.elapsed();
+        if let Some(r) = &self.results {
+            r.finish(&self.summary_json(&summary, elapsed))?;
+        }
         if self.mode == OutputMode::Json {
             let mut obj = json!({
                 "event": "summary",
@@ -234,6 +354,51 @@ impl Reporter {
             self.err.write_all(text.as_bytes())?;
         }
         Ok(summary)
+    }
+
+    fn summary_json(&self, summary: &Summary, elapsed: Duration) -> Value {
+        let problems = self.results.as_ref().map(|r| &r.problems);
+        let hosts: Vec<Value> = self
+            .outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let mut h = json!({"name": self.names[i]});
+                if let Some(r) = &self.results {
+                    h["folder"] = json!(r.folders[i]);
+                }
+                if let Some(o) = o {
+                    h["status"] = json!(o.status);
+                    h["exit_code"] = json!(o.exit_code);
+                    h["reason"] = json!(o.reason);
+                    h["notes"] = json!(o.notes);
+                    h["timings"] = json!(o.timings);
+                    if let Some(st) = &o.stage {
+                        h["cache_hit"] = json!(st.cache_hit);
+                        h["files_sent"] = json!(st.files_sent);
+                        h["bytes_sent"] = json!(st.bytes_sent);
+                        h["bytes_received"] = json!(st.bytes_received);
+                    }
+                }
+                if let Some(p) = problems.and_then(|p| p.get(&i)) {
+                    h["results_problem"] = json!(p);
+                }
+                h
+            })
+            .collect();
+        let mut counts = json!({});
+        for status in ALL_STATUSES {
+            let key = serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            counts[key.as_str()] = json!(summary.counts.get(&status).copied().unwrap_or(0));
+        }
+        json!({
+            "run_id": self.info.run_id,
+            "job": self.info.job,
+            "elapsed_ms": elapsed.as_millis() as u64,
+            "exit_status": summary.exit_status,
+            "counts": counts,
+            "hosts": hosts,
+        })
     }
 
     fn summary(&self) -> Summary {
@@ -295,10 +460,18 @@ impl Reporter {
                 }
             }
         }
+        if let Some(r) = &self.results {
+            for (i, p) in &r.problems {
+                groups.push(((Status::Failed, format!("results: {p}")), vec![self.names[*i].clone()]));
+            }
+        }
         groups.sort_by(|a, b| a.0.0.cmp(&b.0.0));
         for ((status, reason), hosts) in groups {
             let label = if status == Status::Ok { String::new() } else { format!("{}: ", status.label()) };
             let _ = writeln!(s, "  {label}{}: {reason}", hostlist::fold(&hosts));
+        }
+        if let Some(r) = &self.results {
+            let _ = writeln!(s, "  results: {}", r.root.display());
         }
         s
     }

@@ -25,12 +25,7 @@ use crate::events::{Event, HostId, Stream};
 use crate::inventory::Host;
 use tokio::sync::mpsc;
 
-/// The wrapper that runs a command and ends its process group when stdin closes.
-const EXEC_WRAPPER: &str = include_str!("remote/exec.sh");
-/// The wrapper that refuses to run a command without a real terminal.
-const PTY_WRAPPER: &str = include_str!("remote/pty.sh");
-
-/// Exit code [`PTY_WRAPPER`] uses when the session has no terminal.
+/// Exit code `remote/pty.sh` uses when the session has no terminal.
 pub const NO_PTY_EXIT: i32 = 254;
 
 /// How ssh should treat host keys; `None` in [`SshOptions`] leaves it to ssh_config.
@@ -324,23 +319,72 @@ impl Session {
         Ok(Session { master, ctl, log, destination, config_file: config_file.to_path_buf(), mux })
     }
 
-    /// Starts `command` under the exec wrapper, with `vars` exported.
+    /// Starts one of pushrun's remote scripts as `sh -c SCRIPT NAME ARGS...`,
+    /// with `vars` exported and all three streams piped.
     ///
-    /// The command lives while the returned child's stdin stays open: drop
-    /// it to end the command's whole process group on the host.
-    pub async fn spawn(
+    /// The wrappers (exec.sh, run.sh) keep the command alive while the
+    /// child's stdin stays open: drop it to end the command's whole process
+    /// group on the host.
+    pub async fn spawn_script(
         &self,
-        command: &str,
+        script: &str,
+        name: &str,
+        args: &[&str],
         vars: &[(String, String)],
     ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
-        let remote = wrap_command(EXEC_WRAPPER, "pushrun-exec", command, vars);
         self.mux
-            .raw_command(remote)
+            .raw_command(remote_line(script, name, args, vars))
             .stdin(openssh::Stdio::piped())
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped())
             .spawn()
             .await
+    }
+
+    /// Runs a remote script to its end, feeding it `input`; returns its
+    /// exit code (None if killed), stdout and stderr.
+    pub async fn run_script(
+        &self,
+        script: &str,
+        name: &str,
+        args: &[&str],
+        input: &[u8],
+    ) -> Result<ScriptOutput, openssh::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut child = self.spawn_script(script, name, args, &[]).await?;
+        let mut stdin = child.stdin().take();
+        let mut stdout = child.stdout().take();
+        let mut stderr = child.stderr().take();
+        let write = async {
+            if let Some(w) = stdin.as_mut() {
+                // A script that stops reading early (an error) is reported by its output.
+                let _ = w.write_all(input).await;
+                let _ = w.shutdown().await;
+            }
+            drop(stdin.take());
+        };
+        let read_out = async {
+            let mut buf = Vec::new();
+            if let Some(r) = stdout.as_mut() {
+                let _ = r.read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(r) = stderr.as_mut() {
+                let _ = r.read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let ((), stdout, stderr) = tokio::join!(write, read_out, read_err);
+        let code = match child.wait().await {
+            Ok(status) => status.code(),
+            Err(openssh::Error::Remote(e)) if e.kind() == io::ErrorKind::NotFound => Some(127),
+            Err(openssh::Error::RemoteProcessTerminated) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(ScriptOutput { code, stdout, stderr })
     }
 
     /// Starts `command` with a PTY, through the master (`ssh -S ctl -tt`).
@@ -349,7 +393,7 @@ impl Session {
     /// terminal. If the server refuses the PTY the command does not run and
     /// the child exits [`NO_PTY_EXIT`].
     pub fn spawn_pty(&self, command: &str, vars: &[(String, String)]) -> io::Result<Child> {
-        let remote = wrap_command(PTY_WRAPPER, "pushrun-pty", command, vars);
+        let remote = remote_line(crate::remote::PTY, "pushrun-pty", &[command], vars);
         let mut cmd = Command::new("ssh");
         cmd.arg("-S").arg(&self.ctl).args(["-tt", "-q", "-o", "ControlMaster=no", "-o", "BatchMode=yes"]);
         cmd.arg("-F").arg(&self.config_file);
@@ -374,14 +418,31 @@ impl Session {
     }
 }
 
-/// The remote command line: exports, then the wrapper with the command as `$1`.
-fn wrap_command(wrapper: &str, name: &str, command: &str, vars: &[(String, String)]) -> String {
+/// The remote command line: exports, then `exec sh -c SCRIPT NAME ARGS...`.
+///
+/// `exec` makes the script the session's process group leader (see exec.sh).
+fn remote_line(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> String {
     let mut s = String::new();
     for (k, v) in vars {
         s.push_str(&format!("export {k}={}; ", sh_quote(v)));
     }
-    s.push_str(&format!("exec sh -c {} {name} {}", sh_quote(wrapper), sh_quote(command)));
+    s.push_str(&format!("exec sh -c {} {name}", sh_quote(script)));
+    for a in args {
+        s.push(' ');
+        s.push_str(&sh_quote(a));
+    }
     s
+}
+
+/// What a remote script left behind.
+#[derive(Debug)]
+pub struct ScriptOutput {
+    /// Its exit code; None when it was killed.
+    pub code: Option<i32>,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
 }
 
 /// Quotes `s` for a POSIX shell: one single-quoted word.

@@ -1,0 +1,90 @@
+//! The POSIX sh that runs on hosts, and the lines it answers with.
+//!
+//! Every byte pushrun runs on a host is one of the `.sh` files beside this
+//! module, included at build time and sent as `sh -c SCRIPT NAME ARGS...`.
+//! Each script's header documents its arguments and its answer; this module
+//! only reads those answers.
+
+/// Runs a plain command; ends its process group when stdin closes.
+pub const EXEC: &str = include_str!("remote/exec.sh");
+/// Runs a plain command only if the session has a terminal.
+pub const PTY: &str = include_str!("remote/pty.sh");
+/// Prepares the host's pushrun dir and lists payload files missing or wrong.
+pub const CHECK: &str = include_str!("remote/check.sh");
+/// Receives a tar.gz of payload files, verifies and installs them.
+pub const RECEIVE: &str = include_str!("remote/receive.sh");
+/// Runs a payload's entry point in its run dir.
+pub const RUN: &str = include_str!("remote/run.sh");
+/// Sends `$PUSHRUN_OUT` back as a tar.gz and removes the run dir.
+pub const COLLECT: &str = include_str!("remote/collect.sh");
+/// Removes pushrun's whole directory from a host.
+pub const CLEAN: &str = include_str!("remote/clean.sh");
+
+/// What `check.sh` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The host's pushrun dir, absolute.
+    pub base: String,
+    /// Manifest paths missing or wrong there.
+    pub needed: Vec<String>,
+    /// How many files were present and right.
+    pub checked: usize,
+}
+
+/// The `error …` line of a script's answer, if there is one.
+pub fn error_line(stdout: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("error ").map(str::to_string))
+}
+
+/// Reads `check.sh`'s answer; `Err` carries a message for the user.
+pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
+    if let Some(e) = error_line(stdout) {
+        return Err(e);
+    }
+    let text = std::str::from_utf8(stdout).map_err(|_| "check: answer is not UTF-8".to_string())?;
+    let mut base = None;
+    let mut needed = Vec::new();
+    let mut checked = None;
+    for line in text.lines() {
+        if let Some(b) = line.strip_prefix("base ") {
+            base = Some(b.to_string());
+        } else if let Some(p) = line.strip_prefix("need ") {
+            needed.push(p.to_string());
+        } else if let Some(n) = line.strip_prefix("checked ") {
+            checked = n.trim().parse().ok();
+        }
+    }
+    match (base, checked) {
+        (Some(base), Some(checked)) => Ok(CheckReport { base, needed, checked }),
+        _ => Err(format!("check: unexpected answer: {}", text.trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_answer_lists_needed_files_with_spaces() {
+        let r = parse_check(b"base /tmp/.pushrun-ops\nneed lib/a b.bin\nneed run\nchecked 3\n").unwrap();
+        assert_eq!(
+            r,
+            CheckReport {
+                base: "/tmp/.pushrun-ops".into(),
+                needed: vec!["lib/a b.bin".into(), "run".into()],
+                checked: 3
+            }
+        );
+    }
+
+    #[test]
+    fn an_error_line_wins_and_a_cut_answer_is_an_error() {
+        assert_eq!(
+            parse_check(b"error /tmp/.pushrun-ops is a symlink: refusing to use it\n"),
+            Err("/tmp/.pushrun-ops is a symlink: refusing to use it".into())
+        );
+        assert!(parse_check(b"base /x\nneed a\n").unwrap_err().starts_with("check: unexpected answer"));
+    }
+}

@@ -1,0 +1,71 @@
+#!/bin/sh
+# pushrun collect: send back what a run left in its out directory, then
+# remove the run's directory.
+#
+# Invoked as: exec sh -c "$(cat collect.sh)" pushrun-collect BASE RUN_ID
+#   BASE    the absolute BASE that check.sh printed
+#   RUN_ID  the run's id
+# stdin: not read.
+# stdout: a gzip'ed tar of BASE/runs/RUN_ID/out ("tar -cf - ." inside it,
+#   through "gzip -1 -c"): names as they are (spaces, unicode), contents as
+#   they are, empty directories, symlinks as symlinks. When there is no out
+#   directory, an empty but valid tar.gz.
+# stderr: a message when something failed.
+# Exit codes: 0 sent; 3 bad arguments; 7 tar or gzip failed (what was sent
+# is then incomplete). BASE/runs/RUN_ID is removed on every outcome.
+
+die() { # CODE MESSAGE
+    printf 'pushrun-collect: %s\n' "$2" >&2
+    exit "$1"
+}
+
+[ $# -eq 2 ] || die 3 "usage: collect.sh BASE RUN_ID (got $# arguments)"
+base=$1 run_id=$2
+case $base in
+    /*/.pushrun-*) ;;
+    *) die 3 "bad BASE '$base'" ;;
+esac
+# the run id becomes part of a path given to rm -rf: nothing but a name
+case $run_id in
+    [A-Za-z0-9]*) ;;
+    *) die 3 "bad run id '$run_id'" ;;
+esac
+case $run_id in
+    *[!A-Za-z0-9._-]*) die 3 "bad run id '$run_id'" ;;
+esac
+rundir=$base/runs/$run_id
+out=$rundir/out
+
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+    rm -rf "$rundir"
+}
+trap cleanup EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 141' PIPE
+trap 'exit 143' TERM
+
+if [ ! -d "$out" ] || [ -L "$out" ]; then
+    # an empty archive: two zero blocks
+    head -c 1024 /dev/zero | gzip -1 -c || die 7 "gzip failed"
+    exit 0
+fi
+
+# tar | gzip, keeping both exit statuses (sh has no pipefail): the data goes
+# to our stdout through fd 4, the statuses to the command substitution
+exec 4>&1
+rcs=$(
+    {
+        { (cd "$out" && tar -cf - .); echo "tar $?" >&3; } | gzip -1 -c >&4
+        echo "gzip $?" >&3
+    } 3>&1
+)
+exec 4>&-
+# rcs is "tar N", a newline, "gzip M"
+tar_rc=${rcs#tar }
+tar_rc=${tar_rc%%[!0-9]*}
+gzip_rc=${rcs##*gzip }
+[ "${tar_rc:-1}" = 0 ] || die 7 "tar failed (status ${tar_rc:-unknown}) on $out"
+[ "$gzip_rc" = 0 ] || die 7 "gzip failed (status $gzip_rc) while sending $out"
+exit 0

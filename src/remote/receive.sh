@@ -1,0 +1,308 @@
+#!/bin/sh
+# pushrun receive: take an upload of payload files, verify it, and install
+# it into the cache (or into the run's own payload directory).
+#
+# Invoked as: exec sh -c "$(cat receive.sh)" pushrun-receive BASE DIGEST RUN_ID MODE
+#   BASE    the absolute BASE that check.sh printed
+#   DIGEST  the payload's digest (lowercase hex)
+#   RUN_ID  the run's id, as given to check.sh
+#   MODE    cache: install into BASE/cache/DIGEST
+#           nocache: install into BASE/runs/RUN_ID/payload
+# stdin: a tar.gz stream. Its first member is .pushrun-expect: manifest lines
+#   without the header ("<sha256> <755|644> <size> <path>"), exactly one for
+#   each file sent; then those files.
+#
+# What it does: extracts the stream into a fresh BASE/cache/.stage-RUN_ID,
+# checks that it holds exactly the expected regular files (no symlinks),
+# sets each file's mode (two chmod processes at most) and verifies every
+# file's sha256 (one sha256sum process). Then, holding BASE/lock, installs:
+# when the target directory holds no file yet, the stage directory is
+# renamed into place (one rename); otherwise each file is renamed into place,
+# replacing what is there. Either way every file that appears in the target
+# is complete and verified. The stage directory is removed on every outcome.
+#
+# stdout, one line:
+#   installed <n>             (n files installed)
+#   error <message>           on failure
+# Exit codes: 0 installed; 3 error (bad arguments, refused BASE, lock
+# timeout); 5 the upload arrived corrupt ("upload of <path> arrived
+# corrupt", or a broken stream); 6 cannot write ("no space left on device
+# under <dir>", or "cannot write under <dir>: <message>"); nothing is
+# half-installed then.
+
+umask 077
+LC_ALL=C
+export LC_ALL
+nl='
+'
+
+fail() { # CODE MESSAGE
+    printf 'error %s\n' "$2"
+    exit "$1"
+}
+
+# the last line of a command's error output, without the "prog: " noise
+reason() { # TEXT
+    r=$(printf '%s\n' "$1" | tail -n 1)
+    case $r in
+        *': '*) r=${r##*: } ;;
+    esac
+    printf '%s' "${r:-unknown error}"
+}
+
+# a failed write under DIR, with the failing command's error output TEXT
+write_fail() { # DIR TEXT
+    case $2 in
+        *'No space left'*) fail 6 "no space left on device under $1" ;;
+    esac
+    fail 6 "cannot write under $1: $(reason "$2")"
+}
+
+# split one .pushrun-expect line into sum, fmode, size and path;
+# 1 when it is malformed
+parse() { # LINE
+    sum=${1%% *} rest=${1#* }
+    fmode=${rest%% *} rest=${rest#* }
+    size=${rest%% *} path=${rest#* }
+    case $sum in
+        *[!0-9a-f]*) return 1 ;;
+    esac
+    [ ${#sum} -eq 64 ] || return 1
+    case $fmode in
+        755 | 644) ;;
+        *) return 1 ;;
+    esac
+    case $size in
+        '' | *[!0-9]*) return 1 ;;
+    esac
+    case $path in
+        '' | /* | *\\* | .pushrun-expect) return 1 ;;
+    esac
+    case /$path/ in
+        */../*) return 1 ;;
+    esac
+    return 0
+}
+
+[ $# -eq 4 ] || fail 3 "usage: receive.sh BASE DIGEST RUN_ID MODE (got $# arguments)"
+BASE=$1 digest=$2 run_id=$3 mode=$4
+case $BASE in
+    /*/.pushrun-*) ;;
+    *) fail 3 "bad BASE '$BASE'" ;;
+esac
+case $digest in
+    '' | *[!0-9a-f]*) fail 3 "bad payload digest '$digest'" ;;
+esac
+case $run_id in
+    [A-Za-z0-9]*) ;;
+    *) fail 3 "bad run id '$run_id'" ;;
+esac
+case $run_id in
+    *[!A-Za-z0-9._-]*) fail 3 "bad run id '$run_id'" ;;
+esac
+case $mode in
+    cache) target=$BASE/cache/$digest ;;
+    nocache) target=$BASE/runs/$run_id/payload ;;
+    *) fail 3 "bad mode '$mode' (cache or nocache)" ;;
+esac
+
+# the same checks as check.sh, which created BASE
+uid=$(id -u) || fail 3 "cannot tell the login user's uid"
+[ -L "$BASE" ] && fail 3 "$BASE is a symlink: refusing to use it"
+[ -d "$BASE" ] || fail 3 "$BASE is not a directory: refusing to use it"
+st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
+owner=${st%% *} perm=${st#* }
+[ "$owner" = "$uid" ] || fail 3 "$BASE is owned by uid $owner, not $uid: refusing to use it"
+[ "$perm" = 700 ] || fail 3 "$BASE has mode $perm, not 700"
+
+# ---------------------------------------------------------------- lock
+# BASE/lock is a mkdir lock holding the owner's pid. A lock older than 10
+# minutes is stale and broken. Waits up to 30 s; 1 on timeout.
+lock_held=
+lock_take() {
+    tenths=0 tick=
+    while ! mkdir "$BASE/lock" 2>/dev/null; do
+        if [ ! -d "$BASE/lock" ]; then
+            # not held by anyone: a real failure (or it was just released)
+            err=$(mkdir "$BASE/lock" 2>&1) && break
+            [ -d "$BASE/lock" ] && continue
+            write_fail "$BASE" "$err"
+        fi
+        if [ -n "$(find "$BASE/lock" -maxdepth 0 -mmin +10 2>/dev/null)" ]; then
+            rm -rf "$BASE/lock"
+            continue
+        fi
+        [ "$tenths" -ge 300 ] && return 1
+        if [ -z "$tick" ]; then
+            # learn once whether sleep takes fractions (GNU and busybox do)
+            if sleep 0.1 2>/dev/null; then tick=1; else tick=10 && sleep 1; fi
+        elif [ "$tick" = 1 ]; then
+            sleep 0.1
+        else
+            sleep 1
+        fi
+        tenths=$((tenths + tick))
+    done
+    lock_held=1
+    printf '%s\n' "$$" 2>/dev/null >"$BASE/lock/pid"
+    return 0
+}
+lock_release() {
+    [ -n "$lock_held" ] || return 0
+    lock_held=
+    holder=
+    read -r holder 2>/dev/null <"$BASE/lock/pid"
+    # not ours any more if it was broken as stale and taken by another
+    case $holder in
+        '' | "$$") rm -rf "$BASE/lock" ;;
+    esac
+}
+lock_holder() {
+    holder=
+    read -r holder 2>/dev/null <"$BASE/lock/pid"
+    printf '%s' "${holder:-unknown}"
+}
+
+stage=$BASE/cache/.stage-$run_id
+expect=$stage.expect # beside the stage, so that it can be renamed whole
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+    rm -rf "$stage" "$expect"
+    lock_release
+}
+trap cleanup EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 141' PIPE
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------- extract
+rm -rf "$stage" "$expect"
+err=$(mkdir -p "$BASE/cache" 2>&1 && mkdir "$stage" 2>&1) || write_fail "$BASE" "$err"
+
+# gzip -dc | tar -xf -, keeping both exit statuses (sh has no pipefail) and
+# the tail of their messages
+out=$(
+    {
+        { gzip -dc; echo "pushrun-rc gzip $?" >&2; } | (cd "$stage" && tar -xof -)
+        echo "pushrun-rc tar $?"
+    } 2>&1 | tail -n 20
+)
+gzip_rc='' tar_rc='' msg=''
+saved_ifs=$IFS
+IFS=$nl
+set -f
+for l in $out; do
+    case $l in
+        'pushrun-rc gzip '*) gzip_rc=${l##* } ;;
+        'pushrun-rc tar '*) tar_rc=${l##* } ;;
+        *'Exiting with failure status'*) ;;
+        *) [ -n "$msg" ] || msg=$l ;;
+    esac
+done
+set +f
+IFS=$saved_ifs
+if [ "$tar_rc" != 0 ]; then
+    case $out in
+        *'No space left'*) fail 6 "no space left on device under $BASE" ;;
+    esac
+    # gzip failing by itself (not killed by a signal) means a broken stream
+    case $gzip_rc in
+        '' | 0) ;;
+        *) [ "$gzip_rc" -gt 128 ] || fail 5 "upload arrived corrupt: ${msg:-gzip failed}" ;;
+    esac
+    fail 6 "cannot write under $BASE: ${msg:-tar failed}"
+fi
+
+# -------------------------------------------------------------- verify
+if [ ! -f "$stage/.pushrun-expect" ] || [ -L "$stage/.pushrun-expect" ]; then
+    fail 5 "upload arrived corrupt: it has no .pushrun-expect"
+fi
+err=$(mv -f "$stage/.pushrun-expect" "$expect" 2>&1) || write_fail "$BASE" "$err"
+
+# every listed file is there, a regular file; the modes go to chmod
+n=0
+set --
+while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    parse "$line" || fail 5 "upload arrived corrupt: bad line $n in .pushrun-expect: '$line'"
+    if [ ! -f "$stage/$path" ] || [ -L "$stage/$path" ]; then
+        fail 5 "upload of $path arrived corrupt"
+    fi
+    [ "$fmode" = 755 ] && set -- "$@" "$stage/$path"
+done <"$expect"
+# nothing else: no symlink anywhere (a symlinked directory could point a
+# listed path outside the stage), and no file that was not listed
+odd=$(find "$stage" ! -type d ! -type f 2>/dev/null | head -n 1)
+[ -z "$odd" ] || fail 5 "upload arrived corrupt: ${odd#"$stage"/} is not a regular file"
+count=$(find "$stage" -type f 2>/dev/null | wc -l)
+count=${count##* } # busybox pads it
+[ "$count" -eq "$n" ] || fail 5 "upload arrived corrupt: it holds $count files, .pushrun-expect lists $n"
+
+if [ $# -gt 0 ]; then
+    err=$(chmod 755 -- "$@" 2>&1) || write_fail "$BASE" "$err"
+fi
+set --
+while IFS= read -r line || [ -n "$line" ]; do
+    parse "$line"
+    [ "$fmode" = 644 ] && set -- "$@" "$stage/$path"
+done <"$expect"
+if [ $# -gt 0 ]; then
+    err=$(chmod 644 -- "$@" 2>&1) || write_fail "$BASE" "$err"
+fi
+
+# one sha256sum for all files; its results ("path: OK", one per check line,
+# in order) are read in step with .pushrun-expect; the first file that is not
+# plainly OK is named
+if [ "$n" -gt 0 ]; then
+    bad=$(
+        while IFS= read -r line || [ -n "$line" ]; do
+            parse "$line"
+            printf '%s  %s\n' "$sum" "$path"
+        done <"$expect" | (cd "$stage" && sha256sum -c 2>/dev/null) | {
+            while IFS= read -r line <&5 || [ -n "$line" ]; do
+                parse "$line"
+                res=
+                IFS= read -r res
+                if [ "$res" != "$path: OK" ]; then
+                    printf '%s' "$path"
+                    exit 0
+                fi
+                line=
+            done 5<"$expect"
+        }
+    )
+    [ -z "$bad" ] || fail 5 "upload of $bad arrived corrupt"
+fi
+
+# ------------------------------------------------------------- install
+lock_take || fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid $(lock_holder))"
+parent=${target%/*}
+err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
+if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then
+    # no file there yet: the whole stage goes into place by one rename
+    err=$({ rm -rf "$target" && mv -f "$stage" "$target"; } 2>&1) ||
+        write_fail "$parent" "$err"
+else
+    # some files are there (in use by runs): rename each new file over its
+    # old copy; every rename is atomic
+    set --
+    while IFS= read -r line || [ -n "$line" ]; do
+        parse "$line"
+        case $path in
+            */*) set -- "$@" "$target/${path%/*}" ;;
+        esac
+    done <"$expect"
+    err=$(mkdir -p "$target" "$@" 2>&1) || write_fail "$target" "$err"
+    while IFS= read -r line || [ -n "$line" ]; do
+        parse "$line"
+        t=$target/$path
+        if [ -d "$t" ] || [ -L "$t" ]; then
+            rm -rf "$t"
+        fi
+        err=$(mv -f "$stage/$path" "$t" 2>&1) || write_fail "$target" "$err"
+    done <"$expect"
+fi
+lock_release
+printf 'installed %s\n' "$n"
+exit 0

@@ -1,0 +1,131 @@
+#!/bin/sh
+# pushrun run: run a payload's entry point, and end every process it started
+# (and drop the run's directory) when the initiator goes away.
+#
+# Invoked as:
+#   exec sh -c "$(cat run.sh)" pushrun-run BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]
+#   BASE         the absolute BASE that check.sh printed
+#   PAYLOAD_DIR  absolute: BASE/cache/DIGEST or BASE/runs/RUN_ID/payload
+#   RUN_ID       the run's id, as given to check.sh
+#   HOST         the host's name in the inventory (for PUSHRUN_HOST)
+#   ENTRY        the entry point, a path relative to PAYLOAD_DIR
+#   ARGS         its arguments
+# stdin: held open by the initiator for as long as the run may go on; its
+#   end (timeout, Ctrl-C, the initiator killed, the connection lost) ends the
+#   run. The entry point itself gets /dev/null.
+# stdout, stderr: the entry point's.
+# The entry point runs in BASE/runs/RUN_ID with these in its environment:
+#   PUSHRUN_OUT=BASE/runs/RUN_ID/out  (files to bring back; see collect.sh)
+#   PUSHRUN_HOST=HOST  PUSHRUN_RUN_ID=RUN_ID  PUSHRUN_PAYLOAD=PAYLOAD_DIR
+# Exit code: the entry point's (126 not executable, 127 not found, 128+N
+# killed by signal N); 125 when the run cannot start (bad arguments, no run
+# directory), with a message on stderr.
+#
+# How the run is ended: as in exec.sh, sshd makes every non-PTY session its
+# own process group (setsid()) and `exec` makes this shell its leader, so $$
+# is the group id. A watcher reads our stdin; at its end it sends TERM to the
+# whole group, waits up to 2 s for it to go, then KILLs whatever is left one
+# process at a time (found in /proc: a KILL to the group would take the
+# watcher too) and removes BASE/runs/RUN_ID. It ignores TERM, and uses only
+# builtins, sleep and rm. When the entry point ends by itself the watcher is
+# killed and the run directory stays for collect.sh.
+
+die() {
+    printf 'pushrun-run: %s\n' "$1" >&2
+    exit 125
+}
+
+[ $# -ge 5 ] || die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"
+base=$1 payload=$2 run_id=$3 host=$4 entry=$5
+shift 5
+case $base in
+    /*/.pushrun-*) ;;
+    *) die "bad BASE '$base'" ;;
+esac
+case $payload in
+    /*) ;;
+    *) die "PAYLOAD_DIR must be absolute, not '$payload'" ;;
+esac
+case $run_id in
+    [A-Za-z0-9]*) ;;
+    *) die "bad run id '$run_id'" ;;
+esac
+case $run_id in
+    *[!A-Za-z0-9._-]*) die "bad run id '$run_id'" ;;
+esac
+case /$entry/ in
+    // | //* | */../*) die "bad entry point '$entry'" ;;
+esac
+rundir=$base/runs/$run_id
+cd "$rundir" 2>/dev/null || die "no run directory $rundir"
+
+pg=$$
+exec 3<&0
+(
+    trap '' TERM HUP
+    while IFS= read -r _ <&3; do :; done
+    exec 3<&-
+
+    # this watcher's own pid ($$ is the main shell's in a subshell)
+    me=
+    read -r me _ </proc/self/stat
+
+    # 0 when a live process of group $pg other than this watcher exists;
+    # sends each such process SIGNAL when one is given
+    others() { # [SIGNAL]
+        found=1
+        for f in /proc/[0-9]*/stat; do
+            line=
+            read -r line 2>/dev/null <"$f" || continue
+            p=${f#/proc/}
+            p=${p%/stat}
+            [ "$p" = "$me" ] && continue
+            # after "pid (comm) ": state ppid pgrp ...
+            rest=${line##*) }
+            state=${rest%% *}
+            rest=${rest#* }
+            rest=${rest#* }
+            [ "${rest%% *}" = "$pg" ] || continue
+            case $state in
+                Z | X | x) continue ;;
+            esac
+            found=0
+            if [ -n "${1:-}" ]; then
+                kill -"$1" "$p" 2>/dev/null
+            fi
+        done
+        return $found
+    }
+
+    kill -TERM -"$pg" 2>/dev/null
+    # a grace period of 2 s, cut short once everything is gone
+    tenths=0
+    while others && [ "$tenths" -lt 20 ]; do
+        if sleep 0.1 2>/dev/null; then
+            tenths=$((tenths + 1))
+        else
+            sleep 1
+            tenths=$((tenths + 10))
+        fi
+    done
+    # whatever is left: KILL, one by one, until nothing is (new processes
+    # may be forked meanwhile: go round again)
+    rounds=0
+    while others KILL && [ "$rounds" -lt 50 ]; do
+        rounds=$((rounds + 1))
+        sleep 0.1 2>/dev/null || sleep 1
+    done
+    rm -rf "$rundir"
+) >/dev/null 2>&1 &
+watcher=$!
+exec 3<&-
+
+PUSHRUN_OUT=$rundir/out
+PUSHRUN_HOST=$host
+PUSHRUN_RUN_ID=$run_id
+PUSHRUN_PAYLOAD=$payload
+export PUSHRUN_OUT PUSHRUN_HOST PUSHRUN_RUN_ID PUSHRUN_PAYLOAD
+"$payload/$entry" "$@" </dev/null
+rc=$?
+kill -KILL "$watcher" 2>/dev/null
+exit "$rc"
