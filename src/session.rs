@@ -550,7 +550,7 @@ mod tests {
 
     async fn lines_of(input: &[u8], strip_cr: bool) -> Vec<(Vec<u8>, bool)> {
         let (tx, mut rx) = mpsc::channel(100);
-        let reader = read_lines(input, strip_cr, 7, Stream::Stderr, &tx);
+        let reader = async move { read_lines(input, strip_cr, 7, Stream::Stderr, &tx).await };
         let collect = async {
             let mut got = Vec::new();
             while let Some(ev) = rx.recv().await {
@@ -559,7 +559,7 @@ mod tests {
             }
             got
         };
-        let (r, got) = tokio::join!(async { let r = reader.await; drop(tx); r }, collect);
+        let (r, got) = tokio::join!(reader, collect);
         r.unwrap();
         got
     }
