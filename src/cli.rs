@@ -215,6 +215,9 @@ impl ExecArgs {
     /// Checks everything and builds the plan.
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
+        if self.pty != PtyMode::No && (self.payload.is_some() || self.command.is_empty()) {
+            return Err(UsageError::Flags("--pty goes with a command, not a payload (payloads never need a terminal)".into()));
+        }
         let run_id = new_run_id();
         let (job, results) = match (&self.payload, self.command.is_empty()) {
             (Some(dir), _) => {
