@@ -101,6 +101,11 @@ case $mode in
     *) fail 3 "bad mode '$mode' (cache or nocache)" ;;
 esac
 
+# the manifest's header first: a wrong one changes nothing on the host
+header=
+IFS= read -r header
+[ "$header" = 'pushrun-manifest 1' ] || fail 3 "unexpected manifest header '$header'"
+
 # ---------------------------------------------------------------- BASE
 uid=$(id -u) || fail 3 "cannot tell the login user's uid"
 user=$(id -un 2>/dev/null) || user=$uid
@@ -222,7 +227,7 @@ in_use=' '
 for f in "$BASE"/runs/*/digest; do
     [ -f "$f" ] || continue
     d=
-    read -r d <"$f"
+    read -r d 2>/dev/null <"$f"
     in_use="$in_use$d "
 done
 # payload directories are named by hex digests: ls -t is safe, and is the
@@ -247,12 +252,9 @@ ls -t "$BASE/cache" 2>/dev/null | {
 lock_release
 
 # ------------------------------------------------------------ manifest
-# Pass 1 reads the manifest with builtins only. Each file goes to .list as
-# "N path" (needed) or "C path" (present, to be hashed); each candidate
-# goes to .sums as a check line for sha256sum -c.
-header=
-IFS= read -r header
-[ "$header" = 'pushrun-manifest 1' ] || fail 3 "unexpected manifest header '$header'"
+# Pass 1 reads the rest of the manifest with builtins only. Each file goes
+# to .list as "N path" (needed) or "C path" (present, to be hashed); each
+# candidate goes to .sums as a check line for sha256sum -c.
 # (tried in a subshell first: a failed redirection of exec ends the shell)
 (: >"$work.list" && : >"$work.sums") 2>/dev/null || fail 3 "cannot write under $rundir"
 exec 6>"$work.list" 7>"$work.sums"
@@ -283,15 +285,16 @@ if [ -s "$work.sums" ]; then
     (cd "$target" && sha256sum -c "$work.sums") >"$work.result" 2>/dev/null
 fi
 
+# a short .list (disk full) must not pass for "nothing needed"
+listed=$(wc -l <"$work.list")
+[ "${listed##* }" -eq "$n" ] || fail 3 "cannot write under $rundir: its check list is incomplete"
+
 # Pass 2: read .list and the results in step; anything not plainly OK is
-# needed. The answer is printed only once it is complete.
-nl='
-'
-need=
-ok=0 seen=0
+# needed.
+printf 'base %s\n' "$BASE"
+ok=0
 exec 5<"$work.result"
 while IFS= read -r entry; do
-    seen=$((seen + 1))
     state=${entry%% *} path=${entry#* }
     if [ "$state" = C ]; then
         res=
@@ -301,10 +304,8 @@ while IFS= read -r entry; do
             continue
         fi
     fi
-    need="${need}need $path$nl"
+    printf 'need %s\n' "$path"
 done <"$work.list"
 exec 5<&-
-# a short .list (disk full) must not pass for "nothing needed"
-[ "$seen" -eq "$n" ] || fail 3 "cannot write under $rundir: its check list is incomplete"
-printf 'base %s\n%schecked %s\n' "$BASE" "$need" "$ok"
+printf 'checked %s\n' "$ok"
 exit 0

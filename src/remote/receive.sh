@@ -14,12 +14,13 @@
 #
 # What it does: extracts the stream into a fresh BASE/cache/.stage-RUN_ID,
 # checks that it holds exactly the expected regular files (no symlinks),
-# sets each file's mode (two chmod processes at most) and verifies every
-# file's sha256 (one sha256sum process). Then, holding BASE/lock, installs:
-# when the target directory holds no file yet, the stage directory is
-# renamed into place (one rename); otherwise each file is renamed into place,
-# replacing what is there. Either way every file that appears in the target
-# is complete and verified. The stage directory is removed on every outcome.
+# sets each file's mode as .pushrun-expect says (two chmod processes at
+# most) and verifies every file's sha256 (one sha256sum process). Then it
+# installs: when the target directory holds no file yet, the stage directory
+# is renamed into place (one rename, under BASE/lock); otherwise each file is
+# renamed into place, replacing what is there. Either way every file that
+# appears in the target is complete and verified. The stage directory is
+# removed on every outcome.
 #
 # stdout, one line:
 #   installed <n>             (n files installed)
@@ -81,6 +82,32 @@ parse() { # LINE
     case /$path/ in
         */../*) return 1 ;;
     esac
+    return 0
+}
+
+# Runs COMMAND [ARGS...] on every line LISTER prints (paths: they hold no
+# newline): one process for all when the argument list fits, else one per
+# line. 0, or 1 with the failing command's error output in err. (Building
+# "$@" with set -- one item at a time costs time quadratic in the items.)
+on_lines() { # LISTER COMMAND [ARGS...]
+    lister=$1
+    shift
+    saved_ifs=$IFS
+    IFS=$nl
+    set -f
+    # shellcheck disable=SC2046 # split on newlines only, with no globbing
+    if ! err=$("$@" $($lister) 2>&1); then
+        # too long for one command line, or a real failure: one by one
+        for item in $($lister); do
+            if ! err=$("$@" "$item" 2>&1); then
+                IFS=$saved_ifs
+                set +f
+                return 1
+            fi
+        done
+    fi
+    IFS=$saved_ifs
+    set +f
     return 0
 }
 
@@ -203,8 +230,9 @@ done
 set +f
 IFS=$saved_ifs
 if [ "$tar_rc" != 0 ]; then
+    # ENOSPC, or the short write GNU tar reports without an errno
     case $out in
-        *'No space left'*) fail 6 "no space left on device under $BASE" ;;
+        *'No space left'* | *'Wrote only'*) fail 6 "no space left on device under $BASE" ;;
     esac
     # gzip failing by itself (not killed by a signal) means a broken stream
     case $gzip_rc in
@@ -220,16 +248,15 @@ if [ ! -f "$stage/.pushrun-expect" ] || [ -L "$stage/.pushrun-expect" ]; then
 fi
 err=$(mv -f "$stage/.pushrun-expect" "$expect" 2>&1) || write_fail "$BASE" "$err"
 
-# every listed file is there, a regular file; the modes go to chmod
-n=0
-set --
+# every listed file is there, a regular file
+n=0 n755=0
 while IFS= read -r line || [ -n "$line" ]; do
     n=$((n + 1))
     parse "$line" || fail 5 "upload arrived corrupt: bad line $n in .pushrun-expect: '$line'"
     if [ ! -f "$stage/$path" ] || [ -L "$stage/$path" ]; then
         fail 5 "upload of $path arrived corrupt"
     fi
-    [ "$fmode" = 755 ] && set -- "$@" "$stage/$path"
+    [ "$fmode" = 755 ] && n755=$((n755 + 1))
 done <"$expect"
 # nothing else: no symlink anywhere (a symlinked directory could point a
 # listed path outside the stage), and no file that was not listed
@@ -239,16 +266,27 @@ count=$(find "$stage" -type f 2>/dev/null | wc -l)
 count=${count##* } # busybox pads it
 [ "$count" -eq "$n" ] || fail 5 "upload arrived corrupt: it holds $count files, .pushrun-expect lists $n"
 
-if [ $# -gt 0 ]; then
-    err=$(chmod 755 -- "$@" 2>&1) || write_fail "$BASE" "$err"
+# the modes .pushrun-expect gives (whatever the tar headers said): one
+# chmod for the executables, one for the rest
+# shellcheck disable=SC2317 # called through on_lines
+stage_paths_755() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        parse "$line"
+        [ "$fmode" = 755 ] && printf '%s\n' "$stage/$path"
+    done <"$expect"
+}
+# shellcheck disable=SC2317 # called through on_lines
+stage_paths_644() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        parse "$line"
+        [ "$fmode" = 644 ] && printf '%s\n' "$stage/$path"
+    done <"$expect"
+}
+if [ "$n755" -gt 0 ]; then
+    on_lines stage_paths_755 chmod 755 -- || write_fail "$BASE" "$err"
 fi
-set --
-while IFS= read -r line || [ -n "$line" ]; do
-    parse "$line"
-    [ "$fmode" = 644 ] && set -- "$@" "$stage/$path"
-done <"$expect"
-if [ $# -gt 0 ]; then
-    err=$(chmod 644 -- "$@" 2>&1) || write_fail "$BASE" "$err"
+if [ "$n755" -lt "$n" ]; then
+    on_lines stage_paths_644 chmod 644 -- || write_fail "$BASE" "$err"
 fi
 
 # one sha256sum for all files; its results ("path: OK", one per check line,
@@ -276,6 +314,20 @@ if [ "$n" -gt 0 ]; then
 fi
 
 # ------------------------------------------------------------- install
+# the target and the parent directory of every listed file in it
+# shellcheck disable=SC2317 # called through on_lines
+target_dirs() {
+    printf '%s\n' "$target"
+    last=
+    while IFS= read -r line || [ -n "$line" ]; do
+        parse "$line"
+        case $path in
+            */*) [ "${path%/*}" = "$last" ] || printf '%s\n' "$target/${path%/*}" ;;
+        esac
+        last=${path%/*}
+    done <"$expect"
+}
+
 lock_take || fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid $(lock_holder))"
 parent=${target%/*}
 err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
@@ -285,15 +337,12 @@ if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then
         write_fail "$parent" "$err"
 else
     # some files are there (in use by runs): rename each new file over its
-    # old copy; every rename is atomic
-    set --
-    while IFS= read -r line || [ -n "$line" ]; do
-        parse "$line"
-        case $path in
-            */*) set -- "$@" "$target/${path%/*}" ;;
-        esac
-    done <"$expect"
-    err=$(mkdir -p "$target" "$@" 2>&1) || write_fail "$target" "$err"
+    # old copy; every rename is atomic. That needs no lock (the lock keeps
+    # two receives from both taking the one-rename way, and this target has
+    # files; a run directory naming DIGEST keeps eviction off it), so others
+    # need not wait for what may be many renames.
+    lock_release
+    on_lines target_dirs mkdir -p -- || write_fail "$target" "$err"
     while IFS= read -r line || [ -n "$line" ]; do
         parse "$line"
         t=$target/$path

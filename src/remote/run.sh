@@ -98,6 +98,13 @@ exec 3<&0
     }
 
     kill -TERM -"$pg" 2>/dev/null
+    if [ -z "$me" ]; then
+        # no /proc: exec.sh's way, the run dir removed before the KILL that
+        # ends this watcher too
+        sleep 2
+        rm -rf "$rundir"
+        kill -KILL -"$pg"
+    fi
     # a grace period of 2 s, cut short once everything is gone
     tenths=0
     while others && [ "$tenths" -lt 20 ]; do

@@ -1,0 +1,1245 @@
+//! The POSIX sh scripts of `src/remote/` (check, receive, run, collect, clean) on real
+//! sshd hosts on loopback, fed exactly as pushrun feeds them: over ssh, as
+//! `exec sh -c 'SCRIPT' NAME 'ARG'...`, with the manifest or the tar.gz on stdin.
+//!
+//! The hosts log in as the test's user, root (as in CI): BASE is `/tmp/.pushrun-root`
+//! inside a host, which is `tmp_dir(0)/.pushrun-root` from here.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{HostOpts, TestHosts};
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+const CHECK: &str = include_str!("../src/remote/check.sh");
+const RECEIVE: &str = include_str!("../src/remote/receive.sh");
+const RUN: &str = include_str!("../src/remote/run.sh");
+const COLLECT: &str = include_str!("../src/remote/collect.sh");
+const CLEAN: &str = include_str!("../src/remote/clean.sh");
+
+/// BASE inside a host (the login user is root).
+const BASE: &str = "/tmp/.pushrun-root";
+
+// ------------------------------------------------------------------ payloads
+
+#[derive(Clone)]
+struct File {
+    path: String,
+    data: Vec<u8>,
+    exec: bool,
+}
+
+#[derive(Clone)]
+struct Payload {
+    files: Vec<File>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes that neither repeat nor compress (xorshift), `n` of them.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const ENTRY: &str = r#"#!/bin/sh
+echo "out=$PUSHRUN_OUT"
+echo "host=$PUSHRUN_HOST"
+echo "run_id=$PUSHRUN_RUN_ID"
+echo "payload=$PUSHRUN_PAYLOAD"
+echo "extra=$PUSHRUN_TEST_VAR"
+echo "pwd=$(pwd)"
+echo "stdin=$(readlink /proc/$$/fd/0)"
+for a in "$@"; do echo "arg=$a"; done
+echo done > "$PUSHRUN_OUT/result.txt"
+exit "${1:-0}"
+"#;
+
+impl Payload {
+    /// An entry point `run` (755) that reports its environment and exits with its first
+    /// argument, a second executable, and two data files with spaces, unicode and binary.
+    fn standard() -> Payload {
+        let mut binary: Vec<u8> = (0..=255u8).collect();
+        binary.extend(noise(3000, 7));
+        Payload {
+            files: vec![
+                File {
+                    path: "run".into(),
+                    data: ENTRY.as_bytes().to_vec(),
+                    exec: true,
+                },
+                File {
+                    path: "bin/tool".into(),
+                    data: b"#!/bin/sh\necho tool\n".to_vec(),
+                    exec: true,
+                },
+                File {
+                    path: "lib/data file.bin".into(),
+                    data: binary,
+                    exec: false,
+                },
+                File {
+                    path: "ünï cødé/ß.txt".into(),
+                    data: "grüße\n".as_bytes().to_vec(),
+                    exec: false,
+                },
+            ],
+        }
+    }
+
+    /// `n` small files under a few directories, with content depending on `seed`.
+    fn many(n: usize, seed: u64) -> Payload {
+        let files = (0..n)
+            .map(|i| File {
+                path: format!("d{}/file {i}.dat", i % 4),
+                data: noise(200 + i * 13, seed * 1000 + i as u64),
+                exec: i % 3 == 0,
+            })
+            .collect();
+        Payload { files }
+    }
+
+    fn line(f: &File) -> String {
+        let mode = if f.exec { "755" } else { "644" };
+        format!("{} {mode} {} {}\n", sha256_hex(&f.data), f.data.len(), f.path)
+    }
+
+    fn manifest(&self) -> String {
+        let mut m = String::from("pushrun-manifest 1\n");
+        for f in &self.files {
+            m.push_str(&Payload::line(f));
+        }
+        m
+    }
+
+    fn digest(&self) -> String {
+        sha256_hex(self.manifest().as_bytes())
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.path.clone()).collect()
+    }
+
+    fn file(&self, path: &str) -> &File {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no file {path}"))
+    }
+
+    /// The upload of `paths`: `.pushrun-expect` first, then the files. The member
+    /// `tamper` (if any) arrives with one byte changed (same size).
+    fn upload_tampered(&self, paths: &[&str], tamper: Option<&str>) -> Vec<u8> {
+        let chosen: Vec<&File> = paths.iter().map(|p| self.file(p)).collect();
+        let expect: String = chosen.iter().map(|f| Payload::line(f)).collect();
+        let mut members: Vec<(String, Vec<u8>, u32)> = vec![(".pushrun-expect".into(), expect.into_bytes(), 0o644)];
+        for f in chosen {
+            let mut data = f.data.clone();
+            if Some(f.path.as_str()) == tamper {
+                data[0] ^= 0x55;
+            }
+            // modes come from .pushrun-expect, not from the tar headers
+            members.push((f.path.clone(), data, 0o600));
+        }
+        tar_gz(&members)
+    }
+
+    fn upload(&self, paths: &[&str]) -> Vec<u8> {
+        self.upload_tampered(paths, None)
+    }
+
+    fn upload_all(&self) -> Vec<u8> {
+        let paths = self.paths();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        self.upload(&refs)
+    }
+}
+
+fn tar_gz(members: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    for (path, data, mode) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path, &data[..]).expect("tar member");
+    }
+    tar.into_inner().expect("end the tar").finish().expect("end the gzip")
+}
+
+/// What a tar.gz holds: path (no "./", no trailing "/") -> what it is.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    File(Vec<u8>, u32),
+    Dir,
+    Link(String),
+}
+
+fn untar_gz(bytes: &[u8]) -> BTreeMap<String, Entry> {
+    let mut archive = tar::Archive::new(GzDecoder::new(bytes));
+    let mut found = BTreeMap::new();
+    for entry in archive.entries().expect("a tar stream") {
+        let mut entry = entry.expect("a tar member");
+        let path = entry.path().expect("member path").to_string_lossy().into_owned();
+        let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+        let kind = match entry.header().entry_type() {
+            tar::EntryType::Directory => Entry::Dir,
+            tar::EntryType::Symlink => Entry::Link(entry.link_name().unwrap().unwrap().to_string_lossy().into_owned()),
+            tar::EntryType::Regular => {
+                let mode = entry.header().mode().unwrap() & 0o777;
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                Entry::File(data, mode)
+            }
+            other => panic!("unexpected member {path}: {other:?}"),
+        };
+        if !path.is_empty() && path != "." {
+            found.insert(path, kind);
+        }
+    }
+    found
+}
+
+// ------------------------------------------------------------------- hosts
+
+/// What a script answered.
+struct Answer {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    fn describe(&self) -> String {
+        format!("exit {}\nstdout:\n{}stderr:\n{}", self.code, self.text(), self.stderr)
+    }
+
+    /// The single `error …` line and the exit code it came with.
+    fn assert_error(&self, code: i32, message: &str) {
+        assert_eq!(self.code, code, "{}", self.describe());
+        assert_eq!(self.text(), format!("error {message}\n"), "{}", self.describe());
+    }
+}
+
+/// check.sh's answer, with its shape checked: `base`, `need`s, `checked` last.
+#[derive(Debug)]
+struct Check {
+    needed: Vec<String>,
+    checked: usize,
+}
+
+fn parse_check(a: &Answer) -> Check {
+    assert_eq!(a.code, 0, "check failed: {}", a.describe());
+    let text = a.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "short answer: {}", a.describe());
+    assert_eq!(lines[0], format!("base {BASE}"), "{}", a.describe());
+    let last = lines[lines.len() - 1];
+    let checked = last
+        .strip_prefix("checked ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no checked line last: {}", a.describe()));
+    let needed = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| {
+            l.strip_prefix("need ")
+                .unwrap_or_else(|| panic!("odd line {l:?}: {}", a.describe()))
+                .to_string()
+        })
+        .collect();
+    Check { needed, checked }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// One test host and the way scripts are started on it.
+struct Host {
+    hosts: TestHosts,
+    /// What comes before the quoted script: `exec sh -c`, as pushrun sends it.
+    launcher: String,
+}
+
+impl Host {
+    fn start() -> Host {
+        assert!(
+            common::is_root(),
+            "these tests look into the hosts' /tmp: run them as root (as CI does)"
+        );
+        Host {
+            hosts: TestHosts::start(1),
+            launcher: "exec sh -c".into(),
+        }
+    }
+
+    /// A host whose /tmp is a 2 MiB tmpfs.
+    fn small_tmp() -> Host {
+        assert!(common::is_root(), "a small /tmp needs root (as in CI)");
+        let hosts = TestHosts::start_with(&[HostOpts {
+            small_tmp: true,
+            ..HostOpts::default()
+        }]);
+        Host {
+            hosts,
+            launcher: "exec sh -c".into(),
+        }
+    }
+
+    /// A host where the scripts run under `busybox sh` with nothing but busybox's
+    /// applets on PATH (tar, gzip, sha256sum, find, stat... all busybox's).
+    fn busybox() -> Host {
+        let mut host = Host::start();
+        host.shell("mkdir /tmp/bb && /usr/bin/busybox --install -s /tmp/bb && test -x /tmp/bb/sha256sum");
+        host.launcher = "PATH=/tmp/bb exec /tmp/bb/sh -c".into();
+        host
+    }
+
+    /// A path inside the host, as seen from here.
+    fn local(&self, path: &str) -> PathBuf {
+        let rest = path
+            .strip_prefix("/tmp/")
+            .unwrap_or_else(|| panic!("{path} is not under /tmp"));
+        self.hosts.tmp_dir(0).join(rest)
+    }
+
+    /// Runs a plain command on the host; panics unless it succeeds. Its stdout.
+    fn shell(&self, cmd: &str) -> String {
+        let out = self.hosts.ssh(0, cmd);
+        assert!(
+            out.status.success(),
+            "`{cmd}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn command_line(&self, launcher: &str, script: &str, name: &str, args: &[&str]) -> String {
+        let mut cmd = format!("{launcher} {} {name}", quote(script));
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(&quote(a));
+        }
+        cmd
+    }
+
+    fn spawn_with(&self, launcher: &str, script: &str, name: &str, args: &[&str]) -> Child {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(self.hosts.ssh_config())
+            .arg(self.hosts.addr(0))
+            .arg(self.command_line(launcher, script, name, args))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ssh")
+    }
+
+    fn script_with(&self, launcher: &str, script: &str, name: &str, args: &[&str], stdin: &[u8]) -> Answer {
+        let mut child = self.spawn_with(launcher, script, name, args);
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        // a script may stop reading early (an error): then this write fails, harmlessly
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait for ssh");
+        writer.join().unwrap();
+        Answer {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn script(&self, script: &str, name: &str, args: &[&str], stdin: &[u8]) -> Answer {
+        self.script_with(&self.launcher, script, name, args, stdin)
+    }
+
+    /// run.sh, with stdin held open until it ends, as pushrun holds it (its end
+    /// would stop the run).
+    fn run_with(&self, launcher: &str, args: &[&str]) -> Answer {
+        let mut child = self.spawn_with(launcher, RUN, "pushrun-run", args);
+        let stdin = child.stdin.take();
+        let out = child.wait_with_output().expect("wait for ssh");
+        drop(stdin);
+        Answer {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Answer {
+        self.run_with(&self.launcher, args)
+    }
+
+    fn check_mode(&self, p: &Payload, run_id: &str, mode: &str) -> Answer {
+        let digest = p.digest();
+        self.script(
+            CHECK,
+            "pushrun-check",
+            &["/tmp", &digest, run_id, mode],
+            p.manifest().as_bytes(),
+        )
+    }
+
+    fn check(&self, p: &Payload, run_id: &str) -> Check {
+        parse_check(&self.check_mode(p, run_id, "cache"))
+    }
+
+    fn receive_bytes(&self, p: &Payload, run_id: &str, mode: &str, upload: &[u8]) -> Answer {
+        let digest = p.digest();
+        self.script(RECEIVE, "pushrun-receive", &[BASE, &digest, run_id, mode], upload)
+    }
+
+    /// Uploads `paths` into the cache; asserts it answers `installed N`.
+    fn receive(&self, p: &Payload, run_id: &str, paths: &[&str]) {
+        let a = self.receive_bytes(p, run_id, "cache", &p.upload(paths));
+        assert_eq!(
+            (a.code, a.text()),
+            (0, format!("installed {}\n", paths.len())),
+            "{}",
+            a.describe()
+        );
+    }
+
+    fn receive_all(&self, p: &Payload, run_id: &str) {
+        let paths = p.paths();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        self.receive(p, run_id, &refs);
+    }
+
+    fn collect(&self, run_id: &str) -> Answer {
+        self.script(COLLECT, "pushrun-collect", &[BASE, run_id], b"")
+    }
+
+    /// The cached copy of a payload file, seen from here.
+    fn cached(&self, p: &Payload, path: &str) -> PathBuf {
+        self.local(&format!("{BASE}/cache/{}/{path}", p.digest()))
+    }
+
+    fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.local(&format!("{BASE}/runs/{run_id}"))
+    }
+
+    fn cache_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.local(&format!("{BASE}/cache")))
+            .expect("read the cache")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn all_paths(p: &Payload) -> Vec<String> {
+    p.paths()
+}
+
+/// Regular files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                found.extend(files_under(&e.path()));
+            } else {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+fn set_mtime(path: &std::path::Path, ago: Duration) {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.set_modified(SystemTime::now() - ago).expect("set mtime");
+}
+
+/// Pids and command lines of processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || !common::pid_alive(name.parse().unwrap()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ------------------------------------------------------------------- check
+
+#[test]
+fn a_cold_check_needs_every_file_and_creates_a_private_base() {
+    let host = Host::start();
+    let p = Payload::standard();
+    let c = host.check(&p, "r1");
+    assert_eq!(c.needed, all_paths(&p), "every file, in manifest order");
+    assert_eq!(c.checked, 0);
+
+    let base = std::fs::symlink_metadata(host.local(BASE)).expect("BASE exists");
+    assert!(base.is_dir());
+    assert_eq!(base.mode() & 0o7777, 0o700);
+    assert_eq!(base.uid(), 0);
+    assert!(host.run_dir("r1").join("out").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(host.run_dir("r1").join("digest")).unwrap(),
+        format!("{}\n", p.digest())
+    );
+    assert!(host.local(&format!("{BASE}/cache/{}", p.digest())).is_dir());
+    // nothing but the run's own files is left behind
+    let mut run: Vec<String> = std::fs::read_dir(host.run_dir("r1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    run.sort();
+    assert_eq!(run, ["digest", "out"]);
+}
+
+#[test]
+fn receive_installs_verified_files_and_a_warm_check_needs_nothing() {
+    let host = Host::start();
+    let p = Payload::standard();
+    assert_eq!(host.check(&p, "r1").needed.len(), 4);
+    host.receive_all(&p, "r1");
+    for f in &p.files {
+        let path = host.cached(&p, &f.path);
+        assert_eq!(std::fs::read(&path).unwrap(), f.data, "{}", f.path);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, if f.exec { 0o755 } else { 0o644 }, "{}", f.path);
+    }
+    assert_eq!(host.cache_entries(), [p.digest()], "the stage directory is gone");
+
+    let c = host.check(&p, "r2");
+    assert!(c.needed.is_empty(), "{c:?}");
+    assert_eq!(c.checked, 4);
+}
+
+#[test]
+fn a_deleted_cached_file_is_needed_alone() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    std::fs::remove_file(host.cached(&p, "lib/data file.bin")).unwrap();
+    let c = host.check(&p, "r2");
+    assert_eq!(c.needed, ["lib/data file.bin"]);
+    assert_eq!(c.checked, 3);
+
+    // uploading just that file (into a cache in use: file by file) makes it whole
+    host.receive(&p, "r2", &["lib/data file.bin"]);
+    let c = host.check(&p, "r3");
+    assert!(c.needed.is_empty(), "{c:?}");
+    assert_eq!(c.checked, 4);
+}
+
+#[test]
+fn a_file_changed_with_the_same_size_and_mtime_is_needed() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    let path = host.cached(&p, "ünï cødé/ß.txt");
+    let before = std::fs::metadata(&path).unwrap();
+    let mut data = std::fs::read(&path).unwrap();
+    data[0] = b'G';
+    std::fs::write(&path, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+
+    let c = host.check(&p, "r2");
+    assert_eq!(c.needed, ["ünï cødé/ß.txt"]);
+    assert_eq!(c.checked, 3);
+}
+
+#[test]
+fn files_deleted_with_their_directories_and_markers_kept_are_all_needed() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    let dir = host.local(&format!("{BASE}/cache/{}", p.digest()));
+    for f in files_under(&dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    // whatever marker a former version might have trusted
+    std::fs::write(dir.join(".complete"), "ok\n").unwrap();
+    std::fs::write(dir.join(".pushrun-complete"), "ok\n").unwrap();
+    assert!(dir.join("lib").is_dir());
+
+    let c = host.check(&p, "r2");
+    assert_eq!(c.needed, all_paths(&p));
+    assert_eq!(c.checked, 0);
+}
+
+#[test]
+fn a_wrong_exec_bit_makes_a_file_needed() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    // the entry point lost its exec bit; a data file gained one
+    std::fs::set_permissions(host.cached(&p, "run"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        host.cached(&p, "lib/data file.bin"),
+        std::fs::Permissions::from_mode(0o744),
+    )
+    .unwrap();
+    let c = host.check(&p, "r2");
+    assert_eq!(c.needed, ["run", "lib/data file.bin"]);
+    assert_eq!(c.checked, 2);
+}
+
+#[test]
+fn a_symlink_in_place_of_a_cached_file_is_needed() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    // same content, reached through a link: still not a file of the cache
+    let target = host.local("/tmp/elsewhere.txt");
+    std::fs::write(&target, &p.file("ünï cødé/ß.txt").data).unwrap();
+    let path = host.cached(&p, "ünï cødé/ß.txt");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/tmp/elsewhere.txt", &path).unwrap();
+    let c = host.check(&p, "r2");
+    assert_eq!(c.needed, ["ünï cødé/ß.txt"]);
+}
+
+#[test]
+fn a_base_owned_by_another_user_is_refused_and_left_alone() {
+    let host = Host::start();
+    let base = host.local(BASE);
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&base, Some(65534), Some(65534)).unwrap();
+    let p = Payload::standard();
+    let refusal = format!("{BASE} is owned by uid 65534, not 0: refusing to use it");
+    host.check_mode(&p, "r1", "cache").assert_error(3, &refusal);
+    host.receive_bytes(&p, "r1", "cache", &p.upload_all())
+        .assert_error(3, &refusal);
+    host.script(CLEAN, "pushrun-clean", &["/tmp"], b"")
+        .assert_error(3, &refusal);
+    assert_eq!(
+        std::fs::read_dir(&base).unwrap().count(),
+        0,
+        "nothing was written into it"
+    );
+    assert_eq!(std::fs::metadata(&base).unwrap().uid(), 65534);
+}
+
+#[test]
+fn a_symlinked_base_is_refused_and_nothing_goes_through_the_link() {
+    let host = Host::start();
+    let target = host.local("/tmp/planted");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("planted", host.local(BASE)).unwrap();
+    let p = Payload::standard();
+    let refusal = format!("{BASE} is a symlink: refusing to use it");
+    host.check_mode(&p, "r1", "cache").assert_error(3, &refusal);
+    host.receive_bytes(&p, "r1", "cache", &p.upload_all())
+        .assert_error(3, &refusal);
+    host.script(CLEAN, "pushrun-clean", &["/tmp"], b"")
+        .assert_error(3, &refusal);
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing was written through the link"
+    );
+    assert!(
+        std::fs::symlink_metadata(host.local(BASE))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn a_base_with_a_loose_mode_or_not_a_directory_is_refused() {
+    let host = Host::start();
+    let base = host.local(BASE);
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = Payload::standard();
+    host.check_mode(&p, "r1", "cache")
+        .assert_error(3, &format!("{BASE} has mode 755, not 700"));
+    assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
+    std::fs::remove_dir(&base).unwrap();
+    std::fs::write(&base, "").unwrap();
+    host.check_mode(&p, "r1", "cache")
+        .assert_error(3, &format!("{BASE} is not a directory: refusing to use it"));
+}
+
+#[test]
+fn a_base_that_cannot_be_created_is_an_error_with_the_reason() {
+    let host = Host::start();
+    let p = Payload::standard();
+    let a = host.script(
+        CHECK,
+        "pushrun-check",
+        &["/tmp/no/such/dir", &p.digest(), "r1", "cache"],
+        p.manifest().as_bytes(),
+    );
+    a.assert_error(
+        3,
+        "cannot create /tmp/no/such/dir/.pushrun-root: No such file or directory",
+    );
+}
+
+#[test]
+fn a_missing_tool_is_named_with_exit_4() {
+    let host = Host::start();
+    host.shell("mkdir /tmp/nosha && /usr/bin/busybox --install -s /tmp/nosha && rm /tmp/nosha/sha256sum");
+    let p = Payload::standard();
+    let a = host.script_with(
+        "PATH=/tmp/nosha exec /tmp/nosha/sh -c",
+        CHECK,
+        "pushrun-check",
+        &["/tmp", &p.digest(), "r1", "cache"],
+        p.manifest().as_bytes(),
+    );
+    a.assert_error(4, "this host has no sha256sum (pushrun needs coreutils or busybox)");
+}
+
+#[test]
+fn a_bad_manifest_is_an_error() {
+    let host = Host::start();
+    let p = Payload::standard();
+    let args = ["/tmp", &p.digest(), "r1", "cache"];
+    let a = host.script(CHECK, "pushrun-check", &args, b"pushrun-manifest 2\n");
+    a.assert_error(3, "unexpected manifest header 'pushrun-manifest 2'");
+    let bad = format!("pushrun-manifest 1\n{} 644 3 ../escape\n", sha256_hex(b"abc"));
+    let a = host.script(CHECK, "pushrun-check", &args, bad.as_bytes());
+    assert_eq!(a.code, 3, "{}", a.describe());
+    assert!(a.text().starts_with("error bad manifest line 1: "), "{}", a.describe());
+}
+
+// ----------------------------------------------------------------- receive
+
+#[test]
+fn a_corrupt_upload_is_rejected_and_the_cache_is_unchanged() {
+    let host = Host::start();
+    let p = Payload::standard();
+    let all = all_paths(&p);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    host.check(&p, "r1");
+    let a = host.receive_bytes(&p, "r1", "cache", &p.upload_tampered(&all, Some("lib/data file.bin")));
+    a.assert_error(5, "upload of lib/data file.bin arrived corrupt");
+    assert!(
+        files_under(&host.local(&format!("{BASE}/cache"))).is_empty(),
+        "nothing was installed"
+    );
+    assert_eq!(host.cache_entries(), [p.digest()], "the stage directory is gone");
+    assert_eq!(host.check(&p, "r2").needed, all);
+
+    // a warm cache missing one file: a corrupt copy of it is not installed either
+    host.receive_all(&p, "r2");
+    std::fs::remove_file(host.cached(&p, "run")).unwrap();
+    let a = host.receive_bytes(&p, "r2", "cache", &p.upload_tampered(&["run"], Some("run")));
+    a.assert_error(5, "upload of run arrived corrupt");
+    assert!(!host.cached(&p, "run").exists());
+    let c = host.check(&p, "r3");
+    assert_eq!((c.needed, c.checked), (vec!["run".to_string()], 3));
+
+    // a stream that is not gzip at all
+    let a = host.receive_bytes(&p, "r3", "cache", b"this is not a tar.gz\n");
+    assert_eq!(a.code, 5, "{}", a.describe());
+    assert!(
+        a.text().starts_with("error upload arrived corrupt: "),
+        "{}",
+        a.describe()
+    );
+    // a member that .pushrun-expect does not list
+    let mut members = vec![(".pushrun-expect".to_string(), Vec::new(), 0o644)];
+    members.push(("stray".to_string(), b"x".to_vec(), 0o644));
+    let a = host.receive_bytes(&p, "r3", "cache", &tar_gz(&members));
+    a.assert_error(5, "upload arrived corrupt: it holds 1 files, .pushrun-expect lists 0");
+    assert_eq!(host.cache_entries(), [p.digest()]);
+    assert!(!host.cached(&p, "stray").exists());
+}
+
+#[test]
+fn an_upload_that_fills_the_disk_fails_cleanly() {
+    let host = Host::small_tmp();
+    let p = Payload {
+        files: vec![
+            File {
+                path: "run".into(),
+                data: b"#!/bin/sh\necho hi\n".to_vec(),
+                exec: true,
+            },
+            File {
+                path: "big.bin".into(),
+                data: noise(3 << 20, 99),
+                exec: false,
+            },
+        ],
+    };
+    assert_eq!(host.check(&p, "r1").needed, ["run", "big.bin"]);
+    let a = host.receive_bytes(&p, "r1", "cache", &p.upload_all());
+    a.assert_error(6, &format!("no space left on device under {BASE}"));
+    // this host's /tmp is inside its own namespace: look through ssh
+    let left = host.shell(&format!("cd {BASE}/cache && ls -A && find . -type f"));
+    assert_eq!(
+        left,
+        format!("{}\n", p.digest()),
+        "only the (empty) payload directory is left"
+    );
+    let c = host.check(&p, "r2");
+    assert_eq!(
+        (c.needed, c.checked),
+        (vec!["run".to_string(), "big.bin".to_string()], 0)
+    );
+}
+
+#[test]
+fn two_receives_of_one_payload_at_once_both_succeed() {
+    let host = Host::start();
+    let p = Payload::many(60, 1);
+    let upload = p.upload_all();
+    for round in 0..2 {
+        // round 0 into an empty cache, round 1 over a complete one
+        let (r1, r2) = (format!("a{round}"), format!("b{round}"));
+        host.check(&p, &r1);
+        host.check(&p, &r2);
+        let answers = std::thread::scope(|s| {
+            let one = s.spawn(|| host.receive_bytes(&p, &r1, "cache", &upload));
+            let two = s.spawn(|| host.receive_bytes(&p, &r2, "cache", &upload));
+            [one.join().unwrap(), two.join().unwrap()]
+        });
+        for a in &answers {
+            assert_eq!(
+                (a.code, a.text()),
+                (0, "installed 60\n".to_string()),
+                "{}",
+                a.describe()
+            );
+        }
+        let c = host.check(&p, &format!("c{round}"));
+        assert!(c.needed.is_empty(), "{c:?}");
+        assert_eq!(c.checked, 60);
+        assert_eq!(host.cache_entries(), [p.digest()]);
+        assert!(!host.local(&format!("{BASE}/lock")).exists(), "the lock was released");
+    }
+}
+
+#[test]
+fn nocache_mode_needs_everything_and_installs_into_the_run() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    // even with the payload cached, a no-cache run needs every file
+    let c = parse_check(&host.check_mode(&p, "r2", "nocache"));
+    assert_eq!((c.needed, c.checked), (all_paths(&p), 0));
+    let a = host.receive_bytes(&p, "r2", "nocache", &p.upload_all());
+    assert_eq!((a.code, a.text()), (0, "installed 4\n".to_string()), "{}", a.describe());
+    for f in &p.files {
+        assert_eq!(
+            std::fs::read(host.run_dir("r2").join("payload").join(&f.path)).unwrap(),
+            f.data
+        );
+    }
+    let payload = format!("{BASE}/runs/r2/payload");
+    let a = host.run(&[BASE, &payload, "r2", "web-2", "run", "0"]);
+    assert_eq!(a.code, 0, "{}", a.describe());
+    assert!(a.text().contains(&format!("payload={payload}\n")), "{}", a.describe());
+    let a = host.collect("r2");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    assert!(!host.run_dir("r2").exists(), "the run and its payload are gone");
+}
+
+// --------------------------------------------------------------------- run
+
+#[test]
+fn run_sets_the_environment_and_passes_the_exit_status_through() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    let payload = format!("{BASE}/cache/{}", p.digest());
+    // a run id no other test uses: it marks this run's processes
+    host.check(&p, "envrun1");
+    let args = [BASE, &payload, "envrun1", "web-1", "run", "7", "two words", "ü'x"];
+    let a = host.run_with("PUSHRUN_TEST_VAR='from pushrun' exec sh -c", &args);
+    let run = format!("{BASE}/runs/envrun1");
+    let want = format!(
+        "out={run}/out\nhost=web-1\nrun_id=envrun1\npayload={payload}\nextra=from pushrun\npwd={run}\n\
+         stdin=/dev/null\narg=7\narg=two words\narg=ü'x\n"
+    );
+    assert_eq!((a.code, a.text()), (7, want), "{}", a.describe());
+    assert_eq!(
+        std::fs::read_to_string(host.run_dir("envrun1").join("out/result.txt")).unwrap(),
+        "done\n"
+    );
+    assert!(host.run_dir("envrun1").is_dir(), "the run dir stays for collect.sh");
+    wait_until(Duration::from_secs(3), "the watcher is gone", || {
+        processes_with("envrun1").is_empty()
+    });
+
+    let a = host.run(&[BASE, &payload, "r1", "web-1", "run", "0"]);
+    assert_eq!(a.code, 0, "{}", a.describe());
+    let a = host.run(&[BASE, &payload, "r1", "web-1", "no-such-entry"]);
+    assert_eq!(a.code, 127, "{}", a.describe());
+    let a = host.run(&[BASE, &payload, "gone", "web-1", "run"]);
+    assert_eq!(a.code, 125, "{}", a.describe());
+    assert!(a.stderr.contains("no run directory"), "{}", a.describe());
+}
+
+#[test]
+fn closing_stdin_kills_the_whole_run_and_removes_its_directory() {
+    let host = Host::start();
+    // everything ignores TERM: only the watcher's KILLs end it
+    let p = Payload {
+        files: vec![File {
+            path: "stubborn".into(),
+            data: b"#!/bin/sh\ntrap '' TERM\nsleep 73731 &\necho started\nsleep 73732\n".to_vec(),
+            exec: true,
+        }],
+    };
+    host.check(&p, "stoprun1");
+    host.receive_all(&p, "stoprun1");
+    let payload = format!("{BASE}/cache/{}", p.digest());
+    let mut child = host.spawn_with(
+        &host.launcher,
+        RUN,
+        "pushrun-run",
+        &[BASE, &payload, "stoprun1", "web-1", "stubborn"],
+    );
+    let stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    wait_until(Duration::from_secs(3), "both sleeps run", || {
+        processes_with("sleep 7373").len() == 2
+    });
+    let dropped = Instant::now();
+    drop(stdin);
+    wait_until(Duration::from_secs(8), "the run's processes are gone", || {
+        processes_with("sleep 7373").is_empty()
+    });
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(1500),
+        "TERM was ignored: the KILLs came after the grace"
+    );
+    wait_until(Duration::from_secs(8), "the run dir is removed", || {
+        !host.run_dir("stoprun1").exists()
+    });
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // the ssh client is gone: what is left with the run id is on the host (the watcher)
+    wait_until(Duration::from_secs(3), "the watcher is gone", || {
+        processes_with("stoprun1").is_empty()
+    });
+    // the cached payload is untouched
+    assert!(host.cached(&p, "stubborn").is_file());
+}
+
+// ----------------------------------------------------------------- collect
+
+#[test]
+fn collect_returns_the_out_dir_byte_exact_and_removes_the_run() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    let out = host.run_dir("r1").join("out");
+    let binary: Vec<u8> = (0..=255u8).chain(noise(5000, 3)).collect();
+    std::fs::write(out.join("with space.txt"), "a b\n").unwrap();
+    std::fs::create_dir_all(out.join("ünï/sub")).unwrap();
+    std::fs::write(out.join("ünï/sub/ß.bin"), &binary).unwrap();
+    std::fs::set_permissions(out.join("ünï/sub/ß.bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(out.join("empty dir")).unwrap();
+    std::os::unix::fs::symlink("with space.txt", out.join("link")).unwrap();
+    std::fs::write(out.join("empty.txt"), "").unwrap();
+    for f in ["with space.txt", "empty.txt"] {
+        std::fs::set_permissions(out.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    let a = host.collect("r1");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    let got = untar_gz(&a.stdout);
+    let want: BTreeMap<String, Entry> = [
+        ("with space.txt", Entry::File(b"a b\n".to_vec(), 0o644)),
+        ("ünï", Entry::Dir),
+        ("ünï/sub", Entry::Dir),
+        ("ünï/sub/ß.bin", Entry::File(binary, 0o755)),
+        ("empty dir", Entry::Dir),
+        ("link", Entry::Link("with space.txt".into())),
+        ("empty.txt", Entry::File(Vec::new(), 0o644)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+    assert!(!host.run_dir("r1").exists());
+    assert!(host.run_dir("r1").parent().unwrap().is_dir(), "runs/ itself stays");
+}
+
+#[test]
+fn collect_without_an_out_dir_sends_an_empty_archive() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    std::fs::remove_dir(host.run_dir("r1").join("out")).unwrap();
+    let a = host.collect("r1");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    assert!(untar_gz(&a.stdout).is_empty());
+    assert!(!host.run_dir("r1").exists());
+    // a run that is gone altogether: the same
+    let a = host.collect("never");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    assert!(untar_gz(&a.stdout).is_empty());
+}
+
+#[test]
+fn a_failing_tar_in_collect_is_exit_7_and_the_run_is_still_removed() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    std::fs::write(host.run_dir("r1").join("out/x"), "x").unwrap();
+    host.shell("mkdir /tmp/fakebin && printf '#!/bin/sh\\necho tar: simulated failure >&2\\nexit 2\\n' > /tmp/fakebin/tar && chmod 755 /tmp/fakebin/tar");
+    let a = host.script_with(
+        "PATH=/tmp/fakebin:$PATH exec sh -c",
+        COLLECT,
+        "pushrun-collect",
+        &[BASE, "r1"],
+        b"",
+    );
+    assert_eq!(a.code, 7, "{}", a.describe());
+    assert!(a.stderr.contains("simulated failure"), "{}", a.describe());
+    assert!(a.stderr.contains("pushrun-collect: tar failed"), "{}", a.describe());
+    assert!(!host.run_dir("r1").exists());
+}
+
+// ------------------------------------------------------- clean, housekeeping
+
+#[test]
+fn clean_removes_base_and_then_finds_it_absent() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    let a = host.script(CLEAN, "pushrun-clean", &["/tmp/"], b"");
+    assert_eq!((a.code, a.text()), (0, format!("removed {BASE}\n")), "{}", a.describe());
+    assert!(!host.local(BASE).exists());
+    let a = host.script(CLEAN, "pushrun-clean", &["/tmp"], b"");
+    assert_eq!((a.code, a.text()), (0, format!("absent {BASE}\n")), "{}", a.describe());
+}
+
+#[test]
+fn housekeeping_keeps_three_payloads_and_those_in_use_and_drops_stale_leftovers() {
+    let host = Host::start();
+    let payloads: Vec<Payload> = (1..=5).map(|i| Payload::many(2, i)).collect();
+    // run r1 uses payload 1 and is still going; payloads 1-4 are cached (put there
+    // directly: this test is about eviction), 1 the least recently used, 4 the most
+    host.check(&payloads[0], "r1");
+    for (i, p) in payloads[..4].iter().enumerate() {
+        let dir = host.local(&format!("{BASE}/cache/{}", p.digest()));
+        for f in &p.files {
+            let path = dir.join(&f.path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &f.data).unwrap();
+            let mode = if f.exec { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        set_mtime(&dir, Duration::from_secs(3600 * (4 - i as u64)));
+    }
+    // a run that crashed two days ago naming payload 2, uploads abandoned 2 h and 1 min ago
+    let crashed = host.run_dir("crashed");
+    std::fs::create_dir(&crashed).unwrap();
+    std::fs::write(crashed.join("digest"), format!("{}\n", payloads[1].digest())).unwrap();
+    set_mtime(&crashed, Duration::from_secs(48 * 3600));
+    for (name, ago) in [(".stage-old", 7200), (".stage-fresh", 60)] {
+        let stage = host.local(&format!("{BASE}/cache/{name}"));
+        std::fs::create_dir(&stage).unwrap();
+        std::fs::write(stage.join("part"), "x").unwrap();
+        set_mtime(&stage, Duration::from_secs(ago));
+    }
+
+    host.check(&payloads[4], "r5");
+    let mut want = vec![
+        ".stage-fresh".to_string(),
+        payloads[0].digest(),
+        payloads[2].digest(),
+        payloads[3].digest(),
+        payloads[4].digest(),
+    ];
+    want.sort();
+    assert_eq!(host.cache_entries(), want, "payload 2 evicted, payload 1 kept for r1");
+    assert!(!crashed.exists());
+    assert!(host.run_dir("r1").exists() && host.run_dir("r5").exists());
+    // payload 1 is still whole for its run
+    let c = host.check(&payloads[0], "r1b");
+    assert_eq!((c.needed.len(), c.checked), (0, 2));
+}
+
+#[test]
+fn check_waits_for_a_held_lock_and_breaks_a_stale_one() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    let lock = host.local(&format!("{BASE}/lock"));
+    std::fs::create_dir(&lock).unwrap();
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| host.check(&p, "r2"));
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(!waiting.is_finished(), "check went on while the lock was held");
+        std::fs::remove_dir(&lock).unwrap();
+        let started = Instant::now();
+        let c = waiting.join().unwrap();
+        // (well before the 30 s timeout, even on a loaded machine)
+        assert!(started.elapsed() < Duration::from_secs(15));
+        assert_eq!(c.needed.len(), 4);
+    });
+    std::fs::create_dir(&lock).unwrap();
+    std::fs::write(lock.join("pid"), "999999\n").unwrap();
+    set_mtime(&lock, Duration::from_secs(11 * 60));
+    let started = Instant::now();
+    assert_eq!(host.check(&p, "r3").needed.len(), 4);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the stale lock was broken at once"
+    );
+    assert!(!lock.exists(), "and released");
+}
+
+// ----------------------------------------------------------------- busybox
+
+#[test]
+fn the_whole_cycle_works_under_busybox_sh_with_busybox_tools() {
+    let host = Host::busybox();
+    let p = Payload::standard();
+    let c = host.check(&p, "r1");
+    assert_eq!((c.needed, c.checked), (all_paths(&p), 0));
+    host.receive_all(&p, "r1");
+    assert!(host.check(&p, "r2").needed.is_empty());
+
+    // damage: one file changed in place, one exec bit lost
+    let path = host.cached(&p, "lib/data file.bin");
+    let mut data = std::fs::read(&path).unwrap();
+    data[100] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+    std::fs::set_permissions(host.cached(&p, "bin/tool"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = host.check(&p, "r3");
+    assert_eq!(
+        (c.needed.clone(), c.checked),
+        (vec!["bin/tool".to_string(), "lib/data file.bin".to_string()], 2)
+    );
+    host.receive(&p, "r3", &["bin/tool", "lib/data file.bin"]);
+    let c = host.check(&p, "r4");
+    assert_eq!((c.needed.len(), c.checked), (0, 4));
+    let a = host.receive_bytes(&p, "r4", "cache", &p.upload_tampered(&["run"], Some("run")));
+    a.assert_error(5, "upload of run arrived corrupt");
+
+    let payload = format!("{BASE}/cache/{}", p.digest());
+    let a = host.run(&[BASE, &payload, "r4", "bb-host", "run", "3", "x y"]);
+    assert_eq!(a.code, 3, "{}", a.describe());
+    assert!(
+        a.text().contains("host=bb-host\n") && a.text().contains("arg=x y\n"),
+        "{}",
+        a.describe()
+    );
+    let a = host.collect("r4");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    match untar_gz(&a.stdout).get("result.txt") {
+        Some(Entry::File(data, _)) => assert_eq!(data, b"done\n"),
+        other => panic!("result.txt: {other:?}"),
+    }
+    assert!(!host.run_dir("r4").exists());
+
+    let a = host.script(CLEAN, "pushrun-clean", &["/tmp"], b"");
+    assert_eq!((a.code, a.text()), (0, format!("removed {BASE}\n")), "{}", a.describe());
+}
+
+#[test]
+fn closing_stdin_under_busybox_kills_the_run_too() {
+    let host = Host::busybox();
+    let p = Payload {
+        files: vec![File {
+            path: "stubborn".into(),
+            data: b"#!/bin/sh\ntrap '' TERM\nsleep 74741 &\necho started\nsleep 74742\n".to_vec(),
+            exec: true,
+        }],
+    };
+    host.check(&p, "bbstop1");
+    host.receive_all(&p, "bbstop1");
+    let payload = format!("{BASE}/cache/{}", p.digest());
+    let mut child = host.spawn_with(
+        &host.launcher,
+        RUN,
+        "pushrun-run",
+        &[BASE, &payload, "bbstop1", "web-1", "stubborn"],
+    );
+    let stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    wait_until(Duration::from_secs(3), "both sleeps run", || {
+        processes_with("sleep 7474").len() == 2
+    });
+    drop(stdin);
+    wait_until(Duration::from_secs(8), "the run's processes are gone", || {
+        processes_with("sleep 7474").is_empty()
+    });
+    wait_until(Duration::from_secs(8), "the run dir is removed", || {
+        !host.run_dir("bbstop1").exists()
+    });
+    let _ = child.wait();
+    wait_until(Duration::from_secs(3), "the watcher is gone", || {
+        processes_with("bbstop1").is_empty()
+    });
+}
