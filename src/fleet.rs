@@ -200,12 +200,12 @@ async fn run_command(
     let mut notes = Vec::new();
     let script = |c| (remote::EXEC, "pushrun-exec", vec![c]);
     let mut result = match spec.pty {
-        PtyMode::No => run_streamed(id, session, script(command.to_string()), spec.timeout, vars, events, cancel).await,
+        PtyMode::No => run_streamed(id, session, script(command.to_string()), false, spec.timeout, vars, events, cancel).await,
         PtyMode::Yes | PtyMode::Auto => run_pty(id, session, command, spec, vars, events, cancel).await,
     };
     if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
         notes.push("the server refused a PTY: ran without one".to_string());
-        result = run_streamed(id, session, script(command.to_string()), spec.timeout, vars, events, cancel).await;
+        result = run_streamed(id, session, script(command.to_string()), false, spec.timeout, vars, events, cancel).await;
     }
     timings.run = run_started.elapsed();
     let mut outcome = result.into_outcome(spec.timeout, timings);
@@ -265,14 +265,14 @@ async fn run_payload(
     args.extend(job.args.iter().cloned());
     let timeout = spec.timeout.or(job.payload.timeout());
     let run_started = Instant::now();
-    let end = run_streamed(id, session, (remote::RUN, "pushrun-run", args), timeout, &env, events, cancel).await;
+    let end = run_streamed(id, session, (remote::RUN, "pushrun-run", args), true, timeout, &env, events, cancel).await;
     timings.run = run_started.elapsed();
 
-    // The run dir is gone already when the run was stopped (run.sh removes
-    // it when its stdin closes); otherwise bring back $PUSHRUN_OUT, which
-    // also removes it.
+    // After a cancel or a lost connection the run dir is gone already
+    // (run.sh removes it when its stdin closes); otherwise, timeouts
+    // included, bring back $PUSHRUN_OUT, which also removes it.
     let mut outcome = match end {
-        CommandEnd::Exited(_) | CommandEnd::Signalled => {
+        CommandEnd::Exited(_) | CommandEnd::Signalled | CommandEnd::TimedOut => {
             let collect_started = Instant::now();
             match collect(session, &base, &job.run_id).await {
                 Ok((archive, streamed)) => {
@@ -441,17 +441,14 @@ impl CommandEnd {
 
 /// Waits for `work`, or stops it early on timeout or cancellation.
 ///
-/// `stop` is called once to make the remote command end (it closes stdin or
-/// kills the local ssh); then `work` gets [`STOP_GRACE`] to finish.
-async fn supervise<W, S>(
-    work: W,
-    stop: S,
-    timeout: Option<Duration>,
-    cancel: &mut watch::Receiver<bool>,
-) -> Result<CommandEnd, CommandEnd>
+/// `stop` is called once, with why, to make the remote command end (it
+/// writes "stop" or closes stdin, or kills the local ssh); then `work` gets
+/// [`STOP_GRACE`] to finish.
+async fn supervise<W, S, F>(work: W, stop: S, timeout: Option<Duration>, cancel: &mut watch::Receiver<bool>) -> CommandEnd
 where
     W: Future<Output = CommandEnd>,
-    S: FnOnce(),
+    S: FnOnce(&CommandEnd) -> F,
+    F: Future<Output = ()>,
 {
     tokio::pin!(work);
     let limit = async {
@@ -461,13 +458,13 @@ where
         }
     };
     let early = tokio::select! {
-        end = &mut work => return Ok(end),
+        end = &mut work => return end,
         _ = limit => CommandEnd::TimedOut,
         _ = cancelled(cancel) => CommandEnd::Cancelled,
     };
-    stop();
+    stop(&early).await;
     let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
-    Err(early)
+    early
 }
 
 /// Runs a remote script with its output streamed as events, stopping it
@@ -476,6 +473,7 @@ async fn run_streamed(
     id: HostId,
     session: &Session,
     (script, name, args): (&str, &str, Vec<String>),
+    keep_on_timeout: bool,
     timeout: Option<Duration>,
     vars: &[(String, String)],
     events: &mpsc::Sender<Event>,
@@ -511,9 +509,21 @@ async fn run_streamed(
             Err(e) => CommandEnd::Lost(error_chain(&e)),
         }
     };
-    match supervise(work, move || drop(stdin), timeout, cancel).await {
-        Ok(end) | Err(end) => end,
-    }
+    let stop = move |why: &CommandEnd| {
+        let keep = keep_on_timeout && matches!(why, CommandEnd::TimedOut);
+        async move {
+            // "stop": run.sh ends the run and keeps its dir for collect.sh
+            // (the end of stdin that follows comes after the line, so it is
+            // not taken for a lost initiator). Otherwise the end of stdin
+            // alone: the wrapper ends the whole process group.
+            if let (true, Some(mut w)) = (keep, stdin) {
+                use tokio::io::AsyncWriteExt;
+                let _ = w.write_all(b"stop\n").await;
+                let _ = w.flush().await;
+            }
+        }
+    };
+    supervise(work, stop, timeout, cancel).await
 }
 
 async fn run_pty(
@@ -559,16 +569,15 @@ async fn run_pty(
             Err(e) => CommandEnd::Lost(e.to_string()),
         }
     };
-    let stop = || {
+    let stop = |_: &CommandEnd| {
         if let Some(pid) = pid {
             // SAFETY: kill(2) on our own ssh child; the master then closes the
             // channel and sshd hangs up the remote terminal.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
+        std::future::ready(())
     };
-    match supervise(work, stop, spec.timeout, cancel).await {
-        Ok(end) | Err(end) => end,
-    }
+    supervise(work, stop, spec.timeout, cancel).await
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -433,11 +433,19 @@ fn a_failing_or_timed_out_payload_still_reports_and_cleans() {
     assert_eq!(std::fs::read(dir.join("out/with space.txt")).unwrap(), b"spaced", "results of a failed run not collected");
 
     let (pl2, res2) = (scratch.path("pl2"), scratch.path("res2"));
-    make_payload(&pl2, &[("run", b"#!/bin/sh\necho started\nsleep 53535\n", true), ("pushrun.yaml", b"timeout: 1\n", false)]);
+    make_payload(
+        &pl2,
+        &[
+            ("run", b"#!/bin/sh\necho partial > \"$PUSHRUN_OUT/partial.txt\"\necho started\nsleep 53535\n", true),
+            ("pushrun.yaml", b"timeout: 1\n", false),
+        ],
+    );
     let run = exec(&hosts, &["--payload", s(&pl2), "--results", s(&res2)]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("killed after the 1s timeout"), "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(res2.join("latest").join(hosts.addr(0)).join("exit_status")).unwrap(), "timed out: killed after the 1s timeout\n");
+    // What the payload wrote before it was stopped still comes back.
+    assert_eq!(std::fs::read_to_string(res2.join("latest").join(hosts.addr(0)).join("out/partial.txt")).unwrap(), "partial\n");
     wait_until(Duration::from_secs(10), "payload gone", || processes_with("sleep 53535").is_empty());
     wait_until(Duration::from_secs(10), "run dir removed", || on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")) == "0");
 }

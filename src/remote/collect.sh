@@ -46,6 +46,18 @@ trap 'exit 130' INT
 trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
+# a run stopped on timeout: wait (at most 10 s) until run.sh has ended its
+# processes, so that what comes back is what they left
+waited=0
+while [ -e "$rundir/.stopping" ] && [ "$waited" -lt 100 ]; do
+    if sleep 0.1 2>/dev/null; then
+        waited=$((waited + 1))
+    else
+        sleep 1
+        waited=$((waited + 10))
+    fi
+done
+
 if [ ! -d "$out" ] || [ -L "$out" ]; then
     # an empty archive: two zero blocks
     head -c 1024 /dev/zero | gzip -1 -c || die 7 "gzip failed"

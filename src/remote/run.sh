@@ -10,9 +10,11 @@
 #   HOST         the host's name in the inventory (for PUSHRUN_HOST)
 #   ENTRY        the entry point, a path relative to PAYLOAD_DIR
 #   ARGS         its arguments
-# stdin: held open by the initiator for as long as the run may go on; its
-#   end (timeout, Ctrl-C, the initiator killed, the connection lost) ends the
-#   run. The entry point itself gets /dev/null.
+# stdin: held open by the initiator for as long as the run may go on. A line
+#   "stop" (a timeout) ends the run and keeps its directory for collect.sh,
+#   which waits until the processes are gone (BASE/runs/RUN_ID/.stopping);
+#   the end of stdin (Ctrl-C, the initiator killed, the connection lost) ends
+#   the run and removes its directory. The entry point itself gets /dev/null.
 # stdout, stderr: the entry point's.
 # The entry point runs in BASE/runs/RUN_ID with these in its environment:
 #   PUSHRUN_OUT=BASE/runs/RUN_ID/out  (files to bring back; see collect.sh)
@@ -63,8 +65,19 @@ pg=$$
 exec 3<&0
 (
     trap '' TERM HUP
-    while IFS= read -r _ <&3; do :; done
+    # "stop" (a timeout): end the run but keep its directory for
+    # collect.sh; the end of stdin (anything else): end it and remove it
+    keep=
+    while IFS= read -r line <&3; do
+        if [ "$line" = stop ]; then
+            keep=1
+            break
+        fi
+    done
     exec 3<&-
+    if [ -n "$keep" ]; then
+        : >"$rundir/.stopping"
+    fi
 
     # this watcher's own pid ($$ is the main shell's in a subshell)
     me=
@@ -102,7 +115,11 @@ exec 3<&0
         # no /proc: exec.sh's way, the run dir removed before the KILL that
         # ends this watcher too
         sleep 2
-        rm -rf "$rundir"
+        if [ -n "$keep" ]; then
+            rm -f "$rundir/.stopping"
+        else
+            rm -rf "$rundir"
+        fi
         kill -KILL -"$pg"
     fi
     # a grace period of 2 s, cut short once everything is gone
@@ -122,7 +139,11 @@ exec 3<&0
         rounds=$((rounds + 1))
         sleep 0.1 2>/dev/null || sleep 1
     done
-    rm -rf "$rundir"
+    if [ -n "$keep" ]; then
+        rm -f "$rundir/.stopping"
+    else
+        rm -rf "$rundir"
+    fi
 ) >/dev/null 2>&1 &
 watcher=$!
 exec 3<&-
