@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# setup.sh: installs what the tests and the demo need on a Debian machine, when missing:
+# OpenSSH's server and client (the test hosts are real sshd processes on loopback),
+# util-linux (unshare, mount: each test host gets its own hostname and /tmp), procps and
+# busybox (the remote scripts are also tested with nothing but busybox's tools).
+# Quiet and quick when everything is there; needs no stdin. Installing needs root.
+set -euo pipefail
+
+have() { command -v "$1" > /dev/null 2>&1 && [ -x "$(command -v "$1")" ]; }
+
+missing=()
+if ! [ -x /usr/sbin/sshd ] && ! have sshd; then missing+=(openssh-server); fi
+if ! have ssh || ! have ssh-keygen || ! have sftp; then missing+=(openssh-client); fi
+if ! have unshare; then missing+=(util-linux); fi
+if ! have mount; then missing+=(mount); fi
+if ! have ps; then missing+=(procps); fi
+# the remote scripts are tested under busybox sh with only busybox's tools too
+if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}"
+if ! command -v apt-get > /dev/null 2>&1; then
+  echo "setup.sh: missing ${missing[*]}, and this is not a Debian machine: install them by hand" >&2
+  exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: missing ${missing[*]}; as root, run:" >&2
+  echo "  $install_cmd" >&2
+  exit 1
+fi
+
+echo "setup.sh: installing ${missing[*]}" >&2
+apt-get update -qq < /dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" < /dev/null > /dev/null
+
+if ! [ -x /usr/sbin/sshd ] && ! have sshd; then
+  echo "setup.sh: sshd is still missing after installing openssh-server" >&2
+  exit 1
+fi

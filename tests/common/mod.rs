@@ -1,0 +1,342 @@
+//! Test hosts for the integration tests: real `sshd` processes on loopback addresses,
+//! started by `scripts/loopback-hosts` (the one implementation, shared with the demo),
+//! plus helpers for hosts that refuse connections or never speak.
+//!
+//! Each test file does `mod common;` and uses a subset of this.
+#![allow(dead_code)]
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The port every loopback host listens on (the script's default). The fleet's
+/// `ssh_config` maps every `127.*` address to it, so `unused_addr()` and
+/// `BlackHole::addr()` can go into an inventory as plain addresses.
+pub const HOST_PORT: u16 = 2022;
+
+/// `scripts/loopback-hosts` of this repository.
+pub fn loopback_hosts_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/loopback-hosts")
+}
+
+/// What is special about one test host; `HostOpts::default()` is a plain host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostOpts {
+    /// sshd refuses PTYs (`PermitTTY no`).
+    pub pty_denied: bool,
+    /// `AllowTcpForwarding no`, `AllowStreamLocalForwarding no`.
+    pub no_forwarding: bool,
+    /// The host's /tmp is a 2 MiB tmpfs (only when root; ignored otherwise).
+    pub small_tmp: bool,
+}
+
+/// A fleet of real sshd hosts on loopback, one per entry, in a fresh temp directory.
+/// Dropping it stops every process of the fleet and removes the directory.
+pub struct TestHosts {
+    dir: Option<tempfile::TempDir>,
+    addrs: Vec<String>,
+}
+
+impl TestHosts {
+    /// `n` plain hosts.
+    pub fn start(n: usize) -> TestHosts {
+        TestHosts::start_with(&vec![HostOpts::default(); n])
+    }
+
+    /// One host per entry of `opts`, host i configured by `opts[i]`.
+    pub fn start_with(opts: &[HostOpts]) -> TestHosts {
+        assert!(!opts.is_empty(), "TestHosts needs at least one host");
+        let dir = tempfile::Builder::new()
+            .prefix("lh")
+            .tempdir_in(std::env::temp_dir())
+            .expect("create the test hosts' directory");
+        let list = |pick: fn(&HostOpts) -> bool| -> String {
+            opts.iter()
+                .enumerate()
+                .filter(|(_, o)| pick(o))
+                .map(|(i, _)| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut cmd = Command::new("bash");
+        cmd.arg(loopback_hosts_script())
+            .arg("up")
+            .arg(dir.path())
+            .arg(opts.len().to_string())
+            // if this test process is killed before Drop runs, a watchdog stops the fleet
+            .arg("--owner")
+            .arg(std::process::id().to_string());
+        for (flag, hosts) in [
+            ("--pty-denied", list(|o| o.pty_denied)),
+            ("--no-forwarding", list(|o| o.no_forwarding)),
+            ("--small-tmp", list(|o| o.small_tmp)),
+        ] {
+            if !hosts.is_empty() {
+                cmd.arg(flag).arg(hosts);
+            }
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("run scripts/loopback-hosts");
+        // from here on, Drop cleans up whatever was started, even on a panic below
+        let mut hosts = TestHosts {
+            dir: Some(dir),
+            addrs: Vec::new(),
+        };
+        assert!(
+            out.status.success(),
+            "scripts/loopback-hosts up failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed = std::fs::read_to_string(hosts.dir().join("hosts.txt")).expect("read hosts.txt");
+        hosts.addrs = listed.lines().map(str::to_string).collect();
+        assert_eq!(hosts.addrs.len(), opts.len(), "hosts.txt: {listed:?}");
+        hosts
+    }
+
+    /// The fleet's directory (keys, ssh_config, hosts.yaml, hN/ per host).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("fleet directory").path()
+    }
+
+    /// The client side's ssh config: Port, User, key, known_hosts, BatchMode.
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir().join("ssh_config")
+    }
+
+    /// The inventory of every host, in the `hosts:` list form.
+    pub fn hosts_yaml(&self) -> PathBuf {
+        self.dir().join("hosts.yaml")
+    }
+
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Host i's address (no port: the ssh_config gives it).
+    pub fn addr(&self, i: usize) -> String {
+        self.addrs[i].clone()
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.clone()
+    }
+
+    /// Host i's name as the host itself reports it: `host00i` when root (each host has
+    /// its own UTS namespace), else the machine's own name.
+    pub fn hostname(&self, i: usize) -> String {
+        assert!(i < self.len(), "no host {i}");
+        if is_root() {
+            format!("host{i:03}")
+        } else {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .expect("read the hostname")
+                .trim()
+                .to_string()
+        }
+    }
+
+    /// Host i's /tmp as seen from outside. It is that host's own /tmp only when root
+    /// (and not for a `small_tmp` host, whose /tmp is a tmpfs inside its namespace).
+    pub fn tmp_dir(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("h{i}")).join("tmp")
+    }
+
+    /// The pids of the fleet's listening sshd processes, in host order.
+    pub fn listener_pids(&self) -> Vec<u32> {
+        let text = std::fs::read_to_string(self.dir().join("pids")).expect("read the fleet's pids");
+        let mut pids: Vec<(usize, u32)> = text
+            .lines()
+            .map(|l| {
+                let mut it = l.split_whitespace();
+                let i = it.next().and_then(|s| s.parse().ok()).expect("host index");
+                let pid = it.next().and_then(|s| s.parse().ok()).expect("pid");
+                (i, pid)
+            })
+            .collect();
+        pids.sort();
+        pids.into_iter().map(|(_, pid)| pid).collect()
+    }
+
+    /// `ssh -F ssh_config ADDR CMD` with no stdin, for checking a host's state in tests.
+    pub fn ssh(&self, i: usize, cmd: &str) -> Output {
+        self.ssh_with(i, &[], cmd)
+    }
+
+    /// As `ssh`, with extra ssh options before the address (e.g. `&["-tt"]`).
+    pub fn ssh_with(&self, i: usize, opts: &[&str], cmd: &str) -> Output {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(self.ssh_config())
+            .args(opts)
+            .arg(self.addr(i))
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+
+    /// Write a custom inventory (or any file) into the fleet's directory.
+    pub fn write_yaml(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let out = Command::new("bash")
+            .arg(loopback_hosts_script())
+            .arg("down")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "scripts/loopback-hosts down {} failed ({}): {}",
+                dir.path().display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("could not run scripts/loopback-hosts down: {e}"),
+        }
+        // TempDir's drop removes the directory
+    }
+}
+
+/// `pushrun`, as built by cargo for this test run.
+pub fn pushrun() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pushrun"))
+}
+
+/// A random number, different on every call.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_usize(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
+/// A random loopback address 127.<200-254>.<0-255>.<1-254>, outside the range the test
+/// fleets draw their bases from (127.100-199).
+fn random_spare_ip() -> Ipv4Addr {
+    let r = random_u64();
+    Ipv4Addr::new(127, 200 + (r % 55) as u8, (r >> 8) as u8, 1 + ((r >> 16) % 254) as u8)
+}
+
+/// A random 127.x.y.z where nothing listens on `HOST_PORT` (connecting is refused).
+pub fn unused_addr() -> String {
+    for _ in 0..100 {
+        let ip = random_spare_ip();
+        match TcpStream::connect_timeout(&SocketAddrV4::new(ip, HOST_PORT).into(), Duration::from_secs(1)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return ip.to_string(),
+            _ => continue,
+        }
+    }
+    panic!("found no loopback address with nothing listening on port {HOST_PORT}");
+}
+
+/// A TCP listener that accepts connections and never says anything (a hung host). It
+/// listens on a random 127.x.y.z at `HOST_PORT` (so the fleet's ssh_config reaches it by
+/// address alone), or on a random port if that can't be had. It holds the accepted
+/// sockets until it is dropped.
+pub struct BlackHole {
+    addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BlackHole {
+    pub fn start() -> BlackHole {
+        let mut listener = None;
+        for attempt in 0..100 {
+            let port = if attempt < 50 { HOST_PORT } else { 0 };
+            if let Ok(l) = TcpListener::bind(SocketAddrV4::new(random_spare_ip(), port)) {
+                listener = Some(l);
+                break;
+            }
+        }
+        let listener = listener.expect("bind a black hole on loopback");
+        let addr = match listener.local_addr().expect("black hole address") {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("unexpected address {other}"),
+        };
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((sock, _)) => {
+                        held.push(sock);
+                        accepted2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            drop(held);
+        });
+        BlackHole {
+            addr,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// The address (no port).
+    pub fn addr(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether this process runs as root (then each test host has its own hostname and /tmp).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// Whether process `pid` is still running (a zombie counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
