@@ -14,8 +14,8 @@ use thiserror::Error;
 use std::sync::Arc;
 
 use crate::fleet::{Job, PayloadJob, PtyMode, RunSpec};
-use crate::payload::Payload;
 use crate::inventory::{Host, Inventory, InventoryError};
+use crate::payload::Payload;
 use crate::report::OutputMode;
 use crate::session::{HostKeyChecking, Kex, SshOptions};
 
@@ -175,7 +175,8 @@ impl SelectArgs {
             (None, true) if default.exists() => (Inventory::load(&default)?, Vec::new()),
             (None, true) => {
                 return Err(UsageError::Flags(
-                    "no hosts: give --hosts FILE or -w LIST (no hosts.yaml in this directory)".into(),
+                    "no hosts: give --hosts FILE or -w LIST (no hosts.yaml in this directory)"
+                        .into(),
                 ));
             }
         };
@@ -192,7 +193,10 @@ impl ConnectArgs {
         if let Some(cfg) = &self.ssh_config
             && !cfg.is_file()
         {
-            return Err(UsageError::Flags(format!("{}: ssh config file not found", cfg.display())));
+            return Err(UsageError::Flags(format!(
+                "{}: ssh config file not found",
+                cfg.display()
+            )));
         }
         Ok(SshOptions {
             config_file: self.ssh_config.clone(),
@@ -216,29 +220,69 @@ impl ExecArgs {
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
         if self.pty != PtyMode::No && (self.payload.is_some() || self.command.is_empty()) {
-            return Err(UsageError::Flags("--pty goes with a command, not a payload (payloads never need a terminal)".into()));
+            return Err(UsageError::Flags(
+                "--pty goes with a command, not a payload (payloads never need a terminal)".into(),
+            ));
         }
         let run_id = new_run_id();
         let (job, results) = match (&self.payload, self.command.is_empty()) {
             (Some(dir), _) => {
                 let payload = Payload::load(dir).map_err(|e| UsageError::Flags(e.to_string()))?;
-                let job = PayloadJob::new(payload, self.command.clone(), !self.no_cache, run_id.clone());
-                (Job::Payload(Arc::new(job)), Some(self.results.clone().unwrap_or_else(|| "pushrun-results".into())))
+                let job = PayloadJob::new(
+                    payload,
+                    self.command.clone(),
+                    !self.no_cache,
+                    run_id.clone(),
+                );
+                (
+                    Job::Payload(Arc::new(job)),
+                    Some(
+                        self.results
+                            .clone()
+                            .unwrap_or_else(|| "pushrun-results".into()),
+                    ),
+                )
             }
             (None, true) => {
-                let job = PayloadJob::new(Payload::builtin(), Vec::new(), !self.no_cache, run_id.clone());
-                (Job::Payload(Arc::new(job)), Some(self.results.clone().unwrap_or_else(|| "pushrun-results".into())))
+                let job = PayloadJob::new(
+                    Payload::builtin(),
+                    Vec::new(),
+                    !self.no_cache,
+                    run_id.clone(),
+                );
+                (
+                    Job::Payload(Arc::new(job)),
+                    Some(
+                        self.results
+                            .clone()
+                            .unwrap_or_else(|| "pushrun-results".into()),
+                    ),
+                )
             }
             (None, false) => {
                 if self.no_cache {
-                    return Err(UsageError::Flags("--no-cache goes with a payload, not a command".into()));
+                    return Err(UsageError::Flags(
+                        "--no-cache goes with a payload, not a command".into(),
+                    ));
                 }
                 (Job::Command(self.command.join(" ")), self.results.clone())
             }
         };
         let hosts = self.select.select()?;
-        let spec = RunSpec { job, timeout: self.timeout, pty: self.pty, ssh, forks: self.connect.forks };
-        Ok(Plan { hosts, spec, output: output_mode(self.gather, self.json), results, run_id })
+        let spec = RunSpec {
+            job,
+            timeout: self.timeout,
+            pty: self.pty,
+            ssh,
+            forks: self.connect.forks,
+        };
+        Ok(Plan {
+            hosts,
+            spec,
+            output: output_mode(self.gather, self.json),
+            results,
+            run_id,
+        })
     }
 }
 
@@ -247,8 +291,20 @@ impl CleanArgs {
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
         let hosts = self.select.select()?;
-        let spec = RunSpec { job: Job::Clean, timeout: None, pty: PtyMode::No, ssh, forks: self.connect.forks };
-        Ok(Plan { hosts, spec, output: output_mode(false, self.json), results: None, run_id: new_run_id() })
+        let spec = RunSpec {
+            job: Job::Clean,
+            timeout: None,
+            pty: PtyMode::No,
+            ssh,
+            forks: self.connect.forks,
+        };
+        Ok(Plan {
+            hosts,
+            spec,
+            output: output_mode(false, self.json),
+            results: None,
+            run_id: new_run_id(),
+        })
     }
 }
 
@@ -256,7 +312,9 @@ impl CleanArgs {
 /// Sorts by time; safe in file names and on a shell command line.
 pub fn new_run_id() -> String {
     use std::hash::{BuildHasher, Hasher};
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs();
     let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -282,7 +340,9 @@ pub fn new_run_id() -> String {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !(v > 0.0 && v.is_finite()) {
         return Err(format!("`{s}`: seconds must be more than 0"));
     }
@@ -302,11 +362,18 @@ mod tests {
 
     #[test]
     fn pty_flag_alone_means_yes() {
-        let cli = Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "--", "true"]).unwrap();
-        let Command::Exec(a) = cli.command else { panic!("not exec") };
+        let cli =
+            Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "--", "true"]).unwrap();
+        let Command::Exec(a) = cli.command else {
+            panic!("not exec")
+        };
         assert_eq!(a.pty, PtyMode::Yes);
-        let cli = Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "auto", "--", "true"]).unwrap();
-        let Command::Exec(a) = cli.command else { panic!("not exec") };
+        let cli =
+            Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "auto", "--", "true"])
+                .unwrap();
+        let Command::Exec(a) = cli.command else {
+            panic!("not exec")
+        };
         assert_eq!(a.pty, PtyMode::Auto);
         assert_eq!(a.command, vec!["true".to_string()]);
     }

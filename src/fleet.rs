@@ -59,7 +59,13 @@ pub struct PayloadJob {
 impl PayloadJob {
     /// A payload run.
     pub fn new(payload: Payload, args: Vec<String>, cache: bool, run_id: String) -> PayloadJob {
-        PayloadJob { payload, args, cache, run_id, full_archive: tokio::sync::OnceCell::new() }
+        PayloadJob {
+            payload,
+            args,
+            cache,
+            run_id,
+            full_archive: tokio::sync::OnceCell::new(),
+        }
     }
 
     /// The archive of `paths`; the whole payload's is built once and shared.
@@ -69,9 +75,14 @@ impl PayloadJob {
             let built = self
                 .full_archive
                 .get_or_try_init(|| async move {
-                    tokio::task::spawn_blocking(move || job.payload.tar_gz_all().map(Arc::new).map_err(|e| e.to_string()))
-                        .await
-                        .map_err(|e| e.to_string())?
+                    tokio::task::spawn_blocking(move || {
+                        job.payload
+                            .tar_gz_all()
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
                 })
                 .await?;
             return Ok(built.clone());
@@ -80,7 +91,10 @@ impl PayloadJob {
         let paths = paths.to_vec();
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-            job.payload.tar_gz(&refs).map(Arc::new).map_err(|e| e.to_string())
+            job.payload
+                .tar_gz(&refs)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -118,7 +132,8 @@ pub async fn run(
         Err(e) => {
             let why = format!("cannot write the run's ssh config: {e}");
             for id in 0..hosts.len() {
-                let outcome = HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
+                let outcome =
+                    HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
                 let _ = events.send(Event::Finished(id, outcome)).await;
             }
             return;
@@ -127,16 +142,29 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(spec.forks.max(1)));
     let mut tasks = JoinSet::new();
     for id in 0..hosts.len() {
-        let (hosts, spec, dir, events, mut cancel, slots, config) =
-            (hosts.clone(), spec.clone(), dir.clone(), events.clone(), cancel.clone(), slots.clone(), config.clone());
+        let (hosts, spec, dir, events, mut cancel, slots, config) = (
+            hosts.clone(),
+            spec.clone(),
+            dir.clone(),
+            events.clone(),
+            cancel.clone(),
+            slots.clone(),
+            config.clone(),
+        );
         tasks.spawn(async move {
             let permit = tokio::select! {
                 p = slots.acquire_owned() => p.ok(),
                 _ = cancelled(&mut cancel) => None,
             };
             let outcome = match permit {
-                Some(_permit) => run_host(id, &hosts[id], &spec, &dir, &config, &events, cancel).await,
-                None => HostOutcome::without_exit(Status::Cancelled, "interrupted before it started", Timings::default()),
+                Some(_permit) => {
+                    run_host(id, &hosts[id], &spec, &dir, &config, &events, cancel).await
+                }
+                None => HostOutcome::without_exit(
+                    Status::Cancelled,
+                    "interrupted before it started",
+                    Timings::default(),
+                ),
             };
             let _ = events.send(Event::Finished(id, outcome)).await;
         });
@@ -168,139 +196,191 @@ async fn run_host(
             return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
         }
     };
-    let timings = Timings { connect: started.elapsed(), ..Timings::default() };
+    let timings = Timings {
+        connect: started.elapsed(),
+        ..Timings::default()
+    };
     let session = match connected {
         Ok(s) => s,
         Err(e) => return HostOutcome::without_exit(Status::Unreachable, e.message, timings),
     };
     let _ = events.send(Event::Connected(id)).await;
-    let vars: Vec<(String, String)> =
-        host.settings.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut task = HostTask {
+        id,
+        host,
+        session: &session,
+        events,
+        cancel,
+    };
     let outcome = match &spec.job {
-        Job::Command(command) => run_command(id, &session, command, spec, &vars, events, &mut cancel, timings).await,
-        Job::Payload(job) => run_payload(id, host, &session, job, spec, vars, events, &mut cancel, timings).await,
-        Job::Clean => clean(id, host, &session, events, timings).await,
+        Job::Command(command) => task.run_command(command, spec, timings).await,
+        Job::Payload(job) => task.run_payload(job, spec, timings).await,
+        Job::Clean => task.clean(timings).await,
     };
     session.close().await;
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_command(
+/// One connected host's part of the run.
+struct HostTask<'a> {
     id: HostId,
-    session: &Session,
-    command: &str,
-    spec: &RunSpec,
-    vars: &[(String, String)],
-    events: &mpsc::Sender<Event>,
-    cancel: &mut watch::Receiver<bool>,
-    mut timings: Timings,
-) -> HostOutcome {
-    let run_started = Instant::now();
-    let mut notes = Vec::new();
-    let script = |c| (remote::EXEC, "pushrun-exec", vec![c]);
-    let mut result = match spec.pty {
-        PtyMode::No => run_streamed(id, session, script(command.to_string()), false, spec.timeout, vars, events, cancel).await,
-        PtyMode::Yes | PtyMode::Auto => run_pty(id, session, command, spec, vars, events, cancel).await,
-    };
-    if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
-        notes.push("the server refused a PTY: ran without one".to_string());
-        result = run_streamed(id, session, script(command.to_string()), false, spec.timeout, vars, events, cancel).await;
-    }
-    timings.run = run_started.elapsed();
-    let mut outcome = result.into_outcome(spec.timeout, timings);
-    outcome.notes.extend(notes);
-    outcome
+    host: &'a Host,
+    session: &'a Session,
+    events: &'a mpsc::Sender<Event>,
+    cancel: watch::Receiver<bool>,
 }
 
-/// Stage, run, collect, clean: a payload on one host.
-#[allow(clippy::too_many_arguments)]
-async fn run_payload(
-    id: HostId,
-    host: &Host,
-    session: &Session,
-    job: &Arc<PayloadJob>,
-    spec: &RunSpec,
-    mut vars: Vec<(String, String)>,
-    events: &mpsc::Sender<Event>,
-    cancel: &mut watch::Receiver<bool>,
-    mut timings: Timings,
-) -> HostOutcome {
-    let started = Instant::now();
-    let mut stats = StageStats::default();
-    let staged = tokio::select! {
-        r = stage(session, host, job, &mut stats) => r,
-        _ = cancelled(cancel) => Err(StageError::Cancelled),
-    };
-    timings.stage = started.elapsed();
-    let fail = |status, reason: String, timings, stats| HostOutcome {
-        status,
-        exit_code: None,
-        reason: Some(reason),
-        notes: Vec::new(),
-        timings,
-        stage: Some(stats),
-    };
-    let (base, payload_dir) = match staged {
-        Ok(s) => s,
-        Err(StageError::Cancelled) => {
-            return fail(Status::Cancelled, "interrupted while staging".into(), timings, stats);
-        }
-        Err(StageError::Failed { reason, base }) => {
-            if let Some(base) = base {
-                clean_run_dir(session, &base, &job.run_id).await;
-            }
-            return fail(Status::Failed, format!("stage: {reason}"), timings, stats);
-        }
-        Err(StageError::Lost(why)) => {
-            return fail(Status::Unreachable, format!("connection lost: {why}"), timings, stats);
-        }
-    };
+impl HostTask<'_> {
+    /// The inventory's `vars` for this host.
+    fn vars(&self) -> Vec<(String, String)> {
+        self.host
+            .settings
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 
-    // The payload's own env first; the inventory's vars are more specific and win.
-    let mut env: Vec<(String, String)> = job.payload.env().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
-    env.append(&mut vars);
-    let mut args = vec![base.clone(), payload_dir, job.run_id.clone(), host.name.clone(), job.payload.entry().to_string()];
-    args.extend(job.args.iter().cloned());
-    let timeout = spec.timeout.or(job.payload.timeout());
-    let run_started = Instant::now();
-    let end = run_streamed(id, session, (remote::RUN, "pushrun-run", args), true, timeout, &env, events, cancel).await;
-    timings.run = run_started.elapsed();
+    async fn run_command(
+        &mut self,
+        command: &str,
+        spec: &RunSpec,
+        mut timings: Timings,
+    ) -> HostOutcome {
+        let vars = self.vars();
+        let run_started = Instant::now();
+        let mut notes = Vec::new();
+        let script = |c| (remote::EXEC, "pushrun-exec", vec![c]);
+        let mut result = match spec.pty {
+            PtyMode::No => {
+                self.run_streamed(script(command.to_string()), false, spec.timeout, &vars)
+                    .await
+            }
+            PtyMode::Yes | PtyMode::Auto => self.run_pty(command, spec, &vars).await,
+        };
+        if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
+            notes.push("the server refused a PTY: ran without one".to_string());
+            result = self
+                .run_streamed(script(command.to_string()), false, spec.timeout, &vars)
+                .await;
+        }
+        timings.run = run_started.elapsed();
+        let mut outcome = result.into_outcome(spec.timeout, timings);
+        outcome.notes.extend(notes);
+        outcome
+    }
 
-    // After a cancel or a lost connection the run dir is gone already
-    // (run.sh removes it when its stdin closes); otherwise, timeouts
-    // included, bring back $PUSHRUN_OUT, which also removes it.
-    let mut outcome = match end {
-        CommandEnd::Exited(_) | CommandEnd::Signalled | CommandEnd::TimedOut => {
-            let collect_started = Instant::now();
-            match collect(session, &base, &job.run_id).await {
-                Ok((archive, streamed)) => {
-                    timings.collect = streamed;
-                    timings.clean = collect_started.elapsed().saturating_sub(streamed);
-                    stats.bytes_received += archive.len() as u64;
-                    let _ = events.send(Event::Collected(id, archive)).await;
-                    end.into_outcome(timeout, timings)
+    /// Stage, run, collect, clean: a payload on one host.
+    async fn run_payload(
+        &mut self,
+        job: &Arc<PayloadJob>,
+        spec: &RunSpec,
+        mut timings: Timings,
+    ) -> HostOutcome {
+        let (id, host, session, events) = (self.id, self.host, self.session, self.events);
+        let mut vars = self.vars();
+        let started = Instant::now();
+        let mut stats = StageStats::default();
+        let staged = tokio::select! {
+            r = stage(session, host, job, &mut stats) => r,
+            _ = cancelled(&mut self.cancel) => Err(StageError::Cancelled),
+        };
+        timings.stage = started.elapsed();
+        let fail = |status, reason: String, timings, stats| HostOutcome {
+            status,
+            exit_code: None,
+            reason: Some(reason),
+            notes: Vec::new(),
+            timings,
+            stage: Some(stats),
+        };
+        let (base, payload_dir) = match staged {
+            Ok(s) => s,
+            Err(StageError::Cancelled) => {
+                return fail(
+                    Status::Cancelled,
+                    "interrupted while staging".into(),
+                    timings,
+                    stats,
+                );
+            }
+            Err(StageError::Failed { reason, base }) => {
+                if let Some(base) = base {
+                    clean_run_dir(session, &base, &job.run_id).await;
                 }
-                Err(why) => {
-                    timings.collect = collect_started.elapsed();
-                    let mut o = end.into_outcome(timeout, timings);
-                    o.status = Status::Failed;
-                    o.reason = Some(format!("collect: {why}"));
-                    o
+                return fail(Status::Failed, format!("stage: {reason}"), timings, stats);
+            }
+            Err(StageError::Lost(why)) => {
+                return fail(
+                    Status::Unreachable,
+                    format!("connection lost: {why}"),
+                    timings,
+                    stats,
+                );
+            }
+        };
+
+        // The payload's own env first; the inventory's vars are more specific and win.
+        let mut env: Vec<(String, String)> = job
+            .payload
+            .env()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
+        env.append(&mut vars);
+        let mut args = vec![
+            base.clone(),
+            payload_dir,
+            job.run_id.clone(),
+            host.name.clone(),
+            job.payload.entry().to_string(),
+        ];
+        args.extend(job.args.iter().cloned());
+        let timeout = spec.timeout.or(job.payload.timeout());
+        let run_started = Instant::now();
+        let end = self
+            .run_streamed((remote::RUN, "pushrun-run", args), true, timeout, &env)
+            .await;
+        timings.run = run_started.elapsed();
+
+        // After a cancel or a lost connection the run dir is gone already
+        // (run.sh removes it when its stdin closes); otherwise, timeouts
+        // included, bring back $PUSHRUN_OUT, which also removes it.
+        let mut outcome = match end {
+            CommandEnd::Exited(_) | CommandEnd::Signalled | CommandEnd::TimedOut => {
+                let collect_started = Instant::now();
+                match collect(session, &base, &job.run_id).await {
+                    Ok((archive, streamed)) => {
+                        timings.collect = streamed;
+                        timings.clean = collect_started.elapsed().saturating_sub(streamed);
+                        stats.bytes_received += archive.len() as u64;
+                        let _ = events.send(Event::Collected(id, archive)).await;
+                        end.into_outcome(timeout, timings)
+                    }
+                    Err(why) => {
+                        timings.collect = collect_started.elapsed();
+                        let mut o = end.into_outcome(timeout, timings);
+                        o.status = Status::Failed;
+                        o.reason = Some(format!("collect: {why}"));
+                        o
+                    }
                 }
             }
-        }
-        other => other.into_outcome(timeout, timings),
-    };
-    outcome.stage = Some(stats);
-    outcome
+            other => other.into_outcome(timeout, timings),
+        };
+        outcome.stage = Some(stats);
+        outcome
+    }
 }
 
 enum StageError {
     Cancelled,
     Lost(String),
-    Failed { reason: String, base: Option<String> },
+    Failed {
+        reason: String,
+        base: Option<String>,
+    },
 }
 
 /// Checks the host's copy of the payload and sends what is missing or wrong.
@@ -317,37 +397,62 @@ async fn stage(
     let manifest = job.payload.manifest();
     let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
     let out = session
-        .run_script(remote::CHECK, "pushrun-check", &[remote_tmp, digest, &job.run_id, mode], manifest.as_bytes())
+        .run_script(
+            remote::CHECK,
+            "pushrun-check",
+            &[remote_tmp, digest, &job.run_id, mode],
+            manifest.as_bytes(),
+        )
         .await
         .map_err(lost)?;
     stats.bytes_sent += manifest.len() as u64;
     stats.bytes_received += out.stdout.len() as u64;
-    let report = remote::parse_check(&out.stdout)
-        .map_err(|reason| StageError::Failed { reason: script_failure(reason, &out), base: None })?;
+    let report = remote::parse_check(&out.stdout).map_err(|reason| StageError::Failed {
+        reason: script_failure(reason, &out),
+        base: None,
+    })?;
     let base = report.base;
     if !report.needed.is_empty() {
         let archive = job
             .archive(&report.needed)
             .await
-            .map_err(|reason| StageError::Failed { reason, base: Some(base.clone()) })?;
+            .map_err(|reason| StageError::Failed {
+                reason,
+                base: Some(base.clone()),
+            })?;
         let out = session
-            .run_script(remote::RECEIVE, "pushrun-receive", &[&base, digest, &job.run_id, mode], &archive)
+            .run_script(
+                remote::RECEIVE,
+                "pushrun-receive",
+                &[&base, digest, &job.run_id, mode],
+                &archive,
+            )
             .await
             .map_err(lost)?;
         stats.bytes_sent += archive.len() as u64;
         stats.bytes_received += out.stdout.len() as u64;
         stats.files_sent = report.needed.len();
         if let Some(reason) = remote::error_line(&out.stdout) {
-            return Err(StageError::Failed { reason, base: Some(base) });
+            return Err(StageError::Failed {
+                reason,
+                base: Some(base),
+            });
         }
         if out.code != Some(0) {
             let reason = script_failure("receive failed".into(), &out);
-            return Err(StageError::Failed { reason, base: Some(base) });
+            return Err(StageError::Failed {
+                reason,
+                base: Some(base),
+            });
         }
     } else {
         stats.cache_hit = job.cache;
     }
-    let payload_dir = if job.cache { format!("{base}/cache/{digest}") } else { format!("{base}/runs/{}/payload", job.run_id) };
+    let payload_dir = if job.cache {
+        format!("{base}/cache/{digest}")
+    } else {
+        format!("{base}/runs/{}/payload", job.run_id)
+    };
     Ok((base, payload_dir))
 }
 
@@ -366,7 +471,11 @@ fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String 
 
 /// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir.
 /// Returns the archive and how long it took to arrive.
-async fn collect(session: &Session, base: &str, run_id: &str) -> Result<(Vec<u8>, Duration), String> {
+async fn collect(
+    session: &Session,
+    base: &str,
+    run_id: &str,
+) -> Result<(Vec<u8>, Duration), String> {
     let started = Instant::now();
     let out = session
         .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
@@ -379,26 +488,55 @@ async fn collect(session: &Session, base: &str, run_id: &str) -> Result<(Vec<u8>
     Ok((out.stdout, streamed))
 }
 
-/// `pushrun clean` on one host: its answer becomes the host's output line.
-async fn clean(id: HostId, host: &Host, session: &Session, events: &mpsc::Sender<Event>, mut timings: Timings) -> HostOutcome {
-    let started = Instant::now();
-    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
-    let out = session.run_script(remote::CLEAN, "pushrun-clean", &[remote_tmp], b"").await;
-    timings.clean = started.elapsed();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => return HostOutcome::without_exit(Status::Unreachable, format!("connection lost: {}", error_chain(&e)), timings),
-    };
-    if let Some(reason) = remote::error_line(&out.stdout) {
-        return HostOutcome::without_exit(Status::Failed, reason, timings);
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let line = line.as_bytes().to_vec();
-        let _ = events.send(Event::Output { host: id, stream: Stream::Stdout, line, complete: true }).await;
-    }
-    match out.code {
-        Some(0) => HostOutcome { status: Status::Ok, exit_code: Some(0), reason: None, notes: Vec::new(), timings, stage: None },
-        _ => HostOutcome::without_exit(Status::Failed, script_failure("clean failed".into(), &out), timings),
+impl HostTask<'_> {
+    /// `pushrun clean` on one host: its answer becomes the host's output line.
+    async fn clean(&self, mut timings: Timings) -> HostOutcome {
+        let (id, host, session, events) = (self.id, self.host, self.session, self.events);
+        let started = Instant::now();
+        let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+        let out = session
+            .run_script(remote::CLEAN, "pushrun-clean", &[remote_tmp], b"")
+            .await;
+        timings.clean = started.elapsed();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                return HostOutcome::without_exit(
+                    Status::Unreachable,
+                    format!("connection lost: {}", error_chain(&e)),
+                    timings,
+                );
+            }
+        };
+        if let Some(reason) = remote::error_line(&out.stdout) {
+            return HostOutcome::without_exit(Status::Failed, reason, timings);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.as_bytes().to_vec();
+            let _ = events
+                .send(Event::Output {
+                    host: id,
+                    stream: Stream::Stdout,
+                    line,
+                    complete: true,
+                })
+                .await;
+        }
+        match out.code {
+            Some(0) => HostOutcome {
+                status: Status::Ok,
+                exit_code: Some(0),
+                reason: None,
+                notes: Vec::new(),
+                timings,
+                stage: None,
+            },
+            _ => HostOutcome::without_exit(
+                Status::Failed,
+                script_failure("clean failed".into(), &out),
+                timings,
+            ),
+        }
     }
 }
 
@@ -435,7 +573,14 @@ impl CommandEnd {
             ),
             CommandEnd::Lost(why) => (Status::Unreachable, None, Some(format!("connection lost: {why}"))),
         };
-        HostOutcome { status, exit_code, reason, notes: Vec::new(), timings, stage: None }
+        HostOutcome {
+            status,
+            exit_code,
+            reason,
+            notes: Vec::new(),
+            timings,
+            stage: None,
+        }
     }
 }
 
@@ -444,7 +589,12 @@ impl CommandEnd {
 /// `stop` is called once, with why, to make the remote command end (it
 /// writes "stop" or closes stdin, or kills the local ssh); then `work` gets
 /// [`STOP_GRACE`] to finish.
-async fn supervise<W, S, F>(work: W, stop: S, timeout: Option<Duration>, cancel: &mut watch::Receiver<bool>) -> CommandEnd
+async fn supervise<W, S, F>(
+    work: W,
+    stop: S,
+    timeout: Option<Duration>,
+    cancel: &mut watch::Receiver<bool>,
+) -> CommandEnd
 where
     W: Future<Output = CommandEnd>,
     S: FnOnce(&CommandEnd) -> F,
@@ -467,117 +617,123 @@ where
     early
 }
 
-/// Runs a remote script with its output streamed as events, stopping it
-/// on timeout or cancellation by closing its stdin.
-async fn run_streamed(
-    id: HostId,
-    session: &Session,
-    (script, name, args): (&str, &str, Vec<String>),
-    keep_on_timeout: bool,
-    timeout: Option<Duration>,
-    vars: &[(String, String)],
-    events: &mpsc::Sender<Event>,
-    cancel: &mut watch::Receiver<bool>,
-) -> CommandEnd {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = match session.spawn_script(script, name, &args, vars).await {
-        Ok(c) => c,
-        Err(e) => return CommandEnd::Lost(error_chain(&e)),
-    };
-    let stdin = child.stdin().take();
-    let stdout = child.stdout().take();
-    let stderr = child.stderr().take();
-    let work = async move {
-        let out = async {
-            if let Some(r) = stdout {
-                let _ = read_lines(r, false, id, Stream::Stdout, events).await;
+impl HostTask<'_> {
+    /// Runs a remote script with its output streamed as events, stopping it
+    /// on timeout or cancellation by closing its stdin.
+    async fn run_streamed(
+        &mut self,
+        (script, name, args): (&str, &str, Vec<String>),
+        keep_on_timeout: bool,
+        timeout: Option<Duration>,
+        vars: &[(String, String)],
+    ) -> CommandEnd {
+        let (id, session, events) = (self.id, self.session, self.events);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = match session.spawn_script(script, name, &args, vars).await {
+            Ok(c) => c,
+            Err(e) => return CommandEnd::Lost(error_chain(&e)),
+        };
+        let stdin = child.stdin().take();
+        let stdout = child.stdout().take();
+        let stderr = child.stderr().take();
+        let work = async move {
+            let out = async {
+                if let Some(r) = stdout {
+                    let _ = read_lines(r, false, id, Stream::Stdout, events).await;
+                }
+            };
+            let err = async {
+                if let Some(r) = stderr {
+                    let _ = read_lines(r, false, id, Stream::Stderr, events).await;
+                }
+            };
+            tokio::join!(out, err);
+            match child.wait().await {
+                Ok(status) => match status.code() {
+                    Some(c) => CommandEnd::Exited(c),
+                    None => CommandEnd::Signalled,
+                },
+                Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    CommandEnd::Exited(127)
+                }
+                Err(openssh::Error::RemoteProcessTerminated) => CommandEnd::Signalled,
+                Err(e) => CommandEnd::Lost(error_chain(&e)),
             }
         };
-        let err = async {
-            if let Some(r) = stderr {
-                let _ = read_lines(r, false, id, Stream::Stderr, events).await;
+        let stop = move |why: &CommandEnd| {
+            let keep = keep_on_timeout && matches!(why, CommandEnd::TimedOut);
+            async move {
+                // "stop": run.sh ends the run and keeps its dir for collect.sh
+                // (the end of stdin that follows comes after the line, so it is
+                // not taken for a lost initiator). Otherwise the end of stdin
+                // alone: the wrapper ends the whole process group.
+                if let (true, Some(mut w)) = (keep, stdin) {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = w.write_all(b"stop\n").await;
+                    let _ = w.flush().await;
+                }
             }
         };
-        tokio::join!(out, err);
-        match child.wait().await {
-            Ok(status) => match status.code() {
-                Some(c) => CommandEnd::Exited(c),
-                None => CommandEnd::Signalled,
-            },
-            Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => CommandEnd::Exited(127),
-            Err(openssh::Error::RemoteProcessTerminated) => CommandEnd::Signalled,
-            Err(e) => CommandEnd::Lost(error_chain(&e)),
-        }
-    };
-    let stop = move |why: &CommandEnd| {
-        let keep = keep_on_timeout && matches!(why, CommandEnd::TimedOut);
-        async move {
-            // "stop": run.sh ends the run and keeps its dir for collect.sh
-            // (the end of stdin that follows comes after the line, so it is
-            // not taken for a lost initiator). Otherwise the end of stdin
-            // alone: the wrapper ends the whole process group.
-            if let (true, Some(mut w)) = (keep, stdin) {
-                use tokio::io::AsyncWriteExt;
-                let _ = w.write_all(b"stop\n").await;
-                let _ = w.flush().await;
-            }
-        }
-    };
-    supervise(work, stop, timeout, cancel).await
-}
+        supervise(work, stop, timeout, &mut self.cancel).await
+    }
 
-async fn run_pty(
-    id: HostId,
-    session: &Session,
-    command: &str,
-    spec: &RunSpec,
-    vars: &[(String, String)],
-    events: &mpsc::Sender<Event>,
-    cancel: &mut watch::Receiver<bool>,
-) -> CommandEnd {
-    let mut child = match session.spawn_pty(command, vars) {
-        Ok(c) => c,
-        Err(e) => return CommandEnd::Lost(format!("cannot start ssh: {e}")),
-    };
-    let _stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let pid = child.id();
-    let work = async move {
-        let out = async {
-            if let Some(r) = stdout {
-                let _ = read_lines(r, true, id, Stream::Stdout, events).await;
+    async fn run_pty(
+        &mut self,
+        command: &str,
+        spec: &RunSpec,
+        vars: &[(String, String)],
+    ) -> CommandEnd {
+        let (id, session, events) = (self.id, self.session, self.events);
+        let mut child = match session.spawn_pty(command, vars) {
+            Ok(c) => c,
+            Err(e) => return CommandEnd::Lost(format!("cannot start ssh: {e}")),
+        };
+        let _stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let pid = child.id();
+        let work = async move {
+            let out = async {
+                if let Some(r) = stdout {
+                    let _ = read_lines(r, true, id, Stream::Stdout, events).await;
+                }
+            };
+            // Only our wrapper and ssh itself write here: the remote command's
+            // stderr goes to the terminal, which arrives on stdout.
+            let err = async {
+                let mut text = Vec::new();
+                if let Some(mut r) = stderr {
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut text).await;
+                }
+                text
+            };
+            let ((), err_text) = tokio::join!(out, err);
+            match child.wait().await {
+                Ok(status) => match status.code() {
+                    Some(NO_PTY_EXIT)
+                        if String::from_utf8_lossy(&err_text).contains("no pseudo terminal") =>
+                    {
+                        CommandEnd::NoPty
+                    }
+                    Some(255) => {
+                        CommandEnd::Lost(String::from_utf8_lossy(&err_text).trim().to_string())
+                    }
+                    Some(c) => CommandEnd::Exited(c),
+                    None => CommandEnd::Signalled,
+                },
+                Err(e) => CommandEnd::Lost(e.to_string()),
             }
         };
-        // Only our wrapper and ssh itself write here: the remote command's
-        // stderr goes to the terminal, which arrives on stdout.
-        let err = async {
-            let mut text = Vec::new();
-            if let Some(mut r) = stderr {
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut text).await;
+        let stop = |_: &CommandEnd| {
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) on our own ssh child; the master then closes the
+                // channel and sshd hangs up the remote terminal.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
-            text
+            std::future::ready(())
         };
-        let ((), err_text) = tokio::join!(out, err);
-        match child.wait().await {
-            Ok(status) => match status.code() {
-                Some(NO_PTY_EXIT) if String::from_utf8_lossy(&err_text).contains("no pseudo terminal") => CommandEnd::NoPty,
-                Some(255) => CommandEnd::Lost(String::from_utf8_lossy(&err_text).trim().to_string()),
-                Some(c) => CommandEnd::Exited(c),
-                None => CommandEnd::Signalled,
-            },
-            Err(e) => CommandEnd::Lost(e.to_string()),
-        }
-    };
-    let stop = |_: &CommandEnd| {
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) on our own ssh child; the master then closes the
-            // channel and sshd hangs up the remote terminal.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        std::future::ready(())
-    };
-    supervise(work, stop, spec.timeout, cancel).await
+        supervise(work, stop, spec.timeout, &mut self.cancel).await
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -60,7 +60,10 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
         Ok(p) => p,
         Err(e) => return fail(e, 2),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start: {e}"), 2),
     };
@@ -69,7 +72,9 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
         Err(e) => return fail(format!("cannot create a control directory: {e}"), 2),
     };
     if plan.spec.ssh.host_key_checking == Some(HostKeyChecking::Off) {
-        eprintln!("pushrun: warning: host key checking is off: connections can be intercepted unnoticed");
+        eprintln!(
+            "pushrun: warning: host key checking is off: connections can be intercepted unnoticed"
+        );
     }
     let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     let job = match &plan.spec.job {
@@ -83,12 +88,19 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
         }),
         Job::Clean => serde_json::json!({"clean": true}),
     };
-    let info = RunInfo { run_id: plan.run_id.clone(), job, results: plan.results.clone() };
+    let info = RunInfo {
+        run_id: plan.run_id.clone(),
+        job,
+        results: plan.results.clone(),
+    };
     let mut reporter = match Reporter::new(plan.output, names, info) {
         Ok(r) => r,
         Err(e) => {
             let dir = plan.results.as_deref().unwrap_or(std::path::Path::new("."));
-            return fail(format!("{}: cannot create the results dir: {e}", dir.display()), 2);
+            return fail(
+                format!("{}: cannot create the results dir: {e}", dir.display()),
+                2,
+            );
         }
     };
     let hosts = Arc::new(plan.hosts);

@@ -57,7 +57,11 @@ pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
         }
     }
     match (base, checked) {
-        (Some(base), Some(checked)) => Ok(CheckReport { base, needed, checked }),
+        (Some(base), Some(checked)) => Ok(CheckReport {
+            base,
+            needed,
+            checked,
+        }),
         _ => Err(format!("check: unexpected answer: {}", text.trim())),
     }
 }
@@ -68,7 +72,8 @@ mod tests {
 
     #[test]
     fn a_check_answer_lists_needed_files_with_spaces() {
-        let r = parse_check(b"base /tmp/.pushrun-ops\nneed lib/a b.bin\nneed run\nchecked 3\n").unwrap();
+        let r = parse_check(b"base /tmp/.pushrun-ops\nneed lib/a b.bin\nneed run\nchecked 3\n")
+            .unwrap();
         assert_eq!(
             r,
             CheckReport {
@@ -85,6 +90,10 @@ mod tests {
             parse_check(b"error /tmp/.pushrun-ops is a symlink: refusing to use it\n"),
             Err("/tmp/.pushrun-ops is a symlink: refusing to use it".into())
         );
-        assert!(parse_check(b"base /x\nneed a\n").unwrap_err().starts_with("check: unexpected answer"));
+        assert!(
+            parse_check(b"base /x\nneed a\n")
+                .unwrap_err()
+                .starts_with("check: unexpected answer")
+        );
     }
 }

@@ -7,10 +7,10 @@
 //! mid-line. A progress line is drawn on stderr when it is a terminal.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::fmt::Write as _;
+use std::fs::File;
 use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -68,9 +68,22 @@ impl ResultsDir {
         // Host names become folder names: keep them to one path component.
         let folders = names
             .iter()
-            .map(|n| if n.starts_with('.') { format!("_{n}") } else { n.clone() }.replace(['/', '\\', '\0'], "_"))
+            .map(|n| {
+                if n.starts_with('.') {
+                    format!("_{n}")
+                } else {
+                    n.clone()
+                }
+                .replace(['/', '\\', '\0'], "_")
+            })
             .collect();
-        Ok(ResultsDir { root, latest: base.join("latest"), folders, open: HashMap::new(), problems: HashMap::new() })
+        Ok(ResultsDir {
+            root,
+            latest: base.join("latest"),
+            folders,
+            open: HashMap::new(),
+            problems: HashMap::new(),
+        })
     }
 
     fn host_dir(&self, id: HostId) -> io::Result<PathBuf> {
@@ -79,13 +92,25 @@ impl ResultsDir {
         Ok(dir)
     }
 
-    fn output(&mut self, id: HostId, stream: Stream, line: &[u8], complete: bool) -> io::Result<()> {
+    fn output(
+        &mut self,
+        id: HostId,
+        stream: Stream,
+        line: &[u8],
+        complete: bool,
+    ) -> io::Result<()> {
         let slot = if stream == Stream::Stdout { 0 } else { 1 };
-        if !self.open.get(&id).is_some_and(|f| f[slot].is_some()) {
-            let file = File::create(self.host_dir(id)?.join(if slot == 0 { "stdout" } else { "stderr" }))?;
+        if self.open.get(&id).is_none_or(|f| f[slot].is_none()) {
+            let file =
+                File::create(
+                    self.host_dir(id)?
+                        .join(if slot == 0 { "stdout" } else { "stderr" }),
+                )?;
             self.open.entry(id).or_default()[slot] = Some(io::BufWriter::new(file));
         }
-        let Some(Some(w)) = self.open.get_mut(&id).map(|f| f[slot].as_mut()) else { return Ok(()) };
+        let Some(Some(w)) = self.open.get_mut(&id).map(|f| f[slot].as_mut()) else {
+            return Ok(());
+        };
         w.write_all(line)?;
         if complete {
             w.write_all(b"\n")?;
@@ -99,7 +124,8 @@ impl ResultsDir {
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
         tar.set_preserve_permissions(true);
         if let Err(e) = tar.unpack(&out) {
-            self.problems.insert(id, format!("results archive could not be unpacked: {e}"));
+            self.problems
+                .insert(id, format!("results archive could not be unpacked: {e}"));
         }
         Ok(())
     }
@@ -165,7 +191,10 @@ impl Reporter {
         };
         let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         let n = names.len();
-        let progress = io::stderr().is_terminal().then_some(Progress { drawn: false, last: None });
+        let progress = io::stderr().is_terminal().then_some(Progress {
+            drawn: false,
+            last: None,
+        });
         Ok(Reporter {
             mode,
             names,
@@ -174,7 +203,11 @@ impl Reporter {
             err: io::stderr(),
             started: Instant::now(),
             outcomes: vec![None; n],
-            gathered: if mode == OutputMode::Gather { vec![Vec::new(); n] } else { Vec::new() },
+            gathered: if mode == OutputMode::Gather {
+                vec![Vec::new(); n]
+            } else {
+                Vec::new()
+            },
             in_flight: vec![false; n],
             progress,
             interrupted: false,
@@ -197,7 +230,12 @@ impl Reporter {
                     self.json(id, json!({"event": "connected"}))?;
                 }
             }
-            Event::Output { host, stream, line, complete } => {
+            Event::Output {
+                host,
+                stream,
+                line,
+                complete,
+            } => {
                 if let Some(r) = &mut self.results {
                     r.output(host, stream, &line, complete)?;
                 }
@@ -234,7 +272,13 @@ impl Reporter {
         Ok(())
     }
 
-    fn output(&mut self, id: HostId, stream: Stream, line: Vec<u8>, complete: bool) -> io::Result<()> {
+    fn output(
+        &mut self,
+        id: HostId,
+        stream: Stream,
+        line: Vec<u8>,
+        complete: bool,
+    ) -> io::Result<()> {
         match self.mode {
             OutputMode::Gather => self.gathered[id].push((stream, line, complete)),
             OutputMode::Json => {
@@ -242,7 +286,9 @@ impl Reporter {
                 match String::from_utf8(line) {
                     Ok(text) => obj["text"] = Value::String(text),
                     Err(e) => {
-                        obj["data_b64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                        obj["data_b64"] = Value::String(
+                            base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+                        )
                     }
                 }
                 if !complete {
@@ -280,7 +326,10 @@ impl Reporter {
             self.interrupted = true;
             self.clear_progress()?;
             self.out.flush()?;
-            writeln!(self.err, "pushrun: interrupted: stopping remote commands (Ctrl-C again to quit at once)")?;
+            writeln!(
+                self.err,
+                "pushrun: interrupted: stopping remote commands (Ctrl-C again to quit at once)"
+            )?;
         }
         Ok(())
     }
@@ -288,12 +337,21 @@ impl Reporter {
     /// Writes out what is buffered, and redraws the progress line (at most 10 times a second).
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        let Some(p) = &self.progress else { return Ok(()) };
-        if p.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+        let Some(p) = &self.progress else {
+            return Ok(());
+        };
+        if p.last
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
             return Ok(());
         }
         let done = self.outcomes.iter().flatten().count();
-        let failed = self.outcomes.iter().flatten().filter(|o| o.status != Status::Ok).count();
+        let failed = self
+            .outcomes
+            .iter()
+            .flatten()
+            .filter(|o| o.status != Status::Ok)
+            .count();
         let line = format!(
             "[{done}/{} done, {failed} failed, {} running, {:.1}s]",
             self.names.len(),
@@ -341,7 +399,10 @@ impl Reporter {
                 "exit_status": summary.exit_status,
             });
             for status in ALL_STATUSES {
-                let key = serde_json::to_value(status)?.as_str().unwrap_or_default().to_string();
+                let key = serde_json::to_value(status)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 obj[key.as_str()] = json!(summary.counts.get(&status).copied().unwrap_or(0));
                 obj["hosts_by_status"][key.as_str()] = json!(self.folded(|o| o.status == status));
             }
@@ -388,7 +449,10 @@ impl Reporter {
             .collect();
         let mut counts = json!({});
         for status in ALL_STATUSES {
-            let key = serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let key = serde_json::to_value(status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             counts[key.as_str()] = json!(summary.counts.get(&status).copied().unwrap_or(0));
         }
         json!({
@@ -416,7 +480,10 @@ impl Reporter {
         } else {
             0
         };
-        Summary { counts, exit_status }
+        Summary {
+            counts,
+            exit_status,
+        }
     }
 
     fn folded(&self, pick: impl Fn(&HostOutcome) -> bool) -> String {
@@ -431,7 +498,11 @@ impl Reporter {
     }
 
     fn summary_text(&self, summary: &Summary, elapsed: Duration) -> String {
-        let mut s = format!("pushrun: {} hosts in {:.2}s:", self.names.len(), elapsed.as_secs_f64());
+        let mut s = format!(
+            "pushrun: {} hosts in {:.2}s:",
+            self.names.len(),
+            elapsed.as_secs_f64()
+        );
         let mut first = true;
         for status in ALL_STATUSES {
             let n = summary.counts.get(&status).copied().unwrap_or(0);
@@ -462,12 +533,19 @@ impl Reporter {
         }
         if let Some(r) = &self.results {
             for (i, p) in &r.problems {
-                groups.push(((Status::Failed, format!("results: {p}")), vec![self.names[*i].clone()]));
+                groups.push((
+                    (Status::Failed, format!("results: {p}")),
+                    vec![self.names[*i].clone()],
+                ));
             }
         }
-        groups.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+        groups.sort_by_key(|g| g.0.0);
         for ((status, reason), hosts) in groups {
-            let label = if status == Status::Ok { String::new() } else { format!("{}: ", status.label()) };
+            let label = if status == Status::Ok {
+                String::new()
+            } else {
+                format!("{}: ", status.label())
+            };
             let _ = writeln!(s, "  {label}{}: {reason}", hostlist::fold(&hosts));
         }
         if let Some(r) = &self.results {
@@ -482,7 +560,9 @@ impl Reporter {
         let mut groups: Vec<(Key<'_>, Vec<String>)> = Vec::new();
         for (i, o) in self.outcomes.iter().enumerate() {
             let Some(o) = o else { continue };
-            if matches!(o.status, Status::Unreachable | Status::Cancelled) && self.gathered[i].is_empty() {
+            if matches!(o.status, Status::Unreachable | Status::Cancelled)
+                && self.gathered[i].is_empty()
+            {
                 continue;
             }
             let key: Key<'_> = (&self.gathered[i], o.exit_code, o.status);
@@ -497,7 +577,12 @@ impl Reporter {
                 (_, Some(c)) => format!("exit {c}"),
                 (s, None) => s.label().to_string(),
             };
-            let header = format!("{} ({} host{}, {end})", hostlist::fold(hosts), hosts.len(), plural(hosts.len()));
+            let header = format!(
+                "{} ({} host{}, {end})",
+                hostlist::fold(hosts),
+                hosts.len(),
+                plural(hosts.len())
+            );
             let rule = "-".repeat(header.chars().count().clamp(16, 79));
             let _ = writeln!(text, "{rule}\n{header}\n{rule}");
             for (stream, line, _) in lines.iter() {
@@ -509,7 +594,13 @@ impl Reporter {
     }
 }
 
-const ALL_STATUSES: [Status; 5] = [Status::Ok, Status::Failed, Status::TimedOut, Status::Unreachable, Status::Cancelled];
+const ALL_STATUSES: [Status; 5] = [
+    Status::Ok,
+    Status::Failed,
+    Status::TimedOut,
+    Status::Unreachable,
+    Status::Cancelled,
+];
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }

@@ -93,7 +93,10 @@ pub struct ConnectError {
 
 impl ConnectError {
     fn new(kind: ConnectFailure, message: impl Into<String>) -> Self {
-        ConnectError { kind, message: message.into() }
+        ConnectError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -195,7 +198,9 @@ fn control_base() -> PathBuf {
 
 /// Removes `pushrun-PID-N` directories of ours whose process is gone.
 fn sweep_stale(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     let uid = unsafe { libc::getuid() };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -207,7 +212,9 @@ fn sweep_stale(base: &Path) {
         else {
             continue;
         };
-        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
         if meta.is_dir() && meta.uid() == uid && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -238,7 +245,12 @@ impl Session {
         let log = dir.path().join(format!("{slot}.log"));
         let destination = host.address().to_string();
         let mut cmd = Command::new("ssh");
-        cmd.arg("-M").arg("-N").arg("-S").arg(&ctl).arg("-E").arg(&log);
+        cmd.arg("-M")
+            .arg("-N")
+            .arg("-S")
+            .arg(&ctl)
+            .arg("-E")
+            .arg(&log);
         // The host's own options first: for ssh the first value given wins.
         for opt in &host.settings.ssh_options {
             cmd.arg("-o").arg(opt);
@@ -261,19 +273,31 @@ impl Session {
                 cmd.arg("-o").arg("StrictHostKeyChecking=accept-new");
             }
             Some(HostKeyChecking::Off) => {
-                cmd.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]);
+                cmd.args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ]);
                 cmd.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
             }
             None => {}
         }
         let secs = opts.connect_timeout.as_secs().max(1);
         cmd.args(["-o", "BatchMode=yes", "-o", "ControlPersist=no"])
-            .args(["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"])
+            .args([
+                "-o",
+                "ServerAliveInterval=10",
+                "-o",
+                "ServerAliveCountMax=3",
+            ])
             .arg("-o")
             .arg(format!("ConnectTimeout={secs}"))
             .arg("--")
             .arg(&destination);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         cmd.process_group(0).kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -315,8 +339,18 @@ impl Session {
                 }
             }
         }
-        let mux = openssh::Session::resume_mux(ctl.clone().into_boxed_path(), Some(log.clone().into_boxed_path()));
-        Ok(Session { master, ctl, log, destination, config_file: config_file.to_path_buf(), mux })
+        let mux = openssh::Session::resume_mux(
+            ctl.clone().into_boxed_path(),
+            Some(log.clone().into_boxed_path()),
+        );
+        Ok(Session {
+            master,
+            ctl,
+            log,
+            destination,
+            config_file: config_file.to_path_buf(),
+            mux,
+        })
     }
 
     /// Starts one of pushrun's remote scripts as `sh -c SCRIPT NAME ARGS...`,
@@ -384,7 +418,11 @@ impl Session {
             Err(openssh::Error::RemoteProcessTerminated) => None,
             Err(e) => return Err(e),
         };
-        Ok(ScriptOutput { code, stdout, stderr })
+        Ok(ScriptOutput {
+            code,
+            stdout,
+            stderr,
+        })
     }
 
     /// Starts `command` with a PTY, through the master (`ssh -S ctl -tt`).
@@ -395,10 +433,19 @@ impl Session {
     pub fn spawn_pty(&self, command: &str, vars: &[(String, String)]) -> io::Result<Child> {
         let remote = remote_line(crate::remote::PTY, "pushrun-pty", &[command], vars);
         let mut cmd = Command::new("ssh");
-        cmd.arg("-S").arg(&self.ctl).args(["-tt", "-q", "-o", "ControlMaster=no", "-o", "BatchMode=yes"]);
+        cmd.arg("-S").arg(&self.ctl).args([
+            "-tt",
+            "-q",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "BatchMode=yes",
+        ]);
         cmd.arg("-F").arg(&self.config_file);
         cmd.arg("--").arg(&self.destination).arg(remote);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.process_group(0).kill_on_drop(true);
         cmd.spawn()
     }
@@ -410,7 +457,10 @@ impl Session {
             // SAFETY: plain kill(2) on our own child, which has not been reaped.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
-        if tokio::time::timeout(Duration::from_secs(3), self.master.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), self.master.wait())
+            .await
+            .is_err()
+        {
             let _ = self.master.kill().await;
         }
         let _ = std::fs::remove_file(&self.log);
@@ -458,7 +508,10 @@ fn classify_ssh_failure(log: &str) -> ConnectError {
         .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
         .collect();
     let all = lines.join(" ");
-    let last = lines.last().copied().unwrap_or("ssh exited without a message");
+    let last = lines
+        .last()
+        .copied()
+        .unwrap_or("ssh exited without a message");
     let last = last.strip_prefix("ssh: ").unwrap_or(last);
     use ConnectFailure::*;
     let (kind, message) = if all.contains("Connection refused") {
@@ -466,10 +519,18 @@ fn classify_ssh_failure(log: &str) -> ConnectError {
     } else if all.contains("timed out") {
         (TimedOut, "connection timed out".to_string())
     } else if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-        (HostKey, "host key has changed (possible man-in-the-middle): ssh refused to connect".to_string())
+        (
+            HostKey,
+            "host key has changed (possible man-in-the-middle): ssh refused to connect".to_string(),
+        )
     } else if all.contains("Host key verification failed") {
-        (HostKey, "host key verification failed: unknown host key (try --host-key-checking accept-new)".to_string())
-    } else if all.contains("Permission denied") || all.contains("Too many authentication failures") {
+        (
+            HostKey,
+            "host key verification failed: unknown host key (try --host-key-checking accept-new)"
+                .to_string(),
+        )
+    } else if all.contains("Permission denied") || all.contains("Too many authentication failures")
+    {
         (Authentication, format!("authentication failed: {last}"))
     } else if all.contains("Could not resolve hostname") {
         (Resolve, format!("cannot resolve host name: {last}"))
@@ -495,7 +556,14 @@ where
     R: AsyncRead + Unpin,
 {
     let emit = async |line: Vec<u8>, complete: bool| {
-        let _ = events.send(Event::Output { host, stream, line, complete }).await;
+        let _ = events
+            .send(Event::Output {
+                host,
+                stream,
+                line,
+                complete,
+            })
+            .await;
     };
     use tokio::io::AsyncReadExt;
     const MAX_PIECE: usize = 64 * 1024;
@@ -540,12 +608,36 @@ mod tests {
     #[test]
     fn classifies_common_ssh_failures() {
         let c = |s: &str| classify_ssh_failure(s).kind;
-        assert_eq!(c("ssh: connect to host 127.0.0.9 port 22: Connection refused\n"), ConnectFailure::Refused);
-        assert_eq!(c("Connection timed out during banner exchange\nConnection to 1.2.3.4 port 22 timed out\n"), ConnectFailure::TimedOut);
-        assert_eq!(c("fleet@127.0.0.1: Permission denied (publickey).\n"), ConnectFailure::Authentication);
-        assert_eq!(c("No ED25519 host key is known for x and you have requested strict checking.\nHost key verification failed.\n"), ConnectFailure::HostKey);
-        assert_eq!(c("Warning: Permanently added 'x' (ED25519) to the list of known hosts.\nsomething odd\n"), ConnectFailure::Other);
-        assert_eq!(classify_ssh_failure("Warning: Permanently added 'x'.\nsomething odd\n").message, "something odd");
+        assert_eq!(
+            c("ssh: connect to host 127.0.0.9 port 22: Connection refused\n"),
+            ConnectFailure::Refused
+        );
+        assert_eq!(
+            c(
+                "Connection timed out during banner exchange\nConnection to 1.2.3.4 port 22 timed out\n"
+            ),
+            ConnectFailure::TimedOut
+        );
+        assert_eq!(
+            c("fleet@127.0.0.1: Permission denied (publickey).\n"),
+            ConnectFailure::Authentication
+        );
+        assert_eq!(
+            c(
+                "No ED25519 host key is known for x and you have requested strict checking.\nHost key verification failed.\n"
+            ),
+            ConnectFailure::HostKey
+        );
+        assert_eq!(
+            c(
+                "Warning: Permanently added 'x' (ED25519) to the list of known hosts.\nsomething odd\n"
+            ),
+            ConnectFailure::Other
+        );
+        assert_eq!(
+            classify_ssh_failure("Warning: Permanently added 'x'.\nsomething odd\n").message,
+            "something odd"
+        );
     }
 
     async fn lines_of(input: &[u8], strip_cr: bool) -> Vec<(Vec<u8>, bool)> {
@@ -554,7 +646,15 @@ mod tests {
         let collect = async {
             let mut got = Vec::new();
             while let Some(ev) = rx.recv().await {
-                let Event::Output { host: 7, stream: Stream::Stderr, line, complete } = ev else { panic!("{ev:?}") };
+                let Event::Output {
+                    host: 7,
+                    stream: Stream::Stderr,
+                    line,
+                    complete,
+                } = ev
+                else {
+                    panic!("{ev:?}")
+                };
                 got.push((line, complete));
             }
             got
@@ -569,14 +669,23 @@ mod tests {
         let got = lines_of(b"one\r\ntwo\n\nthree", true).await;
         assert_eq!(
             got,
-            vec![(b"one".to_vec(), true), (b"two".to_vec(), true), (vec![], true), (b"three".to_vec(), false)]
+            vec![
+                (b"one".to_vec(), true),
+                (b"two".to_vec(), true),
+                (vec![], true),
+                (b"three".to_vec(), false)
+            ]
         );
     }
 
     #[tokio::test]
     async fn very_long_lines_come_in_pieces() {
         let input = vec![b'x'; 150 * 1024];
-        let sizes: Vec<_> = lines_of(&input, false).await.into_iter().map(|(l, c)| (l.len(), c)).collect();
+        let sizes: Vec<_> = lines_of(&input, false)
+            .await
+            .into_iter()
+            .map(|(l, c)| (l.len(), c))
+            .collect();
         assert_eq!(sizes, vec![(65536, false), (65536, false), (22528, false)]);
     }
 }

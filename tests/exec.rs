@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BlackHole, HostOpts, TestHosts, pushrun, unused_addr};
+use common::{BlackHole, HostOpts, TestHosts, processes_with, pushrun, unused_addr, wait_until};
 
 struct Run {
     code: i32,
@@ -41,39 +41,12 @@ fn to_run(out: Output) -> Run {
 fn lines_of<'a>(stdout: &'a str, host: &str) -> Vec<&'a str> {
     stdout
         .lines()
-        .filter_map(|l| l.split_once(": ").filter(|(h, _)| h.trim_end() == host).map(|(_, t)| t))
+        .filter_map(|l| {
+            l.split_once(": ")
+                .filter(|(h, _)| h.trim_end() == host)
+                .map(|(_, t)| t)
+        })
         .collect()
-}
-
-/// Pids of processes whose command line contains `marker` (the hosts share our pid namespace).
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(marker) {
-                found.push(format!("{name}: {cmdline}"));
-            }
-        }
-    }
-    found
-}
-
-/// Waits up to `limit` for every process carrying `marker` to be gone.
-fn assert_processes_gone(marker: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let left = processes_with(marker);
-        if left.is_empty() {
-            return;
-        }
-        assert!(start.elapsed() < limit, "processes still running after {limit:?}: {left:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn control_dirs_of(pid: u32) -> Vec<String> {
@@ -93,7 +66,10 @@ fn runs_on_every_host_and_prefixes_each_line_with_the_host() {
         .arg(hosts.hosts_yaml())
         .arg("--ssh-config")
         .arg(hosts.ssh_config())
-        .args(["--", "echo hello; hostname; echo oops >&2; printf 'no newline'"])
+        .args([
+            "--",
+            "echo hello; hostname; echo oops >&2; printf 'no newline'",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -105,8 +81,17 @@ fn runs_on_every_host_and_prefixes_each_line_with_the_host() {
     for i in 0..3 {
         let addr = hosts.addr(i);
         let lines = lines_of(&run.stdout, &addr);
-        assert_eq!(lines, vec!["hello", hosts.hostname(i).as_str(), "no newline"], "{}", run.stdout);
-        assert!(run.stderr.contains(&format!("{addr}! oops")), "{}", run.stderr);
+        assert_eq!(
+            lines,
+            vec!["hello", hosts.hostname(i).as_str(), "no newline"],
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stderr.contains(&format!("{addr}! oops")),
+            "{}",
+            run.stderr
+        );
     }
     assert!(run.stderr.contains("3 hosts in"), "{}", run.stderr);
     assert!(run.stderr.contains("3 ok"), "{}", run.stderr);
@@ -125,7 +110,12 @@ fn a_failing_command_gives_exit_1_and_names_the_host_with_its_code() {
     let run = exec(&hosts, &inv, &["--", "echo code=$CODE; exit $CODE"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &hosts.addr(1)), vec!["code=7"]);
-    assert!(run.stderr.contains(&format!("failed: {}: exit 7", hosts.addr(1))), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("failed: {}: exit 7", hosts.addr(1))),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("1 ok, 1 failed"), "{}", run.stderr);
 }
 
@@ -145,45 +135,107 @@ fn unreachable_and_hung_hosts_are_bounded_by_the_connect_timeout() {
     let started = Instant::now();
     let run = exec(&hosts, &inv, &["--connect-timeout", "2", "--", "echo up"]);
     // Generous: the point is that it ends at all, not how fast.
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &hosts.addr(0)), vec!["up"]);
-    assert!(run.stderr.contains(&format!("unreachable: {down}: connection refused")), "{}", run.stderr);
-    assert!(run.stderr.contains("unreachable: hole: connection timed out"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("unreachable: {down}: connection refused")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("unreachable: hole: connection timed out"),
+        "{}",
+        run.stderr
+    );
     assert!(hole.accepted() >= 1, "the black hole was never contacted");
 }
 
 #[test]
 fn a_command_timeout_kills_every_process_it_started_on_the_host() {
     let hosts = TestHosts::start(1);
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--timeout", "1", "--", "sleep 31337 & echo started; sleep 31338"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &[
+            "--timeout",
+            "1",
+            "--",
+            "sleep 31337 & echo started; sleep 31338",
+        ],
+    );
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &hosts.addr(0)), vec!["started"]);
     assert!(run.stderr.contains("timed out"), "{}", run.stderr);
-    assert!(run.stderr.contains("killed after the 1s timeout"), "{}", run.stderr);
-    assert_processes_gone("sleep 3133", Duration::from_secs(8));
+    assert!(
+        run.stderr.contains("killed after the 1s timeout"),
+        "{}",
+        run.stderr
+    );
+    wait_until(
+        Duration::from_secs(8),
+        "the command's processes to go",
+        || processes_with("sleep 3133").is_empty(),
+    );
 }
 
 #[test]
 fn a_server_that_refuses_ptys_fails_with_pty_and_falls_back_with_pty_auto() {
-    let hosts = TestHosts::start_with(&[HostOpts::default(), HostOpts { pty_denied: true, ..HostOpts::default() }]);
+    let hosts = TestHosts::start_with(&[
+        HostOpts::default(),
+        HostOpts {
+            pty_denied: true,
+            ..HostOpts::default()
+        },
+    ]);
     let (ok, denied) = (hosts.addr(0), hosts.addr(1));
 
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--pty", "--", "tty >/dev/null && echo has-tty"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--pty", "--", "tty >/dev/null && echo has-tty"],
+    );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &ok), vec!["has-tty"]);
-    assert!(lines_of(&run.stdout, &denied).is_empty(), "ran without a pty: {}", run.stdout);
     assert!(
-        run.stderr.contains(&format!("failed: {denied}: the server refused a PTY")) && run.stderr.contains("without --pty"),
+        lines_of(&run.stdout, &denied).is_empty(),
+        "ran without a pty: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("failed: {denied}: the server refused a PTY"))
+            && run.stderr.contains("without --pty"),
         "{}",
         run.stderr
     );
 
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--pty", "auto", "--", "tty >/dev/null && echo has-tty || echo no-tty"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &[
+            "--pty",
+            "auto",
+            "--",
+            "tty >/dev/null && echo has-tty || echo no-tty",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &ok), vec!["has-tty"]);
     assert_eq!(lines_of(&run.stdout, &denied), vec!["no-tty"]);
-    assert!(run.stderr.contains(&format!("{denied}: note: the server refused a PTY: ran without one")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{denied}: note: the server refused a PTY: ran without one"
+        )),
+        "{}",
+        run.stderr
+    );
 
     let run = exec(&hosts, &hosts.hosts_yaml(), &["--", "echo plain"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -193,7 +245,11 @@ fn a_server_that_refuses_ptys_fails_with_pty_and_falls_back_with_pty_auto() {
 #[test]
 fn a_pty_merges_stderr_into_the_output() {
     let hosts = TestHosts::start(1);
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--pty", "--", "echo to-err >&2"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--pty", "--", "echo to-err >&2"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &hosts.addr(0)), vec!["to-err"]);
 }
@@ -205,7 +261,13 @@ fn a_mebibyte_of_output_arrives_whole_and_in_order() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines = lines_of(&run.stdout, &hosts.addr(0));
     assert_eq!(lines.len(), 200000);
-    assert!(lines.iter().enumerate().all(|(i, l)| l.parse::<usize>() == Ok(i + 1)), "out of order");
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.parse::<usize>() == Ok(i + 1)),
+        "out of order"
+    );
 }
 
 #[test]
@@ -218,15 +280,32 @@ fn gather_groups_identical_outputs_under_a_folded_host_list() {
         hosts.addr(2)
     );
     let inv = hosts.write_yaml("g.yaml", &yaml);
-    let run = exec(&hosts, &inv, &["--gather", "--", "echo same; [ -z \"$ODD\" ] || { echo odd; exit 2; }"]);
+    let run = exec(
+        &hosts,
+        &inv,
+        &[
+            "--gather",
+            "--",
+            "echo same; [ -z \"$ODD\" ] || { echo odd; exit 2; }",
+        ],
+    );
     assert_eq!(run.code, 1, "{}", run.stderr);
     let pair = common_fold(&hosts.addr(0), &hosts.addr(1));
     let expected = format!(
         "{rule}\n{pair} (2 hosts, exit 0)\n{rule}\nsame\n",
         rule = "-".repeat(format!("{pair} (2 hosts, exit 0)").len().max(16))
     );
-    assert!(run.stdout.starts_with(&expected), "got:\n{}\nexpected start:\n{expected}", run.stdout);
-    assert!(run.stdout.contains(&format!("{} (1 host, exit 2)", hosts.addr(2))), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with(&expected),
+        "got:\n{}\nexpected start:\n{expected}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("{} (1 host, exit 2)", hosts.addr(2))),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.stdout.matches("same\n").count(), 2, "{}", run.stdout);
 }
 
@@ -241,13 +320,24 @@ fn common_fold(a: &str, b: &str) -> String {
 fn json_events_keep_non_utf8_bytes_exact_and_end_with_a_summary() {
     use base64::Engine as _;
     let hosts = TestHosts::start(1);
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--json", "--", "printf 'ok\\n\\377\\376\\n'; printf tail"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--json", "--", "printf 'ok\\n\\377\\376\\n'; printf tail"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let events: Vec<serde_json::Value> = run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let outputs: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "output").collect();
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outputs: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "output").collect();
     assert_eq!(outputs.len(), 3, "{}", run.stdout);
     assert_eq!(outputs[0]["text"], "ok");
-    let raw = base64::engine::general_purpose::STANDARD.decode(outputs[1]["data_b64"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(outputs[1]["data_b64"].as_str().unwrap())
+        .unwrap();
     assert_eq!(raw, vec![0xff, 0xfe]);
     assert_eq!(outputs[2]["text"], "tail");
     assert_eq!(outputs[2]["partial"], true);
@@ -271,18 +361,29 @@ fn non_utf8_output_is_escaped_on_the_terminal() {
 #[test]
 fn a_broken_inventory_is_one_line_naming_file_and_line_and_exit_2() {
     let hosts = TestHosts::start(1);
-    let inv = hosts.write_yaml("broken.yaml", &format!("hosts:\n  {}:\n    usr: root\n", hosts.addr(0)));
+    let inv = hosts.write_yaml(
+        "broken.yaml",
+        &format!("hosts:\n  {}:\n    usr: root\n", hosts.addr(0)),
+    );
     let run = exec(&hosts, &inv, &["--", "true"]);
     assert_eq!(run.code, 2);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
-    assert!(run.stderr.contains("broken.yaml:3:") && run.stderr.contains("unknown key \"usr\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("broken.yaml:3:") && run.stderr.contains("unknown key \"usr\""),
+        "{}",
+        run.stderr
+    );
     assert!(run.stdout.is_empty());
 }
 
 #[test]
 fn limit_and_w_select_hosts() {
     let hosts = TestHosts::start(3);
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--limit", &format!("!{}", hosts.addr(1)), "--", "echo hi"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--limit", &format!("!{}", hosts.addr(1)), "--", "echo hi"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(lines_of(&run.stdout, &hosts.addr(0)), vec!["hi"]);
     assert!(lines_of(&run.stdout, &hosts.addr(1)).is_empty());
@@ -298,9 +399,17 @@ fn limit_and_w_select_hosts() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout, format!("{}: adhoc\n", hosts.addr(2)));
 
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["--limit", "127.0.0.99", "--", "true"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--limit", "127.0.0.99", "--", "true"],
+    );
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("unknown host 127.0.0.99"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown host 127.0.0.99"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// An ssh config for the test hosts with an empty known_hosts file of our own.
@@ -310,10 +419,16 @@ fn config_with_empty_known_hosts(hosts: &TestHosts) -> (std::path::PathBuf, std:
     let base = std::fs::read_to_string(hosts.ssh_config()).unwrap();
     let text: String = base
         .lines()
-        .filter(|l| !l.trim_start().starts_with("UserKnownHostsFile") && !l.trim_start().starts_with("StrictHostKeyChecking"))
+        .filter(|l| {
+            !l.trim_start().starts_with("UserKnownHostsFile")
+                && !l.trim_start().starts_with("StrictHostKeyChecking")
+        })
         .map(|l| format!("{l}\n"))
         .collect::<String>()
-        + &format!("  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n", known.display());
+        + &format!(
+            "  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n",
+            known.display()
+        );
     let cfg = hosts.dir().join("ssh_config_unknown");
     std::fs::write(&cfg, text).unwrap();
     (cfg, known)
@@ -337,14 +452,31 @@ fn unknown_host_keys_fail_under_strict_checking_and_accept_new_stays_quiet() {
     };
     let run = run_with("strict");
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("host key verification failed"), "{}", run.stderr);
-    assert!(run.stderr.contains("--host-key-checking accept-new"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("host key verification failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("--host-key-checking accept-new"),
+        "{}",
+        run.stderr
+    );
 
     let run = run_with("accept-new");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout, format!("{}: in\n", hosts.addr(0)));
-    assert!(!run.stderr.contains("Permanently added"), "ssh chatter leaked: {}", run.stderr);
-    assert!(std::fs::read_to_string(&known).unwrap().contains(&hosts.addr(0)), "key not recorded");
+    assert!(
+        !run.stderr.contains("Permanently added"),
+        "ssh chatter leaked: {}",
+        run.stderr
+    );
+    assert!(
+        std::fs::read_to_string(&known)
+            .unwrap()
+            .contains(&hosts.addr(0)),
+        "key not recorded"
+    );
 }
 
 fn wait_for_line(child: &mut Child, want: &str) {
@@ -379,7 +511,10 @@ fn ctrl_c_stops_remote_commands_and_removes_the_control_dir() {
         .unwrap();
     let pid = child.id();
     wait_for_line(&mut child, "started");
-    assert!(!processes_with("sleep 41414").is_empty(), "the remote command is not running");
+    assert!(
+        !processes_with("sleep 41414").is_empty(),
+        "the remote command is not running"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -387,6 +522,10 @@ fn ctrl_c_stops_remote_commands_and_removes_the_control_dir() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(stderr.contains("2 cancelled"), "{stderr}");
-    assert_processes_gone("sleep 41414", Duration::from_secs(8));
+    wait_until(
+        Duration::from_secs(8),
+        "the command's processes to go",
+        || processes_with("sleep 41414").is_empty(),
+    );
     assert!(control_dirs_of(pid).is_empty(), "control dir left behind");
 }

@@ -51,23 +51,38 @@ fn three_hosts_answer_with_their_own_hostname() {
 fn inventory_and_config_files_are_written() {
     let hosts = TestHosts::start(2);
     let yaml = std::fs::read_to_string(hosts.hosts_yaml()).unwrap();
-    assert_eq!(yaml, format!("hosts:\n  - {}\n  - {}\n", hosts.addr(0), hosts.addr(1)));
+    assert_eq!(
+        yaml,
+        format!("hosts:\n  - {}\n  - {}\n", hosts.addr(0), hosts.addr(1))
+    );
     let cfg = std::fs::read_to_string(hosts.ssh_config()).unwrap();
     for line in [
         format!("Port {HOST_PORT}"),
         "StrictHostKeyChecking yes".to_string(),
         "BatchMode yes".to_string(),
         "IdentitiesOnly yes".to_string(),
-        format!("UserKnownHostsFile {}", hosts.dir().join("known_hosts").display()),
+        format!(
+            "UserKnownHostsFile {}",
+            hosts.dir().join("known_hosts").display()
+        ),
     ] {
-        assert!(cfg.lines().any(|l| l.trim() == line), "ssh_config lacks {line:?}:\n{cfg}");
+        assert!(
+            cfg.lines().any(|l| l.trim() == line),
+            "ssh_config lacks {line:?}:\n{cfg}"
+        );
     }
     let known = std::fs::read_to_string(hosts.dir().join("known_hosts")).unwrap();
     assert_eq!(known.lines().count(), 2);
-    assert!(known.starts_with(&format!("[{}]:{HOST_PORT} ssh-ed25519 ", hosts.addr(0))), "{known}");
+    assert!(
+        known.starts_with(&format!("[{}]:{HOST_PORT} ssh-ed25519 ", hosts.addr(0))),
+        "{known}"
+    );
     let custom = hosts.write_yaml("one.yaml", &format!("hosts:\n  - {}\n", hosts.addr(1)));
     assert_eq!(custom, hosts.dir().join("one.yaml"));
-    assert_eq!(std::fs::read_to_string(&custom).unwrap(), format!("hosts:\n  - {}\n", hosts.addr(1)));
+    assert_eq!(
+        std::fs::read_to_string(&custom).unwrap(),
+        format!("hosts:\n  - {}\n", hosts.addr(1))
+    );
 }
 
 #[test]
@@ -78,7 +93,10 @@ fn each_host_has_its_own_tmp_when_root() {
     }
     let hosts = TestHosts::start(2);
     // a name of its own, so that a stray file on the machine can't pass for it
-    let probe = format!("probe-{}", hosts.dir().file_name().unwrap().to_string_lossy());
+    let probe = format!(
+        "probe-{}",
+        hosts.dir().file_name().unwrap().to_string_lossy()
+    );
     let out = hosts.ssh(0, &format!("echo from-0 > /tmp/{probe} && ls -A /tmp"));
     assert_ok(&out, "write on host 0");
     assert_eq!(text(&out.stdout), format!("{probe}\n"));
@@ -86,7 +104,10 @@ fn each_host_has_its_own_tmp_when_root() {
     assert_ok(&out, "look on host 1");
     assert_eq!(text(&out.stdout), "1\n", "host 1's /tmp must be empty");
     // seen from outside
-    assert_eq!(std::fs::read_to_string(hosts.tmp_dir(0).join(&probe)).unwrap(), "from-0\n");
+    assert_eq!(
+        std::fs::read_to_string(hosts.tmp_dir(0).join(&probe)).unwrap(),
+        "from-0\n"
+    );
     assert!(!hosts.tmp_dir(1).join(&probe).exists());
     // the file is the host's own, not the machine's
     assert!(!std::path::Path::new("/tmp").join(&probe).exists());
@@ -99,16 +120,29 @@ fn small_tmp_host_runs_out_of_space_when_root() {
         return;
     }
     let hosts = TestHosts::start_with(&[
-        HostOpts { small_tmp: true, ..Default::default() },
+        HostOpts {
+            small_tmp: true,
+            ..Default::default()
+        },
         HostOpts::default(),
     ]);
     let out = hosts.ssh(0, "df -k /tmp | tail -n 1 | awk '{print $2}'");
     assert_ok(&out, "df on host 0");
     assert_eq!(text(&out.stdout), "2048\n");
     let out = hosts.ssh(0, "head -c 3000000 /dev/zero > /tmp/big");
-    assert!(!out.status.success(), "writing 3 MB into a 2 MiB /tmp must fail");
-    assert!(text(&out.stderr).contains("No space left on device"), "{}", text(&out.stderr));
-    let out = hosts.ssh(1, "head -c 3000000 /dev/zero > /tmp/big && wc -c < /tmp/big");
+    assert!(
+        !out.status.success(),
+        "writing 3 MB into a 2 MiB /tmp must fail"
+    );
+    assert!(
+        text(&out.stderr).contains("No space left on device"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = hosts.ssh(
+        1,
+        "head -c 3000000 /dev/zero > /tmp/big && wc -c < /tmp/big",
+    );
     assert_ok(&out, "write 3 MB on host 1");
     assert_eq!(text(&out.stdout).trim(), "3000000");
 }
@@ -116,12 +150,23 @@ fn small_tmp_host_runs_out_of_space_when_root() {
 #[test]
 fn pty_denied_host_refuses_a_tty_but_runs_commands() {
     let hosts = TestHosts::start_with(&[
-        HostOpts { pty_denied: true, ..Default::default() },
+        HostOpts {
+            pty_denied: true,
+            ..Default::default()
+        },
         HostOpts::default(),
     ]);
     let out = hosts.ssh_with(0, &["-tt"], "tty");
-    assert!(!out.status.success(), "ssh -tt to a PTY-denied host must fail: {}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("PTY"), "stderr: {}", text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "ssh -tt to a PTY-denied host must fail: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("PTY"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     let out = hosts.ssh(0, "echo plain exec");
     assert_ok(&out, "plain exec on the PTY-denied host");
     assert_eq!(text(&out.stdout), "plain exec\n");
@@ -130,22 +175,46 @@ fn pty_denied_host_refuses_a_tty_but_runs_commands() {
     let out = hosts.ssh_with(1, &["-tt"], "tty");
     if is_root() {
         assert_ok(&out, "ssh -tt to a normal host");
-        assert!(text(&out.stdout).starts_with("/dev/pts/"), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with("/dev/pts/"),
+            "{}",
+            text(&out.stdout)
+        );
     } else {
-        assert!(!out.status.success(), "non-root sshd gave a PTY: {}", text(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "non-root sshd gave a PTY: {}",
+            text(&out.stdout)
+        );
     }
 }
 
 #[test]
 fn no_forwarding_host_refuses_port_forwards() {
     let hosts = TestHosts::start_with(&[
-        HostOpts { no_forwarding: true, ..Default::default() },
+        HostOpts {
+            no_forwarding: true,
+            ..Default::default()
+        },
         HostOpts::default(),
     ]);
-    let fwd = ["-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9"];
+    let fwd = [
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "127.0.0.1:0:127.0.0.1:9",
+    ];
     let out = hosts.ssh_with(0, &fwd, "echo forwarded");
-    assert!(!out.status.success(), "a remote forward must be refused: {}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("forwarding failed"), "stderr: {}", text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "a remote forward must be refused: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("forwarding failed"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     let out = hosts.ssh_with(1, &fwd, "echo forwarded");
     assert_ok(&out, "a remote forward on a normal host");
     assert_eq!(text(&out.stdout), "forwarded\n");
@@ -166,9 +235,17 @@ fn sftp_subsystem_works() {
         .spawn()
         .expect("run sftp");
     // a name of its own: without root, the hosts share the machine's /tmp
-    let made = format!("/tmp/sftp-{}", hosts.dir().file_name().unwrap().to_string_lossy());
+    let made = format!(
+        "/tmp/sftp-{}",
+        hosts.dir().file_name().unwrap().to_string_lossy()
+    );
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(format!("mkdir {made}\n").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("mkdir {made}\n").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_ok(&out, "sftp mkdir");
     let out = hosts.ssh(0, &format!("test -d {made} && rmdir {made} && echo yes"));
@@ -181,14 +258,19 @@ fn unused_addr_refuses_connections() {
     assert!(a.starts_with("127."), "{a}");
     let err = TcpStream::connect((a.as_str(), HOST_PORT)).expect_err("nothing may listen there");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
-    assert_ne!(unused_addr(), a, "two calls should give different addresses");
+    assert_ne!(
+        unused_addr(),
+        a,
+        "two calls should give different addresses"
+    );
 }
 
 #[test]
 fn black_hole_accepts_and_never_speaks() {
     let hole = BlackHole::start();
     assert!(hole.addr().starts_with("127."), "{}", hole.addr());
-    let mut s = TcpStream::connect((hole.addr().as_str(), hole.port())).expect("the black hole accepts");
+    let mut s =
+        TcpStream::connect((hole.addr().as_str(), hole.port())).expect("the black hole accepts");
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 64];
@@ -223,7 +305,11 @@ fn drop_stops_every_process_of_the_fleet() {
     for &pid in &pids {
         assert!(pid_alive(pid), "listener {pid} should run");
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        assert!(text(&cmdline).contains("sshd"), "pid {pid} is not an sshd: {}", text(&cmdline));
+        assert!(
+            text(&cmdline).contains("sshd"),
+            "pid {pid} is not an sshd: {}",
+            text(&cmdline)
+        );
     }
     // a session still running on host 0 when the fleet is dropped
     let mut session = Command::new("ssh")
@@ -237,7 +323,12 @@ fn drop_stops_every_process_of_the_fleet() {
         .spawn()
         .expect("run ssh");
     let mut first = [0u8; 8];
-    session.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    session
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
     assert_eq!(&first, b"started\n");
     let dir = hosts.dir().to_path_buf();
     drop(hosts);
@@ -267,7 +358,13 @@ fn fleet_stops_when_its_owner_dies_without_dropping_it() {
     let mut owner = Command::new("sleep").arg("60").spawn().expect("run sleep");
     let out = Command::new("bash")
         .arg(common::loopback_hosts_script())
-        .args(["up", dir.path().to_str().unwrap(), "1", "--owner", &owner.id().to_string()])
+        .args([
+            "up",
+            dir.path().to_str().unwrap(),
+            "1",
+            "--owner",
+            &owner.id().to_string(),
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -283,11 +380,15 @@ fn fleet_stops_when_its_owner_dies_without_dropping_it() {
     }
     let stopped = !pid_alive(pid);
     let watchdog = std::fs::read_to_string(dir.path().join("watchdog.pid")).unwrap_or_default();
-    let watchdog_stat = std::fs::read_to_string(format!("/proc/{}/stat", watchdog.trim())).unwrap_or_default();
+    let watchdog_stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", watchdog.trim())).unwrap_or_default();
     // clean up in any case before asserting
     let _ = Command::new("bash")
         .arg(common::loopback_hosts_script())
         .args(["down", dir.path().to_str().unwrap()])
         .output();
-    assert!(stopped, "the fleet outlived its owner; watchdog {watchdog:?}: {watchdog_stat:?}");
+    assert!(
+        stopped,
+        "the fleet outlived its owner; watchdog {watchdog:?}: {watchdog_stat:?}"
+    );
 }

@@ -6,9 +6,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{HostOpts, TestHosts, is_root, pushrun};
+use common::{HostOpts, TestHosts, is_root, processes_with, pushrun, wait_until};
 use serde_json::Value;
 
 struct Run {
@@ -100,13 +100,22 @@ fn summary(results: &Path) -> Value {
 }
 
 fn host_entry<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["hosts"].as_array().unwrap().iter().find(|h| h["name"] == name).expect("host in summary")
+    summary["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .expect("host in summary")
 }
 
 /// Runs `cmd` on host `i` with plain ssh, returning its trimmed stdout.
 fn on_host(hosts: &TestHosts, i: usize, cmd: &str) -> String {
     let out = hosts.ssh(i, cmd);
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -122,7 +131,9 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().unwrap() }
+        Scratch {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -136,7 +147,18 @@ fn a_cold_push_then_a_warm_run_that_sends_no_payload_and_results_come_back_byte_
     let (pl, res) = (scratch.path("pl"), scratch.path("res"));
     standard_payload(&pl);
 
-    let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res), "--", "one", "two"]);
+    let run = exec(
+        &hosts,
+        &[
+            "--payload",
+            s(&pl),
+            "--results",
+            s(&res),
+            "--",
+            "one",
+            "two",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let sum = summary(&res);
     for i in 0..2 {
@@ -147,15 +169,42 @@ fn a_cold_push_then_a_warm_run_that_sends_no_payload_and_results_come_back_byte_
         assert_eq!(h["files_sent"], 4);
         assert!(h["bytes_sent"].as_u64().unwrap() > 4096, "{h}");
         let dir = res.join("latest").join(&addr);
-        assert_eq!(std::fs::read_to_string(dir.join("stdout")).unwrap(), format!("hello from {addr}\nargs: one two\n"));
-        assert_eq!(std::fs::read_to_string(dir.join("exit_status")).unwrap(), "0\n");
-        assert_eq!(std::fs::read(dir.join("out/with space.txt")).unwrap(), b"spaced");
-        assert_eq!(std::fs::read(dir.join("out/ünïcödé.txt")).unwrap(), b"unicode");
-        assert_eq!(std::fs::read(dir.join("out/bin.dat")).unwrap(), b"\x00\x01\xffbinary");
-        assert_eq!(std::fs::read(dir.join("out/sub/a.txt")).unwrap(), b"alpha\n");
-        assert_eq!(on_host(&hosts, i, &format!("ls -A {BASE}/runs | wc -l")), "0", "run dir left on the host");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stdout")).unwrap(),
+            format!("hello from {addr}\nargs: one two\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("exit_status")).unwrap(),
+            "0\n"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("out/with space.txt")).unwrap(),
+            b"spaced"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("out/ünïcödé.txt")).unwrap(),
+            b"unicode"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("out/bin.dat")).unwrap(),
+            b"\x00\x01\xffbinary"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("out/sub/a.txt")).unwrap(),
+            b"alpha\n"
+        );
+        assert_eq!(
+            on_host(&hosts, i, &format!("ls -A {BASE}/runs | wc -l")),
+            "0",
+            "run dir left on the host"
+        );
     }
-    assert!(run.stdout.contains(&format!("{}: hello from {}", hosts.addr(0), hosts.addr(0))), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("{}: hello from {}", hosts.addr(0), hosts.addr(0))),
+        "{}",
+        run.stdout
+    );
 
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -195,23 +244,37 @@ fn a_damaged_cache_is_caught_file_by_file_and_only_the_bad_files_are_sent() {
     let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
     assert_eq!(h["cache_hit"], false);
     assert_eq!(h["files_sent"], 3, "{h}");
-    let sums = on_host(&hosts, 0, &format!("cd {cache} && sha256sum lib/a.txt lib/b.bin && test -x lib/tool.sh && echo x-ok"));
+    let sums = on_host(
+        &hosts,
+        0,
+        &format!("cd {cache} && sha256sum lib/a.txt lib/b.bin && test -x lib/tool.sh && echo x-ok"),
+    );
     assert!(sums.ends_with("x-ok"), "{sums}");
     let local_b = sha256_hex(&std::fs::read(pl.join("lib/b.bin")).unwrap());
     assert!(sums.contains(&local_b), "b.bin not repaired: {sums}");
 
     // Every file gone, the directories (and anything marker-like) kept.
-    on_host(&hosts, 0, &format!("cd {cache} && find . -type f -exec rm {{}} + && touch .pushrun-ok"));
+    on_host(
+        &hosts,
+        0,
+        &format!("cd {cache} && find . -type f -exec rm {{}} + && touch .pushrun-ok"),
+    );
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
     assert_eq!(h["files_sent"], 4, "{h}");
-    assert_eq!(std::fs::read(res.join("latest").join(hosts.addr(0)).join("out/sub/a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(
+        std::fs::read(res.join("latest").join(hosts.addr(0)).join("out/sub/a.txt")).unwrap(),
+        b"alpha\n"
+    );
 }
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -220,20 +283,40 @@ fn a_full_remote_tmp_is_an_error_naming_host_and_path_and_leaves_nothing_half_do
         eprintln!("skipped: a small /tmp needs root (mount namespaces)");
         return;
     }
-    let hosts = TestHosts::start_with(&[HostOpts { small_tmp: true, ..HostOpts::default() }]);
+    let hosts = TestHosts::start_with(&[HostOpts {
+        small_tmp: true,
+        ..HostOpts::default()
+    }]);
     let scratch = Scratch::new();
     let (pl, res) = (scratch.path("pl"), scratch.path("res"));
-    make_payload(&pl, &[("run", b"#!/bin/sh\necho ran\n", true), ("big.bin", &noise(3 << 20, 3), false)]);
+    make_payload(
+        &pl,
+        &[
+            ("run", b"#!/bin/sh\necho ran\n", true),
+            ("big.bin", &noise(3 << 20, 3), false),
+        ],
+    );
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let addr = hosts.addr(0);
     assert!(
-        run.stderr.contains(&format!("failed: {addr}: stage: no space left on device under /tmp/.pushrun-")),
+        run.stderr.contains(&format!(
+            "failed: {addr}: stage: no space left on device under /tmp/.pushrun-"
+        )),
         "{}",
         run.stderr
     );
-    assert!(!run.stdout.contains("ran"), "the payload ran without its files");
-    let left = on_host(&hosts, 0, &format!("ls -A {BASE}/cache {BASE}/runs | grep -c stage || true; ls -A {BASE}/runs | wc -l"));
+    assert!(
+        !run.stdout.contains("ran"),
+        "the payload ran without its files"
+    );
+    let left = on_host(
+        &hosts,
+        0,
+        &format!(
+            "ls -A {BASE}/cache {BASE}/runs | grep -c stage || true; ls -A {BASE}/runs | wc -l"
+        ),
+    );
     let listing = on_host(&hosts, 0, &format!("ls -laR {BASE} 2>&1; df /tmp"));
     assert_eq!(left, "0\n0", "staging or run dirs left behind: {listing}");
     let h = host_entry(&summary(&res), &addr).clone();
@@ -250,13 +333,35 @@ fn a_foreign_owned_or_symlinked_pushrun_dir_is_refused() {
     let scratch = Scratch::new();
     let (pl, res) = (scratch.path("pl"), scratch.path("res"));
     standard_payload(&pl);
-    on_host(&hosts, 0, &format!("mkdir -m 700 {BASE} && chown 65534 {BASE}"));
-    on_host(&hosts, 1, &format!("mkdir -m 700 /tmp/elsewhere && ln -s /tmp/elsewhere {BASE}"));
+    on_host(
+        &hosts,
+        0,
+        &format!("mkdir -m 700 {BASE} && chown 65534 {BASE}"),
+    );
+    on_host(
+        &hosts,
+        1,
+        &format!("mkdir -m 700 /tmp/elsewhere && ln -s /tmp/elsewhere {BASE}"),
+    );
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("{}: stage: ", hosts.addr(0))) && run.stderr.contains("owned by uid 65534"), "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("{}: stage: ", hosts.addr(1))) && run.stderr.contains("is a symlink"), "{}", run.stderr);
-    assert_eq!(on_host(&hosts, 1, "ls -A /tmp/elsewhere | wc -l"), "0", "wrote through the symlink");
+    assert!(
+        run.stderr.contains(&format!("{}: stage: ", hosts.addr(0)))
+            && run.stderr.contains("owned by uid 65534"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!("{}: stage: ", hosts.addr(1)))
+            && run.stderr.contains("is a symlink"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        on_host(&hosts, 1, "ls -A /tmp/elsewhere | wc -l"),
+        "0",
+        "wrote through the symlink"
+    );
 }
 
 #[test]
@@ -265,14 +370,29 @@ fn two_runs_at_once_with_the_same_and_a_different_payload_do_not_corrupt_each_ot
     let scratch = Scratch::new();
     let (pl1, pl2) = (scratch.path("pl1"), scratch.path("pl2"));
     standard_payload(&pl1);
-    make_payload(&pl2, &[("run", b"#!/bin/sh\necho second; cat \"$PUSHRUN_PAYLOAD/data\" | wc -c\n", true), ("data", &noise(1 << 20, 9), false)]);
+    make_payload(
+        &pl2,
+        &[
+            (
+                "run",
+                b"#!/bin/sh\necho second; cat \"$PUSHRUN_PAYLOAD/data\" | wc -c\n",
+                true,
+            ),
+            ("data", &noise(1 << 20, 9), false),
+        ],
+    );
     let (r1, r2, r3) = (scratch.path("r1"), scratch.path("r2"), scratch.path("r3"));
     let a = spawn(&hosts, &["--payload", s(&pl1), "--results", s(&r1)]);
     let b = spawn(&hosts, &["--payload", s(&pl1), "--results", s(&r2)]);
     let c = spawn(&hosts, &["--payload", s(&pl2), "--results", s(&r3)]);
     for (child, res) in [(a, &r1), (b, &r2), (c, &r3)] {
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(summary(res)["counts"]["ok"], 2);
     }
     for addr in hosts.addrs() {
@@ -290,32 +410,6 @@ fn two_runs_at_once_with_the_same_and_a_different_payload_do_not_corrupt_each_ot
     }
 }
 
-/// Pids of processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(marker) {
-                found.push(format!("{name}: {cmdline}"));
-            }
-        }
-    }
-    found
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn stop_mid_run(signal: i32) {
     let hosts = TestHosts::start(1);
     let scratch = Scratch::new();
@@ -330,7 +424,10 @@ fn stop_mid_run(signal: i32) {
     let mut line = String::new();
     while !line.contains("started") {
         line.clear();
-        assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0, "pushrun ended early");
+        assert!(
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0,
+            "pushrun ended early"
+        );
     }
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     assert!(!processes_with(&marker).is_empty());
@@ -338,10 +435,19 @@ fn stop_mid_run(signal: i32) {
     unsafe { libc::kill(pid as i32, signal) };
     let out = child.wait_with_output().unwrap();
     if signal == libc::SIGINT {
-        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    wait_until(Duration::from_secs(10), "payload processes gone", || processes_with(&marker).is_empty());
-    wait_until(Duration::from_secs(10), "run dir removed", || on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")) == "0");
+    wait_until(Duration::from_secs(10), "payload processes gone", || {
+        processes_with(&marker).is_empty()
+    });
+    wait_until(Duration::from_secs(10), "run dir removed", || {
+        on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")) == "0"
+    });
 }
 
 #[test]
@@ -363,27 +469,43 @@ fn an_upload_killed_midway_is_never_taken_for_valid_and_the_next_run_repairs_it(
     let hosts = TestHosts::start(1);
     let scratch = Scratch::new();
     let (pl, res) = (scratch.path("pl"), scratch.path("res"));
-    let mut files: Vec<(String, Vec<u8>)> = (0..40).map(|i| (format!("lib/part{i:02}.bin"), noise(1 << 20, i + 11))).collect();
-    files.push(("run".into(), b"#!/bin/sh\ncat \"$PUSHRUN_PAYLOAD\"/lib/* | wc -c\n".to_vec()));
-    let refs: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c)| (p.as_str(), c.as_slice(), p == "run")).collect();
+    let mut files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("lib/part{i:02}.bin"), noise(1 << 20, i + 11)))
+        .collect();
+    files.push((
+        "run".into(),
+        b"#!/bin/sh\ncat \"$PUSHRUN_PAYLOAD\"/lib/* | wc -c\n".to_vec(),
+    ));
+    let refs: Vec<(&str, &[u8], bool)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice(), p == "run"))
+        .collect();
     make_payload(&pl, &refs);
     let base = hosts.tmp_dir(0).join(".pushrun-root/cache");
     let mut child = spawn(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     let staging = || {
         std::fs::read_dir(&base)
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".stage-")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".stage-"))
+            })
             .unwrap_or(false)
     };
     wait_until(Duration::from_secs(60), "the upload to start", staging);
     child.kill().unwrap();
     let _ = child.wait();
-    wait_until(Duration::from_secs(10), "the stage dir to go", || !staging());
+    wait_until(Duration::from_secs(10), "the stage dir to go", || {
+        !staging()
+    });
 
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
     assert_eq!(h["cache_hit"], false, "{h}");
-    assert_eq!(std::fs::read_to_string(res.join("latest").join(hosts.addr(0)).join("stdout")).unwrap(), format!("{}\n", 40 << 20));
+    assert_eq!(
+        std::fs::read_to_string(res.join("latest").join(hosts.addr(0)).join("stdout")).unwrap(),
+        format!("{}\n", 40 << 20)
+    );
 }
 
 #[test]
@@ -392,10 +514,23 @@ fn no_cache_leaves_nothing_and_clean_removes_the_cache() {
     let scratch = Scratch::new();
     let (pl, res) = (scratch.path("pl"), scratch.path("res"));
     standard_payload(&pl);
-    let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res), "--no-cache"]);
+    let run = exec(
+        &hosts,
+        &["--payload", s(&pl), "--results", s(&res), "--no-cache"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(on_host(&hosts, 0, &format!("ls -A {BASE}/cache {BASE}/runs | grep -v : | grep -c . || true")), "0");
-    assert_eq!(std::fs::read(res.join("latest").join(hosts.addr(0)).join("out/sub/a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(
+        on_host(
+            &hosts,
+            0,
+            &format!("ls -A {BASE}/cache {BASE}/runs | grep -v : | grep -c . || true")
+        ),
+        "0"
+    );
+    assert_eq!(
+        std::fs::read(res.join("latest").join(hosts.addr(0)).join("out/sub/a.txt")).unwrap(),
+        b"alpha\n"
+    );
 
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -406,9 +541,25 @@ fn no_cache_leaves_nothing_and_clean_removes_the_cache() {
         .arg(hosts.ssh_config())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed /tmp/.pushrun-"), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(on_host(&hosts, 0, &format!("test -e {BASE} && echo present || echo gone")), "gone");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed /tmp/.pushrun-"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        on_host(
+            &hosts,
+            0,
+            &format!("test -e {BASE} && echo present || echo gone")
+        ),
+        "gone"
+    );
 }
 
 #[test]
@@ -429,8 +580,15 @@ fn a_failing_or_timed_out_payload_still_reports_and_cleans() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let dir = res.join("latest").join(hosts.addr(0));
-    assert_eq!(std::fs::read_to_string(dir.join("exit_status")).unwrap(), "3\n");
-    assert_eq!(std::fs::read(dir.join("out/with space.txt")).unwrap(), b"spaced", "results of a failed run not collected");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("exit_status")).unwrap(),
+        "3\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("out/with space.txt")).unwrap(),
+        b"spaced",
+        "results of a failed run not collected"
+    );
 
     let (pl2, res2) = (scratch.path("pl2"), scratch.path("res2"));
     make_payload(
@@ -442,12 +600,32 @@ fn a_failing_or_timed_out_payload_still_reports_and_cleans() {
     );
     let run = exec(&hosts, &["--payload", s(&pl2), "--results", s(&res2)]);
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("killed after the 1s timeout"), "{}", run.stderr);
-    assert_eq!(std::fs::read_to_string(res2.join("latest").join(hosts.addr(0)).join("exit_status")).unwrap(), "timed out: killed after the 1s timeout\n");
+    assert!(
+        run.stderr.contains("killed after the 1s timeout"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(res2.join("latest").join(hosts.addr(0)).join("exit_status"))
+            .unwrap(),
+        "timed out: killed after the 1s timeout\n"
+    );
     // What the payload wrote before it was stopped still comes back.
-    assert_eq!(std::fs::read_to_string(res2.join("latest").join(hosts.addr(0)).join("out/partial.txt")).unwrap(), "partial\n");
-    wait_until(Duration::from_secs(10), "payload gone", || processes_with("sleep 53535").is_empty());
-    wait_until(Duration::from_secs(10), "run dir removed", || on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")) == "0");
+    assert_eq!(
+        std::fs::read_to_string(
+            res2.join("latest")
+                .join(hosts.addr(0))
+                .join("out/partial.txt")
+        )
+        .unwrap(),
+        "partial\n"
+    );
+    wait_until(Duration::from_secs(10), "payload gone", || {
+        processes_with("sleep 53535").is_empty()
+    });
+    wait_until(Duration::from_secs(10), "run dir removed", || {
+        on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")) == "0"
+    });
 }
 
 #[test]
@@ -455,7 +633,10 @@ fn a_payload_without_an_entry_point_is_refused_before_any_host_is_contacted() {
     let scratch = Scratch::new();
     let pl = scratch.path("pl");
     make_payload(&pl, &[("lib/x", b"x", false)]);
-    let out = pushrun().args(["exec", "-w", "127.0.0.1", "--payload", s(&pl)]).output().unwrap();
+    let out = pushrun()
+        .args(["exec", "-w", "127.0.0.1", "--payload", s(&pl)])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -470,10 +651,23 @@ fn with_no_command_and_no_payload_the_builtin_collector_gathers_facts() {
     let run = exec(&hosts, &["--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     for i in 0..2 {
-        let facts = std::fs::read_to_string(res.join("latest").join(hosts.addr(i)).join("out/facts.json")).unwrap();
+        let facts = std::fs::read_to_string(
+            res.join("latest")
+                .join(hosts.addr(i))
+                .join("out/facts.json"),
+        )
+        .unwrap();
         let facts: Value = serde_json::from_str(&facts).unwrap();
         assert_eq!(facts["hostname"], hosts.hostname(i).as_str());
         assert!(facts["cpu"]["count"].as_u64().unwrap() > 0);
-        assert_eq!(run.stdout.lines().filter(|l| l.starts_with(&hosts.addr(i))).count(), 1, "{}", run.stdout);
+        assert_eq!(
+            run.stdout
+                .lines()
+                .filter(|l| l.starts_with(&hosts.addr(i)))
+                .count(),
+            1,
+            "{}",
+            run.stdout
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{HostOpts, TestHosts};
+use common::{HostOpts, TestHosts, processes_with, wait_until};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -44,7 +44,10 @@ struct Payload {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Bytes that neither repeat nor compress (xorshift), `n` of them.
@@ -119,7 +122,12 @@ impl Payload {
 
     fn line(f: &File) -> String {
         let mode = if f.exec { "755" } else { "644" };
-        format!("{} {mode} {} {}\n", sha256_hex(&f.data), f.data.len(), f.path)
+        format!(
+            "{} {mode} {} {}\n",
+            sha256_hex(&f.data),
+            f.data.len(),
+            f.path
+        )
     }
 
     fn manifest(&self) -> String {
@@ -150,7 +158,8 @@ impl Payload {
     fn upload_tampered(&self, paths: &[&str], tamper: Option<&str>) -> Vec<u8> {
         let chosen: Vec<&File> = paths.iter().map(|p| self.file(p)).collect();
         let expect: String = chosen.iter().map(|f| Payload::line(f)).collect();
-        let mut members: Vec<(String, Vec<u8>, u32)> = vec![(".pushrun-expect".into(), expect.into_bytes(), 0o644)];
+        let mut members: Vec<(String, Vec<u8>, u32)> =
+            vec![(".pushrun-expect".into(), expect.into_bytes(), 0o644)];
         for f in chosen {
             let mut data = f.data.clone();
             if Some(f.path.as_str()) == tamper {
@@ -181,9 +190,13 @@ fn tar_gz(members: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
         h.set_mode(*mode);
         h.set_mtime(1_700_000_000);
         h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, &data[..]).expect("tar member");
+        tar.append_data(&mut h, path, &data[..])
+            .expect("tar member");
     }
-    tar.into_inner().expect("end the tar").finish().expect("end the gzip")
+    tar.into_inner()
+        .expect("end the tar")
+        .finish()
+        .expect("end the gzip")
 }
 
 /// What a tar.gz holds: path (no "./", no trailing "/") -> what it is.
@@ -199,11 +212,25 @@ fn untar_gz(bytes: &[u8]) -> BTreeMap<String, Entry> {
     let mut found = BTreeMap::new();
     for entry in archive.entries().expect("a tar stream") {
         let mut entry = entry.expect("a tar member");
-        let path = entry.path().expect("member path").to_string_lossy().into_owned();
-        let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+        let path = entry
+            .path()
+            .expect("member path")
+            .to_string_lossy()
+            .into_owned();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
         let kind = match entry.header().entry_type() {
             tar::EntryType::Directory => Entry::Dir,
-            tar::EntryType::Symlink => Entry::Link(entry.link_name().unwrap().unwrap().to_string_lossy().into_owned()),
+            tar::EntryType::Symlink => Entry::Link(
+                entry
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             tar::EntryType::Regular => {
                 let mode = entry.header().mode().unwrap() & 0o777;
                 let mut data = Vec::new();
@@ -234,13 +261,23 @@ impl Answer {
     }
 
     fn describe(&self) -> String {
-        format!("exit {}\nstdout:\n{}stderr:\n{}", self.code, self.text(), self.stderr)
+        format!(
+            "exit {}\nstdout:\n{}stderr:\n{}",
+            self.code,
+            self.text(),
+            self.stderr
+        )
     }
 
     /// The single `error …` line and the exit code it came with.
     fn assert_error(&self, code: i32, message: &str) {
         assert_eq!(self.code, code, "{}", self.describe());
-        assert_eq!(self.text(), format!("error {message}\n"), "{}", self.describe());
+        assert_eq!(
+            self.text(),
+            format!("error {message}\n"),
+            "{}",
+            self.describe()
+        );
     }
 }
 
@@ -313,7 +350,9 @@ impl Host {
     /// applets on PATH (tar, gzip, sha256sum, find, stat... all busybox's).
     fn busybox() -> Host {
         let mut host = Host::start();
-        host.shell("mkdir /tmp/bb && /usr/bin/busybox --install -s /tmp/bb && test -x /tmp/bb/sha256sum");
+        host.shell(
+            "mkdir /tmp/bb && /usr/bin/busybox --install -s /tmp/bb && test -x /tmp/bb/sha256sum",
+        );
         host.launcher = "PATH=/tmp/bb exec /tmp/bb/sh -c".into();
         host
     }
@@ -360,7 +399,14 @@ impl Host {
             .expect("run ssh")
     }
 
-    fn script_with(&self, launcher: &str, script: &str, name: &str, args: &[&str], stdin: &[u8]) -> Answer {
+    fn script_with(
+        &self,
+        launcher: &str,
+        script: &str,
+        name: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Answer {
         let mut child = self.spawn_with(launcher, script, name, args);
         let mut input = child.stdin.take().unwrap();
         let data = stdin.to_vec();
@@ -415,7 +461,12 @@ impl Host {
 
     fn receive_bytes(&self, p: &Payload, run_id: &str, mode: &str, upload: &[u8]) -> Answer {
         let digest = p.digest();
-        self.script(RECEIVE, "pushrun-receive", &[BASE, &digest, run_id, mode], upload)
+        self.script(
+            RECEIVE,
+            "pushrun-receive",
+            &[BASE, &digest, run_id, mode],
+            upload,
+        )
     }
 
     /// Uploads `paths` into the cache; asserts it answers `installed N`.
@@ -483,32 +534,6 @@ fn set_mtime(path: &std::path::Path, ago: Duration) {
     f.set_modified(SystemTime::now() - ago).expect("set mtime");
 }
 
-/// Pids and command lines of processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || !common::pid_alive(name.parse().unwrap()) {
-            continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(marker) {
-                found.push(format!("{name}: {cmdline}"));
-            }
-        }
-    }
-    found
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "after {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 // ------------------------------------------------------------------- check
 
 #[test]
@@ -550,7 +575,11 @@ fn receive_installs_verified_files_and_a_warm_check_needs_nothing() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, if f.exec { 0o755 } else { 0o644 }, "{}", f.path);
     }
-    assert_eq!(host.cache_entries(), [p.digest()], "the stage directory is gone");
+    assert_eq!(
+        host.cache_entries(),
+        [p.digest()],
+        "the stage directory is gone"
+    );
 
     let c = host.check(&p, "r2");
     assert!(c.needed.is_empty(), "{c:?}");
@@ -630,7 +659,11 @@ fn a_wrong_exec_bit_makes_a_file_needed() {
     host.check(&p, "r1");
     host.receive_all(&p, "r1");
     // the entry point lost its exec bit; a data file gained one
-    std::fs::set_permissions(host.cached(&p, "run"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        host.cached(&p, "run"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::set_permissions(
         host.cached(&p, "lib/data file.bin"),
         std::fs::Permissions::from_mode(0o744),
@@ -741,7 +774,9 @@ fn a_base_that_cannot_be_created_is_an_error_with_the_reason() {
 #[test]
 fn a_missing_tool_is_named_with_exit_4() {
     let host = Host::start();
-    host.shell("mkdir /tmp/nosha && /usr/bin/busybox --install -s /tmp/nosha && rm /tmp/nosha/sha256sum");
+    host.shell(
+        "mkdir /tmp/nosha && /usr/bin/busybox --install -s /tmp/nosha && rm /tmp/nosha/sha256sum",
+    );
     let p = Payload::standard();
     let a = host.script_with(
         "PATH=/tmp/nosha exec /tmp/nosha/sh -c",
@@ -750,7 +785,10 @@ fn a_missing_tool_is_named_with_exit_4() {
         &["/tmp", &p.digest(), "r1", "cache"],
         p.manifest().as_bytes(),
     );
-    a.assert_error(4, "this host has no sha256sum (pushrun needs coreutils or busybox)");
+    a.assert_error(
+        4,
+        "this host has no sha256sum (pushrun needs coreutils or busybox)",
+    );
 }
 
 #[test]
@@ -760,10 +798,17 @@ fn a_bad_manifest_is_an_error() {
     let args = ["/tmp", &p.digest(), "r1", "cache"];
     let a = host.script(CHECK, "pushrun-check", &args, b"pushrun-manifest 2\n");
     a.assert_error(3, "unexpected manifest header 'pushrun-manifest 2'");
-    let bad = format!("pushrun-manifest 1\n{} 644 3 ../escape\n", sha256_hex(b"abc"));
+    let bad = format!(
+        "pushrun-manifest 1\n{} 644 3 ../escape\n",
+        sha256_hex(b"abc")
+    );
     let a = host.script(CHECK, "pushrun-check", &args, bad.as_bytes());
     assert_eq!(a.code, 3, "{}", a.describe());
-    assert!(a.text().starts_with("error bad manifest line 1: "), "{}", a.describe());
+    assert!(
+        a.text().starts_with("error bad manifest line 1: "),
+        "{}",
+        a.describe()
+    );
 }
 
 // ----------------------------------------------------------------- receive
@@ -775,13 +820,22 @@ fn a_corrupt_upload_is_rejected_and_the_cache_is_unchanged() {
     let all = all_paths(&p);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     host.check(&p, "r1");
-    let a = host.receive_bytes(&p, "r1", "cache", &p.upload_tampered(&all, Some("lib/data file.bin")));
+    let a = host.receive_bytes(
+        &p,
+        "r1",
+        "cache",
+        &p.upload_tampered(&all, Some("lib/data file.bin")),
+    );
     a.assert_error(5, "upload of lib/data file.bin arrived corrupt");
     assert!(
         files_under(&host.local(&format!("{BASE}/cache"))).is_empty(),
         "nothing was installed"
     );
-    assert_eq!(host.cache_entries(), [p.digest()], "the stage directory is gone");
+    assert_eq!(
+        host.cache_entries(),
+        [p.digest()],
+        "the stage directory is gone"
+    );
     assert_eq!(host.check(&p, "r2").needed, all);
 
     // a warm cache missing one file: a corrupt copy of it is not installed either
@@ -805,7 +859,10 @@ fn a_corrupt_upload_is_rejected_and_the_cache_is_unchanged() {
     let mut members = vec![(".pushrun-expect".to_string(), Vec::new(), 0o644)];
     members.push(("stray".to_string(), b"x".to_vec(), 0o644));
     let a = host.receive_bytes(&p, "r3", "cache", &tar_gz(&members));
-    a.assert_error(5, "upload arrived corrupt: it holds 1 files, .pushrun-expect lists 0");
+    a.assert_error(
+        5,
+        "upload arrived corrupt: it holds 1 files, .pushrun-expect lists 0",
+    );
     assert_eq!(host.cache_entries(), [p.digest()]);
     assert!(!host.cached(&p, "stray").exists());
 }
@@ -871,7 +928,10 @@ fn two_receives_of_one_payload_at_once_both_succeed() {
         assert!(c.needed.is_empty(), "{c:?}");
         assert_eq!(c.checked, 60);
         assert_eq!(host.cache_entries(), [p.digest()]);
-        assert!(!host.local(&format!("{BASE}/lock")).exists(), "the lock was released");
+        assert!(
+            !host.local(&format!("{BASE}/lock")).exists(),
+            "the lock was released"
+        );
     }
 }
 
@@ -885,7 +945,12 @@ fn nocache_mode_needs_everything_and_installs_into_the_run() {
     let c = parse_check(&host.check_mode(&p, "r2", "nocache"));
     assert_eq!((c.needed, c.checked), (all_paths(&p), 0));
     let a = host.receive_bytes(&p, "r2", "nocache", &p.upload_all());
-    assert_eq!((a.code, a.text()), (0, "installed 4\n".to_string()), "{}", a.describe());
+    assert_eq!(
+        (a.code, a.text()),
+        (0, "installed 4\n".to_string()),
+        "{}",
+        a.describe()
+    );
     for f in &p.files {
         assert_eq!(
             std::fs::read(host.run_dir("r2").join("payload").join(&f.path)).unwrap(),
@@ -895,10 +960,17 @@ fn nocache_mode_needs_everything_and_installs_into_the_run() {
     let payload = format!("{BASE}/runs/r2/payload");
     let a = host.run(&[BASE, &payload, "r2", "web-2", "run", "0"]);
     assert_eq!(a.code, 0, "{}", a.describe());
-    assert!(a.text().contains(&format!("payload={payload}\n")), "{}", a.describe());
+    assert!(
+        a.text().contains(&format!("payload={payload}\n")),
+        "{}",
+        a.describe()
+    );
     let a = host.collect("r2");
     assert_eq!(a.code, 0, "{}", a.describe());
-    assert!(!host.run_dir("r2").exists(), "the run and its payload are gone");
+    assert!(
+        !host.run_dir("r2").exists(),
+        "the run and its payload are gone"
+    );
 }
 
 // --------------------------------------------------------------------- run
@@ -912,7 +984,16 @@ fn run_sets_the_environment_and_passes_the_exit_status_through() {
     let payload = format!("{BASE}/cache/{}", p.digest());
     // a run id no other test uses: it marks this run's processes
     host.check(&p, "envrun1");
-    let args = [BASE, &payload, "envrun1", "web-1", "run", "7", "two words", "ü'x"];
+    let args = [
+        BASE,
+        &payload,
+        "envrun1",
+        "web-1",
+        "run",
+        "7",
+        "two words",
+        "ü'x",
+    ];
     let a = host.run_with("PUSHRUN_TEST_VAR='from pushrun' exec sh -c", &args);
     let run = format!("{BASE}/runs/envrun1");
     let want = format!(
@@ -924,7 +1005,10 @@ fn run_sets_the_environment_and_passes_the_exit_status_through() {
         std::fs::read_to_string(host.run_dir("envrun1").join("out/result.txt")).unwrap(),
         "done\n"
     );
-    assert!(host.run_dir("envrun1").is_dir(), "the run dir stays for collect.sh");
+    assert!(
+        host.run_dir("envrun1").is_dir(),
+        "the run dir stays for collect.sh"
+    );
     wait_until(Duration::from_secs(3), "the watcher is gone", || {
         processes_with("envrun1").is_empty()
     });
@@ -968,9 +1052,11 @@ fn closing_stdin_kills_the_whole_run_and_removes_its_directory() {
     });
     let dropped = Instant::now();
     drop(stdin);
-    wait_until(Duration::from_secs(8), "the run's processes are gone", || {
-        processes_with("sleep 7373").is_empty()
-    });
+    wait_until(
+        Duration::from_secs(8),
+        "the run's processes are gone",
+        || processes_with("sleep 7373").is_empty(),
+    );
     assert!(
         dropped.elapsed() >= Duration::from_millis(1500),
         "TERM was ignored: the KILLs came after the grace"
@@ -1000,7 +1086,11 @@ fn collect_returns_the_out_dir_byte_exact_and_removes_the_run() {
     std::fs::write(out.join("with space.txt"), "a b\n").unwrap();
     std::fs::create_dir_all(out.join("ünï/sub")).unwrap();
     std::fs::write(out.join("ünï/sub/ß.bin"), &binary).unwrap();
-    std::fs::set_permissions(out.join("ünï/sub/ß.bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        out.join("ünï/sub/ß.bin"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::create_dir(out.join("empty dir")).unwrap();
     std::os::unix::fs::symlink("with space.txt", out.join("link")).unwrap();
     std::fs::write(out.join("empty.txt"), "").unwrap();
@@ -1025,7 +1115,10 @@ fn collect_returns_the_out_dir_byte_exact_and_removes_the_run() {
     .collect();
     assert_eq!(got, want);
     assert!(!host.run_dir("r1").exists());
-    assert!(host.run_dir("r1").parent().unwrap().is_dir(), "runs/ itself stays");
+    assert!(
+        host.run_dir("r1").parent().unwrap().is_dir(),
+        "runs/ itself stays"
+    );
 }
 
 #[test]
@@ -1060,7 +1153,11 @@ fn a_failing_tar_in_collect_is_exit_7_and_the_run_is_still_removed() {
     );
     assert_eq!(a.code, 7, "{}", a.describe());
     assert!(a.stderr.contains("simulated failure"), "{}", a.describe());
-    assert!(a.stderr.contains("pushrun-collect: tar failed"), "{}", a.describe());
+    assert!(
+        a.stderr.contains("pushrun-collect: tar failed"),
+        "{}",
+        a.describe()
+    );
     assert!(!host.run_dir("r1").exists());
 }
 
@@ -1073,10 +1170,20 @@ fn clean_removes_base_and_then_finds_it_absent() {
     host.check(&p, "r1");
     host.receive_all(&p, "r1");
     let a = host.script(CLEAN, "pushrun-clean", &["/tmp/"], b"");
-    assert_eq!((a.code, a.text()), (0, format!("removed {BASE}\n")), "{}", a.describe());
+    assert_eq!(
+        (a.code, a.text()),
+        (0, format!("removed {BASE}\n")),
+        "{}",
+        a.describe()
+    );
     assert!(!host.local(BASE).exists());
     let a = host.script(CLEAN, "pushrun-clean", &["/tmp"], b"");
-    assert_eq!((a.code, a.text()), (0, format!("absent {BASE}\n")), "{}", a.describe());
+    assert_eq!(
+        (a.code, a.text()),
+        (0, format!("absent {BASE}\n")),
+        "{}",
+        a.describe()
+    );
 }
 
 #[test]
@@ -1100,7 +1207,11 @@ fn housekeeping_keeps_three_payloads_and_those_in_use_and_drops_stale_leftovers(
     // a run that crashed two days ago naming payload 2, uploads abandoned 2 h and 1 min ago
     let crashed = host.run_dir("crashed");
     std::fs::create_dir(&crashed).unwrap();
-    std::fs::write(crashed.join("digest"), format!("{}\n", payloads[1].digest())).unwrap();
+    std::fs::write(
+        crashed.join("digest"),
+        format!("{}\n", payloads[1].digest()),
+    )
+    .unwrap();
     set_mtime(&crashed, Duration::from_secs(48 * 3600));
     for (name, ago) in [(".stage-old", 7200), (".stage-fresh", 60)] {
         let stage = host.local(&format!("{BASE}/cache/{name}"));
@@ -1118,7 +1229,11 @@ fn housekeeping_keeps_three_payloads_and_those_in_use_and_drops_stale_leftovers(
         payloads[4].digest(),
     ];
     want.sort();
-    assert_eq!(host.cache_entries(), want, "payload 2 evicted, payload 1 kept for r1");
+    assert_eq!(
+        host.cache_entries(),
+        want,
+        "payload 2 evicted, payload 1 kept for r1"
+    );
     assert!(!crashed.exists());
     assert!(host.run_dir("r1").exists() && host.run_dir("r5").exists());
     // payload 1 is still whole for its run
@@ -1136,7 +1251,10 @@ fn check_waits_for_a_held_lock_and_breaks_a_stale_one() {
     std::thread::scope(|s| {
         let waiting = s.spawn(|| host.check(&p, "r2"));
         std::thread::sleep(Duration::from_millis(1000));
-        assert!(!waiting.is_finished(), "check went on while the lock was held");
+        assert!(
+            !waiting.is_finished(),
+            "check went on while the lock was held"
+        );
         std::fs::remove_dir(&lock).unwrap();
         let started = Instant::now();
         let c = waiting.join().unwrap();
@@ -1172,11 +1290,18 @@ fn the_whole_cycle_works_under_busybox_sh_with_busybox_tools() {
     let mut data = std::fs::read(&path).unwrap();
     data[100] ^= 1;
     std::fs::write(&path, &data).unwrap();
-    std::fs::set_permissions(host.cached(&p, "bin/tool"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        host.cached(&p, "bin/tool"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let c = host.check(&p, "r3");
     assert_eq!(
         (c.needed.clone(), c.checked),
-        (vec!["bin/tool".to_string(), "lib/data file.bin".to_string()], 2)
+        (
+            vec!["bin/tool".to_string(), "lib/data file.bin".to_string()],
+            2
+        )
     );
     host.receive(&p, "r3", &["bin/tool", "lib/data file.bin"]);
     let c = host.check(&p, "r4");
@@ -1201,7 +1326,12 @@ fn the_whole_cycle_works_under_busybox_sh_with_busybox_tools() {
     assert!(!host.run_dir("r4").exists());
 
     let a = host.script(CLEAN, "pushrun-clean", &["/tmp"], b"");
-    assert_eq!((a.code, a.text()), (0, format!("removed {BASE}\n")), "{}", a.describe());
+    assert_eq!(
+        (a.code, a.text()),
+        (0, format!("removed {BASE}\n")),
+        "{}",
+        a.describe()
+    );
 }
 
 #[test]
@@ -1232,9 +1362,11 @@ fn closing_stdin_under_busybox_kills_the_run_too() {
         processes_with("sleep 7474").len() == 2
     });
     drop(stdin);
-    wait_until(Duration::from_secs(8), "the run's processes are gone", || {
-        processes_with("sleep 7474").is_empty()
-    });
+    wait_until(
+        Duration::from_secs(8),
+        "the run's processes are gone",
+        || processes_with("sleep 7474").is_empty(),
+    );
     wait_until(Duration::from_secs(8), "the run dir is removed", || {
         !host.run_dir("bbstop1").exists()
     });

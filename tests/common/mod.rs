@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The port every loopback host listens on (the script's default). The fleet's
 /// `ssh_config` maps every `127.*` address to it, so `unused_addr()` and
@@ -82,7 +82,10 @@ impl TestHosts {
                 cmd.arg(flag).arg(hosts);
             }
         }
-        let out = cmd.stdin(Stdio::null()).output().expect("run scripts/loopback-hosts");
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/loopback-hosts");
         // from here on, Drop cleans up whatever was started, even on a panic below
         let mut hosts = TestHosts {
             dir: Some(dir),
@@ -95,7 +98,8 @@ impl TestHosts {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let listed = std::fs::read_to_string(hosts.dir().join("hosts.txt")).expect("read hosts.txt");
+        let listed =
+            std::fs::read_to_string(hosts.dir().join("hosts.txt")).expect("read hosts.txt");
         hosts.addrs = listed.lines().map(str::to_string).collect();
         assert_eq!(hosts.addrs.len(), opts.len(), "hosts.txt: {listed:?}");
         hosts
@@ -235,14 +239,22 @@ fn random_u64() -> u64 {
 /// fleets draw their bases from (127.100-199).
 fn random_spare_ip() -> Ipv4Addr {
     let r = random_u64();
-    Ipv4Addr::new(127, 200 + (r % 55) as u8, (r >> 8) as u8, 1 + ((r >> 16) % 254) as u8)
+    Ipv4Addr::new(
+        127,
+        200 + (r % 55) as u8,
+        (r >> 8) as u8,
+        1 + ((r >> 16) % 254) as u8,
+    )
 }
 
 /// A random 127.x.y.z where nothing listens on `HOST_PORT` (connecting is refused).
 pub fn unused_addr() -> String {
     for _ in 0..100 {
         let ip = random_spare_ip();
-        match TcpStream::connect_timeout(&SocketAddrV4::new(ip, HOST_PORT).into(), Duration::from_secs(1)) {
+        match TcpStream::connect_timeout(
+            &SocketAddrV4::new(ip, HOST_PORT).into(),
+            Duration::from_secs(1),
+        ) {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => return ip.to_string(),
             _ => continue,
         }
@@ -276,7 +288,9 @@ impl BlackHole {
             std::net::SocketAddr::V4(a) => a,
             other => panic!("unexpected address {other}"),
         };
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (stop2, accepted2) = (stop.clone(), accepted.clone());
@@ -327,16 +341,48 @@ impl Drop for BlackHole {
 
 /// Whether this process runs as root (then each test host has its own hostname and /tmp).
 pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Whether process `pid` is still running (a zombie counts as gone).
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,
+    }
+}
+
+/// Pids and command lines of live processes whose command line contains `marker`
+/// (the test hosts share the tests' pid namespace, so this sees their processes).
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || !pid_alive(name.parse().unwrap()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// Waits until `done` holds, failing the test after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
