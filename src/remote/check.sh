@@ -49,35 +49,10 @@ reason() { # TEXT
     printf '%s' "${r:-unknown error}"
 }
 
-# split one manifest line into sum, fmode, size and path; 1 when malformed
-parse() { # LINE
-    sum=${1%% *} rest=${1#* }
-    fmode=${rest%% *} rest=${rest#* }
-    size=${rest%% *} path=${rest#* }
-    case $sum in
-        *[!0-9a-f]*) return 1 ;;
-    esac
-    [ ${#sum} -eq 64 ] || return 1
-    case $fmode in
-        755 | 644) ;;
-        *) return 1 ;;
-    esac
-    case $size in
-        '' | *[!0-9]*) return 1 ;;
-    esac
-    case $path in
-        '' | /* | *\\* | .pushrun-expect) return 1 ;;
-    esac
-    case /$path/ in
-        */../*) return 1 ;;
-    esac
-    return 0
-}
-
 [ $# -eq 4 ] || fail 3 "usage: check.sh REMOTE_TMP DIGEST RUN_ID MODE (got $# arguments)"
 tmp=$1 digest=$2 run_id=$3 mode=$4
 
-for tool in sha256sum tar gzip; do
+for tool in sha256sum tar gzip awk; do
     command -v "$tool" >/dev/null 2>&1 ||
         fail 4 "this host has no $tool (pushrun needs coreutils or busybox)"
 done
@@ -252,16 +227,68 @@ ls -t "$BASE/cache" 2>/dev/null | {
 lock_release
 
 # ------------------------------------------------------------ manifest
-# Pass 1 reads the rest of the manifest with builtins only. Each file goes
-# to .list as "N path" (needed) or "C path" (present, to be hashed); each
-# candidate goes to .sums as a check line for sha256sum -c.
+# One awk reads the rest of the manifest, to its end, and checks every line:
+# it splits at the first three spaces (as ${x%% *} and ${x#* } would) into a
+# sha256 (64 lowercase hex), a mode (755 or 644), a size (digits) and a path
+# (not empty, not absolute, no backslash, no .. component, not
+# .pushrun-expect). It prints shell assignments (values single-quoted):
+#   n         the number of lines
+#   bad       0, or the number of the first malformed line; then badline is
+#             that line and entries is empty
+#   entries   "<sha256> <755|644> <path>" per line, in order
+#   derived=1 last: the output is complete
+# shellcheck disable=SC2016 # an awk program
+validate='
+function cut(s, i) {
+    i = index(s, " ")
+    if (i == 0) { head = s; tail = s }
+    else { head = substr(s, 1, i - 1); tail = substr(s, i + 1) }
+}
+function esc(s) { gsub(sq, sq "\"" sq "\"" sq, s); return s }
+BEGIN { n = 0; bad = 0 }
+{
+    n++
+    cut($0); sum = head
+    cut(tail); fmode = head
+    cut(tail); size = head; path = tail
+    if (length(sum) != 64 || sum ~ /[^0-9a-f]/ ||
+        (fmode != "755" && fmode != "644") ||
+        size == "" || size ~ /[^0-9]/ ||
+        path == "" || substr(path, 1, 1) == "/" || index(path, "\\") ||
+        path == ".pushrun-expect" || index("/" path "/", "/../")) {
+        bad = n
+        badline = $0
+        exit 0
+    }
+    ent[n] = sum " " fmode " " path
+}
+END {
+    if (bad) {
+        printf "n=%d bad=%d badline=%s%s%s\n", n, bad, sq, esc(badline), sq
+    } else {
+        printf "n=%d bad=0 entries=%s", n, sq
+        for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? "\n" : ""), esc(ent[i])
+        printf "%s\n", sq
+    }
+    print "derived=1"
+}'
+# .list gets "N path" (needed) or "C path" (present, to be hashed) for each
+# file; .sums gets a check line for sha256sum -c for each candidate
 # (tried in a subshell first: a failed redirection of exec ends the shell)
 (: >"$work.list" && : >"$work.sums") 2>/dev/null || fail 3 "cannot write under $rundir"
+n=0 bad=0 badline='' entries='' derived=
+vars=$(awk -v "sq='" "$validate")
+eval "$vars"
+[ "$derived" = 1 ] || fail 3 "cannot read the manifest"
+[ "$bad" = 0 ] || fail 3 "bad manifest line $bad: '$badline'"
 exec 6>"$work.list" 7>"$work.sums"
-n=0
-while IFS= read -r line || [ -n "$line" ]; do
-    n=$((n + 1))
-    parse "$line" || fail 3 "bad manifest line $n: '$line'"
+saved_ifs=$IFS
+IFS='
+'
+set -f
+for entry in $entries; do
+    sum=${entry%% *} rest=${entry#* }
+    fmode=${rest%% *} path=${rest#* }
     f=$target/$path
     state=N
     if [ "$mode" = cache ] && [ -f "$f" ] && [ ! -L "$f" ]; then
@@ -276,6 +303,8 @@ while IFS= read -r line || [ -n "$line" ]; do
         printf '%s  %s\n' "$sum" "$path" >&7
     fi
 done
+set +f
+IFS=$saved_ifs
 exec 6>&- 7>&-
 
 # one sha256sum for every candidate; it prints "path: OK" per intact file,
@@ -289,23 +318,20 @@ fi
 listed=$(wc -l <"$work.list")
 [ "${listed##* }" -eq "$n" ] || fail 3 "cannot write under $rundir: its check list is incomplete"
 
-# Pass 2: read .list and the results in step; anything not plainly OK is
-# needed.
+# one awk reads .list and the results in step; anything not plainly OK is
+# needed
 printf 'base %s\n' "$BASE"
-ok=0
-exec 5<"$work.result"
-while IFS= read -r entry; do
-    state=${entry%% *} path=${entry#* }
-    if [ "$state" = C ]; then
-        res=
-        IFS= read -r res <&5
-        if [ "$res" = "$path: OK" ]; then
-            ok=$((ok + 1))
-            continue
-        fi
-    fi
-    printf 'need %s\n' "$path"
-done <"$work.list"
-exec 5<&-
-printf 'checked %s\n' "$ok"
+# shellcheck disable=SC2016 # an awk program
+awk '
+BEGIN { ok = 0 }
+{
+    state = substr($0, 1, 1); path = substr($0, 3)
+    if (state == "C") {
+        res = ""
+        if ((getline res < result) <= 0) res = ""
+        if (res == path ": OK") { ok++; next }
+    }
+    print "need " path
+}
+END { print "checked " ok }' result="$work.result" "$work.list"
 exit 0

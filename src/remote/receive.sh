@@ -85,20 +85,19 @@ parse() { # LINE
     return 0
 }
 
-# Runs COMMAND [ARGS...] on every line LISTER prints (paths: they hold no
+# Runs COMMAND [ARGS...] on every line of LIST (paths: they hold no
 # newline): one process for all when the argument list fits, else one per
-# line. 0, or 1 with the failing command's error output in err. (Building
-# "$@" with set -- one item at a time costs time quadratic in the items.)
-on_lines() { # LISTER COMMAND [ARGS...]
-    lister=$1
+# line. 0, or 1 with the failing command's error output in err.
+on_lines() { # LIST COMMAND [ARGS...]
+    items=$1
     shift
     saved_ifs=$IFS
     IFS=$nl
     set -f
-    # shellcheck disable=SC2046 # split on newlines only, with no globbing
-    if ! err=$("$@" $($lister) 2>&1); then
+    # shellcheck disable=SC2086 # split on newlines only, with no globbing
+    if ! err=$("$@" $items 2>&1); then
         # too long for one command line, or a real failure: one by one
-        for item in $($lister); do
+        for item in $items; do
             if ! err=$("$@" "$item" 2>&1); then
                 IFS=$saved_ifs
                 set +f
@@ -204,8 +203,12 @@ trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 # ------------------------------------------------------------- extract
-rm -rf "$stage" "$expect"
-err=$(mkdir -p "$BASE/cache" 2>&1 && mkdir "$stage" 2>&1) || write_fail "$BASE" "$err"
+# EXPECT is a directory: .pushrun-expect goes there as EXPECT/list
+if [ -e "$stage" ] || [ -L "$stage" ] || [ -e "$expect" ] || [ -L "$expect" ]; then
+    rm -rf "$stage" "$expect"
+fi
+err=$({ [ -d "$BASE/cache" ] || mkdir -p "$BASE/cache"; } 2>&1 &&
+    mkdir "$stage" "$expect" 2>&1) || write_fail "$BASE" "$err"
 
 # gzip -dc | tar -xf -, keeping both exit statuses (sh has no pipefail) and
 # the tail of their messages
@@ -246,88 +249,157 @@ fi
 if [ ! -f "$stage/.pushrun-expect" ] || [ -L "$stage/.pushrun-expect" ]; then
     fail 5 "upload arrived corrupt: it has no .pushrun-expect"
 fi
-err=$(mv -f "$stage/.pushrun-expect" "$expect" 2>&1) || write_fail "$BASE" "$err"
+list=$expect/list
+err=$(mv -f "$stage/.pushrun-expect" "$list" 2>&1) || write_fail "$BASE" "$err"
 
-# every listed file is there, a regular file
-n=0 n755=0
-while IFS= read -r line || [ -n "$line" ]; do
-    n=$((n + 1))
-    parse "$line" || fail 5 "upload arrived corrupt: bad line $n in .pushrun-expect: '$line'"
-    if [ ! -f "$stage/$path" ] || [ -L "$stage/$path" ]; then
-        fail 5 "upload of $path arrived corrupt"
-    fi
-    [ "$fmode" = 755 ] && n755=$((n755 + 1))
-done <"$expect"
-# nothing else: no symlink anywhere (a symlinked directory could point a
-# listed path outside the stage), and no file that was not listed
-odd=$(find "$stage" ! -type d ! -type f 2>/dev/null | head -n 1)
-[ -z "$odd" ] || fail 5 "upload arrived corrupt: ${odd#"$stage"/} is not a regular file"
-count=$(find "$stage" -type f 2>/dev/null | wc -l)
-count=${count##* } # busybox pads it
-[ "$count" -eq "$n" ] || fail 5 "upload arrived corrupt: it holds $count files, .pushrun-expect lists $n"
+# One awk pass reads find's list of the stage (phase 1: "STAGE/path" for
+# each regular file, "pushrun-odd" for anything that is neither a file nor
+# a directory) and then .pushrun-expect (phase 2). It checks every line as
+# parse() does and prints shell assignments (every value single-quoted):
+#   n, n755     lines, lines with mode 755
+#   bad         0, or the number of the first malformed line (no lists then)
+#   fast        1 when every listed path is a regular file found in the
+#               stage, there is nothing else (no symlink anywhere, no odd
+#               file) and the stage holds exactly n files
+#   l755, l644  "STAGE/path" per line, by mode (for chmod)
+#   sums        "<sha256>  <path>" per line (for sha256sum -c)
+#   oks         "<path>: OK" per line (what sha256sum -c prints when intact)
+#   ldirs       the target and the parent of every listed file in it, as
+#               target_dirs did (for mkdir -p)
+#   lpaths      the paths, in order
+#   derived=1   last: the output is complete
+# shellcheck disable=SC2016 # an awk program
+derive='
+function cut(s, i) {
+    i = index(s, " ")
+    if (i == 0) { head = s; tail = s }
+    else { head = substr(s, 1, i - 1); tail = substr(s, i + 1) }
+}
+function esc(s) { gsub(sq, sq "\"" sq "\"" sq, s); return s }
+function norm(p, parts, m, i, o) {
+    if (p ~ /\/$/ || p ~ /(^|\/)\.$/) return ""
+    m = split(p, parts, "/")
+    o = ""
+    for (i = 1; i <= m; i++)
+        if (parts[i] != "" && parts[i] != ".") o = o "/" parts[i]
+    return o
+}
+function emit(name, arr, k, i) {
+    printf "%s=%s", name, sq
+    for (i = 1; i <= k; i++) printf "%s%s", (i > 1 ? "\n" : ""), esc(arr[i])
+    printf "%s\n", sq
+}
+BEGIN {
+    stage = ENVIRON["PUSHRUN_STAGE"]; target = ENVIRON["PUSHRUN_TARGET"]
+    pfx = stage "/"; plen = length(pfx)
+    odd = 0; files = 0; n = 0; n755 = 0; n644 = 0; bad = 0; fast = 1
+    nd = 1; dirs[1] = target; last = ""
+}
+phase == 1 {
+    files++
+    if (substr($0, 1, plen) == pfx) found[substr($0, plen)] = 1
+    else odd = 1
+    next
+}
+phase == 2 {
+    n++
+    if (bad) next
+    cut($0); sum = head
+    cut(tail); fmode = head
+    cut(tail); size = head; path = tail
+    if (length(sum) != 64 || sum ~ /[^0-9a-f]/ ||
+        (fmode != "755" && fmode != "644") ||
+        size == "" || size ~ /[^0-9]/ ||
+        path == "" || substr(path, 1, 1) == "/" || index(path, "\\") ||
+        path == ".pushrun-expect" || index("/" path "/", "/../")) {
+        bad = n
+        next
+    }
+    if (!(norm(path) in found)) fast = 0
+    if (fmode == "755") l755[++n755] = stage "/" path
+    else l644[++n644] = stage "/" path
+    sums[n] = sum "  " path
+    oks[n] = path ": OK"
+    paths[n] = path
+    d = path
+    sub(/\/[^\/]*$/, "", d)
+    if (index(path, "/") && d != last) dirs[++nd] = target "/" d
+    last = d
+}
+END {
+    if (bad || odd || files != n) fast = 0
+    printf "n=%d n755=%d bad=%d fast=%d\n", n, n755, bad, fast
+    if (!bad) {
+        emit("l755", l755, n755); emit("l644", l644, n644)
+        emit("sums", sums, n); emit("oks", oks, n)
+        emit("ldirs", dirs, nd); emit("lpaths", paths, n)
+    }
+    print "derived=1"
+}'
+n=0 n755=0 bad=0 fast=0 l755='' l644='' sums='' oks='' ldirs='' lpaths='' derived=
+vars=$(find "$stage" -type f -print -o ! -type d -exec echo pushrun-odd \; 2>/dev/null |
+    PUSHRUN_STAGE=$stage PUSHRUN_TARGET=$target awk -v "sq='" "$derive" phase=1 - phase=2 "$list")
+eval "$vars"
+[ "$derived" = 1 ] || write_fail "$BASE" "awk failed"
+
+if [ "$fast" != 1 ]; then
+    # something is wrong (or unusual): the checks one by one, in order, to
+    # name the first problem
+    # every listed file is there, a regular file
+    n=0
+    while IFS= read -r line || [ -n "$line" ]; do
+        n=$((n + 1))
+        parse "$line" || fail 5 "upload arrived corrupt: bad line $n in .pushrun-expect: '$line'"
+        if [ ! -f "$stage/$path" ] || [ -L "$stage/$path" ]; then
+            fail 5 "upload of $path arrived corrupt"
+        fi
+    done <"$list"
+    # nothing else: no symlink anywhere (a symlinked directory could point a
+    # listed path outside the stage), and no file that was not listed
+    odd=$(find "$stage" ! -type d ! -type f 2>/dev/null | head -n 1)
+    [ -z "$odd" ] || fail 5 "upload arrived corrupt: ${odd#"$stage"/} is not a regular file"
+    count=$(find "$stage" -type f 2>/dev/null | wc -l)
+    count=${count##* } # busybox pads it
+    [ "$count" -eq "$n" ] || fail 5 "upload arrived corrupt: it holds $count files, .pushrun-expect lists $n"
+    [ "$bad" = 0 ] || fail 5 "upload arrived corrupt: bad line $bad in .pushrun-expect"
+fi
 
 # the modes .pushrun-expect gives (whatever the tar headers said): one
 # chmod for the executables, one for the rest
-# shellcheck disable=SC2317 # called through on_lines
-stage_paths_755() {
-    while IFS= read -r line || [ -n "$line" ]; do
-        parse "$line"
-        [ "$fmode" = 755 ] && printf '%s\n' "$stage/$path"
-    done <"$expect"
-}
-# shellcheck disable=SC2317 # called through on_lines
-stage_paths_644() {
-    while IFS= read -r line || [ -n "$line" ]; do
-        parse "$line"
-        [ "$fmode" = 644 ] && printf '%s\n' "$stage/$path"
-    done <"$expect"
-}
 if [ "$n755" -gt 0 ]; then
-    on_lines stage_paths_755 chmod 755 -- || write_fail "$BASE" "$err"
+    on_lines "$l755" chmod 755 -- || write_fail "$BASE" "$err"
 fi
 if [ "$n755" -lt "$n" ]; then
-    on_lines stage_paths_644 chmod 644 -- || write_fail "$BASE" "$err"
+    on_lines "$l644" chmod 644 -- || write_fail "$BASE" "$err"
 fi
 
-# one sha256sum for all files; its results ("path: OK", one per check line,
-# in order) are read in step with .pushrun-expect; the first file that is not
-# plainly OK is named
+# one sha256sum for all files: intact when it prints "path: OK" for each
+# line, in order; else the results are read in step with .pushrun-expect
+# and the first file that is not plainly OK is named
 if [ "$n" -gt 0 ]; then
-    bad=$(
-        while IFS= read -r line || [ -n "$line" ]; do
-            parse "$line"
-            printf '%s  %s\n' "$sum" "$path"
-        done <"$expect" | (cd "$stage" && sha256sum -c 2>/dev/null) | {
-            while IFS= read -r line <&5 || [ -n "$line" ]; do
-                parse "$line"
-                res=
-                IFS= read -r res
-                if [ "$res" != "$path: OK" ]; then
-                    printf '%s' "$path"
-                    exit 0
-                fi
-                line=
-            done 5<"$expect"
-        }
-    )
-    [ -z "$bad" ] || fail 5 "upload of $bad arrived corrupt"
+    res=$(printf '%s\n' "$sums" | (cd "$stage" && sha256sum -c 2>/dev/null))
+    if [ "$res" != "$oks" ]; then
+        bad=$(
+            printf '%s\n' "$sums" | (cd "$stage" && sha256sum -c 2>/dev/null) | {
+                while IFS= read -r line <&5 || [ -n "$line" ]; do
+                    parse "$line"
+                    res=
+                    IFS= read -r res
+                    if [ "$res" != "$path: OK" ]; then
+                        printf '%s' "$path"
+                        exit 0
+                    fi
+                    line=
+                done 5<"$list"
+            }
+        )
+        [ -z "$bad" ] || fail 5 "upload of $bad arrived corrupt"
+        # sha256sum said something else than it does for intact files
+        fail 5 "upload arrived corrupt: sha256sum -c did not pass it"
+    fi
 fi
 
 # ------------------------------------------------------------- install
-# the target and the parent directory of every listed file in it
-# shellcheck disable=SC2317 # called through on_lines
-target_dirs() {
-    printf '%s\n' "$target"
-    last=
-    while IFS= read -r line || [ -n "$line" ]; do
-        parse "$line"
-        case $path in
-            */*) [ "${path%/*}" = "$last" ] || printf '%s\n' "$target/${path%/*}" ;;
-        esac
-        last=${path%/*}
-    done <"$expect"
-}
-
 lock_take || fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid $(lock_holder))"
 parent=${target%/*}
 err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
@@ -342,15 +414,19 @@ else
     # files; a run directory naming DIGEST keeps eviction off it), so others
     # need not wait for what may be many renames.
     lock_release
-    on_lines target_dirs mkdir -p -- || write_fail "$target" "$err"
-    while IFS= read -r line || [ -n "$line" ]; do
-        parse "$line"
+    on_lines "$ldirs" mkdir -p -- || write_fail "$target" "$err"
+    saved_ifs=$IFS
+    IFS=$nl
+    set -f
+    for path in $lpaths; do
         t=$target/$path
         if [ -d "$t" ] || [ -L "$t" ]; then
             rm -rf "$t"
         fi
         err=$(mv -f "$stage/$path" "$t" 2>&1) || write_fail "$target" "$err"
-    done <"$expect"
+    done
+    set +f
+    IFS=$saved_ifs
 fi
 lock_release
 printf 'installed %s\n' "$n"
