@@ -225,41 +225,28 @@ impl ExecArgs {
             ));
         }
         let run_id = new_run_id();
-        let (job, results) = match (&self.payload, self.command.is_empty()) {
+        let payload = match (&self.payload, self.command.is_empty()) {
             (Some(dir), _) => {
-                let payload = Payload::load(dir).map_err(|e| UsageError::Flags(e.to_string()))?;
+                Some(Payload::load(dir).map_err(|e| UsageError::Flags(e.to_string()))?)
+            }
+            (None, true) => Some(Payload::builtin()),
+            (None, false) => None,
+        };
+        let (job, results) = match payload {
+            Some(payload) => {
                 let job = PayloadJob::new(
                     payload,
                     self.command.clone(),
                     !self.no_cache,
                     run_id.clone(),
                 );
-                (
-                    Job::Payload(Arc::new(job)),
-                    Some(
-                        self.results
-                            .clone()
-                            .unwrap_or_else(|| "pushrun-results".into()),
-                    ),
-                )
+                let results = self
+                    .results
+                    .clone()
+                    .unwrap_or_else(|| "pushrun-results".into());
+                (Job::Payload(Arc::new(job)), Some(results))
             }
-            (None, true) => {
-                let job = PayloadJob::new(
-                    Payload::builtin(),
-                    Vec::new(),
-                    !self.no_cache,
-                    run_id.clone(),
-                );
-                (
-                    Job::Payload(Arc::new(job)),
-                    Some(
-                        self.results
-                            .clone()
-                            .unwrap_or_else(|| "pushrun-results".into()),
-                    ),
-                )
-            }
-            (None, false) => {
+            None => {
                 if self.no_cache {
                     return Err(UsageError::Flags(
                         "--no-cache goes with a payload, not a command".into(),
