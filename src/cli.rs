@@ -74,13 +74,16 @@ pub struct SelectArgs {
     #[arg(short = 'w', value_name = "LIST")]
     pub wlist: Vec<String>,
     /// Select hosts: names, ranges, globs, @group, !exclusion, comma lists.
-    #[arg(long, short = 'l', value_name = "PATTERN")]
+    #[arg(long, value_name = "PATTERN")]
     pub limit: Vec<String>,
 }
 
 /// How hosts are reached.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
+    /// Log in as USER on hosts whose inventory entry names no user (like ssh/pdsh/clush -l).
+    #[arg(long = "user", short = 'l', value_name = "USER")]
+    pub user: Option<String>,
     /// How many hosts at once.
     #[arg(long, short = 'f', default_value_t = 64, value_name = "N")]
     pub forks: usize,
@@ -186,6 +189,16 @@ impl SelectArgs {
 }
 
 impl ConnectArgs {
+    /// Fills in what the flags say for hosts whose inventory leaves it open.
+    fn apply(&self, mut hosts: Vec<Host>) -> Vec<Host> {
+        if let Some(user) = &self.user {
+            for h in hosts.iter_mut().filter(|h| h.settings.user.is_none()) {
+                h.settings.user = Some(user.clone());
+            }
+        }
+        hosts
+    }
+
     fn check(&self) -> Result<SshOptions, UsageError> {
         if self.forks == 0 {
             return Err(UsageError::Flags("--forks must be at least 1".into()));
@@ -255,7 +268,7 @@ impl ExecArgs {
                 (Job::Command(self.command.join(" ")), self.results.clone())
             }
         };
-        let hosts = self.select.select()?;
+        let hosts = self.connect.apply(self.select.select()?);
         let spec = RunSpec {
             job,
             timeout: self.timeout,
@@ -277,7 +290,7 @@ impl CleanArgs {
     /// Checks everything and builds the plan.
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
-        let hosts = self.select.select()?;
+        let hosts = self.connect.apply(self.select.select()?);
         let spec = RunSpec {
             job: Job::Clean,
             timeout: None,
