@@ -3,22 +3,35 @@
 //! Every byte pushrun runs on a host is one of the `.sh` files beside this
 //! module, included at build time and sent as `sh -c SCRIPT NAME ARGS...`.
 //! Each script's header documents its arguments and its answer; this module
-//! only reads those answers.
+//! only reads those answers. The functions those scripts share are in
+//! `remote/lib.sh`, which is prepended to each of them here.
 
 /// Runs a plain command; ends its process group when stdin closes.
 pub const EXEC: &str = include_str!("remote/exec.sh");
 /// Runs a plain command only if the session has a terminal.
 pub const PTY: &str = include_str!("remote/pty.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
-pub const CHECK: &str = include_str!("remote/check.sh");
+pub const CHECK: &str = concat!(
+    include_str!("remote/lib.sh"),
+    include_str!("remote/check.sh")
+);
 /// Receives a tar.gz of payload files, verifies and installs them.
-pub const RECEIVE: &str = include_str!("remote/receive.sh");
+pub const RECEIVE: &str = concat!(
+    include_str!("remote/lib.sh"),
+    include_str!("remote/receive.sh")
+);
 /// Runs a payload's entry point in its run dir.
-pub const RUN: &str = include_str!("remote/run.sh");
+pub const RUN: &str = concat!(include_str!("remote/lib.sh"), include_str!("remote/run.sh"));
 /// Sends `$PUSHRUN_OUT` back as a tar.gz and removes the run dir.
-pub const COLLECT: &str = include_str!("remote/collect.sh");
+pub const COLLECT: &str = concat!(
+    include_str!("remote/lib.sh"),
+    include_str!("remote/collect.sh")
+);
 /// Removes pushrun's whole directory from a host.
-pub const CLEAN: &str = include_str!("remote/clean.sh");
+pub const CLEAN: &str = concat!(
+    include_str!("remote/lib.sh"),
+    include_str!("remote/clean.sh")
+);
 
 /// What `check.sh` found.
 #[derive(Debug, Clone, PartialEq, Eq)]

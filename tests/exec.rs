@@ -533,18 +533,35 @@ fn ctrl_c_stops_remote_commands_and_removes_the_control_dir() {
 #[test]
 fn dash_l_sets_the_login_user_and_a_refused_login_is_an_authentication_failure() {
     let hosts = TestHosts::start(1);
-    let run = exec(&hosts, &hosts.hosts_yaml(), &["-l", "pushrun-no-such-user", "--", "true"]);
+    let run = exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["-l", "pushrun-no-such-user", "--", "true"],
+    );
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(
-        run.stderr.contains(&format!("unreachable: {}: authentication failed: ", hosts.addr(0)))
-            && run.stderr.contains("Permission denied"),
+        run.stderr.contains(&format!(
+            "unreachable: {}: authentication failed: ",
+            hosts.addr(0)
+        )) && run.stderr.contains("Permission denied"),
         "{}",
         run.stderr
     );
     // The inventory's own user wins over -l.
-    let me = String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let me = String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let yaml = format!("hosts:\n  {}:\n    user: {}\n", hosts.addr(0), me.trim());
     let inv = hosts.write_yaml("user.yaml", &yaml);
-    let run = exec(&hosts, &inv, &["-l", "pushrun-no-such-user", "--", "echo in"]);
+    let run = exec(
+        &hosts,
+        &inv,
+        &["-l", "pushrun-no-such-user", "--", "echo in"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
 }

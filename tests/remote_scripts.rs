@@ -20,11 +20,8 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-const CHECK: &str = include_str!("../src/remote/check.sh");
-const RECEIVE: &str = include_str!("../src/remote/receive.sh");
-const RUN: &str = include_str!("../src/remote/run.sh");
-const COLLECT: &str = include_str!("../src/remote/collect.sh");
-const CLEAN: &str = include_str!("../src/remote/clean.sh");
+// exactly the text pushrun sends: lib.sh followed by the script
+use pushrun::remote::{CHECK, CLEAN, COLLECT, RECEIVE, RUN};
 
 /// BASE inside a host (the login user is root).
 const BASE: &str = "/tmp/.pushrun-root";

@@ -35,20 +35,6 @@ umask 077
 LC_ALL=C
 export LC_ALL
 
-fail() { # CODE MESSAGE
-    printf 'error %s\n' "$2"
-    exit "$1"
-}
-
-# the last line of a command's error output, without the "prog: " noise
-reason() { # TEXT
-    r=$(printf '%s\n' "$1" | tail -n 1)
-    case $r in
-        *': '*) r=${r##*: } ;;
-    esac
-    printf '%s' "${r:-unknown error}"
-}
-
 [ $# -eq 4 ] || fail 3 "usage: check.sh REMOTE_TMP DIGEST RUN_ID MODE (got $# arguments)"
 tmp=$1 digest=$2 run_id=$3 mode=$4
 
@@ -61,16 +47,8 @@ case $tmp in
     /*) ;;
     *) fail 3 "remote_tmp must be an absolute path, not '$tmp'" ;;
 esac
-case $digest in
-    '' | *[!0-9a-f]*) fail 3 "bad payload digest '$digest'" ;;
-esac
-case $run_id in
-    [A-Za-z0-9]*) ;;
-    *) fail 3 "bad run id '$run_id'" ;;
-esac
-case $run_id in
-    *[!A-Za-z0-9._-]*) fail 3 "bad run id '$run_id'" ;;
-esac
+valid_digest "$digest" || fail 3 "bad payload digest '$digest'"
+valid_run_id "$run_id" || fail 3 "bad run id '$run_id'"
 case $mode in
     cache | nocache) ;;
     *) fail 3 "bad mode '$mode' (cache or nocache)" ;;
@@ -82,15 +60,7 @@ IFS= read -r header
 [ "$header" = 'pushrun-manifest 1' ] || fail 3 "unexpected manifest header '$header'"
 
 # ---------------------------------------------------------------- BASE
-uid=$(id -u) || fail 3 "cannot tell the login user's uid"
-user=$(id -un 2>/dev/null) || user=$uid
-while :; do
-    case $tmp in
-        ?*/) tmp=${tmp%/} ;;
-        *) break ;;
-    esac
-done
-BASE=${tmp%/}/.pushrun-$user
+base_of "$tmp"
 
 if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
     # another check may create it at the same moment: then validate theirs
@@ -102,60 +72,11 @@ if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
         chmod 700 "$BASE" || fail 3 "cannot set the mode of $BASE"
     fi
 fi
-[ -L "$BASE" ] && fail 3 "$BASE is a symlink: refusing to use it"
-[ -d "$BASE" ] || fail 3 "$BASE is not a directory: refusing to use it"
-st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
-owner=${st%% *} perm=${st#* }
-[ "$owner" = "$uid" ] || fail 3 "$BASE is owned by uid $owner, not $uid: refusing to use it"
-[ "$perm" = 700 ] || fail 3 "$BASE has mode $perm, not 700"
+base_check
 
 # ---------------------------------------------------------------- lock
-# BASE/lock is a mkdir lock holding the owner's pid. A lock older than 10
-# minutes is stale and broken. Waits up to 30 s; 1 on timeout.
+# BASE/lock (see lib.sh) is held only for the housekeeping below
 lock_held=
-lock_take() {
-    tenths=0 tick=
-    while ! mkdir "$BASE/lock" 2>/dev/null; do
-        if [ ! -d "$BASE/lock" ]; then
-            # not held by anyone: a real failure (or it was just released)
-            err=$(mkdir "$BASE/lock" 2>&1) && break
-            [ -d "$BASE/lock" ] && continue
-            fail 3 "cannot create $BASE/lock: $(reason "$err")"
-        fi
-        if [ -n "$(find "$BASE/lock" -maxdepth 0 -mmin +10 2>/dev/null)" ]; then
-            rm -rf "$BASE/lock"
-            continue
-        fi
-        [ "$tenths" -ge 300 ] && return 1
-        if [ -z "$tick" ]; then
-            # learn once whether sleep takes fractions (GNU and busybox do)
-            if sleep 0.1 2>/dev/null; then tick=1; else tick=10 && sleep 1; fi
-        elif [ "$tick" = 1 ]; then
-            sleep 0.1
-        else
-            sleep 1
-        fi
-        tenths=$((tenths + tick))
-    done
-    lock_held=1
-    printf '%s\n' "$$" 2>/dev/null >"$BASE/lock/pid"
-    return 0
-}
-lock_release() {
-    [ -n "$lock_held" ] || return 0
-    lock_held=
-    owner=
-    read -r owner 2>/dev/null <"$BASE/lock/pid"
-    # not ours any more if it was broken as stale and taken by another
-    case $owner in
-        '' | "$$") rm -rf "$BASE/lock" ;;
-    esac
-}
-lock_holder() {
-    holder=
-    read -r holder 2>/dev/null <"$BASE/lock/pid"
-    printf '%s' "${holder:-unknown}"
-}
 
 rundir=$BASE/runs/$run_id
 work=$rundir/.check
@@ -164,11 +85,7 @@ cleanup() {
     rm -f "$work.list" "$work.sums" "$work.result"
     lock_release
 }
-trap cleanup EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 141' PIPE
-trap 'exit 143' TERM
+trap_cleanup
 
 # ------------------------------------------------- run dir, housekeeping
 if [ "$mode" = cache ]; then
@@ -177,7 +94,7 @@ else
     target=$rundir/payload
 fi
 
-lock_take || fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid $(lock_holder))"
+lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
 err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" 2>&1) ||
     fail 3 "cannot write under $BASE: $(reason "$err")"
 # the digest file is written under the lock, so that no eviction running
@@ -227,35 +144,21 @@ ls -t "$BASE/cache" 2>/dev/null | {
 lock_release
 
 # ------------------------------------------------------------ manifest
-# One awk reads the rest of the manifest, to its end, and checks every line:
-# it splits at the first three spaces (as ${x%% *} and ${x#* } would) into a
-# sha256 (64 lowercase hex), a mode (755 or 644), a size (digits) and a path
-# (not empty, not absolute, no backslash, no .. component, not
-# .pushrun-expect). It prints shell assignments (values single-quoted):
+# One awk reads the rest of the manifest, to its end, and checks every line
+# with malformed() (lib.sh's manifest_awk): a sha256, a mode (755 or 644), a
+# size and a safe relative path. It prints shell assignments (values
+# single-quoted):
 #   n         the number of lines
 #   bad       0, or the number of the first malformed line; then badline is
 #             that line and entries is empty
 #   entries   "<sha256> <755|644> <path>" per line, in order
 #   derived=1 last: the output is complete
 # shellcheck disable=SC2016 # an awk program
-validate='
-function cut(s, i) {
-    i = index(s, " ")
-    if (i == 0) { head = s; tail = s }
-    else { head = substr(s, 1, i - 1); tail = substr(s, i + 1) }
-}
-function esc(s) { gsub(sq, sq "\"" sq "\"" sq, s); return s }
+validate=$(manifest_awk)'
 BEGIN { n = 0; bad = 0 }
 {
     n++
-    cut($0); sum = head
-    cut(tail); fmode = head
-    cut(tail); size = head; path = tail
-    if (length(sum) != 64 || sum ~ /[^0-9a-f]/ ||
-        (fmode != "755" && fmode != "644") ||
-        size == "" || size ~ /[^0-9]/ ||
-        path == "" || substr(path, 1, 1) == "/" || index(path, "\\") ||
-        path == ".pushrun-expect" || index("/" path "/", "/../")) {
+    if (malformed($0)) {
         bad = n
         badline = $0
         exit 0

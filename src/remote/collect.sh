@@ -21,18 +21,9 @@ die() { # CODE MESSAGE
 
 [ $# -eq 2 ] || die 3 "usage: collect.sh BASE RUN_ID (got $# arguments)"
 base=$1 run_id=$2
-case $base in
-    /*/.pushrun-*) ;;
-    *) die 3 "bad BASE '$base'" ;;
-esac
+valid_base "$base" || die 3 "bad BASE '$base'"
 # the run id becomes part of a path given to rm -rf: nothing but a name
-case $run_id in
-    [A-Za-z0-9]*) ;;
-    *) die 3 "bad run id '$run_id'" ;;
-esac
-case $run_id in
-    *[!A-Za-z0-9._-]*) die 3 "bad run id '$run_id'" ;;
-esac
+valid_run_id "$run_id" || die 3 "bad run id '$run_id'"
 rundir=$base/runs/$run_id
 out=$rundir/out
 
@@ -40,22 +31,14 @@ out=$rundir/out
 cleanup() {
     rm -rf "$rundir"
 }
-trap cleanup EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 141' PIPE
-trap 'exit 143' TERM
+trap_cleanup
 
 # a run stopped on timeout: wait (at most 10 s) until run.sh has ended its
 # processes, so that what comes back is what they left
 waited=0
 while [ -e "$rundir/.stopping" ] && [ "$waited" -lt 100 ]; do
-    if sleep 0.1 2>/dev/null; then
-        waited=$((waited + 1))
-    else
-        sleep 1
-        waited=$((waited + 10))
-    fi
+    nap
+    waited=$((waited + nap_tenths))
 done
 
 if [ ! -d "$out" ] || [ -L "$out" ]; then

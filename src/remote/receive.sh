@@ -37,20 +37,6 @@ export LC_ALL
 nl='
 '
 
-fail() { # CODE MESSAGE
-    printf 'error %s\n' "$2"
-    exit "$1"
-}
-
-# the last line of a command's error output, without the "prog: " noise
-reason() { # TEXT
-    r=$(printf '%s\n' "$1" | tail -n 1)
-    case $r in
-        *': '*) r=${r##*: } ;;
-    esac
-    printf '%s' "${r:-unknown error}"
-}
-
 # a failed write under DIR, with the failing command's error output TEXT
 write_fail() { # DIR TEXT
     case $2 in
@@ -112,20 +98,9 @@ on_lines() { # LIST COMMAND [ARGS...]
 
 [ $# -eq 4 ] || fail 3 "usage: receive.sh BASE DIGEST RUN_ID MODE (got $# arguments)"
 BASE=$1 digest=$2 run_id=$3 mode=$4
-case $BASE in
-    /*/.pushrun-*) ;;
-    *) fail 3 "bad BASE '$BASE'" ;;
-esac
-case $digest in
-    '' | *[!0-9a-f]*) fail 3 "bad payload digest '$digest'" ;;
-esac
-case $run_id in
-    [A-Za-z0-9]*) ;;
-    *) fail 3 "bad run id '$run_id'" ;;
-esac
-case $run_id in
-    *[!A-Za-z0-9._-]*) fail 3 "bad run id '$run_id'" ;;
-esac
+valid_base "$BASE" || fail 3 "bad BASE '$BASE'"
+valid_digest "$digest" || fail 3 "bad payload digest '$digest'"
+valid_run_id "$run_id" || fail 3 "bad run id '$run_id'"
 case $mode in
     cache) target=$BASE/cache/$digest ;;
     nocache) target=$BASE/runs/$run_id/payload ;;
@@ -133,61 +108,11 @@ case $mode in
 esac
 
 # the same checks as check.sh, which created BASE
-uid=$(id -u) || fail 3 "cannot tell the login user's uid"
-[ -L "$BASE" ] && fail 3 "$BASE is a symlink: refusing to use it"
-[ -d "$BASE" ] || fail 3 "$BASE is not a directory: refusing to use it"
-st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
-owner=${st%% *} perm=${st#* }
-[ "$owner" = "$uid" ] || fail 3 "$BASE is owned by uid $owner, not $uid: refusing to use it"
-[ "$perm" = 700 ] || fail 3 "$BASE has mode $perm, not 700"
+login_uid
+base_check
 
-# ---------------------------------------------------------------- lock
-# BASE/lock is a mkdir lock holding the owner's pid. A lock older than 10
-# minutes is stale and broken. Waits up to 30 s; 1 on timeout.
+# BASE/lock (see lib.sh) is held for the install
 lock_held=
-lock_take() {
-    tenths=0 tick=
-    while ! mkdir "$BASE/lock" 2>/dev/null; do
-        if [ ! -d "$BASE/lock" ]; then
-            # not held by anyone: a real failure (or it was just released)
-            err=$(mkdir "$BASE/lock" 2>&1) && break
-            [ -d "$BASE/lock" ] && continue
-            write_fail "$BASE" "$err"
-        fi
-        if [ -n "$(find "$BASE/lock" -maxdepth 0 -mmin +10 2>/dev/null)" ]; then
-            rm -rf "$BASE/lock"
-            continue
-        fi
-        [ "$tenths" -ge 300 ] && return 1
-        if [ -z "$tick" ]; then
-            # learn once whether sleep takes fractions (GNU and busybox do)
-            if sleep 0.1 2>/dev/null; then tick=1; else tick=10 && sleep 1; fi
-        elif [ "$tick" = 1 ]; then
-            sleep 0.1
-        else
-            sleep 1
-        fi
-        tenths=$((tenths + tick))
-    done
-    lock_held=1
-    printf '%s\n' "$$" 2>/dev/null >"$BASE/lock/pid"
-    return 0
-}
-lock_release() {
-    [ -n "$lock_held" ] || return 0
-    lock_held=
-    holder=
-    read -r holder 2>/dev/null <"$BASE/lock/pid"
-    # not ours any more if it was broken as stale and taken by another
-    case $holder in
-        '' | "$$") rm -rf "$BASE/lock" ;;
-    esac
-}
-lock_holder() {
-    holder=
-    read -r holder 2>/dev/null <"$BASE/lock/pid"
-    printf '%s' "${holder:-unknown}"
-}
 
 stage=$BASE/cache/.stage-$run_id
 expect=$stage.expect # beside the stage, so that it can be renamed whole
@@ -196,11 +121,7 @@ cleanup() {
     rm -rf "$stage" "$expect"
     lock_release
 }
-trap cleanup EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 141' PIPE
-trap 'exit 143' TERM
+trap_cleanup
 
 # ------------------------------------------------------------- extract
 # EXPECT is a directory: .pushrun-expect goes there as EXPECT/list
@@ -255,7 +176,8 @@ err=$(mv -f "$stage/.pushrun-expect" "$list" 2>&1) || write_fail "$BASE" "$err"
 # One awk pass reads find's list of the stage (phase 1: "STAGE/path" for
 # each regular file, "pushrun-odd" for anything that is neither a file nor
 # a directory) and then .pushrun-expect (phase 2). It checks every line as
-# parse() does and prints shell assignments (every value single-quoted):
+# parse() does (with lib.sh's malformed()) and prints shell assignments
+# (every value single-quoted):
 #   n, n755     lines, lines with mode 755
 #   bad         0, or the number of the first malformed line (no lists then)
 #   fast        1 when every listed path is a regular file found in the
@@ -269,13 +191,7 @@ err=$(mv -f "$stage/.pushrun-expect" "$list" 2>&1) || write_fail "$BASE" "$err"
 #   lpaths      the paths, in order
 #   derived=1   last: the output is complete
 # shellcheck disable=SC2016 # an awk program
-derive='
-function cut(s, i) {
-    i = index(s, " ")
-    if (i == 0) { head = s; tail = s }
-    else { head = substr(s, 1, i - 1); tail = substr(s, i + 1) }
-}
-function esc(s) { gsub(sq, sq "\"" sq "\"" sq, s); return s }
+derive=$(manifest_awk)'
 function norm(p, parts, m, i, o) {
     if (p ~ /\/$/ || p ~ /(^|\/)\.$/) return ""
     m = split(p, parts, "/")
@@ -304,14 +220,7 @@ phase == 1 {
 phase == 2 {
     n++
     if (bad) next
-    cut($0); sum = head
-    cut(tail); fmode = head
-    cut(tail); size = head; path = tail
-    if (length(sum) != 64 || sum ~ /[^0-9a-f]/ ||
-        (fmode != "755" && fmode != "644") ||
-        size == "" || size ~ /[^0-9]/ ||
-        path == "" || substr(path, 1, 1) == "/" || index(path, "\\") ||
-        path == ".pushrun-expect" || index("/" path "/", "/../")) {
+    if (malformed($0)) {
         bad = n
         next
     }
@@ -400,7 +309,7 @@ if [ "$n" -gt 0 ]; then
 fi
 
 # ------------------------------------------------------------- install
-lock_take || fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid $(lock_holder))"
+lock_take || write_fail "$BASE" "$err"
 parent=${target%/*}
 err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
 if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then

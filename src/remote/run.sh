@@ -40,21 +40,12 @@ die() {
 [ $# -ge 5 ] || die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"
 base=$1 payload=$2 run_id=$3 host=$4 entry=$5
 shift 5
-case $base in
-    /*/.pushrun-*) ;;
-    *) die "bad BASE '$base'" ;;
-esac
+valid_base "$base" || die "bad BASE '$base'"
 case $payload in
     /*) ;;
     *) die "PAYLOAD_DIR must be absolute, not '$payload'" ;;
 esac
-case $run_id in
-    [A-Za-z0-9]*) ;;
-    *) die "bad run id '$run_id'" ;;
-esac
-case $run_id in
-    *[!A-Za-z0-9._-]*) die "bad run id '$run_id'" ;;
-esac
+valid_run_id "$run_id" || die "bad run id '$run_id'"
 case /$entry/ in
     // | //* | */../*) die "bad entry point '$entry'" ;;
 esac
@@ -125,19 +116,15 @@ exec 3<&0
     # a grace period of 2 s, cut short once everything is gone
     tenths=0
     while others && [ "$tenths" -lt 20 ]; do
-        if sleep 0.1 2>/dev/null; then
-            tenths=$((tenths + 1))
-        else
-            sleep 1
-            tenths=$((tenths + 10))
-        fi
+        nap
+        tenths=$((tenths + nap_tenths))
     done
     # whatever is left: KILL, one by one, until nothing is (new processes
     # may be forked meanwhile: go round again)
     rounds=0
     while others KILL && [ "$rounds" -lt 50 ]; do
         rounds=$((rounds + 1))
-        sleep 0.1 2>/dev/null || sleep 1
+        nap
     done
     if [ -n "$keep" ]; then
         rm -f "$rundir/.stopping"

@@ -1,0 +1,181 @@
+#!/bin/sh
+# pushrun's shared sh functions. This file is prepended to check.sh,
+# receive.sh, run.sh, collect.sh and clean.sh (src/remote.rs concatenates
+# them at build time), so each script sent to a host carries these
+# definitions first. It holds function definitions only: nothing here runs
+# by itself, sets a variable or changes the environment until called.
+# shellcheck disable=SC2317 # a script need not call every function here
+
+# prints "error MESSAGE" on stdout and exits with CODE
+fail() { # CODE MESSAGE
+    printf 'error %s\n' "$2"
+    exit "$1"
+}
+
+# the last line of a command's error output, without the "prog: " noise
+reason() { # TEXT
+    r=$(printf '%s\n' "$1" | tail -n 1)
+    case $r in
+        *': '*) r=${r##*: } ;;
+    esac
+    printf '%s' "${r:-unknown error}"
+}
+
+# sleeps a tenth of a second, or a second where sleep takes no fractions
+# (GNU and busybox sleep do); sets nap_tenths to 1 or 10, how long it slept
+nap() {
+    case ${nap_tenths:-} in
+        1) sleep 0.1 ;;
+        10) sleep 1 ;;
+        *)
+            # learn once whether sleep takes fractions
+            if sleep 0.1 2>/dev/null; then nap_tenths=1; else nap_tenths=10 && sleep 1; fi
+            ;;
+    esac
+}
+
+# 0 when ID is a run id: [A-Za-z0-9][A-Za-z0-9._-]* (it becomes part of
+# paths given to rm -rf: nothing but a name)
+valid_run_id() { # ID
+    case $1 in
+        [A-Za-z0-9]*) ;;
+        *) return 1 ;;
+    esac
+    case $1 in
+        *[!A-Za-z0-9._-]*) return 1 ;;
+    esac
+    return 0
+}
+
+# 0 when DIR looks like a BASE that check.sh printed
+valid_base() { # DIR
+    case $1 in
+        /*/.pushrun-*) return 0 ;;
+    esac
+    return 1
+}
+
+# 0 when DIGEST is a payload digest (lowercase hex)
+valid_digest() { # DIGEST
+    case $1 in
+        '' | *[!0-9a-f]*) return 1 ;;
+    esac
+    return 0
+}
+
+# sets uid to the login user's uid
+login_uid() {
+    uid=$(id -u) || fail 3 "cannot tell the login user's uid"
+}
+
+# sets uid and BASE = REMOTE_TMP/.pushrun-<login user> (REMOTE_TMP absolute,
+# trailing slashes dropped)
+base_of() { # REMOTE_TMP
+    login_uid
+    user=$(id -un 2>/dev/null) || user=$uid
+    base_tmp=$1
+    while :; do
+        case $base_tmp in
+            ?*/) base_tmp=${base_tmp%/} ;;
+            *) break ;;
+        esac
+    done
+    BASE=${base_tmp%/}/.pushrun-$user
+}
+
+# refuses (fail 3) a BASE that is a symlink, not a directory, not owned by
+# uid or not of mode 700: in a shared /tmp any of those may be an attack
+base_check() {
+    [ -L "$BASE" ] && fail 3 "$BASE is a symlink: refusing to use it"
+    [ -d "$BASE" ] || fail 3 "$BASE is not a directory: refusing to use it"
+    st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
+    owner=${st%% *} perm=${st#* }
+    [ "$owner" = "$uid" ] || fail 3 "$BASE is owned by uid $owner, not $uid: refusing to use it"
+    [ "$perm" = 700 ] || fail 3 "$BASE has mode $perm, not 700"
+    return 0
+}
+
+# prints the awk functions check.sh and receive.sh read manifest lines with,
+# for an awk program to start with (run with -v "sq='"):
+#   cut(s)        splits s at its first space into head and tail (both s
+#                 when it has none)
+#   esc(s)        s with every ' in it made safe inside '...'
+#   malformed(l)  splits manifest line l at its first three spaces (as
+#                 ${x%% *} and ${x#* } would) into sum, fmode, size and path;
+#                 1 unless sum is a sha256 (64 lowercase hex), fmode 755 or
+#                 644, size digits and path not empty, not absolute, with no
+#                 backslash, no .. component and not .pushrun-expect
+manifest_awk() {
+    # shellcheck disable=SC2016 # an awk program
+    printf '%s\n' '
+function cut(s, i) {
+    i = index(s, " ")
+    if (i == 0) { head = s; tail = s }
+    else { head = substr(s, 1, i - 1); tail = substr(s, i + 1) }
+}
+function esc(s) { gsub(sq, sq "\"" sq "\"" sq, s); return s }
+function malformed(l) {
+    cut(l); sum = head
+    cut(tail); fmode = head
+    cut(tail); size = head; path = tail
+    return (length(sum) != 64 || sum ~ /[^0-9a-f]/ ||
+        (fmode != "755" && fmode != "644") ||
+        size == "" || size ~ /[^0-9]/ ||
+        path == "" || substr(path, 1, 1) == "/" || index(path, "\\") ||
+        path == ".pushrun-expect" || index("/" path "/", "/../")) ? 1 : 0
+}'
+}
+
+# ---------------------------------------------------------------- lock
+# BASE/lock is a mkdir lock holding the owner's pid. A lock older than 10
+# minutes is stale and broken. lock_take waits up to 30 s for it and fails
+# (3) on timeout; it returns 1, with mkdir's error output in err, when the
+# lock cannot be created at all.
+lock_take() {
+    tenths=0
+    while ! mkdir "$BASE/lock" 2>/dev/null; do
+        if [ ! -d "$BASE/lock" ]; then
+            # not held by anyone: a real failure (or it was just released)
+            # shellcheck disable=SC2034 # err is for the caller
+            err=$(mkdir "$BASE/lock" 2>&1) && break
+            [ -d "$BASE/lock" ] && continue
+            return 1
+        fi
+        if [ -n "$(find "$BASE/lock" -maxdepth 0 -mmin +10 2>/dev/null)" ]; then
+            rm -rf "$BASE/lock"
+            continue
+        fi
+        if [ "$tenths" -ge 300 ]; then
+            holder=
+            read -r holder 2>/dev/null <"$BASE/lock/pid"
+            fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid ${holder:-unknown})"
+        fi
+        nap
+        tenths=$((tenths + nap_tenths))
+    done
+    lock_held=1
+    printf '%s\n' "$$" 2>/dev/null >"$BASE/lock/pid"
+    return 0
+}
+
+# removes BASE/lock if this shell holds it
+lock_release() {
+    [ -n "${lock_held:-}" ] || return 0
+    lock_held=
+    holder=
+    read -r holder 2>/dev/null <"$BASE/lock/pid"
+    # not ours any more if it was broken as stale and taken by another
+    case $holder in
+        '' | "$$") rm -rf "$BASE/lock" ;;
+    esac
+}
+
+# runs cleanup on exit, and makes HUP, INT, PIPE and TERM exit through it
+# (with 128 + the signal's number)
+trap_cleanup() {
+    trap cleanup EXIT
+    trap 'exit 129' HUP
+    trap 'exit 130' INT
+    trap 'exit 141' PIPE
+    trap 'exit 143' TERM
+}
