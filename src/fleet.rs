@@ -372,123 +372,7 @@ impl HostTask<'_> {
         outcome.stage = Some(stats);
         outcome
     }
-}
 
-enum StageError {
-    Cancelled,
-    Lost(String),
-    Failed {
-        reason: String,
-        base: Option<String>,
-    },
-}
-
-/// Checks the host's copy of the payload and sends what is missing or wrong.
-/// Returns the host's pushrun dir and the payload's dir there.
-async fn stage(
-    session: &Session,
-    host: &Host,
-    job: &Arc<PayloadJob>,
-    stats: &mut StageStats,
-) -> Result<(String, String), StageError> {
-    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
-    let digest = job.payload.digest();
-    let mode = if job.cache { "cache" } else { "nocache" };
-    let manifest = job.payload.manifest();
-    let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
-    let out = session
-        .run_script(
-            remote::CHECK,
-            "pushrun-check",
-            &[remote_tmp, digest, &job.run_id, mode],
-            manifest.as_bytes(),
-        )
-        .await
-        .map_err(lost)?;
-    stats.bytes_sent += manifest.len() as u64;
-    stats.bytes_received += out.stdout.len() as u64;
-    let report = remote::parse_check(&out.stdout).map_err(|reason| StageError::Failed {
-        reason: script_failure(reason, &out),
-        base: None,
-    })?;
-    let base = report.base;
-    if !report.needed.is_empty() {
-        let archive = job
-            .archive(&report.needed)
-            .await
-            .map_err(|reason| StageError::Failed {
-                reason,
-                base: Some(base.clone()),
-            })?;
-        let out = session
-            .run_script(
-                remote::RECEIVE,
-                "pushrun-receive",
-                &[&base, digest, &job.run_id, mode],
-                &archive,
-            )
-            .await
-            .map_err(lost)?;
-        stats.bytes_sent += archive.len() as u64;
-        stats.bytes_received += out.stdout.len() as u64;
-        stats.files_sent = report.needed.len();
-        if let Some(reason) = remote::error_line(&out.stdout) {
-            return Err(StageError::Failed {
-                reason,
-                base: Some(base),
-            });
-        }
-        if out.code != Some(0) {
-            let reason = script_failure("receive failed".into(), &out);
-            return Err(StageError::Failed {
-                reason,
-                base: Some(base),
-            });
-        }
-    } else {
-        stats.cache_hit = job.cache;
-    }
-    let payload_dir = if job.cache {
-        format!("{base}/cache/{digest}")
-    } else {
-        format!("{base}/runs/{}/payload", job.run_id)
-    };
-    Ok((base, payload_dir))
-}
-
-/// A script's failure in one line: its own `error` line, else `reason`
-/// with the last thing it said on stderr.
-fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String {
-    if remote::error_line(&out.stdout).is_some() {
-        return reason;
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-        Some(last) => format!("{reason}: {}", last.trim()),
-        None => reason,
-    }
-}
-
-/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir.
-/// Returns the archive and how long it took to arrive.
-async fn collect(
-    session: &Session,
-    base: &str,
-    run_id: &str,
-) -> Result<(Vec<u8>, Duration), String> {
-    let started = Instant::now();
-    let out = session
-        .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
-        .await
-        .map_err(|e| error_chain(&e))?;
-    let streamed = started.elapsed();
-    if out.code != Some(0) {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok((out.stdout, streamed))
-}
-
-impl HostTask<'_> {
     /// `pushrun clean` on one host: its answer becomes the host's output line.
     async fn clean(&self, mut timings: Timings) -> HostOutcome {
         let (id, host, session, events) = (self.id, self.host, self.session, self.events);
@@ -538,86 +422,7 @@ impl HostTask<'_> {
             ),
         }
     }
-}
 
-/// Removes a run dir whose run never started (best effort).
-async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(10), collect(session, base, run_id)).await;
-}
-
-/// How a command ended, before it becomes a [`HostOutcome`].
-enum CommandEnd {
-    Exited(i32),
-    Signalled,
-    TimedOut,
-    Cancelled,
-    NoPty,
-    Lost(String),
-}
-
-impl CommandEnd {
-    fn into_outcome(self, timeout: Option<Duration>, timings: Timings) -> HostOutcome {
-        let (status, exit_code, reason) = match self {
-            CommandEnd::Exited(0) => (Status::Ok, Some(0), None),
-            CommandEnd::Exited(c) => (Status::Failed, Some(c), Some(format!("exit {c}"))),
-            CommandEnd::Signalled => (Status::Failed, None, Some("killed by a signal".to_string())),
-            CommandEnd::TimedOut => {
-                let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
-                (Status::TimedOut, None, Some(format!("killed after the {secs}s timeout")))
-            }
-            CommandEnd::Cancelled => (Status::Cancelled, None, Some("interrupted: command killed".to_string())),
-            CommandEnd::NoPty => (
-                Status::Failed,
-                None,
-                Some("the server refused a PTY (PermitTTY no?): run without --pty, or with --pty auto".to_string()),
-            ),
-            CommandEnd::Lost(why) => (Status::Unreachable, None, Some(format!("connection lost: {why}"))),
-        };
-        HostOutcome {
-            status,
-            exit_code,
-            reason,
-            notes: Vec::new(),
-            timings,
-            stage: None,
-        }
-    }
-}
-
-/// Waits for `work`, or stops it early on timeout or cancellation.
-///
-/// `stop` is called once, with why, to make the remote command end (it
-/// writes "stop" or closes stdin, or kills the local ssh); then `work` gets
-/// [`STOP_GRACE`] to finish.
-async fn supervise<W, S, F>(
-    work: W,
-    stop: S,
-    timeout: Option<Duration>,
-    cancel: &mut watch::Receiver<bool>,
-) -> CommandEnd
-where
-    W: Future<Output = CommandEnd>,
-    S: FnOnce(&CommandEnd) -> F,
-    F: Future<Output = ()>,
-{
-    tokio::pin!(work);
-    let limit = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    let early = tokio::select! {
-        end = &mut work => return end,
-        _ = limit => CommandEnd::TimedOut,
-        _ = cancelled(cancel) => CommandEnd::Cancelled,
-    };
-    stop(&early).await;
-    let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
-    early
-}
-
-impl HostTask<'_> {
     /// Runs a remote script with its output streamed as events, stopping it
     /// on timeout or cancellation by closing its stdin.
     async fn run_streamed(
@@ -734,6 +539,197 @@ impl HostTask<'_> {
         };
         supervise(work, stop, spec.timeout, &mut self.cancel).await
     }
+}
+
+enum StageError {
+    Cancelled,
+    Lost(String),
+    Failed {
+        reason: String,
+        base: Option<String>,
+    },
+}
+
+/// Checks the host's copy of the payload and sends what is missing or wrong.
+/// Returns the host's pushrun dir and the payload's dir there.
+async fn stage(
+    session: &Session,
+    host: &Host,
+    job: &Arc<PayloadJob>,
+    stats: &mut StageStats,
+) -> Result<(String, String), StageError> {
+    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+    let digest = job.payload.digest();
+    let mode = if job.cache { "cache" } else { "nocache" };
+    let manifest = job.payload.manifest();
+    let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
+    let out = session
+        .run_script(
+            remote::CHECK,
+            "pushrun-check",
+            &[remote_tmp, digest, &job.run_id, mode],
+            manifest.as_bytes(),
+        )
+        .await
+        .map_err(lost)?;
+    stats.bytes_sent += manifest.len() as u64;
+    stats.bytes_received += out.stdout.len() as u64;
+    let report = remote::parse_check(&out.stdout).map_err(|reason| StageError::Failed {
+        reason: script_failure(reason, &out),
+        base: None,
+    })?;
+    let base = report.base;
+    if !report.needed.is_empty() {
+        let archive = job
+            .archive(&report.needed)
+            .await
+            .map_err(|reason| StageError::Failed {
+                reason,
+                base: Some(base.clone()),
+            })?;
+        let out = session
+            .run_script(
+                remote::RECEIVE,
+                "pushrun-receive",
+                &[&base, digest, &job.run_id, mode],
+                &archive,
+            )
+            .await
+            .map_err(lost)?;
+        stats.bytes_sent += archive.len() as u64;
+        stats.bytes_received += out.stdout.len() as u64;
+        stats.files_sent = report.needed.len();
+        if let Some(reason) = remote::error_line(&out.stdout) {
+            return Err(StageError::Failed {
+                reason,
+                base: Some(base),
+            });
+        }
+        if out.code != Some(0) {
+            let reason = script_failure("receive failed".into(), &out);
+            return Err(StageError::Failed {
+                reason,
+                base: Some(base),
+            });
+        }
+    } else {
+        stats.cache_hit = job.cache;
+    }
+    let payload_dir = if job.cache {
+        format!("{base}/cache/{digest}")
+    } else {
+        format!("{base}/runs/{}/payload", job.run_id)
+    };
+    Ok((base, payload_dir))
+}
+
+/// A script's failure in one line: its own `error` line, else `reason`
+/// with the last thing it said on stderr.
+fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String {
+    if remote::error_line(&out.stdout).is_some() {
+        return reason;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!("{reason}: {}", last.trim()),
+        None => reason,
+    }
+}
+
+/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir.
+/// Returns the archive and how long it took to arrive.
+async fn collect(
+    session: &Session,
+    base: &str,
+    run_id: &str,
+) -> Result<(Vec<u8>, Duration), String> {
+    let started = Instant::now();
+    let out = session
+        .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let streamed = started.elapsed();
+    if out.code != Some(0) {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok((out.stdout, streamed))
+}
+
+/// Removes a run dir whose run never started (best effort).
+async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), collect(session, base, run_id)).await;
+}
+
+/// How a command ended, before it becomes a [`HostOutcome`].
+enum CommandEnd {
+    Exited(i32),
+    Signalled,
+    TimedOut,
+    Cancelled,
+    NoPty,
+    Lost(String),
+}
+
+impl CommandEnd {
+    fn into_outcome(self, timeout: Option<Duration>, timings: Timings) -> HostOutcome {
+        let (status, exit_code, reason) = match self {
+            CommandEnd::Exited(0) => (Status::Ok, Some(0), None),
+            CommandEnd::Exited(c) => (Status::Failed, Some(c), Some(format!("exit {c}"))),
+            CommandEnd::Signalled => (Status::Failed, None, Some("killed by a signal".to_string())),
+            CommandEnd::TimedOut => {
+                let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
+                (Status::TimedOut, None, Some(format!("killed after the {secs}s timeout")))
+            }
+            CommandEnd::Cancelled => (Status::Cancelled, None, Some("interrupted: command killed".to_string())),
+            CommandEnd::NoPty => (
+                Status::Failed,
+                None,
+                Some("the server refused a PTY (PermitTTY no?): run without --pty, or with --pty auto".to_string()),
+            ),
+            CommandEnd::Lost(why) => (Status::Unreachable, None, Some(format!("connection lost: {why}"))),
+        };
+        HostOutcome {
+            status,
+            exit_code,
+            reason,
+            notes: Vec::new(),
+            timings,
+            stage: None,
+        }
+    }
+}
+
+/// Waits for `work`, or stops it early on timeout or cancellation.
+///
+/// `stop` is called once, with why, to make the remote command end (it
+/// writes "stop" or closes stdin, or kills the local ssh); then `work` gets
+/// [`STOP_GRACE`] to finish.
+async fn supervise<W, S, F>(
+    work: W,
+    stop: S,
+    timeout: Option<Duration>,
+    cancel: &mut watch::Receiver<bool>,
+) -> CommandEnd
+where
+    W: Future<Output = CommandEnd>,
+    S: FnOnce(&CommandEnd) -> F,
+    F: Future<Output = ()>,
+{
+    tokio::pin!(work);
+    let limit = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let early = tokio::select! {
+        end = &mut work => return end,
+        _ = limit => CommandEnd::TimedOut,
+        _ = cancelled(cancel) => CommandEnd::Cancelled,
+    };
+    stop(&early).await;
+    let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
+    early
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
