@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{HostOpts, TestHosts, is_root, processes_with, pushrun, wait_until};
+use common::{HostOpts, TestHosts, is_root, noise, processes_with, pushrun, wait_until};
 use serde_json::Value;
 
 struct Run {
@@ -26,19 +26,6 @@ fn make_payload(dir: &Path, files: &[(&str, &[u8], bool)]) {
         let mode = if *exec { 0o755 } else { 0o644 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-}
-
-/// Incompressible bytes, deterministic.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 const RUN_SCRIPT: &[u8] = b"#!/bin/sh
