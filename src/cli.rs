@@ -39,7 +39,7 @@ pub struct Cli {
 /// pushrun's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a command on every selected host.
+    /// Run a command, or push and run a payload, on every selected host.
     #[command(after_help = EXIT_CODES)]
     Exec(ExecArgs),
     /// List the selected hosts and their settings, contacting none.
