@@ -120,8 +120,8 @@ pub struct ExecArgs {
     /// command, the built-in collector runs.
     #[arg(long, value_name = "DIR")]
     pub payload: Option<PathBuf>,
-    /// Where results go: DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/} and
-    /// DIR/<run-id>/summary.json. Default for payload runs: ./pushrun-results.
+    /// Where results go: `DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/}` and
+    /// `DIR/<run-id>/summary.json`. Default for payload runs: ./pushrun-results.
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
     /// Do not keep the payload cached on the hosts: it lives in the run dir and goes with it.
@@ -151,7 +151,7 @@ pub struct Plan {
     pub spec: RunSpec,
     /// How to show it.
     pub output: OutputMode,
-    /// Where results go (DIR/<run-id>), if anywhere.
+    /// Where results go (`DIR/<run-id>`), if anywhere.
     pub results: Option<PathBuf>,
     /// The run's id.
     pub run_id: String,
