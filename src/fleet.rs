@@ -17,7 +17,9 @@ use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timi
 use crate::inventory::Host;
 use crate::payload::Payload;
 use crate::remote;
-use crate::session::{ControlDir, NO_PTY_EXIT, Session, SshOptions, read_lines, write_ssh_config};
+use crate::session::{
+    ControlDir, NO_PTY_EXIT, Session, SshOptions, exit_code, read_lines, write_ssh_config,
+};
 
 /// Whether commands get a pseudo terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -453,15 +455,9 @@ impl HostTask<'_> {
                 }
             };
             tokio::join!(out, err);
-            match child.wait().await {
-                Ok(status) => match status.code() {
-                    Some(c) => CommandEnd::Exited(c),
-                    None => CommandEnd::Signalled,
-                },
-                Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    CommandEnd::Exited(127)
-                }
-                Err(openssh::Error::RemoteProcessTerminated) => CommandEnd::Signalled,
+            match exit_code(child.wait().await) {
+                Ok(Some(c)) => CommandEnd::Exited(c),
+                Ok(None) => CommandEnd::Signalled,
                 Err(e) => CommandEnd::Lost(error_chain(&e)),
             }
         };
@@ -636,23 +632,21 @@ fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String 
     }
 }
 
-/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir.
-/// Returns the archive and how long it took to arrive.
+/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir
+/// after ending the stream. Returns the archive and how long it took to arrive.
 async fn collect(
     session: &Session,
     base: &str,
     run_id: &str,
 ) -> Result<(Vec<u8>, Duration), String> {
-    let started = Instant::now();
     let out = session
         .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
         .await
         .map_err(|e| error_chain(&e))?;
-    let streamed = started.elapsed();
     if out.code != Some(0) {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    Ok((out.stdout, streamed))
+    Ok((out.stdout, out.stdout_done))
 }
 
 /// Removes a run dir whose run never started (best effort).

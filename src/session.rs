@@ -385,6 +385,7 @@ impl Session {
         input: &[u8],
     ) -> Result<ScriptOutput, openssh::Error> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let started = tokio::time::Instant::now();
         let mut child = self.spawn_script(script, name, args, &[]).await?;
         let mut stdin = child.stdin().take();
         let mut stdout = child.stdout().take();
@@ -402,7 +403,7 @@ impl Session {
             if let Some(r) = stdout.as_mut() {
                 let _ = r.read_to_end(&mut buf).await;
             }
-            buf
+            (buf, started.elapsed())
         };
         let read_err = async {
             let mut buf = Vec::new();
@@ -411,16 +412,12 @@ impl Session {
             }
             buf
         };
-        let ((), stdout, stderr) = tokio::join!(write, read_out, read_err);
-        let code = match child.wait().await {
-            Ok(status) => status.code(),
-            Err(openssh::Error::Remote(e)) if e.kind() == io::ErrorKind::NotFound => Some(127),
-            Err(openssh::Error::RemoteProcessTerminated) => None,
-            Err(e) => return Err(e),
-        };
+        let ((), (stdout, stdout_done), stderr) = tokio::join!(write, read_out, read_err);
+        let code = exit_code(child.wait().await)?;
         Ok(ScriptOutput {
             code,
             stdout,
+            stdout_done,
             stderr,
         })
     }
@@ -491,8 +488,24 @@ pub struct ScriptOutput {
     pub code: Option<i32>,
     /// Everything it wrote to stdout.
     pub stdout: Vec<u8>,
+    /// How long after it was started its stdout ended.
+    pub stdout_done: Duration,
     /// Everything it wrote to stderr.
     pub stderr: Vec<u8>,
+}
+
+/// A remote command's exit code from what the mux client reports: `None`
+/// when it was killed by a signal. openssh turns exit 127 into an error of
+/// its own; it is an exit code like any other here.
+pub fn exit_code(
+    waited: Result<std::process::ExitStatus, openssh::Error>,
+) -> Result<Option<i32>, openssh::Error> {
+    match waited {
+        Ok(status) => Ok(status.code()),
+        Err(openssh::Error::Remote(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Some(127)),
+        Err(openssh::Error::RemoteProcessTerminated) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Quotes `s` for a POSIX shell: one single-quoted word.

@@ -658,3 +658,31 @@ fn with_no_command_and_no_payload_the_builtin_collector_gathers_facts() {
         );
     }
 }
+
+#[test]
+fn collect_time_and_clean_time_are_measured_apart() {
+    let hosts = TestHosts::start(1);
+    let scratch = Scratch::new();
+    let (pl, res) = (scratch.path("pl"), scratch.path("res"));
+    make_payload(
+        &pl,
+        &[(
+            "run",
+            b"#!/bin/sh\ncd \"$PUSHRUN_OUT\" && seq 1 3000 | xargs touch\n",
+            true,
+        )],
+    );
+    let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = res.join("latest").join(hosts.addr(0)).join("out");
+    assert_eq!(std::fs::read_dir(out).unwrap().count(), 3000);
+    // Removing 3000 files takes time of its own: before collect.sh closed its
+    // streams ahead of the removal, it was counted as collect time and clean
+    // time always read 0.
+    let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
+    assert!(h["timings"]["clean_ms"].as_u64().unwrap() >= 1, "{h}");
+    assert_eq!(
+        on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")),
+        "0"
+    );
+}

@@ -29,6 +29,11 @@ out=$rundir/out
 
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
+    # the archive (or the error message) is complete: end our streams
+    # first, so that the initiator can tell the time spent sending from the
+    # time spent removing (sshd reports the end of output only once stdin,
+    # stdout and stderr are all closed)
+    exec 0<&- 1>&- 2>&-
     rm -rf "$rundir"
 }
 trap_cleanup
