@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # setup.sh: installs what the tests and the demo need on a Debian machine, when missing:
 # OpenSSH's server and client (the test hosts are real sshd processes on loopback),
-# util-linux (unshare, mount: each test host gets its own hostname and /tmp), procps and
-# busybox (the remote scripts are also tested with nothing but busybox's tools).
+# util-linux (unshare, mount: each test host gets its own hostname and /tmp), procps,
+# busybox (the remote scripts are also tested with nothing but busybox's tools) and sudo
+# (as root, every test host has its own /etc/sudoers and a test user whose sudo rights
+# vary by host, so that privilege escalation is tested against the real sudo).
 # Quiet and quick when everything is there; needs no stdin. Installing needs root.
 set -euo pipefail
 
@@ -16,6 +18,8 @@ if ! have mount; then missing+=(mount); fi
 if ! have ps; then missing+=(procps); fi
 # the remote scripts are tested under busybox sh with only busybox's tools too
 if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
+# the test hosts' sudo (loopback-hosts --sudo-nopasswd, --sudo-password, ...)
+if ! have sudo; then missing+=(sudo); fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -13,8 +13,9 @@ use thiserror::Error;
 
 use std::sync::Arc;
 
+use crate::auth::{self, Access, Become, Secret};
 use crate::fleet::{Job, PayloadJob, PtyMode, RunSpec};
-use crate::inventory::{Host, Inventory, InventoryError};
+use crate::inventory::{Host, Inventory, InventoryError, PtySetting};
 use crate::payload::Payload;
 use crate::report::OutputMode;
 use crate::session::{HostKeyChecking, Kex, SshOptions};
@@ -100,6 +101,11 @@ pub struct ConnectArgs {
     /// Host key policy. Default: what ssh_config says (never a prompt).
     #[arg(long, value_enum, value_name = "MODE")]
     pub host_key_checking: Option<HostKeyChecking>,
+    /// Ask for the login password once (on the terminal; without one, the
+    /// first line of stdin) and give it to every host that asks for one.
+    /// Per host: `password_env: VAR` in the inventory.
+    #[arg(long, short = 'k')]
+    pub ask_pass: bool,
 }
 
 /// Flags of `pushrun exec`.
@@ -127,9 +133,19 @@ pub struct ExecArgs {
     /// Do not keep the payload cached on the hosts: it lives in the run dir and goes with it.
     #[arg(long)]
     pub no_cache: bool,
-    /// Run with a pseudo terminal: `--pty` (fail where refused) or `--pty auto` (fall back).
-    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "yes", default_value = "no")]
-    pub pty: PtyMode,
+    /// Run with a pseudo terminal: `--pty` (fail where refused) or `--pty auto`
+    /// (fall back). A PTY merges stdout and stderr. With --become, `auto` also
+    /// lets sudo have the terminal it insists on (requiretty).
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "yes")]
+    pub pty: Option<PtyMode>,
+    /// Run the command or payload through sudo, as USER (default: the
+    /// inventory's `become_user`, else root). Per host: `become: true`.
+    #[arg(long = "become", value_name = "USER", num_args = 0..=1)]
+    pub become_: Option<Option<String>>,
+    /// Ask for sudo's password once (after --ask-pass's, if both); used
+    /// where sudo wants one. Per host: `become_password_env: VAR`.
+    #[arg(long, short = 'K')]
+    pub ask_become_pass: bool,
     /// Gather identical outputs under one folded host list (like clush -b / dshbak -c).
     #[arg(long, short = 'b', conflicts_with = "json")]
     pub gather: bool,
@@ -199,6 +215,14 @@ impl ConnectArgs {
         hosts
     }
 
+    /// Asks for the login password when told to.
+    fn login_password(&self) -> Result<Option<Arc<Secret>>, UsageError> {
+        if !self.ask_pass {
+            return Ok(None);
+        }
+        ask("SSH password: ", "--ask-pass").map(Some)
+    }
+
     fn check(&self) -> Result<SshOptions, UsageError> {
         if self.forks == 0 {
             return Err(UsageError::Flags("--forks must be at least 1".into()));
@@ -228,11 +252,97 @@ fn output_mode(gather: bool, json: bool) -> OutputMode {
     }
 }
 
+/// Reads a password for `flag`.
+fn ask(prompt: &str, flag: &str) -> Result<Arc<Secret>, UsageError> {
+    auth::read_secret(prompt)
+        .map(Arc::new)
+        .map_err(|e| UsageError::Flags(format!("{flag}: cannot read the password: {e}")))
+}
+
+/// A password from the initiator's environment, named by the inventory.
+fn password_from_env(
+    host: &Host,
+    key: &str,
+    var: &str,
+    seen: &mut std::collections::HashMap<String, Arc<Secret>>,
+) -> Result<Arc<Secret>, UsageError> {
+    if let Some(secret) = seen.get(var) {
+        return Ok(secret.clone());
+    }
+    match std::env::var(var) {
+        Ok(value) => {
+            // Not passed on to ssh or anything else pushrun starts.
+            // SAFETY: plans are made before any other thread is started.
+            unsafe { std::env::remove_var(var) };
+            let secret = Arc::new(Secret::new(value));
+            seen.insert(var.to_string(), secret.clone());
+            Ok(secret)
+        }
+        Err(_) => Err(UsageError::Flags(format!(
+            "host {}: {key} names {var}, which is not set in the environment",
+            host.name
+        ))),
+    }
+}
+
+/// Passwords and sudo for each host, from the inventory and the flags.
+fn access_for(
+    hosts: &[Host],
+    login: Option<Arc<Secret>>,
+    become_flag: Option<&Option<String>>,
+    become_password: Option<Arc<Secret>>,
+    pty_flag: Option<PtyMode>,
+) -> Result<Vec<Access>, UsageError> {
+    let mut access = Vec::with_capacity(hosts.len());
+    let mut seen = std::collections::HashMap::new();
+    for host in hosts {
+        let s = &host.settings;
+        let password = match &s.password_env {
+            Some(var) => Some(password_from_env(host, "password_env", var, &mut seen)?),
+            None => login.clone(),
+        };
+        let user = match become_flag {
+            Some(Some(user)) => Some(user.clone()),
+            Some(None) => Some(s.become_user.clone().unwrap_or_else(|| "root".into())),
+            None if s.become_ == Some(true) => {
+                Some(s.become_user.clone().unwrap_or_else(|| "root".into()))
+            }
+            None => None,
+        };
+        let become_ = match user {
+            Some(user) => Some(Become {
+                user,
+                password: match &s.become_password_env {
+                    Some(var) => Some(password_from_env(
+                        host,
+                        "become_password_env",
+                        var,
+                        &mut seen,
+                    )?),
+                    None => become_password.clone(),
+                },
+            }),
+            None => None,
+        };
+        let pty_auto = match pty_flag {
+            Some(mode) => mode != PtyMode::No,
+            None => matches!(s.pty, Some(PtySetting::Auto | PtySetting::Yes)),
+        };
+        access.push(Access {
+            password,
+            become_,
+            pty_auto,
+        });
+    }
+    Ok(access)
+}
+
 impl ExecArgs {
     /// Checks everything and builds the plan.
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
-        if self.pty != PtyMode::No && (self.payload.is_some() || self.command.is_empty()) {
+        let pty = self.pty.unwrap_or(PtyMode::No);
+        if pty != PtyMode::No && (self.payload.is_some() || self.command.is_empty()) {
             return Err(UsageError::Flags(
                 "--pty goes with a command, not a payload (payloads never need a terminal)".into(),
             ));
@@ -269,12 +379,46 @@ impl ExecArgs {
             }
         };
         let hosts = self.connect.apply(self.select.select()?);
+        if let (Job::Payload(_), Some(Some(user))) = (&job, &self.become_)
+            && user != "root"
+        {
+            return Err(UsageError::Flags(format!(
+                "--become {user} with a payload: payloads become root only (their files belong \
+                 to the login user; collecting them needs root's rights); commands may become anyone"
+            )));
+        }
+        let login = self.connect.login_password()?;
+        let become_password = if self.ask_become_pass {
+            Some(ask("sudo password: ", "--ask-become-pass")?)
+        } else {
+            None
+        };
+        let access = access_for(
+            &hosts,
+            login,
+            self.become_.as_ref(),
+            become_password,
+            self.pty,
+        )?;
+        if matches!(job, Job::Payload(_))
+            && let Some(h) = hosts
+                .iter()
+                .zip(&access)
+                .find_map(|(h, a)| a.become_.as_ref().filter(|b| b.user != "root").map(|_| h))
+        {
+            return Err(UsageError::Flags(format!(
+                "host {}: become_user with a payload: payloads become root only (their files \
+                 belong to the login user; collecting them needs root's rights)",
+                h.name
+            )));
+        }
         let spec = RunSpec {
             job,
             timeout: self.timeout,
-            pty: self.pty,
+            pty,
             ssh,
             forks: self.connect.forks,
+            access,
         };
         Ok(Plan {
             hosts,
@@ -291,12 +435,15 @@ impl CleanArgs {
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
         let hosts = self.connect.apply(self.select.select()?);
+        let login = self.connect.login_password()?;
+        let access = access_for(&hosts, login, None, None, None)?;
         let spec = RunSpec {
             job: Job::Clean,
             timeout: None,
             pty: PtyMode::No,
             ssh,
             forks: self.connect.forks,
+            access,
         };
         Ok(Plan {
             hosts,
@@ -367,14 +514,14 @@ mod tests {
         let Command::Exec(a) = cli.command else {
             panic!("not exec")
         };
-        assert_eq!(a.pty, PtyMode::Yes);
+        assert_eq!(a.pty, Some(PtyMode::Yes));
         let cli =
             Cli::try_parse_from(["pushrun", "exec", "-w", "a", "--pty", "auto", "--", "true"])
                 .unwrap();
         let Command::Exec(a) = cli.command else {
             panic!("not exec")
         };
-        assert_eq!(a.pty, PtyMode::Auto);
+        assert_eq!(a.pty, Some(PtyMode::Auto));
         assert_eq!(a.command, vec!["true".to_string()]);
     }
 }

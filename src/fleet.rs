@@ -13,12 +13,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::auth::{
+    Access, Become, SUDO_PROMPT, Secret, SudoCheck, SudoVia, parse_sudo_check, sudo_line,
+};
 use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timings};
 use crate::inventory::Host;
 use crate::payload::Payload;
 use crate::remote;
 use crate::session::{
-    ControlDir, NO_PTY_EXIT, Session, SshOptions, exit_code, read_lines, write_ssh_config,
+    ControlDir, LineSplitter, NO_PTY_EXIT, Session, SshOptions, exit_code, read_lines, remote_line,
+    write_ssh_config,
 };
 
 /// Whether commands get a pseudo terminal.
@@ -116,6 +120,15 @@ pub struct RunSpec {
     pub ssh: SshOptions,
     /// How many hosts at once.
     pub forks: usize,
+    /// Passwords and sudo, host by host (indexed like the hosts; missing
+    /// entries mean nothing special).
+    pub access: Vec<Access>,
+}
+
+impl RunSpec {
+    fn access(&self, id: HostId) -> Access {
+        self.access.get(id).cloned().unwrap_or_default()
+    }
 }
 
 /// How long a command gets to end after its stdin was closed.
@@ -192,8 +205,9 @@ async fn run_host(
 ) -> HostOutcome {
     let _ = events.send(Event::Connecting(id)).await;
     let started = Instant::now();
+    let access = spec.access(id);
     let connected = tokio::select! {
-        r = Session::connect(dir, config, id, host, &spec.ssh) => r,
+        r = Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()) => r,
         _ = cancelled(&mut cancel) => {
             return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
         }
@@ -207,12 +221,26 @@ async fn run_host(
         Err(e) => return HostOutcome::without_exit(Status::Unreachable, e.message, timings),
     };
     let _ = events.send(Event::Connected(id)).await;
+    let sudo = match (&access.become_, &spec.job) {
+        (Some(become_), Job::Command(_) | Job::Payload(_)) => {
+            match check_sudo(&session, host, become_).await {
+                Ok(how) => Some((become_.clone(), how)),
+                Err(why) => {
+                    session.close().await;
+                    return HostOutcome::without_exit(Status::Failed, why, timings);
+                }
+            }
+        }
+        _ => None,
+    };
     let mut task = HostTask {
         id,
         host,
         session: &session,
         events,
         cancel,
+        sudo,
+        pty_auto: access.pty_auto,
     };
     let outcome = match &spec.job {
         Job::Command(command) => task.run_command(command, spec, timings).await,
@@ -230,6 +258,49 @@ struct HostTask<'a> {
     session: &'a Session,
     events: &'a mpsc::Sender<Event>,
     cancel: watch::Receiver<bool>,
+    /// Whom to become and how sudo takes it, when the job goes through sudo.
+    sudo: Option<(Become, SudoCheck)>,
+    /// A PTY may be used where sudo insists on one.
+    pty_auto: bool,
+}
+
+/// Asks the host how sudo lets the login user become `become_.user`.
+async fn check_sudo(session: &Session, host: &Host, become_: &Become) -> Result<SudoCheck, String> {
+    let mode = if become_.password.is_some() {
+        "password"
+    } else {
+        "none"
+    };
+    let input = match &become_.password {
+        Some(p) => format!("{}\n", p.expose()).into_bytes(),
+        None => Vec::new(),
+    };
+    let out = session
+        .run_script(
+            remote::BECOME,
+            "pushrun-become",
+            &[&become_.user, mode],
+            &input,
+        )
+        .await
+        .map_err(|e| format!("connection lost: {}", error_chain(&e)))?;
+    let login = host.settings.user.as_deref().unwrap_or("");
+    match parse_sudo_check(&out.stdout, &out.stderr, login) {
+        SudoCheck::Refused(why) => Err(why),
+        how => Ok(how),
+    }
+}
+
+/// How a command line is to be started on a host.
+struct Launch {
+    /// The remote command line.
+    line: String,
+    /// Written to its stdin first (sudo's password for `sudo -S`).
+    stdin_first: Option<Vec<u8>>,
+    /// Through a PTY (sudo's requiretty).
+    pty: bool,
+    /// Answer sudo's prompt on the PTY with this.
+    answer: Option<Arc<Secret>>,
 }
 
 impl HostTask<'_> {
@@ -243,6 +314,62 @@ impl HostTask<'_> {
             .collect()
     }
 
+    /// How to start `script` on this host: through sudo when the job
+    /// becomes another user, through a PTY when asked (`pty`) or when sudo
+    /// insists on one (and `pty_ok`).
+    fn launch(
+        &self,
+        (script, name, args): (&str, &str, &[String]),
+        vars: &[(String, String)],
+        pty: bool,
+        pty_ok: bool,
+    ) -> Result<Launch, String> {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let inner = remote_line(script, name, &refs, vars);
+        let Some((become_, how)) = &self.sudo else {
+            return Ok(Launch {
+                line: inner,
+                stdin_first: None,
+                pty,
+                answer: None,
+            });
+        };
+        let needs_tty = *how == SudoCheck::NeedsTty;
+        if needs_tty && !pty_ok {
+            return Err(
+                "sudo requires a terminal on this host (Defaults requiretty): run with \
+                        --pty auto, or set pty: auto for the host in the inventory"
+                    .into(),
+            );
+        }
+        let pty = pty || needs_tty;
+        let password = become_.password.clone();
+        let via = match (how, pty) {
+            (SudoCheck::NoPassword, _) => SudoVia::Nothing,
+            (_, true) => SudoVia::Prompt,
+            (_, false) => SudoVia::Stdin,
+        };
+        // A payload's run under a PTY: the terminal must not echo the "stop" line.
+        let inner = if pty && script == remote::RUN {
+            format!("stty -echo 2>/dev/null; {inner}")
+        } else {
+            inner
+        };
+        Ok(Launch {
+            line: sudo_line(&inner, &become_.user, via),
+            stdin_first: match (via, &password) {
+                (SudoVia::Stdin, Some(p)) => Some(format!("{}\n", p.expose()).into_bytes()),
+                _ => None,
+            },
+            pty,
+            answer: if via == SudoVia::Prompt {
+                password
+            } else {
+                None
+            },
+        })
+    }
+
     async fn run_command(
         &mut self,
         command: &str,
@@ -252,24 +379,43 @@ impl HostTask<'_> {
         let vars = self.vars();
         let run_started = Instant::now();
         let mut notes = Vec::new();
-        let script = |c| (remote::EXEC, "pushrun-exec", vec![c]);
-        let mut result = match spec.pty {
-            PtyMode::No => {
-                self.run_streamed(script(command.to_string()), false, spec.timeout, &vars)
-                    .await
-            }
-            PtyMode::Yes | PtyMode::Auto => self.run_pty(command, spec, &vars).await,
+        let args = [command.to_string()];
+        let wants_pty = spec.pty != PtyMode::No;
+        let pty_ok = wants_pty || self.pty_auto;
+        let script = if wants_pty || matches!(self.sudo, Some((_, SudoCheck::NeedsTty))) {
+            (remote::PTY, "pushrun-pty", &args[..])
+        } else {
+            (remote::EXEC, "pushrun-exec", &args[..])
+        };
+        let mut result = match self.launch(script, &vars, wants_pty, pty_ok) {
+            Ok(launch) => self.run_launch(launch, false, spec.timeout).await,
+            Err(why) => CommandEnd::Refused(why),
         };
         if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
             notes.push("the server refused a PTY: ran without one".to_string());
-            result = self
-                .run_streamed(script(command.to_string()), false, spec.timeout, &vars)
-                .await;
+            let script = (remote::EXEC, "pushrun-exec", &args[..]);
+            result = match self.launch(script, &vars, false, false) {
+                Ok(launch) => self.run_launch(launch, false, spec.timeout).await,
+                Err(why) => CommandEnd::Refused(why),
+            };
         }
         timings.run = run_started.elapsed();
         let mut outcome = result.into_outcome(spec.timeout, timings);
         outcome.notes.extend(notes);
         outcome
+    }
+
+    async fn run_launch(
+        &mut self,
+        launch: Launch,
+        keep_on_timeout: bool,
+        timeout: Option<Duration>,
+    ) -> CommandEnd {
+        if launch.pty {
+            self.run_pty(launch, keep_on_timeout, timeout).await
+        } else {
+            self.run_streamed(launch, keep_on_timeout, timeout).await
+        }
     }
 
     /// Stage, run, collect, clean: a payload on one host.
@@ -341,9 +487,18 @@ impl HostTask<'_> {
         args.extend(job.args.iter().cloned());
         let timeout = spec.timeout.or(job.payload.timeout());
         let run_started = Instant::now();
-        let end = self
-            .run_streamed((remote::RUN, "pushrun-run", args), true, timeout, &env)
-            .await;
+        let end = match self.launch(
+            (remote::RUN, "pushrun-run", &args),
+            &env,
+            false,
+            self.pty_auto,
+        ) {
+            Ok(launch) => self.run_launch(launch, true, timeout).await,
+            Err(why) => {
+                clean_run_dir(session, &base, &job.run_id).await;
+                CommandEnd::Refused(why)
+            }
+        };
         timings.run = run_started.elapsed();
 
         // After a cancel or a lost connection the run dir is gone already
@@ -425,22 +580,25 @@ impl HostTask<'_> {
         }
     }
 
-    /// Runs a remote script with its output streamed as events, stopping it
-    /// on timeout or cancellation by closing its stdin.
+    /// Runs a remote command line with its output streamed as events,
+    /// stopping it on timeout or cancellation by closing its stdin.
     async fn run_streamed(
         &mut self,
-        (script, name, args): (&str, &str, Vec<String>),
+        launch: Launch,
         keep_on_timeout: bool,
         timeout: Option<Duration>,
-        vars: &[(String, String)],
     ) -> CommandEnd {
         let (id, session, events) = (self.id, self.session, self.events);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = match session.spawn_script(script, name, &args, vars).await {
+        let mut child = match session.spawn_line(launch.line).await {
             Ok(c) => c,
             Err(e) => return CommandEnd::Lost(error_chain(&e)),
         };
-        let stdin = child.stdin().take();
+        let mut stdin = child.stdin().take();
+        if let (Some(first), Some(w)) = (&launch.stdin_first, stdin.as_mut()) {
+            use tokio::io::AsyncWriteExt;
+            let _ = w.write_all(first).await;
+            let _ = w.flush().await;
+        }
         let stdout = child.stdout().take();
         let stderr = child.stderr().take();
         let work = async move {
@@ -478,62 +636,223 @@ impl HostTask<'_> {
         supervise(work, stop, timeout, &mut self.cancel).await
     }
 
+    /// Runs a remote command line on a PTY (`ssh -tt` through the master):
+    /// stdout and stderr arrive merged. Answers sudo's prompt when asked to.
     async fn run_pty(
         &mut self,
-        command: &str,
-        spec: &RunSpec,
-        vars: &[(String, String)],
+        launch: Launch,
+        keep_on_timeout: bool,
+        timeout: Option<Duration>,
     ) -> CommandEnd {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (id, session, events) = (self.id, self.session, self.events);
-        let mut child = match session.spawn_pty(command, vars) {
+        let mut child = match session.spawn_pty_line(launch.line) {
             Ok(c) => c,
             Err(e) => return CommandEnd::Lost(format!("cannot start ssh: {e}")),
         };
-        let _stdin = child.stdin.take();
+        let stdin = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let pid = child.id();
+        let answer = launch.answer;
+        let input = stdin.clone();
         let work = async move {
+            // The terminal's output, with sudo's prompt answered and taken out.
             let out = async {
-                if let Some(r) = stdout {
-                    let _ = read_lines(r, true, id, Stream::Stdout, events).await;
+                let mut r = stdout?;
+                let mut lines = LineSplitter::new(id, Stream::Stdout, true, events);
+                let mut prompt = PromptScan::new(answer.is_some());
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    let n = match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let (pass, action) = prompt.feed(&buf[..n]);
+                    match action {
+                        PromptAction::Answer => {
+                            if let (Some(secret), Some(w)) = (&answer, input.lock().await.as_mut())
+                            {
+                                let _ = w
+                                    .write_all(format!("{}\n", secret.expose()).as_bytes())
+                                    .await;
+                                let _ = w.flush().await;
+                            }
+                        }
+                        PromptAction::Refused(why) => {
+                            if let Some(pid) = pid {
+                                // SAFETY: kill(2) on our own ssh child.
+                                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                            }
+                            return Some(why);
+                        }
+                        PromptAction::None => {}
+                    }
+                    lines.push(&pass).await;
                 }
+                lines.finish().await;
+                None
             };
-            // Only our wrapper and ssh itself write here: the remote command's
-            // stderr goes to the terminal, which arrives on stdout.
+            // Only our wrapper, sudo without a terminal and ssh itself write
+            // here: the remote command's stderr goes to the terminal.
             let err = async {
                 let mut text = Vec::new();
                 if let Some(mut r) = stderr {
-                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut text).await;
+                    let _ = r.read_to_end(&mut text).await;
                 }
                 text
             };
-            let ((), err_text) = tokio::join!(out, err);
-            match child.wait().await {
+            let (refused, err_text) = tokio::join!(out, err);
+            let err_text = String::from_utf8_lossy(&err_text).trim().to_string();
+            let status = child.wait().await;
+            if let Some(why) = refused {
+                return CommandEnd::Refused(why);
+            }
+            match status {
                 Ok(status) => match status.code() {
-                    Some(NO_PTY_EXIT)
-                        if String::from_utf8_lossy(&err_text).contains("no pseudo terminal") =>
-                    {
+                    Some(NO_PTY_EXIT) if err_text.contains("no pseudo terminal") => {
                         CommandEnd::NoPty
                     }
-                    Some(255) => {
-                        CommandEnd::Lost(String::from_utf8_lossy(&err_text).trim().to_string())
-                    }
+                    Some(_) if err_text.contains("must have a tty") => CommandEnd::Refused(
+                        "sudo requires a terminal on this host (requiretty), and the server \
+                         refuses one (PermitTTY no)"
+                            .into(),
+                    ),
+                    Some(255) => CommandEnd::Lost(err_text),
                     Some(c) => CommandEnd::Exited(c),
                     None => CommandEnd::Signalled,
                 },
                 Err(e) => CommandEnd::Lost(e.to_string()),
             }
         };
-        let stop = |_: &CommandEnd| {
-            if let Some(pid) = pid {
-                // SAFETY: kill(2) on our own ssh child; the master then closes the
-                // channel and sshd hangs up the remote terminal.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let stop = move |why: &CommandEnd| {
+            let keep = keep_on_timeout && matches!(why, CommandEnd::TimedOut);
+            async move {
+                if keep {
+                    // run.sh reads "stop" from the terminal: end the run, keep its dir
+                    if let Some(w) = stdin.lock().await.as_mut() {
+                        let _ = w.write_all(b"stop\n").await;
+                        let _ = w.flush().await;
+                    }
+                    return;
+                }
+                if let Some(pid) = pid {
+                    // SAFETY: kill(2) on our own ssh child; the master then closes the
+                    // channel and sshd hangs up the remote terminal.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
             }
-            std::future::ready(())
         };
-        supervise(work, stop, spec.timeout, &mut self.cancel).await
+        supervise(work, stop, timeout, &mut self.cancel).await
+    }
+}
+
+/// What to do about sudo's prompt on a terminal.
+enum PromptAction {
+    None,
+    Answer,
+    Refused(String),
+}
+
+/// Watches a terminal's output for [`SUDO_PROMPT`]: sudo prints it first,
+/// before anything of the command; it is answered once and taken out (with
+/// the newline sudo sends after the password). A second prompt means the
+/// password was wrong; a prompt with nothing to answer, that one is needed.
+struct PromptScan {
+    state: ScanState,
+    head: Vec<u8>,
+}
+
+#[derive(PartialEq)]
+enum ScanState {
+    /// Still reading what may be the prompt.
+    Start { have_answer: bool },
+    /// Answered: drop the newline that follows.
+    Answered,
+    /// Then sudo's verdict on the password, or the command's first output.
+    Verdict,
+    /// Everything passes.
+    Pass,
+}
+
+impl PromptScan {
+    fn new(have_answer: bool) -> PromptScan {
+        PromptScan {
+            state: ScanState::Start { have_answer },
+            head: Vec::new(),
+        }
+    }
+
+    /// Takes output bytes; returns those to show, and what to do.
+    fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, PromptAction) {
+        let prompt = SUDO_PROMPT.as_bytes();
+        match self.state {
+            ScanState::Pass => (bytes.to_vec(), PromptAction::None),
+            ScanState::Start { have_answer } => {
+                self.head.extend_from_slice(bytes);
+                let n = self.head.len().min(prompt.len());
+                if self.head[..n] != prompt[..n] {
+                    self.state = ScanState::Pass;
+                    return (std::mem::take(&mut self.head), PromptAction::None);
+                }
+                if self.head.len() < prompt.len() {
+                    return (Vec::new(), PromptAction::None);
+                }
+                if !have_answer {
+                    self.state = ScanState::Pass;
+                    return (
+                        Vec::new(),
+                        PromptAction::Refused(
+                            "sudo: a password is required (give become_password_env in the \
+                             inventory, or --ask-become-pass)"
+                                .into(),
+                        ),
+                    );
+                }
+                self.state = ScanState::Answered;
+                let rest = self.head.split_off(prompt.len());
+                self.head.clear();
+                let (pass, _) = self.feed(&rest);
+                (pass, PromptAction::Answer)
+            }
+            ScanState::Answered => {
+                self.head.extend_from_slice(bytes);
+                // sudo's newline after the password (the terminal makes it \r\n)
+                for nl in [&b"\r\n"[..], b"\n"] {
+                    if self.head.starts_with(nl) {
+                        self.state = ScanState::Verdict;
+                        let rest = self.head.split_off(nl.len());
+                        self.head.clear();
+                        return self.feed(&rest);
+                    }
+                }
+                if self.head.len() < 2 && self.head.first().is_none_or(|&b| b == b'\r') {
+                    return (Vec::new(), PromptAction::None);
+                }
+                self.state = ScanState::Verdict;
+                let rest = std::mem::take(&mut self.head);
+                self.feed(&rest)
+            }
+            ScanState::Verdict => {
+                // "Sorry, try again." (and the prompt again) or the command's output
+                const SORRY: &[u8] = b"Sorry, try again.";
+                self.head.extend_from_slice(bytes);
+                let n = self.head.len().min(SORRY.len());
+                if self.head[..n] != SORRY[..n] {
+                    self.state = ScanState::Pass;
+                    return (std::mem::take(&mut self.head), PromptAction::None);
+                }
+                if self.head.len() < SORRY.len() {
+                    return (Vec::new(), PromptAction::None);
+                }
+                self.state = ScanState::Pass;
+                self.head.clear();
+                (
+                    Vec::new(),
+                    PromptAction::Refused("sudo: incorrect sudo password".into()),
+                )
+            }
+        }
     }
 }
 
@@ -661,6 +980,8 @@ enum CommandEnd {
     TimedOut,
     Cancelled,
     NoPty,
+    /// The command could not run as asked (sudo's refusals); why.
+    Refused(String),
     Lost(String),
 }
 
@@ -680,6 +1001,7 @@ impl CommandEnd {
                 None,
                 Some("the server refused a PTY (PermitTTY no?): run without --pty, or with --pty auto".to_string()),
             ),
+            CommandEnd::Refused(why) => (Status::Failed, None, Some(why)),
             CommandEnd::Lost(why) => (Status::Unreachable, None, Some(format!("connection lost: {why}"))),
         };
         HostOutcome {

@@ -48,6 +48,29 @@ pub struct HostSettings {
     pub remote_tmp: Option<String>,
     /// Environment variables for remote commands.
     pub vars: BTreeMap<String, String>,
+    /// The initiator's environment variable holding this host's login password.
+    pub password_env: Option<String>,
+    /// Run commands and payloads through sudo.
+    pub become_: Option<bool>,
+    /// Whom sudo runs them as (root when unset).
+    pub become_user: Option<String>,
+    /// The initiator's environment variable holding the sudo password.
+    pub become_password_env: Option<String>,
+    /// PTY policy for this host: `yes`, `no` or `auto`.
+    pub pty: Option<PtySetting>,
+    /// A jump host, `[user@]host[:port]` (ssh's ProxyJump).
+    pub jump: Option<String>,
+}
+
+/// A host's `pty:` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PtySetting {
+    /// Never a PTY.
+    No,
+    /// Always a PTY.
+    Yes,
+    /// A PTY where needed (sudo's requiretty) and allowed.
+    Auto,
 }
 
 impl HostSettings {
@@ -64,6 +87,12 @@ impl HostSettings {
         take(&mut self.port, &over.port);
         take(&mut self.identity_file, &over.identity_file);
         take(&mut self.remote_tmp, &over.remote_tmp);
+        take(&mut self.password_env, &over.password_env);
+        take(&mut self.become_, &over.become_);
+        take(&mut self.become_user, &over.become_user);
+        take(&mut self.become_password_env, &over.become_password_env);
+        take(&mut self.pty, &over.pty);
+        take(&mut self.jump, &over.jump);
         self.ssh_options
             .splice(0..0, over.ssh_options.iter().cloned());
         self.vars
@@ -948,6 +977,12 @@ const SETTING_KEYS: &[&str] = &[
     "ssh_options",
     "remote_tmp",
     "vars",
+    "password_env",
+    "become",
+    "become_user",
+    "become_password_env",
+    "pty",
+    "jump",
 ];
 /// Keys of a group.
 const GROUP_KEYS: &[&str] = &[
@@ -959,6 +994,12 @@ const GROUP_KEYS: &[&str] = &[
     "ssh_options",
     "remote_tmp",
     "vars",
+    "password_env",
+    "become",
+    "become_user",
+    "become_password_env",
+    "pty",
+    "jump",
 ];
 
 /// The whole document.
@@ -1298,12 +1339,23 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                         Ok(Some(address.to_owned()))
                     }))?;
                 }
-                "user" => {
-                    s.user = map.next_value_seed(scalar(ctx, key, |text| {
+                "user" | "become_user" | "password_env" | "become_password_env" => {
+                    let check: fn(&str) -> Result<(), Problem> = if key.ends_with("user") {
+                        check_user
+                    } else {
+                        check_env_name
+                    };
+                    let value = map.next_value_seed(scalar(ctx, key, |text| {
                         non_null(text)
-                            .map(|user| check_user(user).map(|()| user.to_owned()))
+                            .map(|name| check(name).map(|()| name.to_owned()))
                             .transpose()
                     }))?;
+                    *match key {
+                        "user" => &mut s.user,
+                        "become_user" => &mut s.become_user,
+                        "password_env" => &mut s.password_env,
+                        _ => &mut s.become_password_env,
+                    } = value;
                 }
                 "port" => {
                     s.port = map.next_value_seed(scalar(ctx, key, |text| {
@@ -1341,6 +1393,30 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                     })?;
                 }
                 "vars" => s.vars = map.next_value_seed(VarsSeed(ctx))?,
+                "become" => {
+                    s.become_ = map.next_value_seed(scalar(ctx, key, |text| {
+                        non_null(text).map(parse_bool).transpose()
+                    }))?;
+                }
+                "pty" => {
+                    s.pty = map.next_value_seed(scalar(ctx, key, |text| {
+                        non_null(text)
+                            .map(|mode| match mode {
+                                "auto" => Ok(PtySetting::Auto),
+                                _ => parse_bool(mode)
+                                    .map(|on| if on { PtySetting::Yes } else { PtySetting::No })
+                                    .map_err(|_| {
+                                        format!("pty must be yes, no or auto (got {mode:?})").into()
+                                    }),
+                            })
+                            .transpose()
+                    }))?;
+                }
+                "jump" => {
+                    s.jump = map.next_value_seed(scalar(ctx, key, |text| {
+                        non_null(text).map(check_jump).transpose()
+                    }))?;
+                }
                 "members" => {
                     let Owner::Group { index: group, .. } = self.owner else {
                         unreachable!("members is a group key only");
@@ -1364,6 +1440,60 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
         }
         Ok(raw)
     }
+}
+
+/// YAML's booleans, as the words people write.
+fn parse_bool(text: &str) -> Result<bool, Problem> {
+    match text {
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Ok(true),
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Ok(false),
+        _ => Err(format!("expected true or false, got {text:?}").into()),
+    }
+}
+
+/// An environment variable's name.
+fn check_env_name(name: &str) -> Result<(), Problem> {
+    let mut chars = name.chars();
+    let good = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if good {
+        Ok(())
+    } else {
+        Err(format!("bad environment variable name {name:?}").into())
+    }
+}
+
+/// `[user@]host[:port]`, as ssh's ProxyJump takes it (a comma list chains hops).
+fn check_jump(text: &str) -> Result<String, Problem> {
+    for hop in text.split(',') {
+        let (user, rest) = match hop.split_once('@') {
+            Some((user, rest)) => (Some(user), rest),
+            None => (None, hop),
+        };
+        if let Some(user) = user {
+            check_user(user)?;
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (rest, None),
+        };
+        let bad = || {
+            Problem::new(format!(
+                "bad jump host {hop:?} (expected [user@]host[:port])"
+            ))
+        };
+        if host.is_empty() || host.starts_with('-') || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        if let Some(port) = port
+            && !port.parse::<u16>().is_ok_and(|p| p > 0)
+        {
+            return Err(bad());
+        }
+    }
+    Ok(text.to_owned())
 }
 
 /// `~/x` → `$HOME/x`; left alone when `$HOME` is unknown.
@@ -1506,7 +1636,7 @@ fn is_env_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const SETTINGS_LIST: &str = "address, user, port, identity_file, ssh_options, remote_tmp, vars";
+    const SETTINGS_LIST: &str = "address, user, port, identity_file, ssh_options, remote_tmp, vars, password_env, become, become_user, become_password_env, pty, jump";
 
     fn parse(lines: &[&str]) -> Inventory {
         Inventory::parse(&lines.join("\n"), "hosts.yaml").unwrap_or_else(|e| panic!("{e}"))

@@ -6,6 +6,7 @@
 //! tasks send [`events`], and [`report`] alone writes what the user sees.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
+pub mod auth;
 pub mod cli;
 pub mod events;
 pub mod fleet;

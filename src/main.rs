@@ -14,6 +14,10 @@ use pushrun::session::{ControlDir, HostKeyChecking};
 use pushrun::{fleet, hostlist};
 
 fn main() -> ExitCode {
+    // Started by ssh as its askpass program: answer and go.
+    if let Some(code) = pushrun::auth::askpass_main() {
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Exec(args) => run(args.plan()),

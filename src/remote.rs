@@ -10,6 +10,8 @@
 pub const EXEC: &str = include_str!("remote/exec.sh");
 /// Runs a plain command only if the session has a terminal.
 pub const PTY: &str = include_str!("remote/pty.sh");
+/// Checks how sudo lets the login user become another (`--become`).
+pub const BECOME: &str = include_str!("remote/become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
 pub const CHECK: &str = concat!(
     include_str!("remote/lib.sh"),

@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 
+use crate::auth::{self, Secret};
 use crate::events::{Event, HostId, Stream};
 use crate::inventory::Host;
 use tokio::sync::mpsc;
@@ -73,8 +74,10 @@ pub enum ConnectFailure {
     TimedOut,
     /// The server refused our credentials.
     Authentication,
-    /// The host key is unknown (under strict checking) or has changed.
+    /// The host key is unknown (under strict checking).
     HostKey,
+    /// The host key differs from the one in known_hosts.
+    HostKeyChanged,
     /// The name does not resolve.
     Resolve,
     /// Anything else ssh reported.
@@ -240,9 +243,11 @@ impl Session {
         slot: usize,
         host: &Host,
         opts: &SshOptions,
+        password: Option<&Secret>,
     ) -> Result<Session, ConnectError> {
         let ctl = dir.path().join(slot.to_string());
         let log = dir.path().join(format!("{slot}.log"));
+        let pass_file = dir.path().join(format!("{slot}.pass"));
         let destination = host.address().to_string();
         let mut cmd = Command::new("ssh");
         cmd.arg("-M")
@@ -251,39 +256,29 @@ impl Session {
             .arg(&ctl)
             .arg("-E")
             .arg(&log);
-        // The host's own options first: for ssh the first value given wins.
-        for opt in &host.settings.ssh_options {
-            cmd.arg("-o").arg(opt);
+        cmd.args(host_args(host, config_file, opts));
+        if let Some(password) = password {
+            // ssh asks pushrun itself (askpass mode), which reads the 0600
+            // file in our private directory: the password is never on a
+            // command line nor in an environment. One try per ssh process.
+            let exe = std::env::current_exe().map_err(|e| {
+                ConnectError::new(
+                    ConnectFailure::Other,
+                    format!("cannot find pushrun itself: {e}"),
+                )
+            })?;
+            auth::remove_askpass_file(&pass_file);
+            auth::write_askpass_file(&pass_file, password).map_err(|e| {
+                ConnectError::new(
+                    ConnectFailure::Other,
+                    format!("cannot write the password file: {e}"),
+                )
+            })?;
+            cmd.env("SSH_ASKPASS", exe)
+                .env("SSH_ASKPASS_REQUIRE", "force")
+                .env(auth::ASKPASS_ENV, &pass_file)
+                .args(["-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1"]);
         }
-        if let Some(user) = &host.settings.user {
-            cmd.arg("-l").arg(user);
-        }
-        if let Some(port) = host.settings.port {
-            cmd.arg("-p").arg(port.to_string());
-        }
-        if let Some(key) = &host.settings.identity_file {
-            cmd.arg("-i").arg(key).arg("-o").arg("IdentitiesOnly=yes");
-        }
-        cmd.arg("-F").arg(config_file);
-        match opts.host_key_checking {
-            Some(HostKeyChecking::Strict) => {
-                cmd.arg("-o").arg("StrictHostKeyChecking=yes");
-            }
-            Some(HostKeyChecking::AcceptNew) => {
-                cmd.arg("-o").arg("StrictHostKeyChecking=accept-new");
-            }
-            Some(HostKeyChecking::Off) => {
-                cmd.args([
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                ]);
-                cmd.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
-            }
-            None => {}
-        }
-        let secs = opts.connect_timeout.as_secs().max(1);
         cmd.args(["-o", "BatchMode=yes", "-o", "ControlPersist=no"])
             .args([
                 "-o",
@@ -291,8 +286,6 @@ impl Session {
                 "-o",
                 "ServerAliveCountMax=3",
             ])
-            .arg("-o")
-            .arg(format!("ConnectTimeout={secs}"))
             .arg("--")
             .arg(&destination);
         cmd.stdin(Stdio::null())
@@ -306,9 +299,48 @@ impl Session {
                 Ok(())
             });
         }
-        let mut master = cmd.spawn().map_err(|e| {
-            ConnectError::new(ConnectFailure::Other, format!("cannot start ssh: {e}"))
-        })?;
+        let spawned = cmd.spawn();
+        let result = match spawned {
+            Ok(master) => {
+                Self::finish_connect(master, ctl, log, destination, config_file, opts).await
+            }
+            Err(e) => Err(ConnectError::new(
+                ConnectFailure::Other,
+                format!("cannot start ssh: {e}"),
+            )),
+        };
+        if password.is_some() {
+            auth::remove_askpass_file(&pass_file);
+        }
+        match result {
+            Err(e) if e.kind == ConnectFailure::HostKey => {
+                Err(unknown_key_error(host, config_file, opts).await)
+            }
+            // ssh_config may say StrictHostKeyChecking=no: ssh then logs in
+            // despite a changed key. pushrun refuses anyway.
+            Ok(session) if session.log_says("REMOTE HOST IDENTIFICATION HAS CHANGED") => {
+                let text = std::fs::read_to_string(&session.log).unwrap_or_default();
+                session.close().await;
+                Err(changed_key_error(&text))
+            }
+            other => other,
+        }
+    }
+
+    fn log_says(&self, what: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(what))
+    }
+
+    /// Waits for the master to log in (its control socket appears) or fail.
+    async fn finish_connect(
+        mut master: Child,
+        ctl: PathBuf,
+        log: PathBuf,
+        destination: String,
+        config_file: &Path,
+        opts: &SshOptions,
+    ) -> Result<Session, ConnectError> {
+        let secs = opts.connect_timeout.as_secs().max(1);
 
         // The master creates its control socket only once authenticated.
         // ConnectTimeout bounds TCP connect and the banner; the margin bounds
@@ -366,8 +398,16 @@ impl Session {
         args: &[&str],
         vars: &[(String, String)],
     ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
+        self.spawn_line(remote_line(script, name, args, vars)).await
+    }
+
+    /// Starts a remote command line (see [`remote_line`]) with all three streams piped.
+    pub async fn spawn_line(
+        &self,
+        line: String,
+    ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
         self.mux
-            .raw_command(remote_line(script, name, args, vars))
+            .raw_command(line)
             .stdin(openssh::Stdio::piped())
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped())
@@ -428,7 +468,16 @@ impl Session {
     /// terminal. If the server refuses the PTY the command does not run and
     /// the child exits [`NO_PTY_EXIT`].
     pub fn spawn_pty(&self, command: &str, vars: &[(String, String)]) -> io::Result<Child> {
-        let remote = remote_line(crate::remote::PTY, "pushrun-pty", &[command], vars);
+        self.spawn_pty_line(remote_line(
+            crate::remote::PTY,
+            "pushrun-pty",
+            &[command],
+            vars,
+        ))
+    }
+
+    /// Starts a remote command line (see [`remote_line`]) with a PTY.
+    pub fn spawn_pty_line(&self, remote: String) -> io::Result<Child> {
         let mut cmd = Command::new("ssh");
         cmd.arg("-S").arg(&self.ctl).args([
             "-tt",
@@ -465,10 +514,51 @@ impl Session {
     }
 }
 
+/// The ssh arguments for `host` (everything but the mode and the
+/// destination): its own options first, since for ssh the first value
+/// given wins, then the run's.
+fn host_args(host: &Host, config_file: &Path, opts: &SshOptions) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut o = |k: &str, v: String| {
+        args.push(k.into());
+        args.push(v.into());
+    };
+    for opt in &host.settings.ssh_options {
+        o("-o", opt.clone());
+    }
+    if let Some(user) = &host.settings.user {
+        o("-l", user.clone());
+    }
+    if let Some(port) = host.settings.port {
+        o("-p", port.to_string());
+    }
+    if let Some(key) = &host.settings.identity_file {
+        o("-i", key.display().to_string());
+        o("-o", "IdentitiesOnly=yes".into());
+    }
+    if let Some(jump) = &host.settings.jump {
+        o("-o", format!("ProxyJump={jump}"));
+    }
+    o("-F", config_file.display().to_string());
+    match opts.host_key_checking {
+        Some(HostKeyChecking::Strict) => o("-o", "StrictHostKeyChecking=yes".into()),
+        Some(HostKeyChecking::AcceptNew) => o("-o", "StrictHostKeyChecking=accept-new".into()),
+        Some(HostKeyChecking::Off) => {
+            o("-o", "StrictHostKeyChecking=no".into());
+            o("-o", "UserKnownHostsFile=/dev/null".into());
+            o("-o", "GlobalKnownHostsFile=/dev/null".into());
+        }
+        None => {}
+    }
+    let secs = opts.connect_timeout.as_secs().max(1);
+    o("-o", format!("ConnectTimeout={secs}"));
+    args
+}
+
 /// The remote command line: exports, then `exec sh -c SCRIPT NAME ARGS...`.
 ///
 /// `exec` makes the script the session's process group leader (see exec.sh).
-fn remote_line(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> String {
+pub fn remote_line(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> String {
     let mut s = String::new();
     for (k, v) in vars {
         s.push_str(&format!("export {k}={}; ", sh_quote(v)));
@@ -532,14 +622,12 @@ fn classify_ssh_failure(log: &str) -> ConnectError {
     } else if all.contains("timed out") {
         (TimedOut, "connection timed out".to_string())
     } else if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-        (
-            HostKey,
-            "host key has changed (possible man-in-the-middle): ssh refused to connect".to_string(),
-        )
+        return changed_key_error(log);
     } else if all.contains("Host key verification failed") {
         (
             HostKey,
-            "host key verification failed: unknown host key (try --host-key-checking accept-new)"
+            "unknown host key, and host key checking is strict: if it is the host's, \
+             run with --host-key-checking accept-new"
                 .to_string(),
         )
     } else if all.contains("Permission denied") || all.contains("Too many authentication failures")
@@ -553,11 +641,147 @@ fn classify_ssh_failure(log: &str) -> ConnectError {
     ConnectError::new(kind, message)
 }
 
-/// Reads `reader` to its end, sending one [`Event::Output`] per line.
+/// A changed host key, with ssh's warning: the key it got and where the
+/// one it expected is.
+fn changed_key_error(log: &str) -> ConnectError {
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    let got = lines
+        .iter()
+        .position(|l| l.starts_with("The fingerprint for the"))
+        .and_then(|i| {
+            let kind = lines[i]
+                .strip_prefix("The fingerprint for the ")
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("");
+            lines.get(i + 1).map(|f| format!("{kind} {f}"))
+        });
+    let offending = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Offending "))
+        .map(|l| l.to_string());
+    let mut message = String::from(
+        "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED (someone may be intercepting the \
+         connection, or the host was reinstalled): refused",
+    );
+    if let Some(got) = got {
+        message.push_str(&format!("; key sent: {got}"));
+    }
+    if let Some(offending) = offending {
+        message.push_str(&format!("; expected: {offending}"));
+    }
+    message.push_str("; if the change is expected, remove the old key (ssh-keygen -R)");
+    ConnectError::new(ConnectFailure::HostKeyChanged, message)
+}
+
+/// An unknown host key under strict checking, with the key's fingerprint:
+/// ssh only shows it when debugging, so connect once more that way (the
+/// same options, so the same route) and read it from there.
+async fn unknown_key_error(host: &Host, config_file: &Path, opts: &SshOptions) -> ConnectError {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-o", "LogLevel=DEBUG1", "-o", "BatchMode=yes"])
+        .args(host_args(host, config_file, opts))
+        .arg("-N")
+        .arg("--")
+        .arg(host.address());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let limit = opts.connect_timeout + Duration::from_secs(5);
+    let text = match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stderr).into_owned(),
+        _ => String::new(),
+    };
+    let key = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("debug1: Server host key: "))
+        .map(|k| k.trim().to_string());
+    let message = match key {
+        Some(key) => format!(
+            "unknown host key {key}, and host key checking is strict: if that is the \
+             host's key, run with --host-key-checking accept-new (or add it to known_hosts)"
+        ),
+        None => "unknown host key, and host key checking is strict: if it is the host's, \
+                 run with --host-key-checking accept-new"
+            .to_string(),
+    };
+    ConnectError::new(ConnectFailure::HostKey, message)
+}
+
+/// Cuts a byte stream into [`Event::Output`] lines.
 ///
 /// Lines longer than 64 KiB are passed on in pieces (`complete` false), as
 /// is a last line without a newline. With `strip_cr`, a `\r` before the
 /// newline is dropped (a PTY sends `\r\n`).
+pub struct LineSplitter<'a> {
+    host: HostId,
+    stream: Stream,
+    strip_cr: bool,
+    events: &'a mpsc::Sender<Event>,
+    pending: Vec<u8>,
+}
+
+impl<'a> LineSplitter<'a> {
+    const MAX_PIECE: usize = 64 * 1024;
+
+    /// A splitter sending `host`'s `stream` lines on `events`.
+    pub fn new(
+        host: HostId,
+        stream: Stream,
+        strip_cr: bool,
+        events: &'a mpsc::Sender<Event>,
+    ) -> Self {
+        LineSplitter {
+            host,
+            stream,
+            strip_cr,
+            events,
+            pending: Vec::new(),
+        }
+    }
+
+    async fn emit(&self, line: Vec<u8>, complete: bool) {
+        let _ = self
+            .events
+            .send(Event::Output {
+                host: self.host,
+                stream: self.stream,
+                line,
+                complete,
+            })
+            .await;
+    }
+
+    /// Takes the next bytes, sending every line they complete.
+    pub async fn push(&mut self, mut chunk: &[u8]) {
+        while let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
+            self.pending.extend_from_slice(&chunk[..pos]);
+            if self.strip_cr && self.pending.last() == Some(&b'\r') {
+                self.pending.pop();
+            }
+            let line = std::mem::take(&mut self.pending);
+            self.emit(line, true).await;
+            chunk = &chunk[pos + 1..];
+        }
+        self.pending.extend_from_slice(chunk);
+        while self.pending.len() >= Self::MAX_PIECE {
+            let rest = self.pending.split_off(Self::MAX_PIECE);
+            let piece = std::mem::replace(&mut self.pending, rest);
+            self.emit(piece, false).await;
+        }
+    }
+
+    /// The end of the stream: sends a last line without a newline.
+    pub async fn finish(mut self) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.emit(rest, false).await;
+        }
+    }
+}
+
+/// Reads `reader` to its end, sending one [`Event::Output`] per line (see
+/// [`LineSplitter`]).
 pub async fn read_lines<R>(
     mut reader: R,
     strip_cr: bool,
@@ -568,43 +792,17 @@ pub async fn read_lines<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let emit = async |line: Vec<u8>, complete: bool| {
-        let _ = events
-            .send(Event::Output {
-                host,
-                stream,
-                line,
-                complete,
-            })
-            .await;
-    };
     use tokio::io::AsyncReadExt;
-    const MAX_PIECE: usize = 64 * 1024;
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(host, stream, strip_cr, events);
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        let mut chunk = &buf[..n];
-        while let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
-            pending.extend_from_slice(&chunk[..pos]);
-            if strip_cr && pending.last() == Some(&b'\r') {
-                pending.pop();
-            }
-            emit(std::mem::take(&mut pending), true).await;
-            chunk = &chunk[pos + 1..];
-        }
-        pending.extend_from_slice(chunk);
-        while pending.len() >= MAX_PIECE {
-            let rest = pending.split_off(MAX_PIECE);
-            emit(std::mem::replace(&mut pending, rest), false).await;
-        }
+        lines.push(&buf[..n]).await;
     }
-    if !pending.is_empty() {
-        emit(pending, false).await;
-    }
+    lines.finish().await;
     Ok(())
 }
 
@@ -640,6 +838,21 @@ mod tests {
                 "No ED25519 host key is known for x and you have requested strict checking.\nHost key verification failed.\n"
             ),
             ConnectFailure::HostKey
+        );
+        let changed = classify_ssh_failure(
+            "@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+             The fingerprint for the ED25519 key sent by the remote host is\n\
+             SHA256:abc.\nOffending ED25519 key in /k/known_hosts:3\n\
+             Host key verification failed.\n",
+        );
+        assert_eq!(changed.kind, ConnectFailure::HostKeyChanged);
+        assert!(
+            changed.message.contains("key sent: ED25519 SHA256:abc.")
+                && changed
+                    .message
+                    .contains("expected: ED25519 key in /k/known_hosts:3"),
+            "{}",
+            changed.message
         );
         assert_eq!(
             c(

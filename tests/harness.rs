@@ -3,10 +3,12 @@
 
 mod common;
 
-use common::{BlackHole, HOST_PORT, HostOpts, TestHosts, is_root, pid_alive, unused_addr};
-use std::io::{ErrorKind, Read};
+use common::{BlackHole, HOST_PORT, HostOpts, Sudo, TestHosts, is_root, pid_alive, unused_addr};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn text(b: &[u8]) -> String {
@@ -97,10 +99,12 @@ fn each_host_has_its_own_tmp_when_root() {
         "probe-{}",
         hosts.dir().file_name().unwrap().to_string_lossy()
     );
-    let out = hosts.ssh(0, &format!("echo from-0 > /tmp/{probe} && ls -A /tmp"));
+    // (besides the test user's home)
+    let ls = "ls -A /tmp | grep -vx home-pushrun-test";
+    let out = hosts.ssh(0, &format!("echo from-0 > /tmp/{probe} && {ls}"));
     assert_ok(&out, "write on host 0");
     assert_eq!(text(&out.stdout), format!("{probe}\n"));
-    let out = hosts.ssh(1, &format!("ls -A /tmp; test -e /tmp/{probe}; echo $?"));
+    let out = hosts.ssh(1, &format!("{ls}; test -e /tmp/{probe}; echo $?"));
     assert_ok(&out, "look on host 1");
     assert_eq!(text(&out.stdout), "1\n", "host 1's /tmp must be empty");
     // seen from outside
@@ -391,4 +395,356 @@ fn fleet_stops_when_its_owner_dies_without_dropping_it() {
         stopped,
         "the fleet outlived its owner; watchdog {watchdog:?}: {watchdog_stat:?}"
     );
+}
+
+fn skip_unless_users() -> bool {
+    if TestHosts::can_test_users() {
+        return false;
+    }
+    eprintln!("skipped: the test user and the hosts' own sudoers need root and sudo");
+    true
+}
+
+/// `ssh` to host i as the test user with a password and no key: an SSH_ASKPASS script
+/// that prints `password` answers ssh's one password prompt.
+fn ssh_with_password(hosts: &TestHosts, i: usize, password: &str, cmd: &str) -> Output {
+    let scratch = tempfile::tempdir().unwrap();
+    let askpass = scratch.path().join("askpass");
+    std::fs::write(
+        &askpass,
+        format!("#!/bin/sh\nprintf '%s\\n' '{password}'\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Command::new("ssh")
+        .arg("-F")
+        .arg(hosts.ssh_config())
+        .args(["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no"])
+        .args(["-o", "NumberOfPasswordPrompts=1", "-l", &hosts.test_user()])
+        .arg(hosts.addr(i))
+        .arg(cmd)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh")
+}
+
+/// As `TestHosts::ssh_with`, logged in as the test user (with the fleet's key).
+fn ssh_as_user(hosts: &TestHosts, i: usize, opts: &[&str], cmd: &str) -> Output {
+    let user = hosts.test_user();
+    let mut all = vec!["-l", user.as_str()];
+    all.extend_from_slice(opts);
+    hosts.ssh_with(i, &all, cmd)
+}
+
+#[test]
+fn every_host_has_the_test_user_when_root() {
+    if !is_root() {
+        eprintln!("skipped: the test user needs root");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts::default(),
+        HostOpts {
+            small_tmp: true,
+            ..Default::default()
+        },
+    ]);
+    assert_eq!(hosts.test_user(), "pushrun-test");
+    assert_eq!(hosts.test_password(), "pushrun-pass");
+    let uid = hosts.fleet_env("TEST_UID");
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u >= 4242),
+        "TEST_UID={uid}"
+    );
+    for i in 0..2 {
+        let out = ssh_as_user(
+            &hosts,
+            i,
+            &[],
+            "id -u; id -g; id -un; echo $HOME; pwd; hostname; \
+             getent passwd pushrun-test | cut -d: -f7; \
+             stat -c '%a %u' $HOME $HOME/.ssh $HOME/.ssh/authorized_keys",
+        );
+        assert_ok(&out, &format!("test user's key login on host {i}"));
+        assert_eq!(
+            text(&out.stdout),
+            format!(
+                "{uid}\n{uid}\npushrun-test\n/tmp/home-pushrun-test\n/tmp/home-pushrun-test\n\
+                 {}\n/bin/sh\n700 {uid}\n700 {uid}\n600 {uid}\n",
+                hosts.hostname(i)
+            ),
+            "host {i}"
+        );
+        assert_eq!(text(&out.stderr), "", "host {i} stderr");
+        // root still logs in as before, and sees the same user
+        let out = hosts.ssh(i, "id -un; getent passwd pushrun-test | cut -d: -f3,6");
+        assert_ok(&out, &format!("root on host {i}"));
+        assert_eq!(
+            text(&out.stdout),
+            format!("root\n{uid}:/tmp/home-pushrun-test\n")
+        );
+    }
+    // the home of the bind-mounted /tmp is seen from outside; the machine has no such user
+    assert_eq!(
+        std::fs::metadata(hosts.tmp_dir(0).join("home-pushrun-test"))
+            .unwrap()
+            .uid()
+            .to_string(),
+        uid
+    );
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd.contains("loopback-hosts test user"),
+        "the machine's /etc/passwd was changed"
+    );
+    let shadow = std::fs::read_to_string("/etc/shadow").unwrap();
+    assert!(
+        !shadow.contains("$loopbackhosts$"),
+        "the machine's /etc/shadow was changed"
+    );
+}
+
+#[test]
+fn password_only_host_refuses_keys_and_takes_the_password() {
+    if !is_root() {
+        eprintln!("skipped: password logins need root");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            password_only: true,
+            ..Default::default()
+        },
+        HostOpts::default(),
+    ]);
+    let password = hosts.test_password();
+    // host 0: no key works, neither root's nor the test user's
+    let out = hosts.ssh(0, "true");
+    assert!(!out.status.success(), "root's key login must be refused");
+    assert!(
+        text(&out.stderr).contains("Permission denied (password)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ssh_as_user(&hosts, 0, &[], "true");
+    assert!(
+        !out.status.success(),
+        "the test user's key login must be refused"
+    );
+    assert!(
+        text(&out.stderr).contains("Permission denied (password)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // the password does, a wrong one doesn't
+    let out = ssh_with_password(&hosts, 0, &password, "id -un; hostname");
+    assert_ok(&out, "password login on host 0");
+    assert_eq!(
+        text(&out.stdout),
+        format!("pushrun-test\n{}\n", hosts.hostname(0))
+    );
+    let out = ssh_with_password(&hosts, 0, "not-the-password", "id -un");
+    assert!(!out.status.success(), "a wrong password must be refused");
+    assert_eq!(text(&out.stdout), "");
+    // host 1 takes keys and no passwords
+    let out = ssh_with_password(&hosts, 1, &password, "id -un");
+    assert!(!out.status.success(), "host 1 must refuse passwords");
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ssh_as_user(&hosts, 1, &[], "id -un");
+    assert_ok(&out, "key login on host 1");
+    assert_eq!(text(&out.stdout), "pushrun-test\n");
+}
+
+#[test]
+fn sudo_rights_follow_the_host_flags() {
+    if skip_unless_users() {
+        return;
+    }
+    let sudo = |s| HostOpts {
+        sudo: s,
+        ..Default::default()
+    };
+    let hosts = TestHosts::start_with(&[
+        sudo(Sudo::NoPasswd),
+        sudo(Sudo::Password),
+        sudo(Sudo::RequireTty),
+        sudo(Sudo::None),
+    ]);
+    let pw = hosts.test_password();
+    let with_pw = format!("echo {pw} | sudo -S -p '' id -un");
+    // each host's own sudoers, as sudo wants it
+    for i in 0..4 {
+        let meta = std::fs::metadata(hosts.dir().join(format!("h{i}/sudoers"))).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o440), "host {i}");
+    }
+
+    // NOPASSWD: no password, and no complaint (e.g. "unable to resolve host")
+    let out = ssh_as_user(&hosts, 0, &[], "sudo -n id -un");
+    assert_ok(&out, "sudo -n on the NOPASSWD host");
+    assert_eq!(text(&out.stdout), "root\n");
+    assert_eq!(text(&out.stderr), "");
+
+    // a password is required, and taken on stdin; a wrong one is refused
+    let out = ssh_as_user(&hosts, 1, &[], "sudo -n true");
+    assert!(
+        !out.status.success(),
+        "sudo -n must fail on the password host"
+    );
+    assert_eq!(text(&out.stderr), "sudo: a password is required\n");
+    let out = ssh_as_user(&hosts, 1, &[], &with_pw);
+    assert_ok(&out, "sudo -S on the password host");
+    assert_eq!(text(&out.stdout), "root\n");
+    assert_eq!(text(&out.stderr), "");
+    let out = ssh_as_user(&hosts, 1, &[], "echo wrong | sudo -S -p '' id -un");
+    assert!(!out.status.success(), "a wrong password must be refused");
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("sudo: 1 incorrect password attempt"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // requiretty: nothing works without a tty
+    for cmd in ["sudo -n true", with_pw.as_str()] {
+        let out = ssh_as_user(&hosts, 2, &[], cmd);
+        assert!(!out.status.success(), "{cmd} without a tty must fail");
+        assert_eq!(
+            text(&out.stderr),
+            "sudo: sorry, you must have a tty to run sudo\n",
+            "{cmd}"
+        );
+    }
+
+    // not in the sudoers file (sudo takes the password before it says so)
+    let out = ssh_as_user(&hosts, 3, &[], &with_pw);
+    assert!(
+        !out.status.success(),
+        "the test user may not sudo on host 3"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "pushrun-test is not in the sudoers file.\n"
+    );
+    let out = ssh_as_user(&hosts, 3, &[], "sudo -n true");
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr), "sudo: a password is required\n");
+
+    // root may sudo everywhere
+    for i in 0..4 {
+        let out = hosts.ssh(i, "sudo -n id -un");
+        assert_ok(&out, &format!("root's sudo on host {i}"));
+        assert_eq!(text(&out.stdout), "root\n");
+        assert_eq!(text(&out.stderr), "", "host {i}");
+    }
+}
+
+#[test]
+fn requiretty_sudo_prompts_on_a_tty() {
+    if skip_unless_users() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[HostOpts {
+        sudo: Sudo::RequireTty,
+        ..Default::default()
+    }]);
+    let with_pw = format!("echo {} | sudo -S -p '' true", hosts.test_password());
+    let out = ssh_as_user(&hosts, 0, &[], &with_pw);
+    assert!(!out.status.success(), "sudo without a tty must fail");
+    assert_eq!(
+        text(&out.stderr),
+        "sudo: sorry, you must have a tty to run sudo\n"
+    );
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(hosts.ssh_config())
+        .args(["-tt", "-l", &hosts.test_user()])
+        .arg(hosts.addr(0))
+        .arg("sudo -p 'PROMPT:' id -un")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ssh -tt");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut answered = false;
+    let mut stdin = child.stdin.take().unwrap();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("ssh -tt sudo hangs; output so far: {:?}", text(&seen));
+            }
+        }
+        // the password only once the prompt is there (sudo has turned echo off then)
+        if !answered && text(&seen).contains("PROMPT:") {
+            stdin
+                .write_all(format!("{}\n", hosts.test_password()).as_bytes())
+                .unwrap();
+            answered = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(answered, "sudo never prompted: {:?} {stderr}", text(&seen));
+    assert!(status.success(), "{status}: {:?} {stderr}", text(&seen));
+    // the tty turns \n into \r\n; the password is not echoed
+    assert_eq!(text(&seen), "PROMPT:\r\nroot\r\n");
+}
+
+#[test]
+fn debug_log_shows_a_jump_through_the_host() {
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            debug_log: true,
+            ..Default::default()
+        },
+        HostOpts::default(),
+    ]);
+    let target = format!("target {} port {HOST_PORT}", hosts.addr(1));
+    let out = hosts.ssh(1, "hostname");
+    assert_ok(&out, "direct ssh to host 1");
+    assert!(!hosts.log(0).contains(&target), "{}", hosts.log(0));
+    // through host 0
+    let out = hosts.ssh_with(1, &["-J", &hosts.addr(0)], "hostname");
+    assert_ok(&out, "ssh -J host 0 host 1");
+    assert_eq!(text(&out.stdout), format!("{}\n", hosts.hostname(1)));
+    let log = hosts.log(0);
+    assert!(
+        log.lines().any(
+            |l| l.starts_with("debug1: server_request_direct_tcpip: originator ")
+                && l.ends_with(&target)
+        ),
+        "host 0's log shows no direct-tcpip channel to host 1:\n{log}"
+    );
+    // host 1 logs at the usual level: no debug lines
+    assert!(!hosts.log(1).contains("debug1:"), "{}", hosts.log(1));
 }

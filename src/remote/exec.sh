@@ -10,6 +10,13 @@
 # initiator, the connection dropping, the initiator being killed), the
 # watcher below signals the whole group: TERM, then KILL after a grace period.
 pg=$$
+# under sudo the group may be sudo's own: take it from /proc when there is one
+if read -r st 2>/dev/null </proc/$$/stat; then
+    st=${st##*) }
+    st=${st#* }
+    st=${st#* }
+    pg=${st%% *}
+fi
 exec 3<&0
 (
     trap '' TERM

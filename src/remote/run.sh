@@ -52,7 +52,22 @@ esac
 rundir=$base/runs/$run_id
 cd "$rundir" 2>/dev/null || die "no run directory $rundir"
 
+# Run as root through sudo (--become): hand the run dir back to the login
+# user, who collects and removes it.
+give_back() {
+    if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ] && [ "$(id -u)" = 0 ]; then
+        chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$rundir" 2>/dev/null
+    fi
+}
+
 pg=$$
+# under sudo the group may be sudo's own: take it from /proc when there is one
+if read -r st 2>/dev/null </proc/$$/stat; then
+    st=${st##*) }
+    st=${st#* }
+    st=${st#* }
+    pg=${st%% *}
+fi
 exec 3<&0
 (
     trap '' TERM HUP
@@ -107,6 +122,7 @@ exec 3<&0
         # ends this watcher too
         sleep 2
         if [ -n "$keep" ]; then
+            give_back
             rm -f "$rundir/.stopping"
         else
             rm -rf "$rundir"
@@ -127,6 +143,7 @@ exec 3<&0
         nap
     done
     if [ -n "$keep" ]; then
+        give_back
         rm -f "$rundir/.stopping"
     else
         rm -rf "$rundir"
@@ -143,4 +160,5 @@ export PUSHRUN_OUT PUSHRUN_HOST PUSHRUN_RUN_ID PUSHRUN_PAYLOAD
 "$payload/$entry" "$@" </dev/null
 rc=$?
 kill -KILL "$watcher" 2>/dev/null
+give_back
 exit "$rc"

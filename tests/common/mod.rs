@@ -35,6 +35,36 @@ pub struct HostOpts {
     pub no_forwarding: bool,
     /// The host's /tmp is a 2 MiB tmpfs (only when root; ignored otherwise).
     pub small_tmp: bool,
+    /// sshd refuses public keys and takes passwords (`PubkeyAuthentication no`,
+    /// `PasswordAuthentication yes`): only the test user can log in, with
+    /// `TestHosts::test_password()` (only when root; ignored otherwise).
+    pub password_only: bool,
+    /// What sudo lets the test user do on this host (only when root and sudo is
+    /// installed: see `TestHosts::can_test_users()`; ignored otherwise).
+    pub sudo: Sudo,
+    /// sshd logs at `LogLevel DEBUG1` into `TestHosts::log(i)` (e.g. a jump host logs
+    /// `server_request_direct_tcpip: originator 127.0.0.1 port 65535, target ADDR port
+    /// 2022` for each connection it forwards). Works as any user.
+    pub debug_log: bool,
+}
+
+/// The test user's sudo rights on one host. Every host has its own `/etc/sudoers` with
+/// `root ALL=(ALL:ALL) ALL` and, for the test user, what this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sudo {
+    /// Not in the sudoers file: `sudo -S` says "pushrun-test is not in the sudoers
+    /// file." (after taking the password; `sudo -n` says "sudo: a password is required").
+    #[default]
+    None,
+    /// `NOPASSWD: ALL`: `sudo -n` works.
+    NoPasswd,
+    /// `ALL`: sudo wants the test user's password (`sudo -n`: "sudo: a password is
+    /// required"; `sudo -S` takes it from stdin).
+    Password,
+    /// `ALL` and `Defaults:pushrun-test requiretty`: without a tty sudo says "sudo:
+    /// sorry, you must have a tty to run sudo"; with one (`ssh -tt`) it prompts for the
+    /// password.
+    RequireTty,
 }
 
 /// A fleet of real sshd hosts on loopback, one per entry, in a fresh temp directory.
@@ -77,6 +107,11 @@ impl TestHosts {
             ("--pty-denied", list(|o| o.pty_denied)),
             ("--no-forwarding", list(|o| o.no_forwarding)),
             ("--small-tmp", list(|o| o.small_tmp)),
+            ("--password-only", list(|o| o.password_only)),
+            ("--debug-log", list(|o| o.debug_log)),
+            ("--sudo-nopasswd", list(|o| o.sudo == Sudo::NoPasswd)),
+            ("--sudo-password", list(|o| o.sudo == Sudo::Password)),
+            ("--sudo-requiretty", list(|o| o.sudo == Sudo::RequireTty)),
         ] {
             if !hosts.is_empty() {
                 cmd.arg(flag).arg(hosts);
@@ -149,6 +184,7 @@ impl TestHosts {
 
     /// Host i's /tmp as seen from outside. It is that host's own /tmp only when root
     /// (and not for a `small_tmp` host, whose /tmp is a tmpfs inside its namespace).
+    /// When root it holds the test user's home, `home-pushrun-test`.
     pub fn tmp_dir(&self, i: usize) -> PathBuf {
         self.dir().join(format!("h{i}")).join("tmp")
     }
@@ -185,6 +221,54 @@ impl TestHosts {
             .stdin(Stdio::null())
             .output()
             .expect("run ssh")
+    }
+
+    /// Whether the hosts have a test user and their own sudoers, i.e. whether
+    /// `test_user()`, `password_only` and `sudo` work: only when the tests run as root
+    /// and sudo is installed (scripts/setup.sh installs it). Tests of those skip with a
+    /// message otherwise.
+    pub fn can_test_users() -> bool {
+        is_root() && in_path("sudo")
+    }
+
+    /// The test user every host has when root (`pushrun-test`): shell /bin/sh, home
+    /// /tmp/home-pushrun-test, logs in with the fleet's key (e.g. `ssh_with(i, &["-l",
+    /// &user], cmd)`) or, on a `password_only` host, with `test_password()`. Panics when
+    /// there is none (not root).
+    pub fn test_user(&self) -> String {
+        self.fleet_env_nonempty("TEST_USER")
+    }
+
+    /// The test user's password (`pushrun-pass`), for its logins and for sudo.
+    pub fn test_password(&self) -> String {
+        self.fleet_env_nonempty("TEST_PASSWORD")
+    }
+
+    /// The text of host i's sshd log (start-up errors, and everything a `debug_log`
+    /// host logs).
+    pub fn log(&self, i: usize) -> String {
+        assert!(i < self.len(), "no host {i}");
+        let path = self.dir().join(format!("h{i}")).join("log");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A value from the fleet's `fleet.env` (empty if absent).
+    pub fn fleet_env(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(self.dir().join("fleet.env")).expect("read fleet.env");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn fleet_env_nonempty(&self, key: &str) -> String {
+        let v = self.fleet_env(key);
+        assert!(
+            !v.is_empty(),
+            "the hosts have no test user ({key} is empty): that needs root"
+        );
+        v
     }
 
     /// Write a custom inventory (or any file) into the fleet's directory.
@@ -339,6 +423,16 @@ impl Drop for BlackHole {
     }
 }
 
+/// Whether an executable `name` is on PATH (as the script's `command -v` sees it).
+fn in_path(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| {
+        std::fs::metadata(d.join(name))
+            .map(|m| m.is_file() && m.mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
 /// Whether this process runs as root (then each test host has its own hostname and /tmp).
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
@@ -396,6 +490,18 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             x as u8
+        })
+        .collect()
+}
+
+/// The lines of `host` in pushrun's default output (`host : text`), without the prefix.
+pub fn lines_of<'a>(stdout: &'a str, host: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once(": ")
+                .filter(|(h, _)| h.trim_end() == host)
+                .map(|(_, t)| t)
         })
         .collect()
 }

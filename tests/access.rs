@@ -1,0 +1,623 @@
+//! Real fleets: passwords, sudo, requiretty, PTY-refusing servers, jump
+//! hosts and host keys, each against an sshd configured that way.
+//!
+//! The test user, password logins and sudoers need root (each test host
+//! then has its own /etc/passwd, /etc/shadow and /etc/sudoers); as another
+//! user these tests say so and pass without running.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{HostOpts, Sudo, TestHosts, pushrun, wait_until};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The stdout lines of `host`, without the prefix.
+    fn lines_of(&self, host: &str) -> Vec<&str> {
+        common::lines_of(&self.stdout, host)
+    }
+}
+
+/// `pushrun exec --hosts INVENTORY ARGS`, with `input` on its stdin.
+fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str], input: &str) -> Run {
+    let child = start(hosts, inventory, args, &[], input);
+    let out = child.wait_with_output().expect("wait for pushrun");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn start(
+    hosts: &TestHosts,
+    inventory: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: &str,
+) -> Child {
+    let mut child = pushrun()
+        .arg("exec")
+        .arg("--hosts")
+        .arg(inventory)
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pushrun");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    child
+}
+
+fn skip() -> bool {
+    if TestHosts::can_test_users() {
+        return false;
+    }
+    eprintln!("skipped: needs root and sudo (each test host gets its own users and sudoers)");
+    true
+}
+
+/// A payload whose entry point `run` is `script`, and a results dir for it.
+fn payload(hosts: &TestHosts, script: &str) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = hosts.dir().join("pl");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("run"), script).unwrap();
+    std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let results = hosts.dir().join("results");
+    (dir.display().to_string(), results.display().to_string())
+}
+
+/// An inventory of hosts `name: address` logging in as the test user, each with `extra` lines.
+fn inventory(
+    hosts: &TestHosts,
+    file: &str,
+    entries: &[(&str, usize, &[&str])],
+) -> std::path::PathBuf {
+    let mut text = format!("defaults:\n  user: {}\nhosts:\n", hosts.test_user());
+    for (name, i, extra) in entries {
+        text.push_str(&format!("  {name}:\n    address: {}\n", hosts.addr(*i)));
+        for line in *extra {
+            text.push_str(&format!("    {line}\n"));
+        }
+    }
+    hosts.write_yaml(file, &text)
+}
+
+/// Every process on this machine (initiator and hosts alike: the test
+/// hosts are namespaces of it) whose arguments or environment hold `secret`,
+/// except `except`.
+fn processes_holding(secret: &str, except: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        if pid == except || pid == std::process::id() {
+            continue;
+        }
+        for what in ["cmdline", "environ"] {
+            let Ok(bytes) = std::fs::read(entry.path().join(what)) else {
+                continue;
+            };
+            if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                found.push(format!("{pid} ({what}): {cmd}"));
+            }
+        }
+    }
+    found
+}
+
+/// Watches every process while `child` runs; returns what it saw and the run.
+fn watch_for_secret(child: Child, secret: &str, except: u32) -> (Vec<String>, Run) {
+    let mut seen = Vec::new();
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut samples = 0;
+    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        seen.extend(processes_holding(secret, except));
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        samples >= 5,
+        "the run was too short to watch ({samples} samples)"
+    );
+    let out = child.wait_with_output().expect("wait for pushrun");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (seen, run)
+}
+
+#[test]
+fn a_password_only_host_logs_in_and_no_process_ever_holds_the_password() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[HostOpts {
+        password_only: true,
+        ..HostOpts::default()
+    }]);
+    let password = hosts.test_password();
+    // the key is refused there: ssh itself says so
+    let by_key = hosts.ssh_with(0, &["-l", &hosts.test_user()], "true");
+    assert!(
+        !by_key.status.success(),
+        "the key was accepted on a password-only host"
+    );
+
+    // --ask-pass, the password on stdin (no terminal here)
+    let inv = inventory(&hosts, "pw.yaml", &[("pw", 0, &[])]);
+    let child = start(
+        &hosts,
+        &inv,
+        &["--ask-pass", "--", "sleep 1.5; id -un"],
+        &[],
+        &format!("{password}\n"),
+    );
+    let (seen, run) = watch_for_secret(child, &password, 0);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.lines_of("pw"), [hosts.test_user()], "{}", run.all());
+    assert!(seen.is_empty(), "processes held the password: {seen:#?}");
+
+    // password_env: only pushrun itself has the variable (the user put it
+    // there); neither ssh nor anything on the host gets it
+    let inv = inventory(
+        &hosts,
+        "pwenv.yaml",
+        &[("pw", 0, &["password_env: PUSHRUN_TEST_PW"])],
+    );
+    let child = start(
+        &hosts,
+        &inv,
+        &["--", "sleep 1.5; id -un"],
+        &[("PUSHRUN_TEST_PW", &password)],
+        "",
+    );
+    let pid = child.id();
+    let (seen, run) = watch_for_secret(child, &password, pid);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(seen.is_empty(), "processes held the password: {seen:#?}");
+    assert!(!run.all().contains(&password), "{}", run.all());
+}
+
+#[test]
+fn a_wrong_password_fails_that_host_once_without_retries() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            password_only: true,
+            // sshd logs each failed password
+            debug_log: true,
+            ..HostOpts::default()
+        },
+        HostOpts::default(),
+    ]);
+    let inv = inventory(
+        &hosts,
+        "pw.yaml",
+        &[
+            ("locked", 0, &["password_env: PUSHRUN_TEST_PW"]),
+            ("keyed", 1, &[]),
+        ],
+    );
+    let child = start(
+        &hosts,
+        &inv,
+        &["--", "id -un"],
+        &[("PUSHRUN_TEST_PW", "not-the-password")],
+        "",
+    );
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim_end(),
+        format!("keyed : {}", hosts.test_user()),
+        "{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("unreachable: locked"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("authentication failed"), "{line}");
+    let tries = hosts.log(0).matches("Failed password").count();
+    assert_eq!(
+        tries,
+        1,
+        "sshd saw {tries} password attempts:\n{}",
+        hosts.log(0)
+    );
+}
+
+#[test]
+fn sudo_without_a_password_runs_commands_and_payloads_as_root() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            sudo: Sudo::NoPasswd,
+            ..HostOpts::default()
+        },
+        // a hardened server: no PTY ever; payloads and commands need none
+        HostOpts {
+            sudo: Sudo::NoPasswd,
+            pty_denied: true,
+            ..HostOpts::default()
+        },
+    ]);
+    let inv = inventory(&hosts, "np.yaml", &[("np", 0, &[]), ("nopty", 1, &[])]);
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--become", "--", "id -un; echo $SUDO_USER"],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let user = hosts.test_user();
+    for h in ["np", "nopty"] {
+        assert_eq!(run.lines_of(h), ["root", user.as_str()], "{}", run.all());
+    }
+
+    // a payload through sudo: it runs as root, its files come back, nothing stays behind
+    let (payload, results) = payload(&hosts, "#!/bin/sh\nid -u > \"$PUSHRUN_OUT/uid\"\nid -un\n");
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--become", "--payload", &payload, "--results", &results],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    for h in ["np", "nopty"] {
+        let uid =
+            std::fs::read_to_string(Path::new(&results).join("latest").join(h).join("out/uid"))
+                .unwrap();
+        assert_eq!(uid, "0\n");
+    }
+    for i in 0..2 {
+        let left = hosts.ssh_with(i, &["-l", &user], &format!("ls /tmp/.pushrun-{user}/runs"));
+        assert_eq!(
+            String::from_utf8_lossy(&left.stdout),
+            "",
+            "run dirs left on host {i}"
+        );
+    }
+
+    // --pty on the server that refuses PTYs fails fast, and says why
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--limit", "nopty", "--become", "--pty", "--", "id -un"],
+        "",
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("refused a PTY"), "{}", run.all());
+}
+
+#[test]
+fn sudo_with_a_password_takes_it_on_stdin_and_never_shows_it() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            sudo: Sudo::Password,
+            ..HostOpts::default()
+        },
+        // not in the sudoers file
+        HostOpts::default(),
+    ]);
+    let password = hosts.test_password();
+    let inv = inventory(&hosts, "sp.yaml", &[("sp", 0, &[]), ("nosudo", 1, &[])]);
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--become", "--ask-become-pass", "--", "id -un"],
+        &format!("{password}\n"),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(run.lines_of("sp"), ["root"], "{}", run.all());
+    assert!(!run.all().contains(&password), "{}", run.all());
+    assert!(
+        run.stderr.contains("failed: nosudo: sudo:")
+            && run.stderr.contains("is not in the sudoers file"),
+        "{}",
+        run.all()
+    );
+
+    // none given: sudo's refusal, named
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--limit", "sp", "--become", "--", "id -un"],
+        "",
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("sp: sudo: a password is required"),
+        "{}",
+        run.all()
+    );
+    // a wrong one
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--limit", "sp", "--become", "-K", "--", "id -un"],
+        "wrong\n",
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("sp: sudo: incorrect sudo password"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
+fn requiretty_is_named_and_pty_auto_answers_the_prompt() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            sudo: Sudo::RequireTty,
+            ..HostOpts::default()
+        },
+        HostOpts {
+            sudo: Sudo::RequireTty,
+            pty_denied: true,
+            ..HostOpts::default()
+        },
+    ]);
+    let password = hosts.test_password();
+    let inv = inventory(
+        &hosts,
+        "tty.yaml",
+        &[
+            ("tty", 0, &["become: true"]),
+            ("notty", 1, &["become: true"]),
+        ],
+    );
+    let input = format!("{password}\n");
+    let run = exec(&hosts, &inv, &["-K", "--", "id -un"], &input);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("tty: sudo requires a terminal on this host (Defaults requiretty)"),
+        "{}",
+        run.all()
+    );
+
+    let run = exec(
+        &hosts,
+        &inv,
+        &["-K", "--pty", "auto", "--", "id -un; echo on-stderr >&2"],
+        &input,
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    // a PTY merges stderr into stdout; the prompt and the password are gone
+    assert_eq!(run.lines_of("tty"), ["root", "on-stderr"], "{}", run.all());
+    assert!(
+        !run.all().contains(&password) && !run.all().contains("pushrun-sudo"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains(
+            "notty: sudo requires a terminal on this host (requiretty), and the server refuses one"
+        ),
+        "{}",
+        run.all()
+    );
+
+    // pty: auto in the inventory does the same, for a payload too
+    let inv = inventory(
+        &hosts,
+        "tty2.yaml",
+        &[("tty", 0, &["become: true", "pty: auto"])],
+    );
+    let (payload, results) = payload(
+        &hosts,
+        "#!/bin/sh\nid -un > \"$PUSHRUN_OUT/who\"\necho done\n",
+    );
+    let run = exec(
+        &hosts,
+        &inv,
+        &["-K", "--payload", &payload, "--results", &results],
+        &input,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.lines_of("tty"), ["done"], "{}", run.all());
+    let who = std::fs::read_to_string(Path::new(&results).join("latest/tty/out/who")).unwrap();
+    assert_eq!(who, "root\n");
+}
+
+#[test]
+fn a_jump_host_carries_the_connection() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            debug_log: true,
+            ..HostOpts::default()
+        },
+        HostOpts::default(),
+    ]);
+    let text = format!(
+        "hosts:\n  inner:\n    address: {}\n    jump: {}\n",
+        hosts.addr(1),
+        hosts.addr(0)
+    );
+    let inv = hosts.write_yaml("jump.yaml", &text);
+    let run = exec(&hosts, &inv, &["--", "hostname"], "");
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.lines_of("inner"), [hosts.hostname(1)], "{}", run.all());
+    // the jump host's sshd opened the channel to the target
+    let wanted = format!("target {} port", hosts.addr(1));
+    wait_until(Duration::from_secs(5), "the jump host's log", || {
+        hosts.log(0).contains(&wanted)
+    });
+    assert!(hosts.log(0).contains("direct-tcpip"), "{}", hosts.log(0));
+
+    // a bad jump value is an inventory error, with its line
+    let bad = hosts.write_yaml("badjump.yaml", "hosts:\n  x:\n    jump: 'a b'\n");
+    let run = exec(&hosts, &bad, &["--", "true"], "");
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("badjump.yaml:3: bad jump host"),
+        "{}",
+        run.all()
+    );
+}
+
+/// The fleet's ssh_config with another known_hosts file.
+fn config_with_known_hosts(
+    hosts: &TestHosts,
+    name: &str,
+    known: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let kh = hosts.dir().join(format!("{name}.known_hosts"));
+    std::fs::write(&kh, known).unwrap();
+    let cfg = std::fs::read_to_string(hosts.ssh_config()).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("UserKnownHostsFile") {
+                format!("  UserKnownHostsFile {}\n{extra}", kh.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = hosts.dir().join(format!("{name}.ssh_config"));
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_with_its_fingerprint_and_the_way_to_accept_it() {
+    let hosts = TestHosts::start(1);
+    let cfg = config_with_known_hosts(&hosts, "empty", "", "");
+    let out = pushrun()
+        .args(["exec", "-w", &hosts.addr(0), "--ssh-config"])
+        .arg(&cfg)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let fingerprint = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(hosts.dir().join("host_ed25519.pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout);
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap();
+    assert!(
+        stderr.contains(&format!("unknown host key ssh-ed25519 {fingerprint}"))
+            && stderr.contains("--host-key-checking accept-new"),
+        "{stderr}"
+    );
+    // and accept-new does accept it
+    let out = pushrun()
+        .args([
+            "exec",
+            "-w",
+            &hosts.addr(0),
+            "--host-key-checking",
+            "accept-new",
+            "--ssh-config",
+        ])
+        .arg(&cfg)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = std::fs::read_to_string(hosts.dir().join("empty.known_hosts")).unwrap();
+    assert!(known.contains(&hosts.addr(0)), "{known}");
+}
+
+#[test]
+fn a_changed_host_key_is_always_refused() {
+    let hosts = TestHosts::start(1);
+    let other = hosts.dir().join("other_key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let known = format!("[{}]:{} {key}", hosts.addr(0), common::HOST_PORT);
+    // even when ssh_config says not to check
+    for (name, extra, flag) in [
+        ("strict", "", None),
+        ("accept", "", Some("accept-new")),
+        ("lax", "  StrictHostKeyChecking no\n", None),
+    ] {
+        let cfg = config_with_known_hosts(&hosts, name, &known, extra);
+        let mut cmd = pushrun();
+        cmd.args(["exec", "-w", &hosts.addr(0), "--ssh-config"])
+            .arg(&cfg);
+        if let Some(flag) = flag {
+            cmd.args(["--host-key-checking", flag]);
+        }
+        let out = cmd
+            .args(["--", "echo ran"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(3), "{name}: {stdout}{stderr}");
+        assert!(!stdout.contains("ran"), "{name}: {stdout}");
+        assert!(
+            stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+                && stderr.contains("key sent: ED25519 SHA256:"),
+            "{name}: {stderr}"
+        );
+    }
+}
