@@ -26,6 +26,7 @@ Exit status:
   1    the command exited non-zero (or was killed) on some host
   2    usage or inventory error; no host was contacted
   3    some host was unreachable, refused authentication or timed out
+  4    --converged-timeout: the run converged while some payload still ran (stopped)
   130  interrupted (Ctrl-C)";
 
 /// Runs commands on many hosts over SSH, with nothing to install on them.
@@ -152,6 +153,20 @@ pub struct ExecArgs {
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
     pub json: bool,
+    /// Unattended: go on until no host has been active (output, tunnel
+    /// records, connecting, starting, ending) for SECS seconds; then stop
+    /// what still runs, collect, clean and report. Nothing prompts,
+    /// unreachable hosts are tried again, the log goes to the results dir.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub converged_timeout: Option<Duration>,
+    /// Run the payload again SECS seconds after each of its runs ends; a run
+    /// whose stdout and results equal the previous run's is no activity.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub repeat: Option<Duration>,
+    /// Watch the payload dir: on every change send what changed and run it
+    /// again on every host (until Ctrl-C, or convergence).
+    #[arg(long)]
+    pub watch: bool,
     /// The command, after `--`; run by the login shell on each host. With
     /// --payload: the entry point's arguments.
     #[arg(last = true, value_name = "COMMAND")]
@@ -367,6 +382,11 @@ impl ExecArgs {
                     .results
                     .clone()
                     .unwrap_or_else(|| "pushrun-results".into());
+                if self.watch && self.payload.is_none() {
+                    return Err(UsageError::Flags(
+                        "--watch watches a payload dir: give --payload DIR".into(),
+                    ));
+                }
                 (Job::Payload(Arc::new(job)), Some(results))
             }
             None => {
@@ -375,7 +395,21 @@ impl ExecArgs {
                         "--no-cache goes with a payload, not a command".into(),
                     ));
                 }
-                (Job::Command(self.command.join(" ")), self.results.clone())
+                if self.repeat.is_some() || self.watch {
+                    return Err(UsageError::Flags(
+                        "--repeat and --watch go with a payload, not a command".into(),
+                    ));
+                }
+                // an unattended run keeps its log and results
+                let results = match self.converged_timeout {
+                    Some(_) => Some(
+                        self.results
+                            .clone()
+                            .unwrap_or_else(|| "pushrun-results".into()),
+                    ),
+                    None => self.results.clone(),
+                };
+                (Job::Command(self.command.join(" ")), results)
             }
         };
         let hosts = self.connect.apply(self.select.select()?);
@@ -386,6 +420,16 @@ impl ExecArgs {
                 "--become {user} with a payload: payloads become root only (their files belong \
                  to the login user; collecting them needs root's rights); commands may become anyone"
             )));
+        }
+        if self.converged_timeout.is_some()
+            && (self.connect.ask_pass || self.ask_become_pass)
+            && std::io::IsTerminal::is_terminal(&std::io::stdin())
+        {
+            return Err(UsageError::Flags(
+                "--converged-timeout runs unattended and never prompts: give passwords on \
+                 stdin or through password_env / become_password_env"
+                    .into(),
+            ));
         }
         let login = self.connect.login_password()?;
         let become_password = if self.ask_become_pass {
@@ -419,6 +463,13 @@ impl ExecArgs {
             ssh,
             forks: self.connect.forks,
             access,
+            converge: self.converged_timeout,
+            repeat: self.repeat,
+            watch: if self.watch {
+                self.payload.clone()
+            } else {
+                None
+            },
         };
         Ok(Plan {
             hosts,
@@ -444,6 +495,9 @@ impl CleanArgs {
             ssh,
             forks: self.connect.forks,
             access,
+            converge: None,
+            repeat: None,
+            watch: None,
         };
         Ok(Plan {
             hosts,

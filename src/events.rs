@@ -34,6 +34,9 @@ pub enum Status {
     TimedOut,
     /// No working connection: refused, timed out, authentication or host key failure.
     Unreachable,
+    /// The run converged (`--converged-timeout`) while this host's payload
+    /// was still running: it was stopped there, and its results collected.
+    Stopped,
     /// The run was interrupted (Ctrl-C) before this host finished.
     Cancelled,
 }
@@ -46,6 +49,7 @@ impl Status {
             Status::Failed => "failed",
             Status::TimedOut => "timed out",
             Status::Unreachable => "unreachable",
+            Status::Stopped => "stopped at convergence",
             Status::Cancelled => "cancelled",
         }
     }
@@ -140,6 +144,28 @@ pub enum Event {
     },
     /// The payload's `$PUSHRUN_OUT`, as the gzip'ed tar the host sent.
     Collected(HostId, Vec<u8>),
+    /// One line the payload wrote to `$PUSHRUN_TUNNEL` (a JSON record), as it came.
+    Record(HostId, Vec<u8>),
+    /// The host could not be reached; another try follows (`--converged-timeout`).
+    Retrying {
+        /// Which host.
+        host: HostId,
+        /// Why the last try failed.
+        reason: String,
+        /// When the next one starts.
+        delay: Duration,
+    },
+    /// A payload run of a repeating or watching run ended (`--repeat`, `--watch`).
+    Repeated {
+        /// Which host.
+        host: HostId,
+        /// Its number, from 1.
+        run: u32,
+        /// Whether its stdout or `$PUSHRUN_OUT` differ from the previous run's.
+        changed: bool,
+        /// How it ended.
+        status: Status,
+    },
     /// The host is done, one way or another.
     Finished(HostId, HostOutcome),
 }

@@ -6,7 +6,7 @@
 //! command timeout, or the run's cancellation (Ctrl-C), which all end the
 //! remote command by closing its stdin (see `remote/exec.sh`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,11 @@ use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timi
 use crate::inventory::Host;
 use crate::payload::Payload;
 use crate::remote;
+use sha2::{Digest, Sha256};
+
 use crate::session::{
-    ControlDir, LineSplitter, NO_PTY_EXIT, Session, SshOptions, exit_code, read_lines, remote_line,
-    write_ssh_config,
+    ConnectFailure, ControlDir, LineSplitter, NO_PTY_EXIT, Session, SshOptions, exit_code,
+    read_lines, remote_line, write_ssh_config,
 };
 
 /// Whether commands get a pseudo terminal.
@@ -123,6 +125,13 @@ pub struct RunSpec {
     /// Passwords and sudo, host by host (indexed like the hosts; missing
     /// entries mean nothing special).
     pub access: Vec<Access>,
+    /// Unattended: end the run once no host has been active for this long
+    /// (`--converged-timeout`); unreachable hosts are retried until then.
+    pub converge: Option<Duration>,
+    /// Run the payload again this long after each run ends (`--repeat`).
+    pub repeat: Option<Duration>,
+    /// Watch this payload dir and re-run on every host when it changes (`--watch`).
+    pub watch: Option<PathBuf>,
 }
 
 impl RunSpec {
@@ -130,6 +139,9 @@ impl RunSpec {
         self.access.get(id).cloned().unwrap_or_default()
     }
 }
+
+/// The reason of a run stopped because its payload changed (--watch).
+const RESTARTED: &str = "restarted: the payload changed";
 
 /// How long a command gets to end after its stdin was closed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -154,27 +166,49 @@ pub async fn run(
             return;
         }
     };
+    // Host tasks send on `inner`; the loop below passes every event on and
+    // keeps the time of the last activity, for --converged-timeout.
+    let (inner, mut from_hosts) = mpsc::channel(1024);
+    let (converged_tx, converged) = watch::channel(false);
+    let jobs = match (&spec.job, &spec.watch) {
+        (Job::Payload(job), Some(dir)) => {
+            let (tx, rx) = watch::channel(job.clone());
+            tokio::spawn(watch_payload(dir.clone(), job.clone(), tx));
+            Some(rx)
+        }
+        _ => None,
+    };
     let slots = Arc::new(Semaphore::new(spec.forks.max(1)));
     let mut tasks = JoinSet::new();
     for id in 0..hosts.len() {
-        let (hosts, spec, dir, events, mut cancel, slots, config) = (
+        let (hosts, spec, dir, events, slots, config) = (
             hosts.clone(),
             spec.clone(),
             dir.clone(),
-            events.clone(),
-            cancel.clone(),
+            inner.clone(),
             slots.clone(),
             config.clone(),
         );
+        let mut triggers = Triggers {
+            cancel: cancel.clone(),
+            converged: converged.clone(),
+            reload: jobs.clone(),
+        };
         tasks.spawn(async move {
             let permit = tokio::select! {
                 p = slots.acquire_owned() => p.ok(),
-                _ = cancelled(&mut cancel) => None,
+                _ = raised(&mut triggers.cancel) => None,
+                _ = raised(&mut triggers.converged) => None,
             };
             let outcome = match permit {
                 Some(_permit) => {
-                    run_host(id, &hosts[id], &spec, &dir, &config, &events, cancel).await
+                    run_host(id, &hosts[id], &spec, &dir, &config, &events, triggers).await
                 }
+                None if *triggers.converged.borrow() => HostOutcome::without_exit(
+                    Status::Unreachable,
+                    "not started before the run converged",
+                    Timings::default(),
+                ),
                 None => HostOutcome::without_exit(
                     Status::Cancelled,
                     "interrupted before it started",
@@ -184,12 +218,117 @@ pub async fn run(
             let _ = events.send(Event::Finished(id, outcome)).await;
         });
     }
+    drop(inner);
+    let quiet = spec.converge;
+    let mut last_activity = tokio::time::Instant::now();
+    let mut done_converging = quiet.is_none();
+    loop {
+        let deadline = last_activity + quiet.unwrap_or_default();
+        tokio::select! {
+            ev = from_hosts.recv() => {
+                let Some(ev) = ev else { break };
+                if is_activity(&ev, spec.repeat.is_some()) {
+                    last_activity = tokio::time::Instant::now();
+                }
+                let _ = events.send(ev).await;
+            }
+            _ = tokio::time::sleep_until(deadline), if !done_converging => {
+                done_converging = true;
+                let _ = converged_tx.send(true);
+            }
+        }
+    }
     while tasks.join_next().await.is_some() {}
 }
 
-/// Resolves once the run is cancelled (never, if the sender is gone without cancelling).
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
-    if cancel.wait_for(|c| *c).await.is_err() {
+/// Whether an event shows a host active, for --converged-timeout: its state
+/// changed, it wrote output or a record, or (repeating) a run's results
+/// differed from the previous run's — a repeated run's output alone is not.
+fn is_activity(event: &Event, repeating: bool) -> bool {
+    match event {
+        Event::Output { .. } => !repeating,
+        Event::Repeated { changed, .. } => *changed,
+        Event::Collected(..) => false,
+        Event::Connecting(_)
+        | Event::Connected(_)
+        | Event::Finished(..)
+        | Event::Record(..)
+        | Event::Retrying { .. } => true,
+    }
+}
+
+/// Watches a payload dir; publishes the payload again whenever its digest changes.
+async fn watch_payload(dir: PathBuf, first: Arc<PayloadJob>, jobs: watch::Sender<Arc<PayloadJob>>) {
+    use notify::Watcher;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        let _ = tx.send(e.is_ok());
+    });
+    let Ok(mut watcher) = watcher else { return };
+    if watcher
+        .watch(&dir, notify::RecursiveMode::Recursive)
+        .is_err()
+    {
+        return;
+    }
+    let mut digest = first.payload.digest().to_string();
+    while rx.recv().await.is_some() {
+        // let a burst of writes (an editor saving) settle
+        loop {
+            tokio::select! {
+                more = rx.recv() => if more.is_none() { return },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => break,
+            }
+        }
+        if jobs.is_closed() {
+            return;
+        }
+        let load = dir.clone();
+        let Ok(Ok(payload)) = tokio::task::spawn_blocking(move || Payload::load(&load)).await
+        else {
+            continue; // half-written, or broken for now: the next change will tell
+        };
+        if payload.digest() == digest {
+            continue;
+        }
+        digest = payload.digest().to_string();
+        let job = PayloadJob::new(
+            payload,
+            first.args.clone(),
+            first.cache,
+            first.run_id.clone(),
+        );
+        if jobs.send(Arc::new(job)).is_err() {
+            return;
+        }
+    }
+}
+
+/// What can end a host's command early, besides its timeout.
+struct Triggers {
+    /// Ctrl-C.
+    cancel: watch::Receiver<bool>,
+    /// The run converged (--converged-timeout).
+    converged: watch::Receiver<bool>,
+    /// A new version of the payload (--watch).
+    reload: Option<watch::Receiver<Arc<PayloadJob>>>,
+}
+
+/// Resolves once the payload changes (never without --watch).
+async fn reloaded(reload: &mut Option<watch::Receiver<Arc<PayloadJob>>>) {
+    match reload {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the flag is raised (never, if the sender is gone without raising it).
+async fn raised(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
@@ -201,24 +340,66 @@ async fn run_host(
     dir: &ControlDir,
     config: &Path,
     events: &mpsc::Sender<Event>,
-    mut cancel: watch::Receiver<bool>,
+    mut triggers: Triggers,
 ) -> HostOutcome {
     let _ = events.send(Event::Connecting(id)).await;
     let started = Instant::now();
     let access = spec.access(id);
-    let connected = tokio::select! {
-        r = Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()) => r,
-        _ = cancelled(&mut cancel) => {
-            return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
+    let mut delay = Duration::from_secs(1);
+    let mut tries = 0;
+    let session = loop {
+        tries += 1;
+        let connected = tokio::select! {
+            r = Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()) => r,
+            _ = raised(&mut triggers.cancel) => {
+                return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
+            }
+            _ = raised(&mut triggers.converged) => {
+                return HostOutcome::without_exit(Status::Unreachable, "never reached: the run converged while connecting", Timings::default());
+            }
+        };
+        let timings = Timings {
+            connect: started.elapsed(),
+            ..Timings::default()
+        };
+        let e = match connected {
+            Ok(s) => break s,
+            Err(e) => e,
+        };
+        // Unattended runs try again, later and later, until they converge;
+        // wrong credentials and host keys are not worth another try.
+        let retry = spec.converge.is_some()
+            && !matches!(
+                e.kind,
+                ConnectFailure::Authentication
+                    | ConnectFailure::HostKey
+                    | ConnectFailure::HostKeyChanged
+            );
+        if !retry {
+            return HostOutcome::without_exit(Status::Unreachable, e.message, timings);
         }
+        let _ = events
+            .send(Event::Retrying {
+                host: id,
+                reason: e.message.clone(),
+                delay,
+            })
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = raised(&mut triggers.cancel) => {
+                return HostOutcome::without_exit(Status::Cancelled, "interrupted while retrying", timings);
+            }
+            _ = raised(&mut triggers.converged) => {
+                let why = format!("never reached ({tries} tries): {}", e.message);
+                return HostOutcome::without_exit(Status::Unreachable, why, timings);
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     };
     let timings = Timings {
         connect: started.elapsed(),
         ..Timings::default()
-    };
-    let session = match connected {
-        Ok(s) => s,
-        Err(e) => return HostOutcome::without_exit(Status::Unreachable, e.message, timings),
     };
     let _ = events.send(Event::Connected(id)).await;
     let sudo = match (&access.become_, &spec.job) {
@@ -238,13 +419,14 @@ async fn run_host(
         host,
         session: &session,
         events,
-        cancel,
+        triggers,
         sudo,
         pty_auto: access.pty_auto,
+        hash_stdout: None,
     };
     let outcome = match &spec.job {
         Job::Command(command) => task.run_command(command, spec, timings).await,
-        Job::Payload(job) => task.run_payload(job, spec, timings).await,
+        Job::Payload(job) => task.run_payloads(job, spec, timings).await,
         Job::Clean => task.clean(timings).await,
     };
     session.close().await;
@@ -257,7 +439,9 @@ struct HostTask<'a> {
     host: &'a Host,
     session: &'a Session,
     events: &'a mpsc::Sender<Event>,
-    cancel: watch::Receiver<bool>,
+    triggers: Triggers,
+    /// While set, the stdout of a payload run is hashed here (--repeat, --watch).
+    hash_stdout: Option<Arc<std::sync::Mutex<Sha256>>>,
     /// Whom to become and how sudo takes it, when the job goes through sudo.
     sudo: Option<(Become, SudoCheck)>,
     /// A PTY may be used where sudo insists on one.
@@ -418,20 +602,125 @@ impl HostTask<'_> {
         }
     }
 
-    /// Stage, run, collect, clean: a payload on one host.
+    /// A payload on one host: once, or again and again with --repeat and
+    /// --watch until the run converges or is interrupted.
+    async fn run_payloads(
+        &mut self,
+        first: &Arc<PayloadJob>,
+        spec: &RunSpec,
+        timings: Timings,
+    ) -> HostOutcome {
+        let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
+        if !looping {
+            return self.run_payload(first, spec, timings).await.0;
+        }
+        let mut job = first.clone();
+        let mut previous: Option<[u8; 32]> = None;
+        let mut run = 0u32;
+        // A run under way when the whole run converges gets the quiet time
+        // again to end by itself (repeating, its output was not activity),
+        // so runs do not see convergence themselves; this loop does.
+        let (_, never) = watch::channel(false);
+        let mut converged = std::mem::replace(&mut self.triggers.converged, never);
+        let grace = spec.converge.unwrap_or_default();
+        loop {
+            run += 1;
+            let ran = {
+                let this_run = self.run_payload(&job, spec, timings);
+                let late = async {
+                    raised(&mut converged).await;
+                    tokio::time::sleep(grace).await;
+                };
+                tokio::select! {
+                    r = this_run => Some(r),
+                    _ = late => None,
+                }
+            };
+            let (mut outcome, digest) = match ran {
+                Some(r) => r,
+                None => {
+                    let why = format!(
+                        "run {run} was still under way {}s after the run converged: stopped",
+                        grace.as_secs_f64()
+                    );
+                    let mut o = HostOutcome::without_exit(Status::Stopped, why, timings);
+                    o.notes.push(format!("{run} runs"));
+                    return o;
+                }
+            };
+            let restarted = outcome.reason.as_deref() == Some(RESTARTED);
+            if !restarted {
+                let changed = digest.is_none() || digest != previous;
+                previous = digest;
+                let _ = self
+                    .events
+                    .send(Event::Repeated {
+                        host: self.id,
+                        run,
+                        changed,
+                        status: outcome.status,
+                    })
+                    .await;
+            }
+            if matches!(
+                outcome.status,
+                Status::Stopped | Status::Cancelled | Status::Unreachable
+            ) && !restarted
+            {
+                outcome.notes.push(format!("{run} runs"));
+                return outcome;
+            }
+            if restarted {
+                job = self.next_job(&job);
+                continue;
+            }
+            let t = &mut self.triggers;
+            let again = async {
+                match spec.repeat {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let go_on = tokio::select! {
+                _ = again => true,
+                _ = reloaded(&mut t.reload) => true,
+                _ = raised(&mut converged) => false,
+                _ = raised(&mut t.cancel) => false,
+            };
+            if !go_on {
+                outcome.notes.push(format!("{run} runs"));
+                return outcome;
+            }
+            job = self.next_job(&job);
+        }
+    }
+
+    /// The payload to run next: the newest one (--watch), else the same.
+    fn next_job(&mut self, current: &Arc<PayloadJob>) -> Arc<PayloadJob> {
+        match &mut self.triggers.reload {
+            Some(r) => r.borrow_and_update().clone(),
+            None => current.clone(),
+        }
+    }
+
+    /// Stage, run, collect, clean: a payload on one host. Also returns a
+    /// digest of the run's stdout and `$PUSHRUN_OUT` when looping.
     async fn run_payload(
         &mut self,
         job: &Arc<PayloadJob>,
         spec: &RunSpec,
         mut timings: Timings,
-    ) -> HostOutcome {
+    ) -> (HostOutcome, Option<[u8; 32]>) {
         let (id, host, session, events) = (self.id, self.host, self.session, self.events);
+        let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
         let mut vars = self.vars();
         let started = Instant::now();
         let mut stats = StageStats::default();
+        let t = &mut self.triggers;
         let staged = tokio::select! {
             r = stage(session, host, job, &mut stats) => r,
-            _ = cancelled(&mut self.cancel) => Err(StageError::Cancelled),
+            _ = raised(&mut t.cancel) => Err(StageError::Cancelled),
+            _ = raised(&mut t.converged) => Err(StageError::Converged),
         };
         timings.stage = started.elapsed();
         let fail = |status, reason: String, timings, stats| HostOutcome {
@@ -445,26 +734,38 @@ impl HostTask<'_> {
         let (base, payload_dir) = match staged {
             Ok(s) => s,
             Err(StageError::Cancelled) => {
-                return fail(
+                let o = fail(
                     Status::Cancelled,
                     "interrupted while staging".into(),
                     timings,
                     stats,
                 );
+                return (o, None);
+            }
+            Err(StageError::Converged) => {
+                let o = fail(
+                    Status::Stopped,
+                    "the run converged while staging".into(),
+                    timings,
+                    stats,
+                );
+                return (o, None);
             }
             Err(StageError::Failed { reason, base }) => {
                 if let Some(base) = base {
                     clean_run_dir(session, &base, &job.run_id).await;
                 }
-                return fail(Status::Failed, format!("stage: {reason}"), timings, stats);
+                let o = fail(Status::Failed, format!("stage: {reason}"), timings, stats);
+                return (o, None);
             }
             Err(StageError::Lost(why)) => {
-                return fail(
+                let o = fail(
                     Status::Unreachable,
                     format!("connection lost: {why}"),
                     timings,
                     stats,
                 );
+                return (o, None);
             }
         };
 
@@ -477,6 +778,18 @@ impl HostTask<'_> {
             .collect();
         env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
         env.append(&mut vars);
+        let mut notes = Vec::new();
+        let remote_socket = format!("{base}/runs/{}/tunnel.sock", job.run_id);
+        let tunnel = match session.open_tunnel(&remote_socket).await {
+            Ok(tunnel) => {
+                env.push(("PUSHRUN_TUNNEL".into(), remote_socket));
+                Some(tunnel.serve(id, events.clone()))
+            }
+            Err(why) => {
+                notes.push(format!("no tunnel: {why}"));
+                None
+            }
+        };
         let mut args = vec![
             base.clone(),
             payload_dir,
@@ -487,6 +800,8 @@ impl HostTask<'_> {
         args.extend(job.args.iter().cloned());
         let timeout = spec.timeout.or(job.payload.timeout());
         let run_started = Instant::now();
+        let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
+        self.hash_stdout = hash.clone();
         let end = match self.launch(
             (remote::RUN, "pushrun-run", &args),
             &env,
@@ -499,19 +814,33 @@ impl HostTask<'_> {
                 CommandEnd::Refused(why)
             }
         };
+        self.hash_stdout = None;
         timings.run = run_started.elapsed();
+        // every record written before the payload ended arrives before its end
+        if let Some(tunnel) = tunnel {
+            tunnel.finish(session).await;
+        }
 
         // After a cancel or a lost connection the run dir is gone already
-        // (run.sh removes it when its stdin closes); otherwise, timeouts
-        // included, bring back $PUSHRUN_OUT, which also removes it.
+        // (run.sh removes it when its stdin closes); otherwise, timeouts and
+        // convergence included, bring back $PUSHRUN_OUT, which also removes it.
+        let mut digest = None;
         let mut outcome = match end {
-            CommandEnd::Exited(_) | CommandEnd::Signalled | CommandEnd::TimedOut => {
+            CommandEnd::Exited(_)
+            | CommandEnd::Signalled
+            | CommandEnd::TimedOut
+            | CommandEnd::Converged => {
                 let collect_started = Instant::now();
                 match collect(session, &base, &job.run_id).await {
                     Ok((archive, streamed)) => {
                         timings.collect = streamed;
                         timings.clean = collect_started.elapsed().saturating_sub(streamed);
                         stats.bytes_received += archive.len() as u64;
+                        if let Some(hash) = &hash {
+                            let mut h = hash.lock().map(|h| h.clone()).unwrap_or_default();
+                            h.update(results_digest(&archive));
+                            digest = Some(h.finalize().into());
+                        }
                         let _ = events.send(Event::Collected(id, archive)).await;
                         end.into_outcome(timeout, timings)
                     }
@@ -527,7 +856,8 @@ impl HostTask<'_> {
             other => other.into_outcome(timeout, timings),
         };
         outcome.stage = Some(stats);
-        outcome
+        outcome.notes.extend(notes);
+        (outcome, digest)
     }
 
     /// `pushrun clean` on one host: its answer becomes the host's output line.
@@ -601,9 +931,11 @@ impl HostTask<'_> {
         }
         let stdout = child.stdout().take();
         let stderr = child.stderr().take();
+        let hash = self.hash_stdout.clone();
         let work = async move {
             let out = async {
                 if let Some(r) = stdout {
+                    let r = HashingReader { inner: r, hash };
                     let _ = read_lines(r, false, id, Stream::Stdout, events).await;
                 }
             };
@@ -620,7 +952,8 @@ impl HostTask<'_> {
             }
         };
         let stop = move |why: &CommandEnd| {
-            let keep = keep_on_timeout && matches!(why, CommandEnd::TimedOut);
+            let keep =
+                keep_on_timeout && matches!(why, CommandEnd::TimedOut | CommandEnd::Converged);
             async move {
                 // "stop": run.sh ends the run and keeps its dir for collect.sh
                 // (the end of stdin that follows comes after the line, so it is
@@ -633,7 +966,7 @@ impl HostTask<'_> {
                 }
             }
         };
-        supervise(work, stop, timeout, &mut self.cancel).await
+        supervise(work, stop, timeout, &mut self.triggers).await
     }
 
     /// Runs a remote command line on a PTY (`ssh -tt` through the master):
@@ -726,7 +1059,8 @@ impl HostTask<'_> {
             }
         };
         let stop = move |why: &CommandEnd| {
-            let keep = keep_on_timeout && matches!(why, CommandEnd::TimedOut);
+            let keep =
+                keep_on_timeout && matches!(why, CommandEnd::TimedOut | CommandEnd::Converged);
             async move {
                 if keep {
                     // run.sh reads "stop" from the terminal: end the run, keep its dir
@@ -743,7 +1077,30 @@ impl HostTask<'_> {
                 }
             }
         };
-        supervise(work, stop, timeout, &mut self.cancel).await
+        supervise(work, stop, timeout, &mut self.triggers).await
+    }
+}
+
+/// Passes bytes through, hashing them on the way when asked to.
+struct HashingReader<R> {
+    inner: R,
+    hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HashingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(hash)) = (&polled, &self.hash)
+            && let Ok(mut h) = hash.lock()
+        {
+            h.update(&buf.filled()[before..]);
+        }
+        polled
     }
 }
 
@@ -858,6 +1215,7 @@ impl PromptScan {
 
 enum StageError {
     Cancelled,
+    Converged,
     Lost(String),
     Failed {
         reason: String,
@@ -980,6 +1338,10 @@ enum CommandEnd {
     TimedOut,
     Cancelled,
     NoPty,
+    /// Still running when the run converged: stopped.
+    Converged,
+    /// Stopped to run a new version of the payload (--watch).
+    Reloaded,
     /// The command could not run as asked (sudo's refusals); why.
     Refused(String),
     Lost(String),
@@ -1002,6 +1364,12 @@ impl CommandEnd {
                 Some("the server refused a PTY (PermitTTY no?): run without --pty, or with --pty auto".to_string()),
             ),
             CommandEnd::Refused(why) => (Status::Failed, None, Some(why)),
+            CommandEnd::Converged => (
+                Status::Stopped,
+                None,
+                Some("still running when the run converged: stopped".to_string()),
+            ),
+            CommandEnd::Reloaded => (Status::Cancelled, None, Some(RESTARTED.to_string())),
             CommandEnd::Lost(why) => (Status::Unreachable, None, Some(format!("connection lost: {why}"))),
         };
         HostOutcome {
@@ -1015,7 +1383,8 @@ impl CommandEnd {
     }
 }
 
-/// Waits for `work`, or stops it early on timeout or cancellation.
+/// Waits for `work`, or stops it early on timeout, cancellation,
+/// convergence or a new payload.
 ///
 /// `stop` is called once, with why, to make the remote command end (it
 /// writes "stop" or closes stdin, or kills the local ssh); then `work` gets
@@ -1024,7 +1393,7 @@ async fn supervise<W, S, F>(
     work: W,
     stop: S,
     timeout: Option<Duration>,
-    cancel: &mut watch::Receiver<bool>,
+    triggers: &mut Triggers,
 ) -> CommandEnd
 where
     W: Future<Output = CommandEnd>,
@@ -1041,11 +1410,47 @@ where
     let early = tokio::select! {
         end = &mut work => return end,
         _ = limit => CommandEnd::TimedOut,
-        _ = cancelled(cancel) => CommandEnd::Cancelled,
+        _ = raised(&mut triggers.cancel) => CommandEnd::Cancelled,
+        _ = raised(&mut triggers.converged) => CommandEnd::Converged,
+        _ = reloaded(&mut triggers.reload) => CommandEnd::Reloaded,
     };
+
     stop(&early).await;
     let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
     early
+}
+
+/// A digest of a results archive's content (paths, modes, bytes), not of
+/// its bytes: a payload that writes the same files again at other times
+/// has the same results.
+fn results_digest(archive: &[u8]) -> [u8; 32] {
+    let mut entries: Vec<(Vec<u8>, u32, [u8; 32])> = Vec::new();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    if let Ok(iter) = tar.entries() {
+        for entry in iter.flatten() {
+            let mut entry = entry;
+            let path = entry.path_bytes().into_owned();
+            let mode = entry.header().mode().unwrap_or(0);
+            let mut h = Sha256::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match std::io::Read::read(&mut entry, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => h.update(&buf[..n]),
+                }
+            }
+            entries.push((path, mode, h.finalize().into()));
+        }
+    }
+    entries.sort();
+    let mut h = Sha256::new();
+    for (path, mode, content) in entries {
+        h.update(&path);
+        h.update([0]);
+        h.update(mode.to_le_bytes());
+        h.update(content);
+    }
+    h.finalize().into()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

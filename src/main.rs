@@ -96,6 +96,7 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
         run_id: plan.run_id.clone(),
         job,
         results: plan.results.clone(),
+        log: plan.spec.converge.is_some(),
     };
     let mut reporter = match Reporter::new(plan.output, names, info) {
         Ok(r) => r,

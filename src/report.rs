@@ -36,7 +36,7 @@ pub struct Summary {
     /// Hosts per status.
     pub counts: BTreeMap<Status, usize>,
     /// pushrun's exit status: 0 all ok, 1 a command failed, 3 a host
-    /// unreachable or timed out, 130 interrupted.
+    /// unreachable or timed out, 4 payloads stopped at convergence, 130 interrupted.
     pub exit_status: i32,
 }
 
@@ -49,6 +49,8 @@ pub struct RunInfo {
     pub job: Value,
     /// The results root (`--results`), if results are kept.
     pub results: Option<PathBuf>,
+    /// Also write what is shown to `<results>/<run-id>/run.log` (unattended runs).
+    pub log: bool,
 }
 
 /// The results dir of one run: `DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/}`
@@ -120,6 +122,10 @@ impl ResultsDir {
 
     fn collected(&mut self, id: HostId, archive: &[u8]) -> io::Result<()> {
         let out = self.host_dir(id)?.join("out");
+        // a repeated run's results replace the previous run's
+        if out.exists() {
+            std::fs::remove_dir_all(&out)?;
+        }
         std::fs::create_dir_all(&out)?;
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
         tar.set_preserve_permissions(true);
@@ -128,6 +134,15 @@ impl ResultsDir {
                 .insert(id, format!("results archive could not be unpacked: {e}"));
         }
         Ok(())
+    }
+
+    fn record(&mut self, id: HostId, line: &[u8]) -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.host_dir(id)?.join("records.jsonl"))?;
+        f.write_all(line)?;
+        f.write_all(b"\n")
     }
 
     fn finished(&mut self, id: HostId, outcome: &HostOutcome) -> io::Result<()> {
@@ -174,6 +189,7 @@ pub struct Reporter {
     interrupted: bool,
     info: RunInfo,
     results: Option<ResultsDir>,
+    log: Option<io::BufWriter<File>>,
 }
 
 struct Progress {
@@ -189,9 +205,13 @@ impl Reporter {
             Some(base) => Some(ResultsDir::create(base, &info.run_id, &names)?),
             None => None,
         };
+        let log = match (&results, info.log) {
+            (Some(r), true) => Some(io::BufWriter::new(File::create(r.root.join("run.log"))?)),
+            _ => None,
+        };
         let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         let n = names.len();
-        let progress = io::stderr().is_terminal().then_some(Progress {
+        let progress = (io::stderr().is_terminal() && !info.log).then_some(Progress {
             drawn: false,
             last: None,
         });
@@ -213,7 +233,28 @@ impl Reporter {
             interrupted: false,
             info,
             results,
+            log,
         })
+    }
+
+    /// Writes one shown line to the run's log too, when it keeps one.
+    fn log(&mut self, line: &str) -> io::Result<()> {
+        if let Some(log) = &mut self.log {
+            log.write_all(line.as_bytes())?;
+            log.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// A line about the host that is not its output (`host ~ text`), on stderr.
+    fn note(&mut self, id: HostId, text: &str) -> io::Result<()> {
+        let name = &self.names[id];
+        let w = self.width;
+        let line = format!("{name:<w$}~ {text}");
+        self.clear_progress()?;
+        self.out.flush()?;
+        writeln!(self.err, "{line}")?;
+        self.log(&line)
     }
 
     /// Takes one event.
@@ -246,6 +287,56 @@ impl Reporter {
                     r.collected(id, &archive)?;
                 }
             }
+            Event::Record(id, line) => {
+                if let Some(r) = &mut self.results {
+                    r.record(id, &line)?;
+                }
+                match self.mode {
+                    OutputMode::Json => {
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        let record =
+                            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                        self.json(id, json!({"event": "record", "record": record}))?;
+                    }
+                    OutputMode::Lines => {
+                        self.clear_progress()?;
+                        let (name, w) = (&self.names[id], self.width);
+                        let line = format!("{name:<w$}> {}", escape(&line));
+                        writeln!(self.out, "{line}")?;
+                        self.log(&line)?;
+                    }
+                    OutputMode::Gather => {}
+                }
+            }
+            Event::Retrying {
+                host,
+                reason,
+                delay,
+            } => {
+                let secs = delay.as_secs_f64();
+                match self.mode {
+                    OutputMode::Json => self.json(
+                        host,
+                        json!({"event": "retrying", "reason": reason, "delay_ms": delay.as_millis() as u64}),
+                    )?,
+                    _ => self.note(host, &format!("{reason}: trying again in {secs:.0}s"))?,
+                }
+            }
+            Event::Repeated {
+                host,
+                run,
+                changed,
+                status,
+            } => match self.mode {
+                OutputMode::Json => self.json(
+                    host,
+                    json!({"event": "repeated", "run": run, "changed": changed, "status": status}),
+                )?,
+                _ => {
+                    let what = if changed { "changed" } else { "unchanged" };
+                    self.note(host, &format!("run {run}: {}, {what}", status.label()))?
+                }
+            },
             Event::Finished(id, outcome) => {
                 self.in_flight[id] = false;
                 if self.mode == OutputMode::Json {
@@ -301,13 +392,20 @@ impl Reporter {
                 let name = &self.names[id];
                 let text = escape(&line);
                 let w = self.width;
-                match stream {
-                    Stream::Stdout => writeln!(self.out, "{name:<w$}: {text}")?,
-                    Stream::Stderr => {
-                        self.out.flush()?;
-                        writeln!(self.err, "{name:<w$}! {text}")?;
+                let line = match stream {
+                    Stream::Stdout => {
+                        let line = format!("{name:<w$}: {text}");
+                        writeln!(self.out, "{line}")?;
+                        line
                     }
-                }
+                    Stream::Stderr => {
+                        let line = format!("{name:<w$}! {text}");
+                        self.out.flush()?;
+                        writeln!(self.err, "{line}")?;
+                        line
+                    }
+                };
+                self.log(&line)?;
             }
         }
         Ok(())
@@ -337,6 +435,9 @@ impl Reporter {
     /// Writes out what is buffered, and redraws the progress line (at most 10 times a second).
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()?;
+        if let Some(log) = &mut self.log {
+            log.flush()?;
+        }
         let Some(p) = &self.progress else {
             return Ok(());
         };
@@ -413,6 +514,10 @@ impl Reporter {
             self.out.flush()?;
             let text = self.summary_text(&summary, elapsed);
             self.err.write_all(text.as_bytes())?;
+            if let Some(log) = &mut self.log {
+                log.write_all(text.as_bytes())?;
+                log.flush()?;
+            }
         }
         Ok(summary)
     }
@@ -477,6 +582,8 @@ impl Reporter {
             3
         } else if has(Status::Failed) {
             1
+        } else if has(Status::Stopped) {
+            4
         } else {
             0
         };
@@ -594,9 +701,10 @@ impl Reporter {
     }
 }
 
-const ALL_STATUSES: [Status; 5] = [
+const ALL_STATUSES: [Status; 6] = [
     Status::Ok,
     Status::Failed,
+    Status::Stopped,
     Status::TimedOut,
     Status::Unreachable,
     Status::Cancelled,

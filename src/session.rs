@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 
 use crate::auth::{self, Secret};
@@ -496,6 +496,38 @@ impl Session {
         cmd.spawn()
     }
 
+    /// Forwards the Unix socket `remote` on the host to a fresh socket of
+    /// ours, over this connection (the payload's `$PUSHRUN_TUNNEL`). Fails
+    /// with a reason where the server refuses forwarding.
+    pub async fn open_tunnel(&self, remote: &str) -> Result<Tunnel, String> {
+        if remote.len() >= 100 {
+            return Err(format!("the socket path would be too long ({remote})"));
+        }
+        let local = self.ctl.with_extension("tun");
+        let _ = std::fs::remove_file(&local);
+        let listener = tokio::net::UnixListener::bind(&local)
+            .map_err(|e| format!("cannot listen on {}: {e}", local.display()))?;
+        let forwarded = self
+            .mux
+            .request_port_forward(
+                openssh::ForwardType::Remote,
+                Path::new(remote),
+                local.as_path(),
+            )
+            .await;
+        if let Err(e) = forwarded {
+            let _ = std::fs::remove_file(&local);
+            return Err(format!(
+                "the server refused to forward a socket (AllowStreamLocalForwarding no?): {e}"
+            ));
+        }
+        Ok(Tunnel {
+            listener,
+            local,
+            remote: remote.to_string(),
+        })
+    }
+
     /// Closes the connection and waits for the master to end.
     pub async fn close(mut self) {
         drop(self.mux);
@@ -569,6 +601,105 @@ pub fn remote_line(script: &str, name: &str, args: &[&str], vars: &[(String, Str
         s.push_str(&sh_quote(a));
     }
     s
+}
+
+/// A socket on the host forwarded to one of ours; see [`Session::open_tunnel`].
+#[derive(Debug)]
+pub struct Tunnel {
+    listener: tokio::net::UnixListener,
+    local: PathBuf,
+    remote: String,
+}
+
+/// A tunnel whose records are being read.
+#[derive(Debug)]
+pub struct ServedTunnel {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    local: PathBuf,
+    remote: String,
+}
+
+/// The longest record taken; a longer line is cut there.
+const MAX_RECORD: usize = 1 << 20;
+
+impl Tunnel {
+    /// Reads every line written to the tunnel, by any number of
+    /// connections, as [`Event::Record`]s of `host`.
+    pub fn serve(self, host: HostId, events: mpsc::Sender<Event>) -> ServedTunnel {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let listener = self.listener;
+        let task = tokio::spawn(async move {
+            let mut readers = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    conn = listener.accept() => match conn {
+                        Ok((stream, _)) => {
+                            readers.spawn(read_records(stream, host, events.clone()));
+                        }
+                        Err(_) => break,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            // The payload has ended: what it wrote is on its way; wait for
+            // it, a little (a process it left behind may hold a connection).
+            let drain = async { while readers.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        });
+        ServedTunnel {
+            task,
+            stop,
+            local: self.local,
+            remote: self.remote,
+        }
+    }
+}
+
+impl ServedTunnel {
+    /// After the payload's end: takes what is still arriving, then closes the forwarding.
+    pub async fn finish(self, session: &Session) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let _ = session
+            .mux
+            .close_port_forward(
+                openssh::ForwardType::Remote,
+                Path::new(&self.remote),
+                self.local.as_path(),
+            )
+            .await;
+        let _ = std::fs::remove_file(&self.local);
+    }
+}
+
+async fn read_records(stream: tokio::net::UnixStream, host: HostId, events: mpsc::Sender<Event>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_RECORD as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if !line.is_empty() {
+            let _ = events.send(Event::Record(host, line.clone())).await;
+        }
+    }
 }
 
 /// What a remote script left behind.

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{HostOpts, TestHosts, is_root, noise, processes_with, pushrun, wait_until};
+use common::{
+    HostOpts, TestHosts, host_summary, is_root, noise, processes_with, pushrun, summary, wait_until,
+};
 use serde_json::Value;
 
 struct Run {
@@ -81,20 +83,6 @@ fn spawn(hosts: &TestHosts, args: &[&str]) -> Child {
         .expect("start pushrun")
 }
 
-fn summary(results: &Path) -> Value {
-    let text = std::fs::read_to_string(results.join("latest/summary.json")).expect("summary.json");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn host_entry<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == name)
-        .expect("host in summary")
-}
-
 /// Runs `cmd` on host `i` with plain ssh, returning its trimmed stdout.
 fn on_host(hosts: &TestHosts, i: usize, cmd: &str) -> String {
     let out = hosts.ssh(i, cmd);
@@ -150,7 +138,7 @@ fn a_cold_push_then_a_warm_run_that_sends_no_payload_and_results_come_back_byte_
     let sum = summary(&res);
     for i in 0..2 {
         let addr = hosts.addr(i);
-        let h = host_entry(&sum, &addr);
+        let h = host_summary(&sum, &addr);
         assert_eq!(h["status"], "ok");
         assert_eq!(h["cache_hit"], false);
         assert_eq!(h["files_sent"], 4);
@@ -197,7 +185,7 @@ fn a_cold_push_then_a_warm_run_that_sends_no_payload_and_results_come_back_byte_
     assert_eq!(run.code, 0, "{}", run.stderr);
     let sum = summary(&res);
     for addr in hosts.addrs() {
-        let h = host_entry(&sum, &addr);
+        let h = host_summary(&sum, &addr);
         assert_eq!(h["cache_hit"], true, "{h}");
         assert_eq!(h["files_sent"], 0);
         // Only the manifest went over: well under the payload's 4 KiB of noise.
@@ -228,7 +216,7 @@ fn a_damaged_cache_is_caught_file_by_file_and_only_the_bad_files_are_sent() {
     );
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
     assert_eq!(h["cache_hit"], false);
     assert_eq!(h["files_sent"], 3, "{h}");
     let sums = on_host(
@@ -248,7 +236,7 @@ fn a_damaged_cache_is_caught_file_by_file_and_only_the_bad_files_are_sent() {
     );
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
     assert_eq!(h["files_sent"], 4, "{h}");
     assert_eq!(
         std::fs::read(res.join("latest").join(hosts.addr(0)).join("out/sub/a.txt")).unwrap(),
@@ -306,7 +294,7 @@ fn a_full_remote_tmp_is_an_error_naming_host_and_path_and_leaves_nothing_half_do
     );
     let listing = on_host(&hosts, 0, &format!("ls -laR {BASE} 2>&1; df /tmp"));
     assert_eq!(left, "0\n0", "staging or run dirs left behind: {listing}");
-    let h = host_entry(&summary(&res), &addr).clone();
+    let h = host_summary(&summary(&res), &addr).clone();
     assert_eq!(h["status"], "failed");
 }
 
@@ -392,7 +380,7 @@ fn two_runs_at_once_with_the_same_and_a_different_payload_do_not_corrupt_each_ot
         let run = exec(&hosts, &["--payload", s(pl), "--results", s(&res)]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         for addr in hosts.addrs() {
-            assert_eq!(host_entry(&summary(&res), &addr)["cache_hit"], true);
+            assert_eq!(host_summary(&summary(&res), &addr)["cache_hit"], true);
         }
     }
 }
@@ -487,7 +475,7 @@ fn an_upload_killed_midway_is_never_taken_for_valid_and_the_next_run_repairs_it(
 
     let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
     assert_eq!(h["cache_hit"], false, "{h}");
     assert_eq!(
         std::fs::read_to_string(res.join("latest").join(hosts.addr(0)).join("stdout")).unwrap(),
@@ -679,7 +667,7 @@ fn collect_time_and_clean_time_are_measured_apart() {
     // Removing 3000 files takes time of its own: before collect.sh closed its
     // streams ahead of the removal, it was counted as collect time and clean
     // time always read 0.
-    let h = host_entry(&summary(&res), &hosts.addr(0)).clone();
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
     assert!(h["timings"]["clean_ms"].as_u64().unwrap() >= 1, "{h}");
     assert_eq!(
         on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")),

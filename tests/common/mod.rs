@@ -505,3 +505,20 @@ pub fn lines_of<'a>(stdout: &'a str, host: &str) -> Vec<&'a str> {
         })
         .collect()
 }
+
+/// A results dir's `latest/summary.json`.
+pub fn summary(results: &Path) -> serde_json::Value {
+    let path = results.join("latest/summary.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// One host's entry of a summary.json.
+pub fn host_summary<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["hosts"]
+        .as_array()
+        .expect("hosts in summary.json")
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {summary:#}"))
+}
