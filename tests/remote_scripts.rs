@@ -126,6 +126,30 @@ impl Payload {
         sha256_hex(self.manifest().as_bytes())
     }
 
+    /// This payload with `path`'s content replaced by `data` (its mode kept).
+    fn with_changed(&self, path: &str, data: &[u8]) -> Payload {
+        let mut p = self.clone();
+        let f = p
+            .files
+            .iter_mut()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no file {path}"));
+        assert_ne!(f.data, data, "{path} must change");
+        f.data = data.to_vec();
+        p
+    }
+
+    /// This payload with one more file, last in the manifest.
+    fn with_added(&self, path: &str, data: &[u8], exec: bool) -> Payload {
+        let mut p = self.clone();
+        p.files.push(File {
+            path: path.into(),
+            data: data.to_vec(),
+            exec,
+        });
+        p
+    }
+
     fn paths(&self) -> Vec<String> {
         self.files.iter().map(|f| f.path.clone()).collect()
     }
@@ -795,6 +819,277 @@ fn a_bad_manifest_is_an_error() {
     );
 }
 
+// ----------------------------------------------------------------- seeding
+
+fn file_mode(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+fn mtime(path: &std::path::Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The standard payload staged (check + receive), then an edit of it (one file
+/// changed, one added) checked: only those two are needed, the rest is seeded from
+/// the first payload's cache with the manifest's modes, and the first payload's
+/// directory is only read (its mtime, its rank for eviction, stays).
+fn an_edit_needs_only_its_changed_and_added_files(host: &Host) {
+    let p1 = Payload::standard();
+    assert_eq!(host.check(&p1, "e1").needed.len(), 4);
+    host.receive_all(&p1, "e1");
+    let old_dir = host.local(&format!("{BASE}/cache/{}", p1.digest()));
+    set_mtime(&old_dir, Duration::from_secs(600));
+    let old_mtime = mtime(&old_dir);
+
+    let mut data = p1.file("lib/data file.bin").data.clone();
+    data[10] ^= 0xff;
+    let p2 =
+        p1.with_changed("lib/data file.bin", &data)
+            .with_added("new/added.txt", b"added\n", false);
+    let c = host.check(&p2, "e2");
+    assert_eq!(
+        (c.needed, c.checked),
+        (
+            vec!["lib/data file.bin".to_string(), "new/added.txt".to_string()],
+            3
+        )
+    );
+    for path in ["run", "bin/tool", "ünï cødé/ß.txt"] {
+        let f = p2.file(path);
+        let cached = host.cached(&p2, path);
+        assert_eq!(std::fs::read(&cached).unwrap(), f.data, "{path}");
+        let want = if f.exec { 0o755 } else { 0o644 };
+        assert_eq!(file_mode(&cached), want, "{path}");
+    }
+    assert!(
+        !host.cached(&p2, "lib/data file.bin").exists(),
+        "a changed file is not copied"
+    );
+    assert_eq!(mtime(&old_dir), old_mtime, "the source was only read");
+    assert_eq!(
+        host.cache_entries(),
+        sorted(vec![p1.digest(), p2.digest()]),
+        "no seed directory is left"
+    );
+    assert_eq!(names_in(&host.run_dir("e2")), ["digest", "out"]);
+
+    host.receive(&p2, "e2", &["lib/data file.bin", "new/added.txt"]);
+    let c = host.check(&p2, "e3");
+    assert_eq!((c.needed.len(), c.checked), (0, 5), "{c:?}");
+    for f in &p2.files {
+        assert_eq!(std::fs::read(host.cached(&p2, &f.path)).unwrap(), f.data);
+    }
+    let c = host.check(&p1, "e4");
+    assert_eq!(
+        (c.needed.len(), c.checked),
+        (0, 4),
+        "the first payload is whole"
+    );
+
+    // a file lost from a cache that has others (in use): seeded alone, in place
+    std::fs::remove_file(host.cached(&p2, "bin/tool")).unwrap();
+    let c = host.check(&p2, "e5");
+    assert_eq!((c.needed.len(), c.checked), (0, 5), "{c:?}");
+    assert_eq!(file_mode(&host.cached(&p2, "bin/tool")), 0o755);
+}
+
+/// In the first payload's cache: one file changed in place (same size), one
+/// replaced by a symlink to a right copy, one exec bit lost. An edit of another
+/// file checked: the changed and the linked ones are needed (a seeded copy is
+/// verified like any file), the one with the lost bit is not (a copy takes the
+/// manifest's mode, and its content is verified).
+fn a_damaged_file_in_the_old_cache_is_not_trusted(host: &Host) {
+    let p1 = Payload::standard();
+    host.check(&p1, "t1");
+    host.receive_all(&p1, "t1");
+    let bin = host.cached(&p1, "lib/data file.bin");
+    let mut data = std::fs::read(&bin).unwrap();
+    data[100] ^= 1;
+    std::fs::write(&bin, &data).unwrap();
+    std::fs::write(host.local("/tmp/tool-copy"), &p1.file("bin/tool").data).unwrap();
+    std::fs::remove_file(host.cached(&p1, "bin/tool")).unwrap();
+    std::os::unix::fs::symlink("/tmp/tool-copy", host.cached(&p1, "bin/tool")).unwrap();
+    std::fs::set_permissions(
+        host.cached(&p1, "run"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+
+    let p2 = p1.with_changed("ünï cødé/ß.txt", "GRÜSSE\n".as_bytes());
+    let c = host.check(&p2, "t2");
+    assert_eq!(
+        (c.needed.clone(), c.checked),
+        (
+            vec![
+                "bin/tool".to_string(),
+                "lib/data file.bin".to_string(),
+                "ünï cødé/ß.txt".to_string()
+            ],
+            1
+        )
+    );
+    assert_eq!(file_mode(&host.cached(&p2, "run")), 0o755);
+    // the damaged file was copied (its manifest line matched), and still needed
+    assert_eq!(
+        std::fs::read(host.cached(&p2, "lib/data file.bin")).unwrap(),
+        data
+    );
+    let refs: Vec<&str> = c.needed.iter().map(String::as_str).collect();
+    host.receive(&p2, "t2", &refs);
+    let c = host.check(&p2, "t3");
+    assert_eq!((c.needed.len(), c.checked), (0, 4), "{c:?}");
+    for f in &p2.files {
+        let cached = host.cached(&p2, &f.path);
+        assert_eq!(std::fs::read(&cached).unwrap(), f.data, "{}", f.path);
+        assert!(
+            std::fs::symlink_metadata(&cached).unwrap().is_file(),
+            "{}",
+            f.path
+        );
+    }
+}
+
+#[test]
+fn an_edited_payload_needs_only_its_changed_and_added_files() {
+    let host = Host::start();
+    an_edit_needs_only_its_changed_and_added_files(&host);
+}
+
+#[test]
+fn a_damaged_file_in_an_older_cache_is_not_trusted_when_seeding() {
+    let host = Host::start();
+    a_damaged_file_in_the_old_cache_is_not_trusted(&host);
+}
+
+#[test]
+fn a_nocache_check_seeds_nothing() {
+    let host = Host::start();
+    let p1 = Payload::standard();
+    host.check(&p1, "n1");
+    host.receive_all(&p1, "n1");
+    let p2 = p1.with_added("extra", b"x\n", false);
+    let c = parse_check(&host.check_mode(&p2, "n2", "nocache"));
+    assert_eq!((c.needed, c.checked), (all_paths(&p2), 0));
+    assert!(!host.run_dir("n2").join("payload").exists());
+    assert_eq!(names_in(&host.run_dir("n2")), ["digest", "out"]);
+    assert_eq!(host.cache_entries(), [p1.digest()]);
+    assert_eq!(
+        names_in(&host.local(&format!("{BASE}/manifests"))),
+        [p1.digest()],
+        "a no-cache run keeps no manifest"
+    );
+}
+
+#[test]
+fn seeding_takes_each_file_from_the_most_recent_payload_that_has_it_and_keeps_ranks() {
+    let host = Host::start();
+    let a = Payload::many(6, 1);
+    let changed = |p: &Payload, i: usize| {
+        let path = format!("d{}/file {i}.dat", i % 4);
+        let mut data = p.file(&path).data.clone();
+        data[0] ^= 0xff;
+        (path.clone(), p.with_changed(&path, &data))
+    };
+    host.check(&a, "a");
+    host.receive_all(&a, "a");
+    set_mtime(
+        &host.local(&format!("{BASE}/cache/{}", a.digest())),
+        Duration::from_secs(7200),
+    );
+    let (f0, b) = changed(&a, 0);
+    let c = host.check(&b, "b");
+    assert_eq!((c.needed, c.checked), (vec![f0.clone()], 5));
+    host.receive(&b, "b", &[f0.as_str()]);
+    set_mtime(
+        &host.local(&format!("{BASE}/cache/{}", b.digest())),
+        Duration::from_secs(3600),
+    );
+    // file 3 only in b (the most recent), file 4 only in a; file 0 as in a
+    std::fs::remove_file(host.cached(&a, "d3/file 3.dat")).unwrap();
+    std::fs::remove_file(host.cached(&b, "d0/file 4.dat")).unwrap();
+    let mtimes = |ps: &[&Payload]| -> Vec<SystemTime> {
+        ps.iter()
+            .map(|p| mtime(&host.local(&format!("{BASE}/cache/{}", p.digest()))))
+            .collect()
+    };
+    let before = mtimes(&[&a, &b]);
+    let (f1, c_payload) = changed(&a, 1);
+    let c = host.check(&c_payload, "c");
+    assert_eq!((c.needed, c.checked), (vec![f1.clone()], 5));
+    assert_eq!(mtimes(&[&a, &b]), before, "the sources keep their rank");
+    host.receive(&c_payload, "c", &[f1.as_str()]);
+
+    // a fourth payload: a, the least recently used (though c was seeded from it),
+    // is the one evicted, with its manifest; the others seed the new one
+    for run in ["a", "b", "c"] {
+        assert_eq!(host.collect(run).code, 0);
+    }
+    let (f2, d) = changed(&c_payload, 2);
+    let c = host.check(&d, "d");
+    assert_eq!((c.needed, c.checked), (vec![f2], 5));
+    let kept = sorted(vec![b.digest(), c_payload.digest(), d.digest()]);
+    assert_eq!(host.cache_entries(), kept);
+    assert_eq!(names_in(&host.local(&format!("{BASE}/manifests"))), kept);
+}
+
+#[test]
+fn housekeeping_keeps_a_payload_that_a_check_is_seeding_from() {
+    let host = Host::start();
+    let base = host.local(BASE);
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let payloads: Vec<Payload> = (1..=5).map(|i| Payload::many(2, i)).collect();
+    std::fs::create_dir_all(base.join("manifests")).unwrap();
+    // payloads 1-4 cached with their manifests, 1 the least recently used
+    for (i, p) in payloads[..4].iter().enumerate() {
+        let dir = host.local(&format!("{BASE}/cache/{}", p.digest()));
+        for f in &p.files {
+            let path = dir.join(&f.path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &f.data).unwrap();
+        }
+        std::fs::write(base.join("manifests").join(p.digest()), "x\n").unwrap();
+        set_mtime(&dir, Duration::from_secs(3600 * (4 - i as u64)));
+    }
+    // a check copying from payloads 1 and 3 (one line, as check.sh writes it);
+    // a manifest whose payload is gone
+    let seeder = host.run_dir("seeder");
+    std::fs::create_dir_all(&seeder).unwrap();
+    std::fs::write(
+        seeder.join(".check.src"),
+        format!("{} {}\n", payloads[0].digest(), payloads[2].digest()),
+    )
+    .unwrap();
+    std::fs::write(base.join("manifests").join("abc123"), "x\n").unwrap();
+
+    host.check(&payloads[4], "r5");
+    let kept = sorted(vec![
+        payloads[0].digest(),
+        payloads[2].digest(),
+        payloads[3].digest(),
+        payloads[4].digest(),
+    ]);
+    assert_eq!(host.cache_entries(), kept, "payload 2 evicted, 1 kept");
+    assert_eq!(names_in(&base.join("manifests")), kept);
+}
+
 // ----------------------------------------------------------------- receive
 
 #[test]
@@ -1316,6 +1611,18 @@ fn the_whole_cycle_works_under_busybox_sh_with_busybox_tools() {
         "{}",
         a.describe()
     );
+}
+
+#[test]
+fn an_edited_payload_is_seeded_under_busybox_too() {
+    let host = Host::busybox();
+    an_edit_needs_only_its_changed_and_added_files(&host);
+}
+
+#[test]
+fn a_damaged_file_in_an_older_cache_is_not_trusted_under_busybox_either() {
+    let host = Host::busybox();
+    a_damaged_file_in_the_old_cache_is_not_trusted(&host);
 }
 
 #[test]

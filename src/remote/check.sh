@@ -15,12 +15,30 @@
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
 # attack); creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest;
-# in cache mode verifies every manifest file already in BASE/cache/DIGEST
-# (regular file, not a symlink, exec bit as the mode says, sha256 matches:
-# one sha256sum process for all of them, and no marker file is trusted);
 # under BASE/lock does the housekeeping: drops uploads abandoned for over an
 # hour, run directories older than 24 hours, and all but the 3 most recently
-# used cached payloads (never one that a run directory names).
+# used cached payloads (never one that a run directory names, nor one that a
+# check is seeding from), with their stored manifests.
+#
+# In cache mode it then keeps this payload's manifest as BASE/manifests/DIGEST
+# ("<sha256> <mode> <path>" lines) and seeds BASE/cache/DIGEST from the other
+# cached payloads, so that a payload with a few files edited needs only
+# those: the sources are the (up to 3) most recently used other payload
+# directories (mtime, as eviction orders them) whose manifest is kept; every
+# manifest path absent from BASE/cache/DIGEST whose line (sha256, mode and
+# path) is in a source's manifest, and that is a regular file (not a symlink)
+# there, is copied (one tar pipe per source, outside the lock: the check
+# names its sources in BASE/runs/RUN_ID/.check.src meanwhile, which keeps
+# eviction off them; they are only read, so their mtime and so their rank
+# stays) into BASE/cache/.stage-RUN_ID.seed and given its manifest mode;
+# then, under BASE/lock, that directory becomes BASE/cache/DIGEST by one
+# rename when BASE/cache/DIGEST holds no file yet, else each file is
+# hard-linked into place where nothing is (never replacing a file). Nothing
+# is trusted for being seeded: then it verifies every manifest file in
+# BASE/cache/DIGEST (regular file, not a symlink, exec bit as the mode says,
+# sha256 matches: one sha256sum process for all of them, each file hashed
+# once, and no marker file is trusted); a seeded file that does not match is
+# needed like any other.
 #
 # stdout, one item a line:
 #   base <absolute BASE>
@@ -34,6 +52,8 @@
 umask 077
 LC_ALL=C
 export LC_ALL
+nl='
+'
 
 [ $# -eq 4 ] || fail 3 "usage: check.sh REMOTE_TMP DIGEST RUN_ID MODE (got $# arguments)"
 tmp=$1 digest=$2 run_id=$3 mode=$4
@@ -82,12 +102,14 @@ rundir=$BASE/runs/$run_id
 work=$rundir/.check
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
-    rm -f "$work.list" "$work.sums" "$work.result"
+    rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
+    [ -z "${seed:-}" ] || rm -rf "$seed"
     lock_release
 }
 trap_cleanup
 
 # ------------------------------------------------- run dir, housekeeping
+seed=
 if [ "$mode" = cache ]; then
     target=$BASE/cache/$digest
 else
@@ -106,7 +128,7 @@ if [ "$mode" = cache ]; then
         rm -f "$target"
     fi
     # the directory's mtime records its last use (for eviction)
-    err=$({ mkdir -p "$target" && touch "$target"; } 2>&1) ||
+    err=$({ mkdir -p "$target" "$BASE/manifests" && touch "$target"; } 2>&1) ||
         fail 3 "cannot write under $BASE: $(reason "$err")"
 fi
 
@@ -115,32 +137,54 @@ find "$BASE/cache" -mindepth 1 -maxdepth 1 -name '.stage-*' -mmin +60 \
     -exec rm -rf {} \; 2>/dev/null
 find "$BASE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} \; 2>/dev/null
 # keep the 3 most recently used payloads, and every one a run still names
+# or a check is seeding from (a .check.src holds digests on one line)
 in_use=' '
-for f in "$BASE"/runs/*/digest; do
+for f in "$BASE"/runs/*/digest "$BASE"/runs/*/.check.src; do
     [ -f "$f" ] || continue
     d=
     read -r d 2>/dev/null <"$f"
     in_use="$in_use$d "
 done
 # payload directories are named by hex digests: ls -t is safe, and is the
-# one portable way to sort by mtime
+# one portable way to sort by mtime. Of those kept, this run's sources (cache
+# mode): the 3 most recently used other ones with a kept manifest, printed
+# on one line
 # shellcheck disable=SC2012
-ls -t "$BASE/cache" 2>/dev/null | {
-    kept=0
+srcs=$(ls -t "$BASE/cache" 2>/dev/null | {
+    kept=0 nsrc=0
     while IFS= read -r d; do
         case $d in
             '' | *[!0-9a-f]*) continue ;; # not a payload directory
         esac
         if [ "$kept" -lt 3 ]; then
             kept=$((kept + 1))
-            continue
+        else
+            case $in_use in
+                *" $d "*) ;;
+                *)
+                    rm -rf "$BASE/cache/$d"
+                    continue
+                    ;;
+            esac
         fi
-        case $in_use in
-            *" $d "*) continue ;;
-        esac
-        rm -rf "$BASE/cache/$d"
+        if [ "$mode" = cache ] && [ "$d" != "$digest" ] && [ "$nsrc" -lt 3 ] &&
+            [ -f "$BASE/manifests/$d" ]; then
+            printf '%s ' "$d"
+            nsrc=$((nsrc + 1))
+        fi
     done
-}
+})
+srcs=${srcs% }
+# the manifests of payloads no longer cached
+for f in "$BASE"/manifests/*; do
+    [ -e "$f" ] || continue
+    [ -d "$BASE/cache/${f##*/}" ] || rm -f "$f"
+done
+# the sources are named while the lock is held: no eviction can take them
+# while they are copied from
+if [ -n "$srcs" ]; then
+    printf '%s\n' "$srcs" 2>/dev/null >"$work.src" || srcs=
+fi
 lock_release
 
 # ------------------------------------------------------------ manifest
@@ -184,6 +228,158 @@ vars=$(awk -v "sq='" "$validate")
 eval "$vars"
 [ "$derived" = 1 ] || fail 3 "cannot read the manifest"
 [ "$bad" = 0 ] || fail 3 "bad manifest line $bad: '$badline'"
+
+# ------------------------------------------------------------- seeding
+# (cache mode; see the header) the copies need not be right: the
+# verification below hashes every file of the target, seeded or not
+
+# chmod MODE on each of LIST's files (one process when the argument list
+# fits); a file it cannot be set on is removed (so it stays needed)
+seed_chmod() { # MODE LIST
+    [ -n "$2" ] || return 0
+    # shellcheck disable=SC2086 # split on newlines only, with no globbing
+    if ! chmod "$1" -- $2 2>/dev/null; then
+        for f in $2; do
+            chmod "$1" -- "$f" 2>/dev/null || rm -rf -- "$f"
+        done
+    fi
+}
+
+# copies CHUNK's files ("./path" lines) from the cached payload SOURCE into
+# the seed directory: one tar pipe (a file gone meanwhile is left out, the
+# rest still come); seed_ok is emptied when the extraction fails (a write
+# error: then nothing is installed)
+seed_copy() { # SOURCE CHUNK
+    [ -n "$2" ] || return 0
+    [ -d "$BASE/cache/$1" ] || return 0
+    # shellcheck disable=SC2086 # split on newlines only, with no globbing
+    (cd "$BASE/cache/$1" && exec tar -cf - $2) 2>/dev/null |
+        (cd "$seed" && exec tar -xof -) 2>/dev/null || seed_ok=
+}
+
+if [ "$mode" = cache ]; then
+    # this payload's manifest, for later checks to seed from (written once,
+    # by a rename; only ever a hint of what to copy)
+    if [ ! -f "$BASE/manifests/$digest" ]; then
+        { printf '%s\n' "$entries" >"$work.man" &&
+            mv -f "$work.man" "$BASE/manifests/$digest"; } 2>/dev/null
+    fi
+fi
+if [ "$mode" = cache ] && [ -n "$srcs" ] && (: >"$work.miss") 2>/dev/null; then
+    # the manifest's lines whose path is absent from the target
+    exec 8>"$work.miss"
+    saved_ifs=$IFS
+    IFS=$nl
+    set -f
+    for entry in $entries; do
+        path=${entry#* } && path=${path#* }
+        [ -e "$target/$path" ] || [ -L "$target/$path" ] ||
+            printf '%s\n' "$entry" >&8
+    done
+    exec 8>&-
+    plan=
+    if [ -s "$work.miss" ]; then
+        # one awk matches them with the sources' manifests: it prints each
+        # line that some source has as "<ranks> <line>", ranks being the
+        # sources' numbers (1 the most recently used), in that order
+        IFS=' '
+        # shellcheck disable=SC2086 # split on spaces: digests
+        set -- $srcs
+        src1=${1:-} src2=${2:-} src3=${3:-}
+        set --
+        rank=0
+        for s in $srcs; do
+            rank=$((rank + 1))
+            set -- "$@" "rank=$rank" "$BASE/manifests/$s"
+        done
+        IFS=$nl
+        # shellcheck disable=SC2016 # an awk program
+        plan=$(awk '
+rank != "" { if (index(ranks[$0], rank) == 0) ranks[$0] = ranks[$0] rank; next }
+($0 in ranks) { print ranks[$0] " " $0 }' "$@" rank= "$work.miss" 2>/dev/null)
+    fi
+    # beside the uploads' stage directories (the same file system as the
+    # target, and dropped with them when abandoned)
+    [ -z "$plan" ] || seed=$BASE/cache/.stage-$run_id.seed
+    if [ -n "$plan" ] && rm -rf "$seed" 2>/dev/null && mkdir "$seed" 2>/dev/null; then
+        # each file from the first source (by rank) where it is a regular
+        # file; the copies go by source, in chunks of at most 64 KiB of names
+        seed_ok=1 c1='' c2='' c3='' l755='' l644='' lpaths=''
+        for line in $plan; do
+            ranks=${line%% *} rest=${line#* } && rest=${rest#* }
+            fmode=${rest%% *} path=${rest#* }
+            from=
+            while [ -n "$ranks" ]; do
+                r=${ranks%"${ranks#?}"} ranks=${ranks#?}
+                case $r in
+                    1) f=$BASE/cache/$src1/$path ;;
+                    2) f=$BASE/cache/$src2/$path ;;
+                    *) f=$BASE/cache/$src3/$path ;;
+                esac
+                if [ -f "$f" ] && [ ! -L "$f" ]; then
+                    from=$r
+                    break
+                fi
+            done
+            case $from in
+                1)
+                    c1="$c1./$path$nl"
+                    [ "${#c1}" -lt 65536 ] || { seed_copy "$src1" "$c1"; c1=''; }
+                    ;;
+                2)
+                    c2="$c2./$path$nl"
+                    [ "${#c2}" -lt 65536 ] || { seed_copy "$src2" "$c2"; c2=''; }
+                    ;;
+                3)
+                    c3="$c3./$path$nl"
+                    [ "${#c3}" -lt 65536 ] || { seed_copy "$src3" "$c3"; c3=''; }
+                    ;;
+                *) continue ;;
+            esac
+            lpaths="$lpaths$path$nl"
+            if [ "$fmode" = 755 ]; then
+                l755="$l755$seed/$path$nl"
+            else
+                l644="$l644$seed/$path$nl"
+            fi
+        done
+        seed_copy "$src1" "$c1"
+        seed_copy "$src2" "$c2"
+        seed_copy "$src3" "$c3"
+        if [ -n "$seed_ok" ] && [ -n "$lpaths" ]; then
+            # nothing but files and directories, with the manifest's modes
+            find "$seed" ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
+            seed_chmod 755 "$l755"
+            seed_chmod 644 "$l644"
+            # install, under the lock (as receive.sh installs)
+            lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
+            if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then
+                # no file there yet: the seed directory goes into place by one
+                # rename, and is the target's last use
+                { rm -rf "$target" && mv -f "$seed" "$target"; } 2>/dev/null
+                mkdir -p "$target" 2>/dev/null && touch "$target" 2>/dev/null
+            else
+                # files there (another check, an upload): a hard link for
+                # each missing one; ln replaces nothing
+                for path in $lpaths; do
+                    f=$target/$path
+                    if [ ! -f "$seed/$path" ] || [ -L "$seed/$path" ] ||
+                        [ -e "$f" ] || [ -L "$f" ]; then
+                        continue
+                    fi
+                    case $path in
+                        */*) [ -d "${f%/*}" ] || mkdir -p "${f%/*}" 2>/dev/null ;;
+                    esac
+                    ln "$seed/$path" "$f" 2>/dev/null
+                done
+            fi
+            lock_release
+        fi
+    fi
+    set +f
+    IFS=$saved_ifs
+fi
+
 exec 6>"$work.list" 7>"$work.sums"
 saved_ifs=$IFS
 IFS='
