@@ -119,7 +119,7 @@ pub struct RunSpec {
 }
 
 /// How long a command gets to end after its stdin was closed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `spec` on every host, sending events on `events`; returns when every host is done.
 pub async fn run(
@@ -175,7 +175,7 @@ pub async fn run(
 }
 
 /// Resolves once the run is cancelled (never, if the sender is gone without cancelling).
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+pub(crate) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     if cancel.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -537,7 +537,7 @@ impl HostTask<'_> {
     }
 }
 
-enum StageError {
+pub(crate) enum StageError {
     Cancelled,
     Lost(String),
     Failed {
@@ -548,7 +548,7 @@ enum StageError {
 
 /// Checks the host's copy of the payload and sends what is missing or wrong.
 /// Returns the host's pushrun dir and the payload's dir there.
-async fn stage(
+pub(crate) async fn stage(
     session: &Session,
     host: &Host,
     job: &Arc<PayloadJob>,
@@ -726,7 +726,7 @@ where
     early
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

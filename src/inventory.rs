@@ -31,7 +31,8 @@ use crate::hostlist::{self, RangeError};
 
 /// How to reach a host. The same settings are accepted in `defaults:`, in
 /// groups and in host entries; [`Host::settings`] holds the merged result.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Serializable, so that a relay receives them as merged here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostSettings {
     /// Where to connect; the host name when unset.
     pub address: Option<String>,
@@ -48,6 +49,10 @@ pub struct HostSettings {
     pub remote_tmp: Option<String>,
     /// Environment variables for remote commands.
     pub vars: BTreeMap<String, String>,
+    /// The relay host this host is reached through (see `relay`).
+    pub via: Option<String>,
+    /// For a relay: forward the ssh agent to it, for its ssh to the hosts behind it.
+    pub forward_agent: Option<bool>,
 }
 
 impl HostSettings {
@@ -64,6 +69,8 @@ impl HostSettings {
         take(&mut self.port, &over.port);
         take(&mut self.identity_file, &over.identity_file);
         take(&mut self.remote_tmp, &over.remote_tmp);
+        take(&mut self.via, &over.via);
+        take(&mut self.forward_agent, &over.forward_agent);
         self.ssh_options
             .splice(0..0, over.ssh_options.iter().cloned());
         self.vars
@@ -72,7 +79,7 @@ impl HostSettings {
 }
 
 /// One host of the inventory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Host {
     /// The name it is known and selected by.
     pub name: String,
@@ -329,7 +336,7 @@ impl Inventory {
 }
 
 /// Shell-style match: `*` any run of characters, `?` any one character.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let text: Vec<char> = text.chars().collect();
     let (mut p, mut t) = (0, 0);
@@ -948,6 +955,8 @@ const SETTING_KEYS: &[&str] = &[
     "ssh_options",
     "remote_tmp",
     "vars",
+    "via",
+    "forward_agent",
 ];
 /// Keys of a group.
 const GROUP_KEYS: &[&str] = &[
@@ -959,6 +968,8 @@ const GROUP_KEYS: &[&str] = &[
     "ssh_options",
     "remote_tmp",
     "vars",
+    "via",
+    "forward_agent",
 ];
 
 /// The whole document.
@@ -1341,6 +1352,18 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                     })?;
                 }
                 "vars" => s.vars = map.next_value_seed(VarsSeed(ctx))?,
+                "via" => s.via = map.next_value_seed(scalar(ctx, key, checked_relay))?,
+                "forward_agent" => {
+                    s.forward_agent = map.next_value_seed(scalar(ctx, key, |text| {
+                        non_null(text)
+                            .map(|flag| match flag {
+                                "true" | "yes" => Ok(true),
+                                "false" | "no" => Ok(false),
+                                _ => Err("forward_agent must be true or false".into()),
+                            })
+                            .transpose()
+                    }))?;
+                }
                 "members" => {
                     let Owner::Group { index: group, .. } = self.owner else {
                         unreachable!("members is a group key only");
@@ -1364,6 +1387,13 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
         }
         Ok(raw)
     }
+}
+
+/// `via:`: null, or a host name (that it names a host is checked on selection).
+fn checked_relay(text: &str) -> Result<Option<String>, Problem> {
+    let relay = non_null(text).map(str::to_owned);
+    relay.as_deref().map(check_host_name).transpose()?;
+    Ok(relay)
 }
 
 /// `~/x` → `$HOME/x`; left alone when `$HOME` is unknown.
@@ -1506,7 +1536,8 @@ fn is_env_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const SETTINGS_LIST: &str = "address, user, port, identity_file, ssh_options, remote_tmp, vars";
+    const SETTINGS_LIST: &str =
+        "address, user, port, identity_file, ssh_options, remote_tmp, vars, via, forward_agent";
 
     fn parse(lines: &[&str]) -> Inventory {
         Inventory::parse(&lines.join("\n"), "hosts.yaml").unwrap_or_else(|e| panic!("{e}"))

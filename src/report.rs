@@ -49,6 +49,9 @@ pub struct RunInfo {
     pub job: Value,
     /// The results root (`--results`), if results are kept.
     pub results: Option<PathBuf>,
+    /// Each host's place in the relay tree (`r1/node042`); `None` for a
+    /// direct host (the list may be empty when no host has a relay).
+    pub paths: Vec<Option<String>>,
 }
 
 /// The results dir of one run: `DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/}`
@@ -174,6 +177,7 @@ pub struct Reporter {
     interrupted: bool,
     info: RunInfo,
     results: Option<ResultsDir>,
+    relays: Vec<Value>,
 }
 
 struct Progress {
@@ -213,6 +217,7 @@ impl Reporter {
             interrupted: false,
             info,
             results,
+            relays: Vec::new(),
         })
     }
 
@@ -313,8 +318,23 @@ impl Reporter {
         Ok(())
     }
 
+    /// What the relays did (`relay::RelayReport`s), for summary.json.
+    pub fn relays<T: serde::Serialize>(&mut self, reports: &[T]) {
+        self.relays = reports
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect();
+    }
+
+    fn path(&self, id: HostId) -> Option<&str> {
+        self.info.paths.get(id).and_then(|p| p.as_deref())
+    }
+
     fn json(&mut self, id: HostId, mut obj: Value) -> io::Result<()> {
         obj["host"] = Value::String(self.names[id].clone());
+        if let Some(path) = self.path(id) {
+            obj["path"] = json!(path);
+        }
         obj["t_ms"] = json!(self.started.elapsed().as_millis() as u64);
         serde_json::to_writer(&mut self.out, &obj)?;
         self.out.write_all(b"\n")
@@ -425,6 +445,9 @@ impl Reporter {
             .enumerate()
             .map(|(i, o)| {
                 let mut h = json!({"name": self.names[i]});
+                if let Some(path) = self.path(i) {
+                    h["path"] = json!(path);
+                }
                 if let Some(r) = &self.results {
                     h["folder"] = json!(r.folders[i]);
                 }
@@ -455,14 +478,18 @@ impl Reporter {
                 .unwrap_or_default();
             counts[key.as_str()] = json!(summary.counts.get(&status).copied().unwrap_or(0));
         }
-        json!({
+        let mut all = json!({
             "run_id": self.info.run_id,
             "job": self.info.job,
             "elapsed_ms": elapsed.as_millis() as u64,
             "exit_status": summary.exit_status,
             "counts": counts,
             "hosts": hosts,
-        })
+        });
+        if !self.relays.is_empty() {
+            all["relays"] = json!(self.relays);
+        }
+        all
     }
 
     fn summary(&self) -> Summary {

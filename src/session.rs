@@ -429,15 +429,32 @@ impl Session {
     /// the child exits [`NO_PTY_EXIT`].
     pub fn spawn_pty(&self, command: &str, vars: &[(String, String)]) -> io::Result<Child> {
         let remote = remote_line(crate::remote::PTY, "pushrun-pty", &[command], vars);
+        self.spawn_through_master(&["-tt"], remote)
+    }
+
+    /// Starts one of pushrun's remote scripts through the master with a
+    /// plain `ssh -S` client, for what the mux client cannot ask for (agent
+    /// forwarding: `opts` = `["-o", "ForwardAgent=yes"]`).
+    pub fn spawn_client(
+        &self,
+        opts: &[&str],
+        script: &str,
+        name: &str,
+        args: &[&str],
+    ) -> io::Result<Child> {
+        let mut all = vec!["-T"];
+        all.extend_from_slice(opts);
+        self.spawn_through_master(&all, remote_line(script, name, args, &[]))
+    }
+
+    /// `ssh -S <control socket> OPTS -- DESTINATION REMOTE`, quiet, all
+    /// streams piped. It never opens a connection of its own: without the
+    /// master it fails (ProxyCommand=false).
+    fn spawn_through_master(&self, opts: &[&str], remote: String) -> io::Result<Child> {
         let mut cmd = Command::new("ssh");
-        cmd.arg("-S").arg(&self.ctl).args([
-            "-tt",
-            "-q",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "BatchMode=yes",
-        ]);
+        cmd.arg("-S").arg(&self.ctl).arg("-q").args(opts);
+        cmd.args(["-o", "ControlMaster=no", "-o", "BatchMode=yes"])
+            .args(["-o", "ProxyCommand=false"]);
         cmd.arg("-F").arg(&self.config_file);
         cmd.arg("--").arg(&self.destination).arg(remote);
         cmd.stdin(Stdio::piped())
