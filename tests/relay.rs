@@ -723,3 +723,66 @@ fn a_relay_binary_for_another_machine_is_refused_before_anything_is_sent() {
         "something was staged on the relay"
     );
 }
+
+#[test]
+fn the_timeout_travels_down_to_the_leaves() {
+    let hosts = TestHosts::start(3);
+    let (relay, inv) = star(&hosts, &[hosts.addr(1), hosts.addr(2)]);
+    let limit = format!("!{relay}");
+    let started = Instant::now();
+    let out = exec(
+        &hosts,
+        &inv,
+        &["--limit", &limit, "--timeout", "1", "--", "sleep 71717"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let leaves = common_fold(&hosts.addr(1), &hosts.addr(2));
+    assert!(
+        out.stderr
+            .contains(&format!("timed out: {leaves}: killed after the 1s timeout")),
+        "{}",
+        out.stderr
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the leaves' commands to go",
+        || processes_with("sleep 71717").is_empty(),
+    );
+}
+
+#[test]
+fn clean_goes_through_the_relay_too() {
+    let hosts = TestHosts::start(3);
+    let (relay, inv) = star(&hosts, &[hosts.addr(1), hosts.addr(2)]);
+    let limit = format!("!{relay}");
+    let payload = greeting_payload(hosts.dir());
+    let results = hosts.dir().join("results");
+    let out = exec(&hosts, &inv, &payload_args(&limit, &payload, &results));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = |i: usize| hosts.tmp_dir(i).join(format!(".pushrun-{}", me()));
+    assert!(dir(1).exists() && dir(2).exists());
+    let out = pushrun()
+        .args(["clean", "--hosts"])
+        .arg(&inv)
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(["--limit", &limit])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2 hosts in"), "{stderr}");
+    if is_root() {
+        assert!(
+            !dir(1).exists() && !dir(2).exists(),
+            "the leaves' dirs are left"
+        );
+        // The relay keeps its cache (pushrun itself, the payload): it was a hop.
+        assert!(dir(0).join("cache").exists());
+    }
+}
