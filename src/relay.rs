@@ -16,9 +16,10 @@
 //! stops its hosts' commands, cleans up and says so before it exits.
 
 mod known_hosts;
+mod serve;
+mod tree;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +30,17 @@ use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Timings};
-use crate::fleet::{self, Job, PayloadJob, PtyMode, RunSpec, StageError, cancelled, error_chain};
+use crate::fleet::{self, Job, PayloadJob, RunSpec, StageError, cancelled, error_chain};
 use crate::inventory::Host;
 use crate::payload::Payload;
-use crate::session::{ControlDir, HostKeyChecking, Kex, Session, SshOptions, write_ssh_config};
+use crate::session::{ControlDir, Session, write_ssh_config};
 
 pub use known_hosts::Source as KnownHostsSource;
+pub use serve::serve;
+pub use tree::{hops, paths, tree};
 pub use wire::RelayReport;
+
+use tree::{Subtree, split};
 
 /// Starts `pushrun relay` on a relay and removes its run dirs after.
 const START: &str = concat!(
@@ -132,173 +137,6 @@ impl Relaying {
     }
 }
 
-/// A host's `via`, unless it names the host itself (as a group or the
-/// defaults may, for the relay too).
-fn via(host: &Host) -> Option<&str> {
-    host.settings.via.as_deref().filter(|v| *v != host.name)
-}
-
-/// The relays `selected` hosts are reached through that are not selected
-/// themselves, in inventory order. Checks every `via` on the way: it must
-/// name a host of the inventory, and lead to a host with none.
-pub fn hops(all: &[Host], selected: &[Host]) -> Result<Vec<Host>, String> {
-    let index: HashMap<&str, usize> = all
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.name.as_str(), i))
-        .collect();
-    let chosen: std::collections::HashSet<&str> =
-        selected.iter().map(|h| h.name.as_str()).collect();
-    let mut needed = std::collections::BTreeSet::new();
-    for host in selected {
-        let mut chain = vec![host.name.as_str()];
-        let mut current = host;
-        while let Some(relay) = via(current) {
-            let Some(&i) = index.get(relay) else {
-                return Err(format!(
-                    "host {}: via {relay}: no such host in the inventory",
-                    current.name
-                ));
-            };
-            if chain.contains(&relay) {
-                chain.push(relay);
-                return Err(format!("via loop: {}", chain.join(" -> ")));
-            }
-            chain.push(relay);
-            if !chosen.contains(relay) {
-                needed.insert(i);
-            }
-            current = &all[i];
-        }
-    }
-    Ok(needed.into_iter().map(|i| all[i].clone()).collect())
-}
-
-/// The relays from the top down that `host` is reached through.
-fn route<'a>(known: &HashMap<&str, &'a Host>, host: &'a Host) -> Vec<&'a Host> {
-    let mut chain = Vec::new();
-    let mut current = host;
-    while let Some(next) = via(current).and_then(|r| known.get(r)) {
-        if chain.iter().any(|h: &&Host| h.name == next.name) || chain.len() > known.len() {
-            break;
-        }
-        chain.push(*next);
-        current = next;
-    }
-    chain.reverse();
-    chain
-}
-
-fn by_name<'a>(hosts: &'a [Host], hops: &'a [Host]) -> HashMap<&'a str, &'a Host> {
-    hosts
-        .iter()
-        .chain(hops)
-        .map(|h| (h.name.as_str(), h))
-        .collect()
-}
-
-/// Each host's place in the tree (`r1/r2/node042`), `None` for direct hosts.
-pub fn paths(hosts: &[Host], hops: &[Host]) -> Vec<Option<String>> {
-    let known = by_name(hosts, hops);
-    hosts
-        .iter()
-        .map(|h| {
-            let chain = route(&known, h);
-            (!chain.is_empty()).then(|| {
-                let mut names: Vec<&str> = chain.iter().map(|r| r.name.as_str()).collect();
-                names.push(&h.name);
-                names.join("/")
-            })
-        })
-        .collect()
-}
-
-/// The selection as a tree, for `pushrun hosts`: each host's `line`,
-/// indented under the relay it is reached through; relays that are only
-/// hops are marked so.
-pub fn tree(hosts: &[Host], hops: &[Host], line: impl Fn(&Host) -> String) -> Vec<String> {
-    let known = by_name(hosts, hops);
-    let all: Vec<&Host> = hosts.iter().chain(hops).collect();
-    let mut out = Vec::new();
-    fn walk(
-        parent: Option<&str>,
-        depth: usize,
-        all: &[&Host],
-        hop_names: &[&str],
-        known: &HashMap<&str, &Host>,
-        line: &dyn Fn(&Host) -> String,
-        out: &mut Vec<String>,
-    ) {
-        for h in all {
-            let up = via(h).filter(|r| known.contains_key(r));
-            if up != parent {
-                continue;
-            }
-            let mut text = format!("{}{}", "  ".repeat(depth), line(h));
-            if hop_names.contains(&h.name.as_str()) {
-                text.push_str("  (relay only)");
-            }
-            out.push(text);
-            walk(Some(&h.name), depth + 1, all, hop_names, known, line, out);
-        }
-    }
-    let hop_names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
-    walk(None, 0, &all, &hop_names, &known, &line, &mut out);
-    out
-}
-
-/// One top relay at this level and what is behind it.
-struct Subtree {
-    relay: Host,
-    /// Job hosts behind it, with their ids at this level.
-    hosts: Vec<(HostId, Host)>,
-    /// Hops behind it (not the relay itself).
-    hops: Vec<Host>,
-}
-
-/// Splits the job hosts into direct ones and subtrees, one per top relay.
-fn split(hosts: &[Host], hops: &[Host]) -> (Vec<HostId>, Vec<Subtree>) {
-    let known = by_name(hosts, hops);
-    let mut direct = Vec::new();
-    let mut subtrees: Vec<Subtree> = Vec::new();
-    fn place(subtrees: &mut Vec<Subtree>, top: &Host) -> usize {
-        match subtrees.iter().position(|s| s.relay.name == top.name) {
-            Some(i) => i,
-            None => {
-                subtrees.push(Subtree {
-                    relay: top.clone(),
-                    hosts: Vec::new(),
-                    hops: Vec::new(),
-                });
-                subtrees.len() - 1
-            }
-        }
-    }
-    let below = |h: &Host, top: &Host| {
-        let mut h = h.clone();
-        if h.settings.via.as_deref() == Some(top.name.as_str()) {
-            h.settings.via = None;
-        }
-        h
-    };
-    for (id, h) in hosts.iter().enumerate() {
-        match route(&known, h).first() {
-            None => direct.push(id),
-            Some(top) => {
-                let i = place(&mut subtrees, top);
-                subtrees[i].hosts.push((id, below(h, top)));
-            }
-        }
-    }
-    for h in hops {
-        if let Some(top) = route(&known, h).first() {
-            let i = place(&mut subtrees, top);
-            subtrees[i].hops.push(below(h, top));
-        }
-    }
-    (direct, subtrees)
-}
-
 /// Runs `spec` on every host: direct hosts through [`fleet::run`], the others
 /// through their relays. Events carry the ids of `hosts`. Returns what each
 /// relay did (nested relays included), once every host is done.
@@ -316,12 +154,12 @@ pub async fn run(
         return Vec::new();
     }
     let fail_all = async |why: String, subtrees: Vec<Subtree>| {
-        for s in subtrees {
-            for (id, _) in s.hosts {
-                let o =
-                    HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
-                let _ = events.send(Event::Finished(id, o)).await;
-            }
+        let behind = subtrees
+            .into_iter()
+            .flat_map(|s| s.hosts.into_iter().map(|(id, _)| id));
+        for id in direct.iter().copied().chain(behind) {
+            let o = HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
+            let _ = events.send(Event::Finished(id, o)).await;
         }
     };
     // The relays' sockets and ssh config live apart from the direct hosts'.
@@ -378,6 +216,7 @@ pub async fn run(
             reports.extend(r);
         }
     }
+    reports.sort_by(|a, b| a.path.cmp(&b.path));
     reports
 }
 
@@ -412,6 +251,18 @@ struct RelayTask {
     config: Arc<PathBuf>,
     events: mpsc::Sender<Event>,
     cancel: watch::Receiver<bool>,
+}
+
+/// What staging left on a relay.
+struct Staged {
+    /// The relay's pushrun dir (BASE).
+    base: String,
+    /// The staged pushrun there.
+    binary: String,
+    /// The staged payload's dir there (payload runs).
+    payload_dir: Option<String>,
+    /// Run dirs staging made, for the start script to remove.
+    run_dirs: Vec<String>,
 }
 
 /// Why a relay could not serve (the rest of) its subtree.
@@ -527,7 +378,12 @@ impl RelayTask {
             }),
         };
         report.stage_ms = started.elapsed().as_millis() as u64;
-        let (base, binary, payload_dir, run_dirs) = staged?;
+        let Staged {
+            base,
+            binary,
+            payload_dir,
+            run_dirs,
+        } = staged?;
 
         let plan = self.plan(payload_dir, known_hosts);
         let opts: &[&str] = if agent {
@@ -694,13 +550,8 @@ impl RelayTask {
     }
 
     /// Checks that the relay can run the binary, then stages it and the
-    /// payload. Returns BASE, the binary's path there, the payload's dir,
-    /// and the run dirs staging made.
-    async fn stage(
-        &self,
-        session: &Session,
-        report: &mut RelayReport,
-    ) -> Result<(String, String, Option<String>, Vec<String>), Failure> {
+    /// payload.
+    async fn stage(&self, session: &Session, report: &mut RelayReport) -> Result<Staged, Failure> {
         let name = &self.subtree.relay.name;
         let fail = |reason: String| Failure {
             status: Status::Failed,
@@ -773,12 +624,12 @@ impl RelayTask {
                 }
             }
         }
-        Ok((
+        Ok(Staged {
+            binary: format!("{bin_dir}/{BINARY_NAME}"),
             base,
-            format!("{bin_dir}/{BINARY_NAME}"),
             payload_dir,
             run_dirs,
-        ))
+        })
     }
 
     /// The relay's plan.
@@ -866,307 +717,9 @@ fn elf_arch(path: &std::path::Path) -> Option<&'static str> {
         _ => return None,
     })
 }
-
-/// `pushrun relay`: reads a plan on stdin, runs it, writes framed events to
-/// stdout. Returns the exit status.
-pub fn serve() -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pushrun relay: cannot start: {e}");
-            return 2;
-        }
-    };
-    let code = runtime.block_on(serve_plan());
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    code
-}
-
-async fn serve_plan() -> u8 {
-    let mut input = tokio::io::stdin();
-    let mut output = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
-    if wire::write_frame(
-        &mut output,
-        &wire::Up::Hello {
-            version: wire::VERSION,
-        },
-    )
-    .await
-    .is_err()
-        || output.flush().await.is_err()
-    {
-        return 2;
-    }
-    let plan = match tokio::time::timeout(
-        Duration::from_secs(60),
-        wire::read_frame::<_, wire::Down>(&mut input),
-    )
-    .await
-    {
-        Ok(Ok(Some((wire::Down::Plan(p), _)))) => p,
-        Ok(Ok(_)) => {
-            eprintln!("pushrun relay: no plan on stdin");
-            return 2;
-        }
-        Ok(Err(e)) => {
-            eprintln!("pushrun relay: {e}");
-            return 2;
-        }
-        Err(_) => {
-            eprintln!("pushrun relay: no plan within 60s");
-            return 2;
-        }
-    };
-    if plan.version != wire::VERSION {
-        eprintln!(
-            "pushrun relay: plan of protocol {}, this relay speaks {}",
-            plan.version,
-            wire::VERSION
-        );
-        return 2;
-    }
-    let dir = match ControlDir::create() {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            eprintln!("pushrun relay: cannot create a control directory: {e}");
-            return 2;
-        }
-    };
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    // Cancel on a Cancel frame, or when stdin ends (the initiator went away).
-    tokio::spawn(async move {
-        loop {
-            match wire::read_frame::<_, wire::Down>(&mut input).await {
-                Ok(Some((wire::Down::Cancel, _))) | Ok(None) | Err(_) => break,
-                Ok(Some(_)) => continue,
-            }
-        }
-        let _ = cancel_tx.send(true);
-    });
-    let (tx, mut rx) = mpsc::channel(1024);
-    let path = plan.path.clone();
-    let n = plan.hosts.len();
-    let runner = async {
-        match prepare(*plan, &dir) {
-            Ok((hosts, relaying, spec)) => {
-                run(hosts, relaying, spec, dir.clone(), tx, cancel_rx).await
-            }
-            Err(why) => {
-                eprintln!("pushrun relay {path}: {why}");
-                for id in 0..n {
-                    let o = HostOutcome::without_exit(
-                        Status::Failed,
-                        format!("relay {path}: {why}"),
-                        Timings::default(),
-                    );
-                    let _ = tx.send(Event::Finished(id, o)).await;
-                }
-                Vec::new()
-            }
-        }
-    };
-    // Frames go up as events come; a write error means the initiator is
-    // gone: the run goes on to its end (its hosts are stopped by then).
-    let writer = async {
-        let mut ok = true;
-        while let Some(ev) = rx.recv().await {
-            ok = ok
-                && wire::write_frame(&mut output, &wire::Up::from_event(ev))
-                    .await
-                    .is_ok();
-            if rx.is_empty() {
-                ok = ok && output.flush().await.is_ok();
-            }
-        }
-        ok
-    };
-    let (reports, ok) = tokio::join!(runner, writer);
-    let end = async {
-        wire::write_frame(&mut output, &wire::Up::Relays { reports }).await?;
-        wire::write_frame(&mut output, &wire::Up::Done).await?;
-        output.flush().await
-    };
-    let ok = ok && end.await.is_ok();
-    dir.remove();
-    if ok { 0 } else { 1 }
-}
-
-/// The plan's hosts, relay settings and run spec, as this relay uses them.
-fn prepare(
-    plan: wire::Plan,
-    dir: &ControlDir,
-) -> Result<(Arc<Vec<Host>>, Arc<Relaying>, Arc<RunSpec>), String> {
-    let parse = |what: &str, word: &str| format!("bad {what} {word:?} in the plan");
-    let pty = PtyMode::from_str(&plan.pty, true).map_err(|_| parse("pty", &plan.pty))?;
-    let kex = Kex::from_str(&plan.kex, true).map_err(|_| parse("kex", &plan.kex))?;
-    let checking = match &plan.host_key_checking {
-        Some(w) => HostKeyChecking::from_str(w, true).map_err(|_| parse("host key checking", w))?,
-        // Strict: the lines that came with the plan are all there is to trust.
-        None => HostKeyChecking::Strict,
-    };
-    let known = dir.path().join("known_hosts");
-    std::fs::write(&known, &plan.known_hosts)
-        .map_err(|e| format!("cannot write {}: {e}", known.display()))?;
-    let option = format!("UserKnownHostsFile={}", known.display());
-    let fix = |mut h: Host| {
-        h.settings.ssh_options.insert(0, option.clone());
-        h
-    };
-    let hosts: Vec<Host> = plan.hosts.into_iter().map(fix).collect();
-    let hops: Vec<Host> = plan.hops.into_iter().map(fix).collect();
-    let job = match plan.job {
-        wire::Job::Command { command } => Job::Command(command),
-        wire::Job::Clean => Job::Clean,
-        wire::Job::Payload {
-            dir: payload_dir,
-            digest,
-            args,
-            cache,
-        } => {
-            // The staged copy, hashed again here: it must be what the
-            // initiator sent.
-            let payload = Payload::load(std::path::Path::new(&payload_dir))
-                .map_err(|e| format!("the staged payload: {e}"))?;
-            if payload.digest() != digest {
-                return Err(format!(
-                    "the staged payload in {payload_dir} is not the initiator's (digest {} instead of {digest})",
-                    payload.digest()
-                ));
-            }
-            Job::Payload(Arc::new(PayloadJob::new(
-                payload,
-                args,
-                cache,
-                plan.run_id.clone(),
-            )))
-        }
-    };
-    let spec = RunSpec {
-        job,
-        timeout: plan.timeout_ms.map(Duration::from_millis),
-        pty,
-        ssh: SshOptions {
-            config_file: None,
-            kex,
-            connect_timeout: Duration::from_millis(plan.connect_timeout_ms),
-            host_key_checking: Some(checking),
-        },
-        forks: plan.forks,
-    };
-    let relaying = Relaying::new(hops, None, plan.run_id, KnownHostsSource::File(known));
-    Ok((Arc::new(hosts), Arc::new(relaying), Arc::new(spec)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::Inventory;
-
-    fn inventory(text: &str) -> Inventory {
-        Inventory::parse(text, "hosts.yaml").unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn names(hosts: &[Host]) -> Vec<&str> {
-        hosts.iter().map(|h| h.name.as_str()).collect()
-    }
-
-    const TREE: &str = "
-hosts:
-  r0:
-  r1: {via: r0}
-  r2: {via: r0, forward_agent: true}
-  a1: {via: r1}
-  a2: {via: r1}
-  b1: {via: r2}
-  d1:
-";
-
-    #[test]
-    fn selecting_leaves_pulls_in_their_relays() {
-        let inv = inventory(TREE);
-        let selected = inv.select(&["a1,b1,d1".to_string()]).unwrap();
-        let hops = hops(inv.hosts(), &selected).unwrap();
-        assert_eq!(names(&hops), ["r0", "r1", "r2"]);
-        let selected = inv.select(&["r1,a2".to_string()]).unwrap();
-        assert_eq!(names(&super::hops(inv.hosts(), &selected).unwrap()), ["r0"]);
-        assert_eq!(
-            paths(&selected, &super::hops(inv.hosts(), &selected).unwrap()),
-            [Some("r0/r1".to_string()), Some("r0/r1/a2".to_string())]
-        );
-    }
-
-    #[test]
-    fn the_plan_splits_into_direct_hosts_and_one_subtree_per_top_relay() {
-        let inv = inventory(TREE);
-        let selected = inv.select(&["a1,a2,b1,d1".to_string()]).unwrap();
-        let hops = hops(inv.hosts(), &selected).unwrap();
-        let (direct, subtrees) = split(&selected, &hops);
-        assert_eq!(direct, [3]);
-        assert_eq!(subtrees.len(), 1);
-        let s = &subtrees[0];
-        assert_eq!(s.relay.name, "r0");
-        assert_eq!(
-            s.hosts.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            [0, 1, 2]
-        );
-        assert_eq!(names(&s.hops), ["r1", "r2"]);
-        // Below r0, r1 and r2 are direct; the leaves still go through them.
-        assert_eq!(s.hops[0].settings.via, None);
-        assert_eq!(s.hosts[0].1.settings.via.as_deref(), Some("r1"));
-        let inner: Vec<Host> = s.hosts.iter().map(|(_, h)| h.clone()).collect();
-        let (direct, subtrees) = split(&inner, &s.hops);
-        assert!(direct.is_empty());
-        assert_eq!(
-            subtrees
-                .iter()
-                .map(|s| s.relay.name.as_str())
-                .collect::<Vec<_>>(),
-            ["r1", "r2"]
-        );
-        assert_eq!(subtrees[1].relay.settings.forward_agent, Some(true));
-    }
-
-    #[test]
-    fn bad_vias_are_refused() {
-        let inv = inventory("hosts:\n  a: {via: nowhere}\n");
-        let all = inv.hosts();
-        assert_eq!(
-            hops(all, all).unwrap_err(),
-            "host a: via nowhere: no such host in the inventory"
-        );
-        let inv = inventory("hosts:\n  a: {via: b}\n  b: {via: c}\n  c: {via: a}\n");
-        let selected = inv.select(&["a".to_string()]).unwrap();
-        assert_eq!(
-            hops(inv.hosts(), &selected).unwrap_err(),
-            "via loop: a -> b -> c -> a"
-        );
-        // via in the defaults: the relay itself is direct.
-        let inv = inventory("defaults: {via: gw}\nhosts:\n  gw:\n  n1:\n");
-        let selected = inv.select(&["n1".to_string()]).unwrap();
-        assert_eq!(names(&hops(inv.hosts(), &selected).unwrap()), ["gw"]);
-    }
-
-    #[test]
-    fn the_tree_shows_relays_above_their_hosts() {
-        let inv = inventory(TREE);
-        let selected = inv.select(&["a1,b1,d1".to_string()]).unwrap();
-        let hops = hops(inv.hosts(), &selected).unwrap();
-        let lines = tree(&selected, &hops, |h| h.name.clone());
-        assert_eq!(
-            lines,
-            [
-                "d1",
-                "r0  (relay only)",
-                "  r1  (relay only)",
-                "    a1",
-                "  r2  (relay only)",
-                "    b1"
-            ]
-        );
-    }
 
     #[test]
     fn machines_are_named_as_rust_names_them() {

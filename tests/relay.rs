@@ -332,7 +332,11 @@ fn two_relays_serve_ten_leaves_each_and_gather_folds_them_together() {
     for h in s["hosts"].as_array().unwrap() {
         let addr = h["name"].as_str().unwrap();
         let last: usize = addr.rsplit('.').next().unwrap().parse().unwrap();
-        let relay = if (last - 1) % 2 == 0 { &r1 } else { &r2 };
+        let relay = if (last - 1).is_multiple_of(2) {
+            &r1
+        } else {
+            &r2
+        };
         assert_eq!(h["path"], format!("{relay}/{addr}"));
         assert_eq!(h["exit_code"], 3);
     }
