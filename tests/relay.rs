@@ -790,3 +790,39 @@ fn clean_goes_through_the_relay_too() {
         assert!(dir(0).join("cache").exists());
     }
 }
+
+#[test]
+fn killing_the_initiator_stops_the_relay_and_its_leaves() {
+    let hosts = TestHosts::start(3);
+    let (relay, inv) = star(&hosts, &[hosts.addr(1), hosts.addr(2)]);
+    let limit = format!("!{relay}");
+    let payload = payload(
+        hosts.dir(),
+        "sleeper",
+        "#!/bin/sh\necho started\nexec sleep 81818\n",
+    );
+    let results = hosts.dir().join("results");
+    let mut child = start_and_wait(
+        &hosts,
+        &inv,
+        &payload_args(&limit, &payload, &results),
+        "started",
+        2,
+    );
+    assert_eq!(relay_processes(&hosts, 0).len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The masters die with pushrun, the relay's stdin ends: it stops its
+    // leaves, cleans up and exits.
+    wait_until(
+        Duration::from_secs(15),
+        "every process of the run to go",
+        || processes_with("sleep 81818").is_empty() && relay_processes(&hosts, 0).is_empty(),
+    );
+    wait_until(Duration::from_secs(5), "every run dir to go", || {
+        (0..3).all(|i| run_dirs(&hosts, i).is_empty())
+    });
+    if is_root() {
+        assert_eq!(control_dirs(&hosts, 0), Vec::<String>::new());
+    }
+}

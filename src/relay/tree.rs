@@ -264,6 +264,26 @@ hosts:
     }
 
     #[test]
+    fn bad_relay_settings_are_inventory_errors() {
+        let error = |text: &str| {
+            Inventory::parse(text, "hosts.yaml")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("hosts:\n  a: {forward_agent: maybe}\n"),
+            "hosts.yaml:2: forward_agent must be true or false"
+        );
+        assert_eq!(
+            error("hosts:\n  a:\n    via: \"x y\"\n"),
+            "hosts.yaml:3: bad host name \"x y\""
+        );
+        let inv = inventory("groups:\n  dc2: {members: [n1, n2], via: gw2}\nhosts:\n  gw2:\n");
+        let n1 = inv.hosts().iter().find(|h| h.name == "n1").unwrap();
+        assert_eq!(n1.settings.via.as_deref(), Some("gw2"));
+    }
+
+    #[test]
     fn the_tree_shows_relays_above_their_hosts() {
         let inv = inventory(TREE);
         let selected = inv.select(&["a1,b1,d1".to_string()]).unwrap();
