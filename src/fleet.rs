@@ -119,7 +119,7 @@ pub struct RunSpec {
 }
 
 /// How long a command gets to end after its stdin was closed.
-pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `spec` on every host, sending events on `events`; returns when every host is done.
 pub async fn run(

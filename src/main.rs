@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => run(args.plan()),
         Command::Clean(args) => run(args.plan()),
         Command::Hosts(args) => list_hosts(&args),
-        Command::Relay => pushrun::relay::serve(),
+        Command::Relay => relay::serve(),
     };
     ExitCode::from(code)
 }
@@ -52,7 +52,7 @@ fn list_hosts(args: &SelectArgs) -> u8 {
         }
         line
     };
-    for line in pushrun::relay::tree(&hosts, &hops, line) {
+    for line in relay::tree(&hosts, &hops, line) {
         println!("{line}");
     }
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
