@@ -444,6 +444,7 @@ impl RelayTask {
         let mut done = false;
         let mut problem: Option<String> = None;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut heard = tokio::time::Instant::now();
         let mut cancel = self.cancel.clone();
         loop {
             let limit = async {
@@ -459,6 +460,7 @@ impl RelayTask {
                         None | Some(Ok(None)) => break,
                         Some(Err(e)) => { problem = Some(e); break; }
                     };
+                    heard = tokio::time::Instant::now();
                     report.bytes_received += size;
                     match frame {
                         wire::Up::Hello { version } if version == wire::VERSION => hello = true,
@@ -504,13 +506,19 @@ impl RelayTask {
                     problem = Some(format!("did not stop within {}s of being cancelled", RELAY_STOP_GRACE.as_secs()));
                     break;
                 }
+                _ = tokio::time::sleep_until(heard + wire::SILENCE) => {
+                    problem = Some(format!("no word from it for {}s: hung?", wire::SILENCE.as_secs()));
+                    break;
+                }
             }
         }
         reader.abort();
         drop(stdin);
         report.run_ms = started.elapsed().as_millis() as u64;
-        // The relay exits after Done; its start script then removes its run dirs.
-        let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        // The relay exits after Done; its start script then removes its run
+        // dirs. One that broke the protocol or went quiet is not waited for.
+        let wait = if problem.is_some() { 0 } else { 10 };
+        let exit = tokio::time::timeout(Duration::from_secs(wait), child.wait()).await;
         let code = match exit {
             Ok(Ok(status)) => status.code(),
             _ => {

@@ -207,6 +207,24 @@ fn start_and_wait(
     child
 }
 
+/// Two leaves behind relay host 0 running `echo started; SLEEP`, started:
+/// the relay's name, the running pushrun, and the relay's `pushrun relay` pid.
+fn two_leaves_sleeping(hosts: &TestHosts, sleep: &str) -> (String, Child, Vec<u32>) {
+    let (relay, inv) = star(hosts, &[hosts.addr(1), hosts.addr(2)]);
+    let limit = format!("!{relay}");
+    let command = format!("echo started; {sleep}");
+    let child = start_and_wait(
+        hosts,
+        &inv,
+        &["--limit", &limit, "--", &command],
+        "started",
+        2,
+    );
+    let relays = relay_processes(hosts, 0);
+    assert_eq!(relays.len(), 1, "pushrun relay on the relay: {relays:?}");
+    (relay, child, relays)
+}
+
 fn stderr_of(child: Child) -> (i32, String) {
     let out = child.wait_with_output().unwrap();
     (
@@ -486,17 +504,7 @@ fn a_relay_down_marks_its_whole_subtree_unreachable_promptly() {
 #[test]
 fn a_relay_killed_mid_run_ends_its_subtree_at_once_and_leaves_nothing_running() {
     let hosts = TestHosts::start(3);
-    let (relay, inv) = star(&hosts, &[hosts.addr(1), hosts.addr(2)]);
-    let limit = format!("!{relay}");
-    let child = start_and_wait(
-        &hosts,
-        &inv,
-        &["--limit", &limit, "--", "echo started; sleep 51515"],
-        "started",
-        2,
-    );
-    let relays = relay_processes(&hosts, 0);
-    assert_eq!(relays.len(), 1, "pushrun relay on the relay: {relays:?}");
+    let (relay, child, relays) = two_leaves_sleeping(&hosts, "sleep 51515");
     let killed = Instant::now();
     // SAFETY: a process of this test's own fleet.
     unsafe { libc::kill(relays[0] as i32, libc::SIGKILL) };
@@ -825,4 +833,38 @@ fn killing_the_initiator_stops_the_relay_and_its_leaves() {
     if is_root() {
         assert_eq!(control_dirs(&hosts, 0), Vec::<String>::new());
     }
+}
+
+#[test]
+fn a_hung_relay_is_given_up_after_its_silence_and_cleans_up_when_it_wakes() {
+    let hosts = TestHosts::start(3);
+    let (relay, child, relays) = two_leaves_sleeping(&hosts, "sleep 91919");
+    let stopped = Instant::now();
+    // SAFETY: a process of this test's own fleet.
+    unsafe { libc::kill(relays[0] as i32, libc::SIGSTOP) };
+    let (code, stderr) = stderr_of(child);
+    // SAFETY: as above.
+    unsafe { libc::kill(relays[0] as i32, libc::SIGCONT) };
+    let waited = stopped.elapsed();
+    assert!(
+        waited > Duration::from_secs(25) && waited < Duration::from_secs(45),
+        "gave up after {waited:?}"
+    );
+    assert_eq!(code, 3, "{stderr}");
+    let leaves = common_fold(&hosts.addr(1), &hosts.addr(2));
+    assert!(
+        stderr.contains(&format!(
+            "unreachable: {leaves}: relay {relay}: no word from it for 30s: hung?"
+        )),
+        "{stderr}"
+    );
+    // Awake again, the relay finds its initiator gone and stops its leaves.
+    wait_until(
+        Duration::from_secs(15),
+        "every process of the run to go",
+        || processes_with("sleep 91919").is_empty() && relay_processes(&hosts, 0).is_empty(),
+    );
+    wait_until(Duration::from_secs(5), "every run dir to go", || {
+        (0..3).all(|i| run_dirs(&hosts, i).is_empty())
+    });
 }

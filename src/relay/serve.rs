@@ -2,6 +2,7 @@
 //! with the same [`run`] as the initiator, and frames every event up on
 //! stdout; the end of stdin (or a Cancel frame) cancels the run.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +100,12 @@ async fn serve_plan() -> u8 {
     let path = plan.path.clone();
     let n = plan.hosts.len();
     let runner = async {
-        match prepare(*plan, &dir) {
+        // Hashing the staged payload again can take a while: off the event loop.
+        let known = dir.path().join("known_hosts");
+        let prepared = tokio::task::spawn_blocking(move || prepare(*plan, known))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match prepared {
             Ok((hosts, relaying, spec)) => {
                 run(hosts, relaying, spec, dir.clone(), tx, cancel_rx).await
             }
@@ -119,13 +125,19 @@ async fn serve_plan() -> u8 {
     };
     // Frames go up as events come; a write error means the initiator is
     // gone: the run goes on to its end (its hosts are stopped by then).
+    // Between events, a sign of life (see `wire::ALIVE_EVERY`).
     let writer = async {
         let mut ok = true;
-        while let Some(ev) = rx.recv().await {
-            ok = ok
-                && wire::write_frame(&mut output, &wire::Up::from_event(ev))
-                    .await
-                    .is_ok();
+        let mut alive = tokio::time::interval(wire::ALIVE_EVERY);
+        loop {
+            let frame = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => wire::Up::from_event(ev),
+                    None => break,
+                },
+                _ = alive.tick() => wire::Up::Alive,
+            };
+            ok = ok && wire::write_frame(&mut output, &frame).await.is_ok();
             if rx.is_empty() {
                 ok = ok && output.flush().await.is_ok();
             }
@@ -147,7 +159,7 @@ async fn serve_plan() -> u8 {
 type Prepared = (Arc<Vec<Host>>, Arc<Relaying>, Arc<RunSpec>);
 
 /// The plan's hosts, relay settings and run spec, as this relay uses them.
-fn prepare(plan: wire::Plan, dir: &ControlDir) -> Result<Prepared, String> {
+fn prepare(plan: wire::Plan, known: PathBuf) -> Result<Prepared, String> {
     let parse = |what: &str, word: &str| format!("bad {what} {word:?} in the plan");
     let pty = PtyMode::from_str(&plan.pty, true).map_err(|_| parse("pty", &plan.pty))?;
     let kex = Kex::from_str(&plan.kex, true).map_err(|_| parse("kex", &plan.kex))?;
@@ -156,7 +168,6 @@ fn prepare(plan: wire::Plan, dir: &ControlDir) -> Result<Prepared, String> {
         // Strict: the lines that came with the plan are all there is to trust.
         None => HostKeyChecking::Strict,
     };
-    let known = dir.path().join("known_hosts");
     std::fs::write(&known, &plan.known_hosts)
         .map_err(|e| format!("cannot write {}: {e}", known.display()))?;
     let option = format!("UserKnownHostsFile={}", known.display());

@@ -4,9 +4,10 @@
 //! Down (the relay's stdin): one [`Down::Plan`], then optionally
 //! [`Down::Cancel`]; the end of stdin means cancel too. Up (its stdout):
 //! [`Up::Hello`] first, then the subtree's events with host ids that index
-//! the plan's `hosts`, then [`Up::Relays`] and [`Up::Done`]. Both ends check
-//! [`VERSION`]; a frame that does not parse ends the exchange, it is never
-//! skipped.
+//! the plan's `hosts`, then [`Up::Relays`] and [`Up::Done`], and in between
+//! [`Up::Alive`] whenever it has been quiet for a while, so that a hung relay
+//! is told from a busy one. Both ends check [`VERSION`]; a frame that does
+//! not parse ends the exchange, it is never skipped.
 
 use std::time::Duration;
 
@@ -19,6 +20,12 @@ use crate::inventory::Host;
 
 /// The protocol's version; both ends must speak the same.
 pub const VERSION: u32 = 1;
+
+/// A relay sends [`Up::Alive`] this often when it has nothing else to say.
+pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A relay that sends nothing for this long is taken for hung.
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A frame larger than this is garbage, not a frame (results archives
 /// included: they are held in memory whole anyway).
@@ -59,6 +66,8 @@ pub(crate) enum Up {
     Relays { reports: Vec<RelayReport> },
     /// The last frame: every host of the plan has finished.
     Done,
+    /// Nothing to report, but alive (every [`ALIVE_EVERY`] at the least).
+    Alive,
 }
 
 /// A subtree's run, as the relay receives it.
@@ -297,7 +306,7 @@ impl Up {
                     },
                 )
             }
-            Up::Hello { .. } | Up::Relays { .. } | Up::Done => return Ok(None),
+            Up::Hello { .. } | Up::Relays { .. } | Up::Done | Up::Alive => return Ok(None),
         }))
     }
 }
