@@ -49,6 +49,9 @@ pub enum Command {
     /// Remove pushrun's directory (payload cache, leftover runs) from the selected hosts.
     #[command(after_help = EXIT_CODES)]
     Clean(CleanArgs),
+    /// Serve a subtree for an initiator: a framed plan on stdin, framed events on stdout.
+    #[command(hide = true)]
+    Relay,
 }
 
 /// Flags of `pushrun clean`.
@@ -107,6 +110,10 @@ pub struct ConnectArgs {
     /// Per host: `password_env: VAR` in the inventory.
     #[arg(long, short = 'k')]
     pub ask_pass: bool,
+    /// The pushrun executable to stage on relays (`via:` hosts), when they
+    /// need another build than this one (another OS or architecture).
+    #[arg(long, value_name = "PATH")]
+    pub relay_binary: Option<PathBuf>,
 }
 
 /// Flags of `pushrun exec`.
@@ -186,6 +193,10 @@ pub struct Plan {
     pub results: Option<PathBuf>,
     /// The run's id.
     pub run_id: String,
+    /// Relays the hosts are reached through that are not selected themselves.
+    pub hops: Vec<Host>,
+    /// `--relay-binary`.
+    pub relay_binary: Option<PathBuf>,
 }
 
 /// A mistake in the flags or the inventory: exit status 2.
@@ -202,6 +213,12 @@ pub enum UsageError {
 impl SelectArgs {
     /// Loads the inventory and applies the selection.
     pub fn select(&self) -> Result<Vec<Host>, UsageError> {
+        Ok(self.select_with_hops()?.0)
+    }
+
+    /// The selection, and the relays it is reached through that are not
+    /// selected themselves (see `relay::hops`).
+    pub fn select_with_hops(&self) -> Result<(Vec<Host>, Vec<Host>), UsageError> {
         let default = PathBuf::from("hosts.yaml");
         let (inventory, mut patterns) = match (&self.hosts, self.wlist.is_empty()) {
             (Some(path), _) => (Inventory::load(path)?, self.wlist.clone()),
@@ -215,7 +232,9 @@ impl SelectArgs {
             }
         };
         patterns.extend(self.limit.iter().cloned());
-        Ok(inventory.select(&patterns)?)
+        let hosts = inventory.select(&patterns)?;
+        let hops = crate::relay::hops(inventory.hosts(), &hosts).map_err(UsageError::Flags)?;
+        Ok((hosts, hops))
     }
 }
 
@@ -241,6 +260,14 @@ impl ConnectArgs {
     fn check(&self) -> Result<SshOptions, UsageError> {
         if self.forks == 0 {
             return Err(UsageError::Flags("--forks must be at least 1".into()));
+        }
+        if let Some(bin) = &self.relay_binary
+            && !bin.is_file()
+        {
+            return Err(UsageError::Flags(format!(
+                "{}: relay binary not found",
+                bin.display()
+            )));
         }
         if let Some(cfg) = &self.ssh_config
             && !cfg.is_file()
@@ -412,7 +439,14 @@ impl ExecArgs {
                 (Job::Command(self.command.join(" ")), results)
             }
         };
-        let hosts = self.connect.apply(self.select.select()?);
+        let (hosts, hops) = self.select.select_with_hops()?;
+        let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
+        if self.watch && hosts.iter().any(|h| h.settings.via.is_some()) {
+            return Err(UsageError::Flags(
+                "--watch does not go through relays (via:): watch direct hosts, or run again"
+                    .into(),
+            ));
+        }
         if let (Job::Payload(_), Some(Some(user))) = (&job, &self.become_)
             && user != "root"
         {
@@ -477,6 +511,8 @@ impl ExecArgs {
             output: output_mode(self.gather, self.json),
             results,
             run_id,
+            hops,
+            relay_binary: self.connect.relay_binary.clone(),
         })
     }
 }
@@ -485,7 +521,8 @@ impl CleanArgs {
     /// Checks everything and builds the plan.
     pub fn plan(&self) -> Result<Plan, UsageError> {
         let ssh = self.connect.check()?;
-        let hosts = self.connect.apply(self.select.select()?);
+        let (hosts, hops) = self.select.select_with_hops()?;
+        let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         let login = self.connect.login_password()?;
         let access = access_for(&hosts, login, None, None, None)?;
         let spec = RunSpec {
@@ -505,6 +542,8 @@ impl CleanArgs {
             output: output_mode(false, self.json),
             results: None,
             run_id: new_run_id(),
+            hops,
+            relay_binary: self.connect.relay_binary.clone(),
         })
     }
 }

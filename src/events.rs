@@ -42,6 +42,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order summaries list them.
+    pub const ALL: [Status; 6] = [
+        Status::Ok,
+        Status::Failed,
+        Status::Stopped,
+        Status::TimedOut,
+        Status::Unreachable,
+        Status::Cancelled,
+    ];
+
     /// The word used for this status in summaries.
     pub fn label(self) -> &'static str {
         match self {
@@ -142,6 +152,10 @@ pub enum Event {
         /// Whether a newline ended this piece.
         complete: bool,
     },
+    /// Still at work for this host, with nothing to show: connecting,
+    /// staging (sent every second; `--converged-timeout` counts it as
+    /// activity, the reporter ignores it).
+    Busy(HostId),
     /// The payload's `$PUSHRUN_OUT`, as the gzip'ed tar the host sent.
     Collected(HostId, Vec<u8>),
     /// One line the payload wrote to `$PUSHRUN_TUNNEL` (a JSON record), as it came.
@@ -168,4 +182,21 @@ pub enum Event {
     },
     /// The host is done, one way or another.
     Finished(HostId, HostOutcome),
+}
+
+impl Event {
+    /// The host the event is about.
+    pub fn host_mut(&mut self) -> &mut HostId {
+        match self {
+            Event::Connecting(id)
+            | Event::Connected(id)
+            | Event::Busy(id)
+            | Event::Collected(id, _)
+            | Event::Record(id, _)
+            | Event::Finished(id, _) => id,
+            Event::Output { host, .. }
+            | Event::Retrying { host, .. }
+            | Event::Repeated { host, .. } => host,
+        }
+    }
 }

@@ -135,7 +135,8 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    fn access(&self, id: HostId) -> Access {
+    /// Host `id`'s passwords and sudo.
+    pub(crate) fn access(&self, id: HostId) -> Access {
         self.access.get(id).cloned().unwrap_or_default()
     }
 }
@@ -147,12 +148,16 @@ const RESTARTED: &str = "restarted: the payload changed";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `spec` on every host, sending events on `events`; returns when every host is done.
+///
+/// `converged` is raised when the whole run has converged (see
+/// [`converge`]): what still runs is stopped and collected.
 pub async fn run(
     hosts: Arc<Vec<Host>>,
     spec: Arc<RunSpec>,
     dir: Arc<ControlDir>,
     events: mpsc::Sender<Event>,
     cancel: watch::Receiver<bool>,
+    converged: watch::Receiver<bool>,
 ) {
     let config = match write_ssh_config(&dir, &spec.ssh) {
         Ok(path) => Arc::new(path),
@@ -166,10 +171,6 @@ pub async fn run(
             return;
         }
     };
-    // Host tasks send on `inner`; the loop below passes every event on and
-    // keeps the time of the last activity, for --converged-timeout.
-    let (inner, mut from_hosts) = mpsc::channel(1024);
-    let (converged_tx, converged) = watch::channel(false);
     let jobs = match (&spec.job, &spec.watch) {
         (Job::Payload(job), Some(dir)) => {
             let (tx, rx) = watch::channel(job.clone());
@@ -185,7 +186,7 @@ pub async fn run(
             hosts.clone(),
             spec.clone(),
             dir.clone(),
-            inner.clone(),
+            events.clone(),
             slots.clone(),
             config.clone(),
         );
@@ -218,27 +219,56 @@ pub async fn run(
             let _ = events.send(Event::Finished(id, outcome)).await;
         });
     }
-    drop(inner);
-    let quiet = spec.converge;
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Passes every event from `from` on to `to`, and raises `converged` once
+/// no host has been active for `quiet` (`--converged-timeout`). Runs until
+/// `from` ends. It sits where the events of the whole run meet, relays'
+/// subtrees included, so convergence is the whole tree's.
+pub async fn converge(
+    mut from: mpsc::Receiver<Event>,
+    to: mpsc::Sender<Event>,
+    quiet: Duration,
+    repeating: bool,
+    converged: watch::Sender<bool>,
+) {
     let mut last_activity = tokio::time::Instant::now();
-    let mut done_converging = quiet.is_none();
+    let mut done = false;
     loop {
-        let deadline = last_activity + quiet.unwrap_or_default();
         tokio::select! {
-            ev = from_hosts.recv() => {
+            ev = from.recv() => {
                 let Some(ev) = ev else { break };
-                if is_activity(&ev, spec.repeat.is_some()) {
+                if is_activity(&ev, repeating) {
                     last_activity = tokio::time::Instant::now();
                 }
-                let _ = events.send(ev).await;
+                let _ = to.send(ev).await;
             }
-            _ = tokio::time::sleep_until(deadline), if !done_converging => {
-                done_converging = true;
-                let _ = converged_tx.send(true);
+            _ = tokio::time::sleep_until(last_activity + quiet), if !done => {
+                done = true;
+                let _ = converged.send(true);
             }
         }
     }
-    while tasks.join_next().await.is_some() {}
+}
+
+/// Runs `work`, saying every second that host `id` is [`Event::Busy`].
+pub(crate) async fn busy<F: Future>(
+    work: F,
+    id: HostId,
+    events: &mpsc::Sender<Event>,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let _ = events.send(Event::Busy(id)).await;
+            }
+        }
+    }
 }
 
 /// Whether an event shows a host active, for --converged-timeout: its state
@@ -250,6 +280,7 @@ fn is_activity(event: &Event, repeating: bool) -> bool {
         Event::Repeated { changed, .. } => *changed,
         Event::Collected(..) => false,
         Event::Connecting(_)
+        | Event::Busy(_)
         | Event::Connected(_)
         | Event::Finished(..)
         | Event::Record(..)
@@ -327,7 +358,7 @@ async fn reloaded(reload: &mut Option<watch::Receiver<Arc<PayloadJob>>>) {
 }
 
 /// Resolves once the flag is raised (never, if the sender is gone without raising it).
-async fn raised(flag: &mut watch::Receiver<bool>) {
+pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
     if flag.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -350,7 +381,7 @@ async fn run_host(
     let session = loop {
         tries += 1;
         let connected = tokio::select! {
-            r = Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()) => r,
+            r = busy(Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()), id, events) => r,
             _ = raised(&mut triggers.cancel) => {
                 return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
             }
@@ -718,7 +749,7 @@ impl HostTask<'_> {
         let mut stats = StageStats::default();
         let t = &mut self.triggers;
         let staged = tokio::select! {
-            r = stage(session, host, job, &mut stats) => r,
+            r = busy(stage(session, host, job, &mut stats), id, events) => r,
             _ = raised(&mut t.cancel) => Err(StageError::Cancelled),
             _ = raised(&mut t.converged) => Err(StageError::Converged),
         };
@@ -1213,7 +1244,7 @@ impl PromptScan {
     }
 }
 
-enum StageError {
+pub(crate) enum StageError {
     Cancelled,
     Converged,
     Lost(String),
@@ -1225,7 +1256,7 @@ enum StageError {
 
 /// Checks the host's copy of the payload and sends what is missing or wrong.
 /// Returns the host's pushrun dir and the payload's dir there.
-async fn stage(
+pub(crate) async fn stage(
     session: &Session,
     host: &Host,
     job: &Arc<PayloadJob>,
@@ -1453,7 +1484,7 @@ fn results_digest(archive: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -31,7 +31,8 @@ use crate::hostlist::{self, RangeError};
 
 /// How to reach a host. The same settings are accepted in `defaults:`, in
 /// groups and in host entries; [`Host::settings`] holds the merged result.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Serializable, so that a relay receives them as merged here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostSettings {
     /// Where to connect; the host name when unset.
     pub address: Option<String>,
@@ -60,10 +61,14 @@ pub struct HostSettings {
     pub pty: Option<PtySetting>,
     /// A jump host, `[user@]host[:port]` (ssh's ProxyJump).
     pub jump: Option<String>,
+    /// The relay host this host is reached through (see `relay`).
+    pub via: Option<String>,
+    /// For a relay: forward the ssh agent to it, for its ssh to the hosts behind it.
+    pub forward_agent: Option<bool>,
 }
 
 /// A host's `pty:` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PtySetting {
     /// Never a PTY.
     No,
@@ -93,6 +98,8 @@ impl HostSettings {
         take(&mut self.become_password_env, &over.become_password_env);
         take(&mut self.pty, &over.pty);
         take(&mut self.jump, &over.jump);
+        take(&mut self.via, &over.via);
+        take(&mut self.forward_agent, &over.forward_agent);
         self.ssh_options
             .splice(0..0, over.ssh_options.iter().cloned());
         self.vars
@@ -101,7 +108,7 @@ impl HostSettings {
 }
 
 /// One host of the inventory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Host {
     /// The name it is known and selected by.
     pub name: String,
@@ -358,7 +365,7 @@ impl Inventory {
 }
 
 /// Shell-style match: `*` any run of characters, `?` any one character.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let text: Vec<char> = text.chars().collect();
     let (mut p, mut t) = (0, 0);
@@ -983,6 +990,8 @@ const SETTING_KEYS: &[&str] = &[
     "become_password_env",
     "pty",
     "jump",
+    "via",
+    "forward_agent",
 ];
 /// Keys of a group.
 const GROUP_KEYS: &[&str] = &[
@@ -1000,6 +1009,8 @@ const GROUP_KEYS: &[&str] = &[
     "become_password_env",
     "pty",
     "jump",
+    "via",
+    "forward_agent",
 ];
 
 /// The whole document.
@@ -1393,10 +1404,20 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                     })?;
                 }
                 "vars" => s.vars = map.next_value_seed(VarsSeed(ctx))?,
-                "become" => {
-                    s.become_ = map.next_value_seed(scalar(ctx, key, |text| {
-                        non_null(text).map(parse_bool).transpose()
+                "become" | "forward_agent" => {
+                    let flag = map.next_value_seed(scalar(ctx, key, |text| {
+                        non_null(text)
+                            .map(|flag| {
+                                parse_bool(flag)
+                                    .map_err(|_| format!("{key} must be true or false").into())
+                            })
+                            .transpose()
                     }))?;
+                    if key == "become" {
+                        s.become_ = flag;
+                    } else {
+                        s.forward_agent = flag;
+                    }
                 }
                 "pty" => {
                     s.pty = map.next_value_seed(scalar(ctx, key, |text| {
@@ -1417,6 +1438,7 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                         non_null(text).map(check_jump).transpose()
                     }))?;
                 }
+                "via" => s.via = map.next_value_seed(scalar(ctx, key, checked_relay))?,
                 "members" => {
                     let Owner::Group { index: group, .. } = self.owner else {
                         unreachable!("members is a group key only");
@@ -1494,6 +1516,13 @@ fn check_jump(text: &str) -> Result<String, Problem> {
         }
     }
     Ok(text.to_owned())
+}
+
+/// `via:`: null, or a host name (that it names a host is checked on selection).
+fn checked_relay(text: &str) -> Result<Option<String>, Problem> {
+    let relay = non_null(text).map(str::to_owned);
+    relay.as_deref().map(check_host_name).transpose()?;
+    Ok(relay)
 }
 
 /// `~/x` → `$HOME/x`; left alone when `$HOME` is unknown.
@@ -1636,7 +1665,7 @@ fn is_env_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const SETTINGS_LIST: &str = "address, user, port, identity_file, ssh_options, remote_tmp, vars, password_env, become, become_user, become_password_env, pty, jump";
+    const SETTINGS_LIST: &str = "address, user, port, identity_file, ssh_options, remote_tmp, vars, password_env, become, become_user, become_password_env, pty, jump, via, forward_agent";
 
     fn parse(lines: &[&str]) -> Inventory {
         Inventory::parse(&lines.join("\n"), "hosts.yaml").unwrap_or_else(|e| panic!("{e}"))

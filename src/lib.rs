@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod hostlist;
 pub mod inventory;
 pub mod payload;
+pub mod relay;
 pub mod remote;
 pub mod report;
 pub mod session;

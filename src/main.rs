@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use pushrun::cli::{Cli, Command, Plan, SelectArgs, UsageError};
 use pushrun::fleet::Job;
+use pushrun::relay::{self, KnownHostsSource, Relaying};
 use pushrun::report::{Reporter, RunInfo};
 use pushrun::session::{ControlDir, HostKeyChecking};
 use pushrun::{fleet, hostlist};
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => run(args.plan()),
         Command::Clean(args) => run(args.plan()),
         Command::Hosts(args) => list_hosts(&args),
+        Command::Relay => relay::serve(),
     };
     ExitCode::from(code)
 }
@@ -33,11 +35,11 @@ fn fail(message: impl std::fmt::Display, code: u8) -> u8 {
 }
 
 fn list_hosts(args: &SelectArgs) -> u8 {
-    let hosts = match args.select() {
+    let (hosts, hops) = match args.select_with_hops() {
         Ok(h) => h,
         Err(e) => return fail(e, 2),
     };
-    for h in &hosts {
+    let line = |h: &pushrun::inventory::Host| {
         let s = &h.settings;
         let mut line = h.name.clone();
         if h.address() != h.name {
@@ -52,6 +54,9 @@ fn list_hosts(args: &SelectArgs) -> u8 {
         if !h.groups.is_empty() {
             line.push_str(&format!(" groups={}", h.groups.join(",")));
         }
+        line
+    };
+    for line in relay::tree(&hosts, &hops, line) {
         println!("{line}");
     }
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
@@ -97,6 +102,7 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
         job,
         results: plan.results.clone(),
         log: plan.spec.converge.is_some(),
+        paths: relay::paths(&plan.hosts, &plan.hops),
     };
     let mut reporter = match Reporter::new(plan.output, names, info) {
         Ok(r) => r,
@@ -110,6 +116,12 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
     };
     let hosts = Arc::new(plan.hosts);
     let spec = Arc::new(plan.spec);
+    let relaying = Arc::new(Relaying::new(
+        plan.hops,
+        plan.relay_binary,
+        plan.run_id,
+        KnownHostsSource::Ssh,
+    ));
 
     let code = runtime.block_on(async move {
         let (cancel_tx, mut cancel_rx) = watch::channel(false);
@@ -127,7 +139,33 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
             std::future::pending::<()>().await;
         });
         let (tx, mut rx) = mpsc::channel(1024);
-        let run = tokio::spawn(fleet::run(hosts, spec, dir.clone(), tx, cancel_rx.clone()));
+        // --converged-timeout: every event of the run, relays' included,
+        // passes by the one place that decides when the run has converged.
+        let (converged_tx, converged_rx) = watch::channel(false);
+        let tx = match spec.converge {
+            Some(quiet) => {
+                let (inner_tx, inner_rx) = mpsc::channel(1024);
+                let repeating = spec.repeat.is_some();
+                tokio::spawn(fleet::converge(
+                    inner_rx,
+                    tx,
+                    quiet,
+                    repeating,
+                    converged_tx,
+                ));
+                inner_tx
+            }
+            None => tx,
+        };
+        let run = tokio::spawn(relay::run(
+            hosts,
+            relaying,
+            spec,
+            dir.clone(),
+            tx,
+            cancel_rx.clone(),
+            converged_rx,
+        ));
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut watching = true;
         let result: std::io::Result<()> = async {
@@ -153,7 +191,9 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
             Ok(())
         }
         .await;
-        let _ = run.await;
+        if let Ok(reports) = run.await {
+            reporter.relays(&reports);
+        }
         dir.remove();
         match result.and_then(|()| reporter.finish()) {
             Ok(summary) => summary.exit_status as u8,

@@ -267,6 +267,32 @@ impl Payload {
         Payload::assemble(BUILTIN_NAME.to_string(), None, settings, entries, sources)
     }
 
+    /// A payload of one executable file, named `name` in it and its entry
+    /// point: how a relay receives the pushrun binary, checked and cached
+    /// like any payload.
+    pub fn single_file(path: &Path, name: &str) -> Result<Payload, PayloadError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let (size, sha256) = hash_file(path, &mut buf).map_err(|e| io_err(path, e))?;
+        let entry = ManifestEntry {
+            path: name.to_string(),
+            mode: 0o755,
+            size,
+            sha256,
+        };
+        let settings = Settings {
+            entry: name.to_string(),
+            timeout: None,
+            env: BTreeMap::new(),
+        };
+        Ok(Payload::assemble(
+            path.display().to_string(),
+            Some(path.to_path_buf()),
+            settings,
+            vec![entry],
+            vec![Source::Disk(path.to_path_buf())],
+        ))
+    }
+
     /// Computes the manifest. `entries` must be sorted by path.
     fn assemble(
         name: String,

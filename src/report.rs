@@ -51,6 +51,9 @@ pub struct RunInfo {
     pub results: Option<PathBuf>,
     /// Also write what is shown to `<results>/<run-id>/run.log` (unattended runs).
     pub log: bool,
+    /// Each host's place in the relay tree (`r1/node042`); `None` for a
+    /// direct host (the list may be empty when no host has a relay).
+    pub paths: Vec<Option<String>>,
 }
 
 /// The results dir of one run: `DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/}`
@@ -190,6 +193,7 @@ pub struct Reporter {
     info: RunInfo,
     results: Option<ResultsDir>,
     log: Option<io::BufWriter<File>>,
+    relays: Vec<Value>,
 }
 
 struct Progress {
@@ -234,6 +238,7 @@ impl Reporter {
             info,
             results,
             log,
+            relays: Vec::new(),
         })
     }
 
@@ -287,6 +292,7 @@ impl Reporter {
                     r.collected(id, &archive)?;
                 }
             }
+            Event::Busy(_) => {}
             Event::Record(id, line) => {
                 if let Some(r) = &mut self.results {
                     r.record(id, &line)?;
@@ -411,8 +417,23 @@ impl Reporter {
         Ok(())
     }
 
+    /// What the relays did (`relay::RelayReport`s), for summary.json.
+    pub fn relays<T: serde::Serialize>(&mut self, reports: &[T]) {
+        self.relays = reports
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect();
+    }
+
+    fn path(&self, id: HostId) -> Option<&str> {
+        self.info.paths.get(id).and_then(|p| p.as_deref())
+    }
+
     fn json(&mut self, id: HostId, mut obj: Value) -> io::Result<()> {
         obj["host"] = Value::String(self.names[id].clone());
+        if let Some(path) = self.path(id) {
+            obj["path"] = json!(path);
+        }
         obj["t_ms"] = json!(self.started.elapsed().as_millis() as u64);
         serde_json::to_writer(&mut self.out, &obj)?;
         self.out.write_all(b"\n")
@@ -499,7 +520,7 @@ impl Reporter {
                 "elapsed_ms": elapsed.as_millis() as u64,
                 "exit_status": summary.exit_status,
             });
-            for status in ALL_STATUSES {
+            for status in Status::ALL {
                 let key = serde_json::to_value(status)?
                     .as_str()
                     .unwrap_or_default()
@@ -530,6 +551,9 @@ impl Reporter {
             .enumerate()
             .map(|(i, o)| {
                 let mut h = json!({"name": self.names[i]});
+                if let Some(path) = self.path(i) {
+                    h["path"] = json!(path);
+                }
                 if let Some(r) = &self.results {
                     h["folder"] = json!(r.folders[i]);
                 }
@@ -553,21 +577,25 @@ impl Reporter {
             })
             .collect();
         let mut counts = json!({});
-        for status in ALL_STATUSES {
+        for status in Status::ALL {
             let key = serde_json::to_value(status)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
             counts[key.as_str()] = json!(summary.counts.get(&status).copied().unwrap_or(0));
         }
-        json!({
+        let mut all = json!({
             "run_id": self.info.run_id,
             "job": self.info.job,
             "elapsed_ms": elapsed.as_millis() as u64,
             "exit_status": summary.exit_status,
             "counts": counts,
             "hosts": hosts,
-        })
+        });
+        if !self.relays.is_empty() {
+            all["relays"] = json!(self.relays);
+        }
+        all
     }
 
     fn summary(&self) -> Summary {
@@ -611,7 +639,7 @@ impl Reporter {
             elapsed.as_secs_f64()
         );
         let mut first = true;
-        for status in ALL_STATUSES {
+        for status in Status::ALL {
             let n = summary.counts.get(&status).copied().unwrap_or(0);
             if n > 0 || status == Status::Ok {
                 s.push_str(if first { " " } else { ", " });
@@ -700,15 +728,6 @@ impl Reporter {
         self.out.write_all(text.as_bytes())
     }
 }
-
-const ALL_STATUSES: [Status; 6] = [
-    Status::Ok,
-    Status::Failed,
-    Status::Stopped,
-    Status::TimedOut,
-    Status::Unreachable,
-    Status::Cancelled,
-];
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }

@@ -478,15 +478,32 @@ impl Session {
 
     /// Starts a remote command line (see [`remote_line`]) with a PTY.
     pub fn spawn_pty_line(&self, remote: String) -> io::Result<Child> {
+        self.spawn_through_master(&["-tt"], remote)
+    }
+
+    /// Starts one of pushrun's remote scripts through the master with a
+    /// plain `ssh -S` client, for what the mux client cannot ask for (agent
+    /// forwarding: `opts` = `["-o", "ForwardAgent=yes"]`).
+    pub fn spawn_client(
+        &self,
+        opts: &[&str],
+        script: &str,
+        name: &str,
+        args: &[&str],
+    ) -> io::Result<Child> {
+        let mut all = vec!["-T"];
+        all.extend_from_slice(opts);
+        self.spawn_through_master(&all, remote_line(script, name, args, &[]))
+    }
+
+    /// `ssh -S <control socket> OPTS -- DESTINATION REMOTE`, quiet, all
+    /// streams piped. It never opens a connection of its own: without the
+    /// master it fails (ProxyCommand=false).
+    fn spawn_through_master(&self, opts: &[&str], remote: String) -> io::Result<Child> {
         let mut cmd = Command::new("ssh");
-        cmd.arg("-S").arg(&self.ctl).args([
-            "-tt",
-            "-q",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "BatchMode=yes",
-        ]);
+        cmd.arg("-S").arg(&self.ctl).arg("-q").args(opts);
+        cmd.args(["-o", "ControlMaster=no", "-o", "BatchMode=yes"])
+            .args(["-o", "ProxyCommand=false"]);
         cmd.arg("-F").arg(&self.config_file);
         cmd.arg("--").arg(&self.destination).arg(remote);
         cmd.stdin(Stdio::piped())

@@ -3,41 +3,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    BlackHole, HostOpts, TestHosts, lines_of, processes_with, pushrun, unused_addr, wait_until,
+    BlackHole, HostOpts, TestHosts, common_fold, exec, lines_of, processes_with, pushrun, to_run,
+    unused_addr, wait_until,
 };
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> Run {
-    let out = pushrun()
-        .arg("exec")
-        .arg("--hosts")
-        .arg(inventory)
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run pushrun");
-    to_run(out)
-}
-
-fn to_run(out: Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn control_dirs_of(pid: u32) -> Vec<String> {
     std::fs::read_dir("/tmp")
@@ -297,13 +269,6 @@ fn gather_groups_identical_outputs_under_a_folded_host_list() {
         run.stdout
     );
     assert_eq!(run.stdout.matches("same\n").count(), 2, "{}", run.stdout);
-}
-
-/// `a.b.c.1` and `a.b.c.2` fold to `a.b.c.[1-2]`.
-fn common_fold(a: &str, b: &str) -> String {
-    let (prefix, first) = a.rsplit_once('.').unwrap();
-    let (_, second) = b.rsplit_once('.').unwrap();
-    format!("{prefix}.[{first}-{second}]")
 }
 
 #[test]

@@ -5,19 +5,14 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::{
-    HostOpts, TestHosts, host_summary, is_root, noise, processes_with, pushrun, summary, wait_until,
+    HostOpts, Run, TestHosts, host_summary, is_root, noise, processes_with, pushrun, summary,
+    wait_until,
 };
 use serde_json::Value;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// Writes a payload dir: (path, content, executable).
 fn make_payload(dir: &Path, files: &[(&str, &[u8], bool)]) {
@@ -53,34 +48,11 @@ fn standard_payload(dir: &Path) {
 }
 
 fn exec(hosts: &TestHosts, args: &[&str]) -> Run {
-    let out = pushrun()
-        .args(["exec", "--hosts"])
-        .arg(hosts.hosts_yaml())
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run pushrun");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::exec(hosts, &hosts.hosts_yaml(), args)
 }
 
 fn spawn(hosts: &TestHosts, args: &[&str]) -> Child {
-    pushrun()
-        .args(["exec", "--hosts"])
-        .arg(hosts.hosts_yaml())
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pushrun")
+    common::spawn_exec(hosts, &hosts.hosts_yaml(), args)
 }
 
 /// Runs `cmd` on host `i` with plain ssh, returning its trimmed stdout.

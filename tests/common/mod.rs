@@ -522,3 +522,55 @@ pub fn host_summary<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde
         .find(|h| h["name"] == name)
         .unwrap_or_else(|| panic!("no {name} in {summary:#}"))
 }
+
+/// What a finished pushrun said.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn to_run(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `pushrun exec --hosts INVENTORY --ssh-config CONFIG ARGS`, stdin closed.
+pub fn exec_command(inventory: &Path, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = pushrun();
+    cmd.arg("exec")
+        .arg("--hosts")
+        .arg(inventory)
+        .arg("--ssh-config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `pushrun exec` on `inventory` with the fleet's ssh config, run to its end.
+pub fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> Run {
+    let out = exec_command(inventory, &hosts.ssh_config(), args)
+        .output()
+        .expect("run pushrun");
+    to_run(out)
+}
+
+/// `pushrun exec` as in [`exec`], started with stdout and stderr piped.
+pub fn spawn_exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> std::process::Child {
+    exec_command(inventory, &hosts.ssh_config(), args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pushrun")
+}
+
+/// Two addresses `p.N` and `p.M` folded as pushrun folds them: `p.[N-M]`.
+pub fn common_fold(a: &str, b: &str) -> String {
+    let (prefix, first) = a.rsplit_once('.').unwrap();
+    let (_, second) = b.rsplit_once('.').unwrap();
+    format!("{prefix}.[{first}-{second}]")
+}
