@@ -141,6 +141,18 @@ impl RunSpec {
     }
 }
 
+/// The longest wait between two tries of an unreachable host (--converged-timeout).
+pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Whether a host that could not be connected may answer a later try:
+/// wrong credentials and host keys will not change by themselves.
+pub(crate) fn worth_retrying(e: &crate::session::ConnectError) -> bool {
+    !matches!(
+        e.kind,
+        ConnectFailure::Authentication | ConnectFailure::HostKey | ConnectFailure::HostKeyChanged
+    )
+}
+
 /// The reason of a run stopped because its payload changed (--watch).
 const RESTARTED: &str = "restarted: the payload changed";
 
@@ -397,15 +409,8 @@ async fn run_host(
             Ok(s) => break s,
             Err(e) => e,
         };
-        // Unattended runs try again, later and later, until they converge;
-        // wrong credentials and host keys are not worth another try.
-        let retry = spec.converge.is_some()
-            && !matches!(
-                e.kind,
-                ConnectFailure::Authentication
-                    | ConnectFailure::HostKey
-                    | ConnectFailure::HostKeyChanged
-            );
+        // Unattended runs try again, later and later, until they converge.
+        let retry = spec.converge.is_some() && worth_retrying(&e);
         if !retry {
             return HostOutcome::without_exit(Status::Unreachable, e.message, timings);
         }
@@ -426,7 +431,7 @@ async fn run_host(
                 return HostOutcome::without_exit(Status::Unreachable, why, timings);
             }
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
     };
     let timings = Timings {
         connect: started.elapsed(),

@@ -334,27 +334,60 @@ impl RelayTask {
             .chain(&self.subtree.hops)
             .collect();
         let started = Instant::now();
-        // Relays log in with keys (or the agent): passwords are for job hosts.
-        let connect = Session::connect(
-            &self.dir,
-            &self.config,
-            self.slot,
-            &relay,
-            &self.spec.ssh,
-            None,
-        );
-        let lines = known_hosts::lines_for(&self.relaying.known_hosts, &self.config, &everyone);
         let (first, events) = self.busy_as();
-        let (connected, known) = tokio::select! {
-            r = fleet::busy(async { tokio::join!(connect, lines) }, first, &events) => r,
-            _ = cancelled(&mut self.cancel) => return Err(Failure {
-                status: Status::Cancelled,
-                reason: format!("interrupted while connecting to relay {name}"),
-            }),
+        let lines = known_hosts::lines_for(&self.relaying.known_hosts, &self.config, &everyone);
+        let interrupted = || Failure {
+            status: Status::Cancelled,
+            reason: format!("interrupted while connecting to relay {name}"),
+        };
+        let known = tokio::select! {
+            k = lines => k,
+            _ = cancelled(&mut self.cancel) => return Err(interrupted()),
+        };
+        // Unattended runs try an unreachable relay again, later and later,
+        // until the run converges (as for any host).
+        let mut delay = Duration::from_secs(1);
+        let mut tries = 0;
+        let session = loop {
+            tries += 1;
+            // Relays log in with keys (or the agent): passwords are for job hosts.
+            let connect = Session::connect(
+                &self.dir,
+                &self.config,
+                self.slot,
+                &relay,
+                &self.spec.ssh,
+                None,
+            );
+            let connected = tokio::select! {
+                r = fleet::busy(connect, first, &events) => r,
+                _ = cancelled(&mut self.cancel) => return Err(interrupted()),
+            };
+            let e = match connected {
+                Ok(session) => break session,
+                Err(e) => e,
+            };
+            let why = format!("relay {name}: {}", e.message);
+            if self.spec.converge.is_none() || !fleet::worth_retrying(&e) {
+                return Err(Failure::unreachable(why));
+            }
+            let _ = events
+                .send(Event::Retrying {
+                    host: first,
+                    reason: why.clone(),
+                    delay,
+                })
+                .await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancelled(&mut self.cancel) => return Err(interrupted()),
+                _ = cancelled(&mut self.converged) => {
+                    return Err(Failure::unreachable(format!("never reached ({tries} tries): {why}")));
+                }
+            }
+            delay = (delay * 2).min(fleet::MAX_RETRY_DELAY);
         };
         report.connect_ms = started.elapsed().as_millis() as u64;
-        let session =
-            connected.map_err(|e| Failure::unreachable(format!("relay {name}: {}", e.message)))?;
         let result = self
             .on_session(&session, agent, known, report, finished, nested)
             .await;

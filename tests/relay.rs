@@ -977,3 +977,59 @@ fn records_and_sudo_go_through_the_relay_too() {
         );
     }
 }
+
+#[test]
+fn an_unattended_run_tries_a_relay_again_until_it_is_up() {
+    let hosts = TestHosts::start(3);
+    // the relay answers at an address of its own only 3 s in (host 0 behind it)
+    let late = unused_addr();
+    let port = 2022;
+    let key = format!("{}/id_ed25519", runtime_dir(&hosts));
+    let mut yaml = format!(
+        "defaults: {{port: {port}, user: {}}}\nhosts:\n  gw: {{address: {late}, ssh_options: [\"HostKeyAlias=[{}]:{port}\"]}}\n",
+        me(),
+        hosts.addr(0)
+    );
+    for i in 1..3 {
+        yaml.push_str(&format!(
+            "  {}: {{via: gw, identity_file: {key}}}\n",
+            hosts.addr(i)
+        ));
+    }
+    let inv = hosts.write_yaml("late-relay.yaml", &yaml);
+    let _forwarder = common::late_forwarder(
+        format!("{late}:{port}"),
+        format!("{}:{port}", hosts.addr(0)),
+        Duration::from_secs(3),
+    );
+    let results = hosts.dir().join("results");
+    let out = exec(
+        &hosts,
+        &inv,
+        &[
+            "--limit",
+            "!gw",
+            "--converged-timeout",
+            "6",
+            "--results",
+            results.to_str().unwrap(),
+            "--",
+            "hostname",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("relay gw: connection refused: trying again in 1s"),
+        "{}",
+        out.stderr
+    );
+    for i in 1..3 {
+        assert!(
+            out.stdout.contains(&hosts.hostname(i)),
+            "{}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}

@@ -4,14 +4,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    HostOpts, TestHosts, host_summary, lines_of, processes_with, pushrun, summary, unused_addr,
-    wait_until,
+    HostOpts, TestHosts, host_summary, late_forwarder, lines_of, processes_with, pushrun, summary,
+    unused_addr, wait_until,
 };
 use serde_json::Value;
 
@@ -172,27 +171,6 @@ fn a_payload_that_never_goes_quiet_runs_until_its_timeout() {
     assert_eq!(host_summary(&s, &hosts.addr(0))["status"], "timed_out");
 }
 
-/// Forwards connections to `to` from a listener on `from` that opens only
-/// after `delay`: a host that is down at first, then up.
-fn late_forwarder(from: String, to: String, delay: Duration) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        std::thread::sleep(delay);
-        let listener = TcpListener::bind(&from).expect("bind the late host");
-        // one connection is all pushrun makes once it gets through
-        let (client, _) = listener.accept().expect("accept");
-        let server = TcpStream::connect(&to).expect("connect to the real host");
-        let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-        let up = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut c2, &mut s2);
-            let _ = s2.shutdown(std::net::Shutdown::Write);
-        });
-        let (mut c, mut s) = (client, server);
-        let _ = std::io::copy(&mut s, &mut c);
-        let _ = c.shutdown(std::net::Shutdown::Write);
-        let _ = up.join();
-    })
-}
-
 #[test]
 fn a_host_down_at_the_start_is_tried_again_and_runs_once_it_is_up() {
     let hosts = TestHosts::start(1);
@@ -227,7 +205,7 @@ fn a_host_down_at_the_start_is_tried_again_and_runs_once_it_is_up() {
         "{}",
         run.all()
     );
-    forwarder.join().unwrap();
+    drop(forwarder);
 }
 
 #[test]

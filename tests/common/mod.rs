@@ -574,3 +574,29 @@ pub fn common_fold(a: &str, b: &str) -> String {
     let (_, second) = b.rsplit_once('.').unwrap();
     format!("{prefix}.[{first}-{second}]")
 }
+
+/// A host that is down at first, then up: after `delay`, a listener on
+/// `from` (`addr:port`) forwards every connection to `to`. It lives as long
+/// as the test process.
+pub fn late_forwarder(from: String, to: String, delay: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let listener = std::net::TcpListener::bind(&from).expect("bind the late host");
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&to) else {
+                continue;
+            };
+            let (mut c, mut s) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    })
+}
