@@ -51,6 +51,16 @@ fn list_hosts(args: &SelectArgs) -> u8 {
         if let Some(p) = s.port {
             line.push_str(&format!(" port={p}"));
         }
+        if let Some(j) = &s.jump {
+            line.push_str(&format!(" jump={j}"));
+        }
+        if let Some(v) = &s.password_env {
+            line.push_str(&format!(" password_env={v}"));
+        }
+        if s.become_ == Some(true) {
+            let user = s.become_user.as_deref().unwrap_or("root");
+            line.push_str(&format!(" become={user}"));
+        }
         if !h.groups.is_empty() {
             line.push_str(&format!(" groups={}", h.groups.join(",")));
         }

@@ -491,6 +491,17 @@ fn a_jump_host_carries_the_connection() {
     });
     assert!(hosts.log(0).contains("direct-tcpip"), "{}", hosts.log(0));
 
+    // `pushrun hosts` shows the route
+    let listed = pushrun()
+        .args(["hosts", "--hosts"])
+        .arg(&inv)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        format!("inner address={} jump={}\n", hosts.addr(1), hosts.addr(0))
+    );
+
     // a bad jump value is an inventory error, with its line
     let bad = hosts.write_yaml("badjump.yaml", "hosts:\n  x:\n    jump: 'a b'\n");
     let run = exec(&hosts, &bad, &["--", "true"], "");
