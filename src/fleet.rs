@@ -759,49 +759,29 @@ impl HostTask<'_> {
             _ = raised(&mut t.converged) => Err(StageError::Converged),
         };
         timings.stage = started.elapsed();
-        let fail = |status, reason: String, timings, stats| HostOutcome {
-            status,
-            exit_code: None,
-            reason: Some(reason),
-            notes: Vec::new(),
-            timings,
-            stage: Some(stats),
-        };
         let (base, payload_dir) = match staged {
             Ok(s) => s,
-            Err(StageError::Cancelled) => {
-                let o = fail(
-                    Status::Cancelled,
-                    "interrupted while staging".into(),
-                    timings,
-                    stats,
-                );
-                return (o, None);
-            }
-            Err(StageError::Converged) => {
-                let o = fail(
-                    Status::Stopped,
-                    "the run converged while staging".into(),
-                    timings,
-                    stats,
-                );
-                return (o, None);
-            }
-            Err(StageError::Failed { reason, base }) => {
-                if let Some(base) = base {
-                    clean_run_dir(session, &base, &job.run_id).await;
-                }
-                let o = fail(Status::Failed, format!("stage: {reason}"), timings, stats);
-                return (o, None);
-            }
-            Err(StageError::Lost(why)) => {
-                let o = fail(
-                    Status::Unreachable,
-                    format!("connection lost: {why}"),
-                    timings,
-                    stats,
-                );
-                return (o, None);
+            Err(e) => {
+                let (status, reason) = match e {
+                    StageError::Cancelled => {
+                        (Status::Cancelled, "interrupted while staging".into())
+                    }
+                    StageError::Converged => {
+                        (Status::Stopped, "the run converged while staging".into())
+                    }
+                    StageError::Failed { reason, base } => {
+                        if let Some(base) = base {
+                            clean_run_dir(session, &base, &job.run_id).await;
+                        }
+                        (Status::Failed, format!("stage: {reason}"))
+                    }
+                    StageError::Lost(why) => {
+                        (Status::Unreachable, format!("connection lost: {why}"))
+                    }
+                };
+                let mut outcome = HostOutcome::without_exit(status, reason, timings);
+                outcome.stage = Some(stats);
+                return (outcome, None);
             }
         };
 

@@ -7,7 +7,10 @@
 //! `remote/lib.sh`, which is prepended to each of them here.
 
 /// Runs a plain command; ends its process group when stdin closes.
-pub const EXEC: &str = include_str!("remote/exec.sh");
+pub const EXEC: &str = concat!(
+    include_str!("remote/pgroup.sh"),
+    include_str!("remote/exec.sh")
+);
 /// Runs a plain command only if the session has a terminal.
 pub const PTY: &str = include_str!("remote/pty.sh");
 /// Checks how sudo lets the login user become another (`--become`).
@@ -23,7 +26,11 @@ pub const RECEIVE: &str = concat!(
     include_str!("remote/receive.sh")
 );
 /// Runs a payload's entry point in its run dir.
-pub const RUN: &str = concat!(include_str!("remote/lib.sh"), include_str!("remote/run.sh"));
+pub const RUN: &str = concat!(
+    include_str!("remote/lib.sh"),
+    include_str!("remote/pgroup.sh"),
+    include_str!("remote/run.sh")
+);
 /// Sends `$PUSHRUN_OUT` back as a tar.gz and removes the run dir.
 pub const COLLECT: &str = concat!(
     include_str!("remote/lib.sh"),

@@ -5,18 +5,10 @@
 #
 # sshd makes every non-PTY session its own process group (it calls setsid()),
 # and the `exec` above makes this shell that group's leader, so $$ is the
-# group id. The initiator keeps our stdin open for as long as it wants the
+# group id ($pg: pgroup.sh, prepended to this, also handles sudo). The initiator keeps our stdin open for as long as it wants the
 # command to live. When stdin closes (command timeout, Ctrl-C on the
 # initiator, the connection dropping, the initiator being killed), the
 # watcher below signals the whole group: TERM, then KILL after a grace period.
-pg=$$
-# under sudo the group may be sudo's own: take it from /proc when there is one
-if read -r st 2>/dev/null </proc/$$/stat; then
-    st=${st##*) }
-    st=${st#* }
-    st=${st#* }
-    pg=${st%% *}
-fi
 exec 3<&0
 (
     trap '' TERM

@@ -25,12 +25,13 @@
 #
 # How the run is ended: as in exec.sh, sshd makes every non-PTY session its
 # own process group (setsid()) and `exec` makes this shell its leader, so $$
-# is the group id. A watcher reads our stdin; at its end it sends TERM to the
-# whole group, waits up to 2 s for it to go, then KILLs whatever is left one
-# process at a time (found in /proc: a KILL to the group would take the
-# watcher too) and removes BASE/runs/RUN_ID. It ignores TERM, and uses only
-# builtins, sleep and rm. When the entry point ends by itself the watcher is
-# killed and the run directory stays for collect.sh.
+# is the group id ($pg: pgroup.sh, which also handles sudo). A watcher reads
+# our stdin; at its end it sends TERM to the whole group, waits up to 2 s
+# for it to go, then KILLs whatever is left one process at a time (found in
+# /proc: a KILL to the group would take the watcher too) and removes
+# BASE/runs/RUN_ID. It ignores TERM, and uses only builtins, sleep and rm.
+# When the entry point ends by itself the watcher is killed and the run
+# directory stays for collect.sh.
 
 die() {
     printf 'pushrun-run: %s\n' "$1" >&2
@@ -60,14 +61,6 @@ give_back() {
     fi
 }
 
-pg=$$
-# under sudo the group may be sudo's own: take it from /proc when there is one
-if read -r st 2>/dev/null </proc/$$/stat; then
-    st=${st##*) }
-    st=${st#* }
-    st=${st#* }
-    pg=${st%% *}
-fi
 exec 3<&0
 (
     trap '' TERM HUP
