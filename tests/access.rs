@@ -12,34 +12,15 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{HostOpts, Sudo, TestHosts, pushrun, wait_until};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-
-    /// The stdout lines of `host`, without the prefix.
-    fn lines_of(&self, host: &str) -> Vec<&str> {
-        common::lines_of(&self.stdout, host)
-    }
-}
+use common::{
+    HostOpts, Run, Sudo, TestHosts, config_with_known_hosts, exec_command, payload, pushrun,
+    to_run, wait_until,
+};
 
 /// `pushrun exec --hosts INVENTORY ARGS`, with `input` on its stdin.
 fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str], input: &str) -> Run {
     let child = start(hosts, inventory, args, &[], input);
-    let out = child.wait_with_output().expect("wait for pushrun");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    to_run(child.wait_with_output().expect("wait for pushrun"))
 }
 
 fn start(
@@ -49,13 +30,7 @@ fn start(
     env: &[(&str, &str)],
     input: &str,
 ) -> Child {
-    let mut child = pushrun()
-        .arg("exec")
-        .arg("--hosts")
-        .arg(inventory)
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
-        .args(args)
+    let mut child = exec_command(inventory, &hosts.ssh_config(), args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -77,12 +52,8 @@ fn skip() -> bool {
 }
 
 /// A payload whose entry point `run` is `script`, and a results dir for it.
-fn payload(hosts: &TestHosts, script: &str) -> (String, String) {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = hosts.dir().join("pl");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("run"), script).unwrap();
-    std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+fn payload_and_results(hosts: &TestHosts, script: &str) -> (String, String) {
+    let dir = payload(hosts.dir(), "pl", script);
     let results = hosts.dir().join("results");
     (dir.display().to_string(), results.display().to_string())
 }
@@ -145,13 +116,10 @@ fn watch_for_secret(child: Child, secret: &str, except: u32) -> (Vec<String>, Ru
         samples >= 5,
         "the run was too short to watch ({samples} samples)"
     );
-    let out = child.wait_with_output().expect("wait for pushrun");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    (seen, run)
+    (
+        seen,
+        to_run(child.wait_with_output().expect("wait for pushrun")),
+    )
 }
 
 #[test]
@@ -291,7 +259,8 @@ fn sudo_without_a_password_runs_commands_and_payloads_as_root() {
     }
 
     // a payload through sudo: it runs as root, its files come back, nothing stays behind
-    let (payload, results) = payload(&hosts, "#!/bin/sh\nid -u > \"$PUSHRUN_OUT/uid\"\nid -un\n");
+    let (payload, results) =
+        payload_and_results(&hosts, "#!/bin/sh\nid -u > \"$PUSHRUN_OUT/uid\"\nid -un\n");
     let run = exec(
         &hosts,
         &inv,
@@ -447,7 +416,7 @@ fn requiretty_is_named_and_pty_auto_answers_the_prompt() {
         "tty2.yaml",
         &[("tty", 0, &["become: true", "pty: auto"])],
     );
-    let (payload, results) = payload(
+    let (payload, results) = payload_and_results(
         &hosts,
         "#!/bin/sh\nid -un > \"$PUSHRUN_OUT/who\"\necho done\n",
     );
@@ -513,35 +482,10 @@ fn a_jump_host_carries_the_connection() {
     );
 }
 
-/// The fleet's ssh_config with another known_hosts file.
-fn config_with_known_hosts(
-    hosts: &TestHosts,
-    name: &str,
-    known: &str,
-    extra: &str,
-) -> std::path::PathBuf {
-    let kh = hosts.dir().join(format!("{name}.known_hosts"));
-    std::fs::write(&kh, known).unwrap();
-    let cfg = std::fs::read_to_string(hosts.ssh_config()).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("UserKnownHostsFile") {
-                format!("  UserKnownHostsFile {}\n{extra}", kh.display())
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    let path = hosts.dir().join(format!("{name}.ssh_config"));
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
 #[test]
 fn an_unknown_host_key_is_refused_with_its_fingerprint_and_the_way_to_accept_it() {
     let hosts = TestHosts::start(1);
-    let cfg = config_with_known_hosts(&hosts, "empty", "", "");
+    let cfg = config_with_known_hosts(&hosts, "empty", "", "").0;
     let out = pushrun()
         .args(["exec", "-w", &hosts.addr(0), "--ssh-config"])
         .arg(&cfg)
@@ -607,7 +551,7 @@ fn a_changed_host_key_is_always_refused() {
         ("accept", "", Some("accept-new")),
         ("lax", "  StrictHostKeyChecking no\n", None),
     ] {
-        let cfg = config_with_known_hosts(&hosts, name, &known, extra);
+        let (cfg, _) = config_with_known_hosts(&hosts, name, &known, extra);
         let mut cmd = pushrun();
         cmd.args(["exec", "-w", &hosts.addr(0), "--ssh-config"])
             .arg(&cfg);

@@ -7,8 +7,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    BlackHole, HostOpts, TestHosts, common_fold, exec, lines_of, processes_with, pushrun, to_run,
-    unused_addr, wait_until,
+    BlackHole, HostOpts, TestHosts, common_fold, config_with_known_hosts, exec, lines_of,
+    processes_with, pushrun, to_run, unused_addr, wait_until,
 };
 
 fn control_dirs_of(pid: u32) -> Vec<String> {
@@ -367,32 +367,10 @@ fn limit_and_w_select_hosts() {
     );
 }
 
-/// An ssh config for the test hosts with an empty known_hosts file of our own.
-fn config_with_empty_known_hosts(hosts: &TestHosts) -> (std::path::PathBuf, std::path::PathBuf) {
-    let known = hosts.dir().join("empty_known_hosts");
-    std::fs::write(&known, "").unwrap();
-    let base = std::fs::read_to_string(hosts.ssh_config()).unwrap();
-    let text: String = base
-        .lines()
-        .filter(|l| {
-            !l.trim_start().starts_with("UserKnownHostsFile")
-                && !l.trim_start().starts_with("StrictHostKeyChecking")
-        })
-        .map(|l| format!("{l}\n"))
-        .collect::<String>()
-        + &format!(
-            "  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n",
-            known.display()
-        );
-    let cfg = hosts.dir().join("ssh_config_unknown");
-    std::fs::write(&cfg, text).unwrap();
-    (cfg, known)
-}
-
 #[test]
 fn unknown_host_keys_fail_under_strict_checking_and_accept_new_stays_quiet() {
     let hosts = TestHosts::start(1);
-    let (cfg, known) = config_with_empty_known_hosts(&hosts);
+    let (cfg, known) = config_with_known_hosts(&hosts, "unknown", "", "");
     let run_with = |mode: &str| {
         to_run(
             pushrun()

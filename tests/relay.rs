@@ -10,8 +10,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{
-    TestHosts, common_fold, exec, exec_command, is_root, pid_alive, processes_with, pushrun,
-    spawn_exec, unused_addr, wait_until,
+    TestHosts, common_fold, exec, exec_command, is_root, payload, pid_alive, processes_with,
+    pushrun, spawn_exec, summary, unused_addr, wait_until,
 };
 
 fn me() -> String {
@@ -64,17 +64,6 @@ fn write_tree(hosts: &TestHosts, file: &str, nodes: &[Node], agent: bool) -> Pat
     hosts.write_yaml(file, &yaml)
 }
 
-/// A payload dir `name` whose entry point is `script`.
-fn payload(dir: &Path, name: &str, script: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let payload = dir.join(name);
-    std::fs::create_dir_all(&payload).unwrap();
-    let run = payload.join("run");
-    std::fs::write(&run, script).unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-    payload
-}
-
 /// A payload that greets and leaves the host's name in its results.
 fn greeting_payload(dir: &Path) -> PathBuf {
     let script = "#!/bin/sh\necho \"hello from $(hostname)\"\nhostname > \"$PUSHRUN_OUT/name\"\n";
@@ -108,11 +97,6 @@ fn payload_args<'a>(limit: &'a str, payload: &'a Path, results: &'a Path) -> [&'
     let path = |p: &'a Path| p.to_str().unwrap();
     let (payload, results) = (path(payload), path(results));
     ["--limit", limit, "--payload", payload, "--results", results]
-}
-
-fn summary(results: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(results.join("latest/summary.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 /// The run dirs left under a host's pushrun dir.

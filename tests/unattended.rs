@@ -9,66 +9,26 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    HostOpts, TestHosts, host_summary, late_forwarder, lines_of, processes_with, pushrun, summary,
-    unused_addr, wait_until,
+    HostOpts, Run, TestHosts, exec_command, host_summary, late_forwarder, lines_of, payload,
+    processes_with, summary, to_run, unused_addr, wait_until,
 };
 use serde_json::Value;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-fn command(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> std::process::Command {
-    let mut cmd = pushrun();
-    cmd.arg("exec")
-        .arg("--hosts")
-        .arg(inventory)
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
-}
 
 /// Where `exec` keeps results.
 fn results(hosts: &TestHosts) -> PathBuf {
     hosts.dir().join("results")
 }
 
-/// `pushrun exec --hosts INVENTORY --results results(hosts) ARGS`.
-fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> Run {
+/// `pushrun exec --hosts INVENTORY --results results(hosts) ARGS`, and how long it took.
+fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> (Run, Duration) {
     let started = Instant::now();
     let dir = results(hosts);
     let mut all = vec!["--results", dir.to_str().unwrap()];
     all.extend_from_slice(args);
-    let out = command(hosts, inventory, &all)
+    let out = exec_command(inventory, &hosts.ssh_config(), &all)
         .output()
         .expect("run pushrun");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: started.elapsed(),
-    }
-}
-
-/// A payload dir `name` in the fleet's dir with an executable `run`.
-fn payload(hosts: &TestHosts, name: &str, script: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = hosts.dir().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("run"), script).unwrap();
-    std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+    (to_run(out), started.elapsed())
 }
 
 #[test]
@@ -77,7 +37,7 @@ fn a_payload_that_goes_quiet_is_stopped_at_convergence_and_its_process_is_gone()
     let marker = format!("quiet-{}", std::process::id());
     // prints for 3 s, then sleeps on (marked, to find it on the host)
     let dir = payload(
-        &hosts,
+        hosts.dir(),
         "quiet",
         &format!(
             "#!/bin/sh\nfor i in 1 2 3; do echo tick $i; sleep 1; done\necho tick 4\n\
@@ -91,7 +51,7 @@ fn a_payload_that_goes_quiet_is_stopped_at_convergence_and_its_process_is_gone()
         "--converged-timeout",
         "2",
     ];
-    let run = exec(&hosts, &hosts.hosts_yaml(), &args);
+    let (run, took) = exec(&hosts, &hosts.hosts_yaml(), &args);
     assert_eq!(run.code, 4, "{}", run.all());
     for addr in hosts.addrs() {
         assert_eq!(
@@ -103,9 +63,9 @@ fn a_payload_that_goes_quiet_is_stopped_at_convergence_and_its_process_is_gone()
     }
     // quiet for 2 s after the last tick (3 s in): not before
     assert!(
-        run.took >= Duration::from_millis(4500),
+        took >= Duration::from_millis(4500),
         "ended after {:?}",
-        run.took
+        took
     );
     assert!(
         run.stderr.contains("2 stopped at convergence"),
@@ -143,12 +103,12 @@ fn a_payload_that_goes_quiet_is_stopped_at_convergence_and_its_process_is_gone()
 fn a_payload_that_never_goes_quiet_runs_until_its_timeout() {
     let hosts = TestHosts::start(1);
     let dir = payload(
-        &hosts,
+        hosts.dir(),
         "chatty",
         "#!/bin/sh\nwhile :; do echo still here; sleep 0.3; done\n",
     );
     let results = results(&hosts);
-    let run = exec(
+    let (run, took) = exec(
         &hosts,
         &hosts.hosts_yaml(),
         &[
@@ -161,11 +121,7 @@ fn a_payload_that_never_goes_quiet_runs_until_its_timeout() {
         ],
     );
     assert_eq!(run.code, 3, "{}", run.all());
-    assert!(
-        run.took >= Duration::from_secs(4),
-        "ended after {:?}",
-        run.took
-    );
+    assert!(took >= Duration::from_secs(4), "ended after {:?}", took);
     assert!(run.stderr.contains("1 timed out"), "{}", run.all());
     let s = summary(&results);
     assert_eq!(host_summary(&s, &hosts.addr(0))["status"], "timed_out");
@@ -187,7 +143,7 @@ fn a_host_down_at_the_start_is_tried_again_and_runs_once_it_is_up() {
         format!("{}:{port}", hosts.addr(0)),
         Duration::from_secs(3),
     );
-    let run = exec(
+    let (run, _) = exec(
         &hosts,
         &inv,
         &["--converged-timeout", "5", "--", "hostname"],
@@ -217,7 +173,7 @@ fn a_host_never_reached_is_named_so_when_the_run_converges() {
         unused_addr()
     );
     let inv = hosts.write_yaml("down.yaml", &text);
-    let run = exec(&hosts, &inv, &["--converged-timeout", "2.5", "--", "true"]);
+    let (run, _) = exec(&hosts, &inv, &["--converged-timeout", "2.5", "--", "true"]);
     assert_eq!(run.code, 3, "{}", run.all());
     // tries at 0, 1, 3 s (then 7 s: after convergence)
     assert!(
@@ -233,7 +189,7 @@ fn repeat_converges_once_the_output_settles() {
     let hosts = TestHosts::start(2);
     let counter = format!("/tmp/pushrun-repeat-{}", std::process::id());
     let dir = payload(
-        &hosts,
+        hosts.dir(),
         "settle",
         &format!(
             "#!/bin/sh\nn=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}\n\
@@ -241,7 +197,7 @@ fn repeat_converges_once_the_output_settles() {
         ),
     );
     let results = results(&hosts);
-    let run = exec(
+    let (run, _) = exec(
         &hosts,
         &hosts.hosts_yaml(),
         &[
@@ -285,9 +241,9 @@ echo "tunnel=${PUSHRUN_TUNNEL:-unset}"
 #[test]
 fn tunnel_records_arrive_in_order_before_the_end_and_are_saved() {
     let hosts = TestHosts::start(2);
-    let dir = payload(&hosts, "records", RECORDS);
+    let dir = payload(hosts.dir(), "records", RECORDS);
     let results = results(&hosts);
-    let run = exec(
+    let (run, _) = exec(
         &hosts,
         &hosts.hosts_yaml(),
         &["--payload", dir.to_str().unwrap(), "--json"],
@@ -325,8 +281,8 @@ fn a_server_refusing_forwarding_gives_a_note_and_a_good_run() {
         no_forwarding: true,
         ..HostOpts::default()
     }]);
-    let dir = payload(&hosts, "records", RECORDS);
-    let run = exec(
+    let dir = payload(hosts.dir(), "records", RECORDS);
+    let (run, _) = exec(
         &hosts,
         &hosts.hosts_yaml(),
         &["--payload", dir.to_str().unwrap()],
@@ -365,7 +321,7 @@ fn wait_for_event(
 fn watch_sends_only_the_changed_file_and_runs_again() {
     let hosts = TestHosts::start(2);
     let dir = payload(
-        &hosts,
+        hosts.dir(),
         "watched",
         "#!/bin/sh\necho \"v=$(cat \"$PUSHRUN_PAYLOAD/data\")\"\n",
     );
@@ -374,9 +330,9 @@ fn watch_sends_only_the_changed_file_and_runs_again() {
         std::fs::write(dir.join(format!("file{i}")), format!("filler {i}\n")).unwrap();
     }
     let results = hosts.dir().join("results");
-    let mut child: Child = command(
-        &hosts,
+    let mut child: Child = exec_command(
         &hosts.hosts_yaml(),
+        &hosts.ssh_config(),
         &[
             "--payload",
             dir.to_str().unwrap(),

@@ -530,6 +530,18 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    /// stdout and stderr, for assertion messages.
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The stdout lines of `host`, without the prefix (see [`lines_of`]).
+    pub fn lines_of(&self, host: &str) -> Vec<&str> {
+        lines_of(&self.stdout, host)
+    }
+}
+
 pub fn to_run(out: Output) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
@@ -599,4 +611,42 @@ pub fn late_forwarder(from: String, to: String, delay: Duration) -> std::thread:
             });
         }
     })
+}
+
+/// A payload dir `name` under `dir` whose entry point `run` is `script`.
+pub fn payload(dir: &Path, name: &str, script: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let payload = dir.join(name);
+    std::fs::create_dir_all(&payload).unwrap();
+    let run = payload.join("run");
+    std::fs::write(&run, script).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    payload
+}
+
+/// The fleet's ssh_config with `DIR/NAME.known_hosts` (holding `known`) as
+/// its known_hosts file, and `extra` lines right after that setting (for
+/// ssh the first value wins). Returns the config and the known_hosts file.
+pub fn config_with_known_hosts(
+    hosts: &TestHosts,
+    name: &str,
+    known: &str,
+    extra: &str,
+) -> (PathBuf, PathBuf) {
+    let kh = hosts.dir().join(format!("{name}.known_hosts"));
+    std::fs::write(&kh, known).unwrap();
+    let cfg = std::fs::read_to_string(hosts.ssh_config()).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("UserKnownHostsFile") {
+                format!("  UserKnownHostsFile {}\n{extra}", kh.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = hosts.dir().join(format!("{name}.ssh_config"));
+    std::fs::write(&path, cfg).unwrap();
+    (path, kh)
 }
