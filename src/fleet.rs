@@ -458,7 +458,6 @@ async fn run_host(
         triggers,
         sudo,
         pty_auto: access.pty_auto,
-        hash_stdout: None,
     };
     let outcome = match &spec.job {
         Job::Command(command) => task.run_command(command, spec, timings).await,
@@ -476,8 +475,6 @@ struct HostTask<'a> {
     session: &'a Session,
     events: &'a mpsc::Sender<Event>,
     triggers: Triggers,
-    /// While set, the stdout of a payload run is hashed here (--repeat, --watch).
-    hash_stdout: Option<Arc<std::sync::Mutex<Sha256>>>,
     /// Whom to become and how sudo takes it, when the job goes through sudo.
     sudo: Option<(Become, SudoCheck)>,
     /// A PTY may be used where sudo insists on one.
@@ -521,6 +518,8 @@ struct Launch {
     pty: bool,
     /// Answer sudo's prompt on the PTY with this.
     answer: Option<Arc<Secret>>,
+    /// Hash its stdout here (payload runs under --repeat and --watch).
+    hash: Option<Arc<std::sync::Mutex<Sha256>>>,
 }
 
 impl HostTask<'_> {
@@ -552,6 +551,7 @@ impl HostTask<'_> {
                 stdin_first: None,
                 pty,
                 answer: None,
+                hash: None,
             });
         };
         let needs_tty = *how == SudoCheck::NeedsTty;
@@ -587,6 +587,7 @@ impl HostTask<'_> {
             } else {
                 None
             },
+            hash: None,
         })
     }
 
@@ -648,7 +649,7 @@ impl HostTask<'_> {
     ) -> HostOutcome {
         let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
         if !looping {
-            return self.run_payload(first, spec, timings).await.0;
+            return self.run_payload(first, spec, timings).await.outcome;
         }
         let mut job = first.clone();
         let mut previous: Option<[u8; 32]> = None;
@@ -672,7 +673,11 @@ impl HostTask<'_> {
                     _ = late => None,
                 }
             };
-            let (mut outcome, digest) = match ran {
+            let PayloadRun {
+                mut outcome,
+                digest,
+                restarted,
+            } = match ran {
                 Some(r) => r,
                 None => {
                     let why = format!(
@@ -684,31 +689,27 @@ impl HostTask<'_> {
                     return o;
                 }
             };
-            let restarted = outcome.reason.as_deref() == Some(RESTARTED);
-            if !restarted {
-                let changed = digest.is_none() || digest != previous;
-                previous = digest;
-                let _ = self
-                    .events
-                    .send(Event::Repeated {
-                        host: self.id,
-                        run,
-                        changed,
-                        status: outcome.status,
-                    })
-                    .await;
-            }
-            if matches!(
-                outcome.status,
-                Status::Stopped | Status::Cancelled | Status::Unreachable
-            ) && !restarted
-            {
-                outcome.notes.push(format!("{run} runs"));
-                return outcome;
-            }
             if restarted {
                 job = self.next_job(&job);
                 continue;
+            }
+            let changed = digest.is_none() || digest != previous;
+            previous = digest;
+            let _ = self
+                .events
+                .send(Event::Repeated {
+                    host: self.id,
+                    run,
+                    changed,
+                    status: outcome.status,
+                })
+                .await;
+            if matches!(
+                outcome.status,
+                Status::Stopped | Status::Cancelled | Status::Unreachable
+            ) {
+                outcome.notes.push(format!("{run} runs"));
+                return outcome;
             }
             let t = &mut self.triggers;
             let again = async {
@@ -746,7 +747,7 @@ impl HostTask<'_> {
         job: &Arc<PayloadJob>,
         spec: &RunSpec,
         mut timings: Timings,
-    ) -> (HostOutcome, Option<[u8; 32]>) {
+    ) -> PayloadRun {
         let (id, host, session, events) = (self.id, self.host, self.session, self.events);
         let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
         let mut vars = self.vars();
@@ -781,7 +782,11 @@ impl HostTask<'_> {
                 };
                 let mut outcome = HostOutcome::without_exit(status, reason, timings);
                 outcome.stage = Some(stats);
-                return (outcome, None);
+                return PayloadRun {
+                    outcome,
+                    digest: None,
+                    restarted: false,
+                };
             }
         };
 
@@ -817,20 +822,24 @@ impl HostTask<'_> {
         let timeout = spec.timeout.or(job.payload.timeout());
         let run_started = Instant::now();
         let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
-        self.hash_stdout = hash.clone();
         let end = match self.launch(
             (remote::RUN, "pushrun-run", &args),
             &env,
             false,
             self.pty_auto,
         ) {
-            Ok(launch) => self.run_launch(launch, true, timeout).await,
+            Ok(launch) => {
+                let launch = Launch {
+                    hash: hash.clone(),
+                    ..launch
+                };
+                self.run_launch(launch, true, timeout).await
+            }
             Err(why) => {
                 clean_run_dir(session, &base, &job.run_id).await;
                 CommandEnd::Refused(why)
             }
         };
-        self.hash_stdout = None;
         timings.run = run_started.elapsed();
         // every record written before the payload ended arrives before its end
         if let Some(tunnel) = tunnel {
@@ -841,6 +850,7 @@ impl HostTask<'_> {
         // (run.sh removes it when its stdin closes); otherwise, timeouts and
         // convergence included, bring back $PUSHRUN_OUT, which also removes it.
         let mut digest = None;
+        let restarted = matches!(end, CommandEnd::Reloaded);
         let mut outcome = match end {
             CommandEnd::Exited(_)
             | CommandEnd::Signalled
@@ -873,7 +883,11 @@ impl HostTask<'_> {
         };
         outcome.stage = Some(stats);
         outcome.notes.extend(notes);
-        (outcome, digest)
+        PayloadRun {
+            outcome,
+            digest,
+            restarted,
+        }
     }
 
     /// `pushrun clean` on one host: its answer becomes the host's output line.
@@ -947,7 +961,7 @@ impl HostTask<'_> {
         }
         let stdout = child.stdout().take();
         let stderr = child.stderr().take();
-        let hash = self.hash_stdout.clone();
+        let hash = launch.hash;
         let work = async move {
             let out = async {
                 if let Some(r) = stdout {
@@ -1227,6 +1241,15 @@ impl PromptScan {
             }
         }
     }
+}
+
+/// One payload run on a host, as the loop of --repeat and --watch sees it.
+struct PayloadRun {
+    outcome: HostOutcome,
+    /// Its stdout and results, digested (when looping and collected).
+    digest: Option<[u8; 32]>,
+    /// Stopped to run a new version of the payload (--watch).
+    restarted: bool,
 }
 
 pub(crate) enum StageError {

@@ -462,21 +462,12 @@ impl Session {
         })
     }
 
-    /// Starts `command` with a PTY, through the master (`ssh -S ctl -tt`).
+    /// Starts a remote command line (see [`remote_line`]) with a PTY, through
+    /// the master (`ssh -S ctl -tt`).
     ///
     /// stdout and stderr arrive merged on the child's stdout, as on any
-    /// terminal. If the server refuses the PTY the command does not run and
-    /// the child exits [`NO_PTY_EXIT`].
-    pub fn spawn_pty(&self, command: &str, vars: &[(String, String)]) -> io::Result<Child> {
-        self.spawn_pty_line(remote_line(
-            crate::remote::PTY,
-            "pushrun-pty",
-            &[command],
-            vars,
-        ))
-    }
-
-    /// Starts a remote command line (see [`remote_line`]) with a PTY.
+    /// terminal. Run under `remote/pty.sh`, a command does not run where the
+    /// server refuses the PTY: the child exits [`NO_PTY_EXIT`].
     pub fn spawn_pty_line(&self, remote: String) -> io::Result<Child> {
         self.spawn_through_master(&["-tt"], remote)
     }
