@@ -1,11 +1,11 @@
 //! What travels between an initiator and a relay: one frame after another,
 //! each a 4-byte big-endian length and that many bytes of JSON.
 //!
-//! Down (the relay's stdin): one [`Down::Plan`], then optionally
-//! [`Down::Cancel`]; the end of stdin means cancel too. Up (its stdout):
-//! [`Up::Hello`] first, then the subtree's events with host ids that index
-//! the plan's `hosts`, then [`Up::Relays`] and [`Up::Done`], and in between
-//! [`Up::Alive`] whenever it has been quiet for a while, so that a hung relay
+//! Down (the relay's stdin): one `Down::Plan`, then optionally
+//! `Down::Cancel`; the end of stdin means cancel too. Up (its stdout):
+//! `Up::Hello` first, then the subtree's events with host ids that index
+//! the plan's `hosts`, then `Up::Relays` and `Up::Done`, and in between
+//! `Up::Alive` whenever it has been quiet for a while, so that a hung relay
 //! is told from a busy one. Both ends check [`VERSION`]; a frame that does
 //! not parse ends the exchange, it is never skipped.
 
@@ -22,7 +22,7 @@ use crate::inventory::Host;
 /// The protocol's version; both ends must speak the same.
 pub const VERSION: u32 = 1;
 
-/// A relay sends [`Up::Alive`] this often when it has nothing else to say.
+/// A relay sends `Up::Alive` this often when it has nothing else to say.
 pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A relay that sends nothing for this long is taken for hung.
