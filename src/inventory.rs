@@ -993,25 +993,9 @@ const SETTING_KEYS: &[&str] = &[
     "via",
     "forward_agent",
 ];
-/// Keys of a group.
-const GROUP_KEYS: &[&str] = &[
-    "members",
-    "address",
-    "user",
-    "port",
-    "identity_file",
-    "ssh_options",
-    "remote_tmp",
-    "vars",
-    "password_env",
-    "become",
-    "become_user",
-    "become_password_env",
-    "pty",
-    "jump",
-    "via",
-    "forward_agent",
-];
+/// Keys of a group: its members, and every setting.
+static GROUP_KEYS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| [&["members"], SETTING_KEYS].concat());
 
 /// The whole document.
 struct FileSeed<'a>(&'a Ctx);
@@ -1322,7 +1306,7 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSettings, A::Error> {
         let ctx = self.ctx;
         let allowed = match self.owner {
-            Owner::Group { .. } => GROUP_KEYS,
+            Owner::Group { .. } => GROUP_KEYS.as_slice(),
             _ => SETTING_KEYS,
         };
         let context = format!(" for {}", self.owner);
