@@ -314,21 +314,20 @@ impl Session {
         }
         match result {
             Err(e) if e.kind == ConnectFailure::HostKey => {
-                Err(unknown_key_error(host, config_file, opts).await)
+                Err(with_fingerprint(e, host, config_file, opts).await)
             }
             // ssh_config may say StrictHostKeyChecking=no: ssh then logs in
             // despite a changed key. pushrun refuses anyway.
-            Ok(session) if session.log_says("REMOTE HOST IDENTIFICATION HAS CHANGED") => {
-                let text = std::fs::read_to_string(&session.log).unwrap_or_default();
-                session.close().await;
-                Err(changed_key_error(&text))
+            Ok(session) => {
+                let log = std::fs::read_to_string(&session.log).unwrap_or_default();
+                if log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+                    session.close().await;
+                    return Err(changed_key_error(&log));
+                }
+                Ok(session)
             }
             other => other,
         }
-    }
-
-    fn log_says(&self, what: &str) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(what))
     }
 
     /// Waits for the master to log in (its control socket appears) or fail.
@@ -814,8 +813,14 @@ fn changed_key_error(log: &str) -> ConnectError {
 
 /// An unknown host key under strict checking, with the key's fingerprint:
 /// ssh only shows it when debugging, so connect once more that way (the
-/// same options, so the same route) and read it from there.
-async fn unknown_key_error(host: &Host, config_file: &Path, opts: &SshOptions) -> ConnectError {
+/// same options, so the same route) and read it from there. Without it,
+/// `e` as it was.
+async fn with_fingerprint(
+    e: ConnectError,
+    host: &Host,
+    config_file: &Path,
+    opts: &SshOptions,
+) -> ConnectError {
     let mut cmd = Command::new("ssh");
     cmd.args(["-o", "LogLevel=DEBUG1", "-o", "BatchMode=yes"])
         .args(host_args(host, config_file, opts))
@@ -835,16 +840,16 @@ async fn unknown_key_error(host: &Host, config_file: &Path, opts: &SshOptions) -
         .lines()
         .find_map(|l| l.trim().strip_prefix("debug1: Server host key: "))
         .map(|k| k.trim().to_string());
-    let message = match key {
-        Some(key) => format!(
-            "unknown host key {key}, and host key checking is strict: if that is the \
-             host's key, run with --host-key-checking accept-new (or add it to known_hosts)"
+    match key {
+        Some(key) => ConnectError::new(
+            ConnectFailure::HostKey,
+            format!(
+                "unknown host key {key}, and host key checking is strict: if that is the \
+                 host's key, run with --host-key-checking accept-new (or add it to known_hosts)"
+            ),
         ),
-        None => "unknown host key, and host key checking is strict: if it is the host's, \
-                 run with --host-key-checking accept-new"
-            .to_string(),
-    };
-    ConnectError::new(ConnectFailure::HostKey, message)
+        None => e,
+    }
 }
 
 /// Cuts a byte stream into [`Event::Output`] lines.
