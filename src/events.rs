@@ -52,6 +52,19 @@ impl Status {
         Status::Cancelled,
     ];
 
+    /// The status as a word in JSON, summary.json and relay frames
+    /// (`ok`, `failed`, `timed_out`, `unreachable`, `stopped`, `cancelled`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Unreachable => "unreachable",
+            Status::Stopped => "stopped",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
     /// The word used for this status in summaries.
     pub fn label(self) -> &'static str {
         match self {
