@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod hostlist;
