@@ -13,18 +13,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::auth::{
-    Access, Become, SUDO_PROMPT, Secret, SudoCheck, SudoVia, parse_sudo_check, sudo_line,
-};
+use crate::auth::{Access, Become, Secret};
 use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timings};
 use crate::inventory::Host;
 use crate::payload::Payload;
-use crate::remote;
+use crate::remote::{
+    self, SUDO_PROMPT, SudoCheck, SudoVia, parse_sudo_check, remote_line, sudo_line, without_echo,
+};
 use sha2::{Digest, Sha256};
 
 use crate::session::{
     ConnectFailure, ControlDir, LineSplitter, NO_PTY_EXIT, Session, SshOptions, exit_code,
-    read_lines, remote_line, write_ssh_config,
+    read_lines, write_ssh_config,
 };
 
 /// Whether commands get a pseudo terminal.
@@ -571,7 +571,7 @@ impl HostTask<'_> {
         };
         // A payload's run under a PTY: the terminal must not echo the "stop" line.
         let inner = if pty && script == remote::RUN {
-            format!("stty -echo 2>/dev/null; {inner}")
+            without_echo(&inner)
         } else {
             inner
         };

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 
 use crate::auth::{self, Secret};
+use crate::remote::remote_line;
 use crate::events::{Event, HostId, Stream};
 use crate::inventory::Host;
 use tokio::sync::mpsc;
@@ -594,22 +595,6 @@ fn host_args(host: &Host, config_file: &Path, opts: &SshOptions) -> Vec<std::ffi
     args
 }
 
-/// The remote command line: exports, then `exec sh -c SCRIPT NAME ARGS...`.
-///
-/// `exec` makes the script the session's process group leader (see exec.sh).
-pub fn remote_line(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> String {
-    let mut s = String::new();
-    for (k, v) in vars {
-        s.push_str(&format!("export {k}={}; ", sh_quote(v)));
-    }
-    s.push_str(&format!("exec sh -c {} {name}", sh_quote(script)));
-    for a in args {
-        s.push(' ');
-        s.push_str(&sh_quote(a));
-    }
-    s
-}
-
 /// A socket on the host forwarded to one of ours; see [`Session::open_tunnel`].
 #[derive(Debug)]
 pub struct Tunnel {
@@ -734,11 +719,6 @@ pub fn exit_code(
         Err(openssh::Error::RemoteProcessTerminated) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Quotes `s` for a POSIX shell: one single-quoted word.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Turns the master's log into one line for the user.
@@ -954,11 +934,6 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn quoting_survives_single_quotes() {
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        assert_eq!(sh_quote(""), "''");
-    }
 
     #[test]
     fn classifies_common_ssh_failures() {

@@ -6,40 +6,46 @@
 //! only reads those answers. The functions those scripts share are in
 //! `remote/lib.sh`, which is prepended to each of them here.
 
+mod line;
+mod sudo;
+
+pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_line, without_echo};
+pub use sudo::{SudoCheck, parse_sudo_check};
+
 /// Runs a plain command; ends its process group when stdin closes.
 pub const EXEC: &str = concat!(
-    include_str!("remote/pgroup.sh"),
-    include_str!("remote/exec.sh")
+    include_str!("pgroup.sh"),
+    include_str!("exec.sh")
 );
 /// Runs a plain command only if the session has a terminal.
-pub const PTY: &str = include_str!("remote/pty.sh");
+pub const PTY: &str = include_str!("pty.sh");
 /// Checks how sudo lets the login user become another (`--become`).
-pub const BECOME: &str = include_str!("remote/become.sh");
+pub const BECOME: &str = include_str!("become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
 pub const CHECK: &str = concat!(
-    include_str!("remote/lib.sh"),
-    include_str!("remote/check.sh")
+    include_str!("lib.sh"),
+    include_str!("check.sh")
 );
 /// Receives a tar.gz of payload files, verifies and installs them.
 pub const RECEIVE: &str = concat!(
-    include_str!("remote/lib.sh"),
-    include_str!("remote/receive.sh")
+    include_str!("lib.sh"),
+    include_str!("receive.sh")
 );
 /// Runs a payload's entry point in its run dir.
 pub const RUN: &str = concat!(
-    include_str!("remote/lib.sh"),
-    include_str!("remote/pgroup.sh"),
-    include_str!("remote/run.sh")
+    include_str!("lib.sh"),
+    include_str!("pgroup.sh"),
+    include_str!("run.sh")
 );
 /// Sends `$PUSHRUN_OUT` back as a tar.gz and removes the run dir.
 pub const COLLECT: &str = concat!(
-    include_str!("remote/lib.sh"),
-    include_str!("remote/collect.sh")
+    include_str!("lib.sh"),
+    include_str!("collect.sh")
 );
 /// Removes pushrun's whole directory from a host.
 pub const CLEAN: &str = concat!(
-    include_str!("remote/lib.sh"),
-    include_str!("remote/clean.sh")
+    include_str!("lib.sh"),
+    include_str!("clean.sh")
 );
 
 /// What `check.sh` found.
