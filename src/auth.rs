@@ -190,6 +190,4 @@ mod tests {
         remove_askpass_file(&file);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
-
-
 }

@@ -13,24 +13,15 @@ pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_line, without_e
 pub use sudo::{SudoCheck, parse_sudo_check};
 
 /// Runs a plain command; ends its process group when stdin closes.
-pub const EXEC: &str = concat!(
-    include_str!("pgroup.sh"),
-    include_str!("exec.sh")
-);
+pub const EXEC: &str = concat!(include_str!("pgroup.sh"), include_str!("exec.sh"));
 /// Runs a plain command only if the session has a terminal.
 pub const PTY: &str = include_str!("pty.sh");
 /// Checks how sudo lets the login user become another (`--become`).
 pub const BECOME: &str = include_str!("become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
-pub const CHECK: &str = concat!(
-    include_str!("lib.sh"),
-    include_str!("check.sh")
-);
+pub const CHECK: &str = concat!(include_str!("lib.sh"), include_str!("check.sh"));
 /// Receives a tar.gz of payload files, verifies and installs them.
-pub const RECEIVE: &str = concat!(
-    include_str!("lib.sh"),
-    include_str!("receive.sh")
-);
+pub const RECEIVE: &str = concat!(include_str!("lib.sh"), include_str!("receive.sh"));
 /// Runs a payload's entry point in its run dir.
 pub const RUN: &str = concat!(
     include_str!("lib.sh"),
@@ -38,15 +29,9 @@ pub const RUN: &str = concat!(
     include_str!("run.sh")
 );
 /// Sends `$PUSHRUN_OUT` back as a tar.gz and removes the run dir.
-pub const COLLECT: &str = concat!(
-    include_str!("lib.sh"),
-    include_str!("collect.sh")
-);
+pub const COLLECT: &str = concat!(include_str!("lib.sh"), include_str!("collect.sh"));
 /// Removes pushrun's whole directory from a host.
-pub const CLEAN: &str = concat!(
-    include_str!("lib.sh"),
-    include_str!("clean.sh")
-);
+pub const CLEAN: &str = concat!(include_str!("lib.sh"), include_str!("clean.sh"));
 
 /// What `check.sh` found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+mod output;
+
+use output::{LineSplitter, read_lines};
+
 use crate::auth::{Access, Become, Secret};
 use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timings};
 use crate::inventory::Host;
@@ -23,8 +27,7 @@ use crate::remote::{
 use sha2::{Digest, Sha256};
 
 use crate::session::{
-    ConnectFailure, ControlDir, LineSplitter, NO_PTY_EXIT, Session, SshOptions, exit_code,
-    read_lines, write_ssh_config,
+    ConnectFailure, ControlDir, NO_PTY_EXIT, Session, SshOptions, exit_code, write_ssh_config,
 };
 
 /// Whether commands get a pseudo terminal.
@@ -804,7 +807,7 @@ impl HostTask<'_> {
         let tunnel = match session.open_tunnel(&remote_socket).await {
             Ok(tunnel) => {
                 env.push(("PUSHRUN_TUNNEL".into(), remote_socket));
-                Some(tunnel.serve(id, events.clone()))
+                Some(output::serve_tunnel(tunnel, id, events.clone()))
             }
             Err(why) => {
                 notes.push(format!("no tunnel: {why}"));

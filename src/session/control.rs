@@ -1,0 +1,131 @@
+//! The private directory of a run's control sockets, logs and password
+//! files, and the ssh config written into it.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use std::process::Stdio;
+
+use super::{Kex, SshOptions};
+
+/// A private directory for control sockets and ssh logs, removed on drop.
+///
+/// Kept short (`/tmp/pushrun-PID-N/`): Unix socket paths are limited to 108
+/// bytes. The pid in the name lets a later run remove directories left by a
+/// pushrun that was killed.
+#[derive(Debug)]
+pub struct ControlDir {
+    path: PathBuf,
+}
+
+/// Writes the run's ssh config into `dir` and returns its path.
+///
+/// It includes the user's configuration first (for ssh the first value
+/// wins, so everything the user set stands), then adds pushrun's defaults.
+/// One file for all hosts; each master is started with `-F` on it.
+pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathBuf> {
+    let mut text = String::from("# written by pushrun for one run\n");
+    match &opts.config_file {
+        Some(file) => {
+            let file = std::fs::canonicalize(file)?;
+            text.push_str(&format!("Include \"{}\"\n", file.display()));
+        }
+        None => {
+            if let Some(home) = std::env::var_os("HOME") {
+                let user = Path::new(&home).join(".ssh/config");
+                text.push_str(&format!("Include \"{}\"\n", user.display()));
+            }
+            text.push_str("Include /etc/ssh/ssh_config\n");
+        }
+    }
+    let base = text.clone();
+    if opts.kex == Kex::Fast {
+        text.push_str("Host *\n  KexAlgorithms ^curve25519-sha256\n");
+    }
+    let path = dir.path().join("ssh_config");
+    std::fs::write(&path, &text)?;
+    // Older clients (before OpenSSH 8.7) do not know the `^` prefix: then
+    // leave the order to ssh rather than fail every host.
+    if opts.kex == Kex::Fast {
+        let check = std::process::Command::new("ssh")
+            .arg("-G")
+            .arg("-F")
+            .arg(&path)
+            .arg("pushrun-config-check")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !check.is_ok_and(|s| s.success()) {
+            std::fs::write(&path, &base)?;
+        }
+    }
+    Ok(path)
+}
+
+impl ControlDir {
+    /// Creates a new 0700 directory, first removing stale ones of dead pushruns.
+    pub fn create() -> io::Result<ControlDir> {
+        let base = control_base();
+        sweep_stale(&base);
+        let pid = std::process::id();
+        for n in 0..1000u32 {
+            let path = base.join(format!("pushrun-{pid}-{n}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(ControlDir { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free control directory name"))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory now (also done on drop).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn control_base() -> PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(t) if !t.is_empty() && t.len() < 48 => PathBuf::from(t),
+        _ => PathBuf::from("/tmp"),
+    }
+}
+
+/// Removes `pushrun-PID-N` directories of ours whose process is gone.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pushrun-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() && meta.uid() == uid && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
