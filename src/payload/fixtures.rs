@@ -11,13 +11,19 @@ use tempfile::TempDir;
 
 use super::Payload;
 
+/// Content of the `run` entry point in test payloads.
 pub(super) const RUN: &[u8] = b"#!/bin/sh\necho hi\n";
+/// sha256 of [`RUN`].
 pub(super) const RUN_SHA: &str = "299001868fb8c02fd431c336c6d058f5558c5dff5b5af5e6fe04b870a6a9cbba";
+/// sha256 of `data\n`.
 pub(super) const DATA_SHA: &str =
     "6667b2d1aab6a00caa5aee5af8ad9f1465e567abf1c209d15727d57b3e8f6e5f";
+/// sha256 of `x`.
 pub(super) const X_SHA: &str = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+/// sha256 of `ü`.
 pub(super) const U_SHA: &str = "607474ca475a9724d7360aba71a56d5df77e61350e3f724cfa1f46e857e2d85f";
 
+/// Writes `bytes` to `rel` under `dir`, creating parents, mode 755 or 644.
 pub(super) fn put(dir: &Path, rel: &str, bytes: &[u8], exec: bool) {
     let path = dir.join(rel);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -25,6 +31,7 @@ pub(super) fn put(dir: &Path, rel: &str, bytes: &[u8], exec: bool) {
     chmod(&path, if exec { 0o755 } else { 0o644 });
 }
 
+/// Sets the permission bits of `path`.
 pub(super) fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -45,6 +52,7 @@ pub(super) fn sample() -> TempDir {
     t
 }
 
+/// The manifest lines of [`sample`], without the header.
 pub(super) const SAMPLE_LINES: &str = "\
 299001868fb8c02fd431c336c6d058f5558c5dff5b5af5e6fe04b870a6a9cbba 755 18 run
 6667b2d1aab6a00caa5aee5af8ad9f1465e567abf1c209d15727d57b3e8f6e5f 644 5 sub/data.txt
@@ -52,14 +60,17 @@ pub(super) const SAMPLE_LINES: &str = "\
 607474ca475a9724d7360aba71a56d5df77e61350e3f724cfa1f46e857e2d85f 644 2 é.txt
 ";
 
+/// The message of loading `dir`, which must fail.
 pub(super) fn err(dir: &Path) -> String {
     Payload::load(dir).unwrap_err().to_string()
 }
 
+/// The temporary directory as messages show it.
 pub(super) fn d(t: &TempDir) -> String {
     t.path().display().to_string()
 }
 
+/// One member of an archive, as [`untar`] reads it.
 #[derive(Debug, PartialEq)]
 pub(super) struct Member {
     pub(super) path: String,
@@ -97,6 +108,7 @@ pub(super) fn untar(gz: &[u8]) -> Vec<Member> {
     members
 }
 
+/// A regular file member.
 pub(super) fn file(path: &str, mode: u32, data: &[u8]) -> Member {
     Member {
         path: path.into(),
@@ -106,6 +118,7 @@ pub(super) fn file(path: &str, mode: u32, data: &[u8]) -> Member {
     }
 }
 
+/// A directory member (mode 755).
 pub(super) fn dir(path: &str) -> Member {
     Member {
         path: path.into(),
