@@ -1,0 +1,285 @@
+//! The tar.gz that carries a payload's files to a host. Its first member,
+//! `.pushrun-expect`, lists exactly the files that follow, so the remote
+//! script can check it received what was meant. Headers are fixed (mtime 0,
+//! root owner, no names) so that the same files give the same bytes, and
+//! files on disk are re-read through a check of size and sha256 against the
+//! manifest, because a payload can change between loading and sending.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{ManifestEntry, hex};
+use super::{Payload, PayloadError, Source, io_err};
+
+/// Name of the first tar member, listing the files the archive holds.
+pub(super) const EXPECT_NAME: &str = ".pushrun-expect";
+
+impl Payload {
+    /// A tar.gz stream (fast compression) with, first, a member named
+    /// `.pushrun-expect` holding the manifest lines (no header line) of
+    /// exactly the included files, then each included file (mode 0755/0644,
+    /// mtime 0, uid/gid 0, no user/group names; parent directories with mode
+    /// 0755 before their first file). `paths` selects files by manifest path,
+    /// in any order; the archive is always in manifest order.
+    pub fn tar_gz(&self, paths: &[&str]) -> Result<Vec<u8>, PayloadError> {
+        self.write_tar_gz(paths, Vec::new())
+    }
+
+    /// [`Payload::tar_gz`] of every file.
+    pub fn tar_gz_all(&self) -> Result<Vec<u8>, PayloadError> {
+        let all: Vec<&str> = self.entries.iter().map(|e| e.path.as_str()).collect();
+        self.tar_gz(&all)
+    }
+
+    /// [`Payload::tar_gz`] written to `out`, so that a big payload need not
+    /// be held in memory. Returns `out` once the gzip stream is finished; on
+    /// error, `out` may hold part of a stream.
+    pub fn write_tar_gz<W: Write>(&self, paths: &[&str], out: W) -> Result<W, PayloadError> {
+        let mut selected = BTreeSet::new();
+        for &p in paths {
+            match self.entries.binary_search_by(|e| e.path.as_str().cmp(p)) {
+                Ok(i) => selected.insert(i),
+                Err(_) => {
+                    return Err(PayloadError::UnknownPath {
+                        payload: self.name.clone(),
+                        path: p.to_string(),
+                    });
+                }
+            };
+        }
+        let expect: String = selected.iter().map(|&i| self.entries[i].line()).collect();
+
+        let mut tar = tar::Builder::new(GzEncoder::new(out, Compression::fast()));
+        let mut header = tar_header(tar::EntryType::Regular, 0o644, expect.len() as u64);
+        tar.append_data(&mut header, EXPECT_NAME, expect.as_bytes())
+            .map_err(PayloadError::Write)?;
+        let mut dirs = BTreeSet::new();
+        for &i in &selected {
+            let e = &self.entries[i];
+            for (slash, _) in e.path.match_indices('/') {
+                let parent = &e.path[..=slash];
+                if dirs.insert(parent) {
+                    let mut header = tar_header(tar::EntryType::Directory, 0o755, 0);
+                    tar.append_data(&mut header, parent, io::empty())
+                        .map_err(PayloadError::Write)?;
+                }
+            }
+            let mut header = tar_header(tar::EntryType::Regular, e.mode, e.size);
+            match &self.sources[i] {
+                Source::Embedded(bytes) => {
+                    tar.append_data(&mut header, &e.path, *bytes)
+                        .map_err(PayloadError::Write)?;
+                }
+                Source::Disk(source) => {
+                    let shown_path = || self.dir.as_deref().unwrap_or(Path::new("")).join(&e.path);
+                    let file = File::open(source).map_err(|err| match err.kind() {
+                        io::ErrorKind::NotFound => PayloadError::Changed(shown_path()),
+                        _ => io_err(&shown_path(), err),
+                    })?;
+                    let mut reader = Verified::new(file, e);
+                    if let Err(err) = tar.append_data(&mut header, &e.path, &mut reader) {
+                        return Err(match reader.fault {
+                            Fault::None => PayloadError::Write(err),
+                            Fault::Changed => PayloadError::Changed(shown_path()),
+                            Fault::Read => io_err(&shown_path(), err),
+                        });
+                    }
+                }
+            }
+        }
+        let gz = tar.into_inner().map_err(PayloadError::Write)?;
+        gz.finish().map_err(PayloadError::Write)
+    }
+}
+
+/// What went wrong inside [`Verified`], told apart from archive write errors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Changed,
+    Read,
+}
+
+/// Reads exactly the manifest's size from a file and, at the end, checks
+/// that the file ends there and has the manifest's hash.
+struct Verified<'a> {
+    file: File,
+    hasher: Sha256,
+    remaining: u64,
+    expected: &'a str,
+    done: bool,
+    fault: Fault,
+}
+
+impl<'a> Verified<'a> {
+    fn new(file: File, entry: &'a ManifestEntry) -> Self {
+        Verified {
+            file,
+            hasher: Sha256::new(),
+            remaining: entry.size,
+            expected: &entry.sha256,
+            done: false,
+            fault: Fault::None,
+        }
+    }
+
+    fn changed(&mut self) -> io::Error {
+        self.fault = Fault::Changed;
+        io::Error::other("changed while pushrun was running")
+    }
+}
+
+impl Read for Verified<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.remaining == 0 {
+            let mut probe = [0u8; 1];
+            let n = self.file.read(&mut probe).inspect_err(|e| {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.fault = Fault::Read;
+                }
+            })?;
+            if n != 0 || hex(&std::mem::take(&mut self.hasher).finalize()) != self.expected {
+                return Err(self.changed());
+            }
+            self.done = true;
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..max]).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.fault = Fault::Read;
+            }
+        })?;
+        if n == 0 {
+            return Err(self.changed());
+        }
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A header with the fixed fields every member has.
+fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::payload::fixtures::*;
+    use crate::payload::parse_manifest;
+
+    #[test]
+    fn tar_gz_all_members() {
+        let t = sample();
+        let long = format!("{}/{}.txt", "d".repeat(60), "f".repeat(60));
+        put(t.path(), &long, b"long", false);
+        let p = Payload::load(t.path()).unwrap();
+        let gz = p.tar_gz_all().unwrap();
+        assert_eq!(
+            (gz[0], gz[1], gz[8]),
+            (0x1f, 0x8b, 4),
+            "gzip, fastest level"
+        );
+        let long_line = format!("{} 644 4 {long}\n", hex(&Sha256::digest(b"long")));
+        let expect = format!("{long_line}{SAMPLE_LINES}");
+        assert_eq!(
+            untar(&gz),
+            [
+                file(".pushrun-expect", 0o644, expect.as_bytes()),
+                dir(&format!("{}/", "d".repeat(60))),
+                file(&long, 0o644, b"long"),
+                file("run", 0o755, RUN),
+                dir("sub/"),
+                file("sub/data.txt", 0o644, b"data\n"),
+                file("with space.txt", 0o644, b"x"),
+                file("é.txt", 0o644, "ü".as_bytes()),
+            ]
+        );
+        assert_eq!(
+            parse_manifest(&format!("pushrun-manifest 1\n{expect}")).unwrap(),
+            p.entries()
+        );
+    }
+
+    #[test]
+    fn tar_gz_subset() {
+        let t = sample();
+        put(t.path(), "sub/deeper/x", b"x", true);
+        let p = Payload::load(t.path()).unwrap();
+        let gz = p
+            .tar_gz(&["sub/deeper/x", "é.txt", "sub/deeper/x"])
+            .unwrap();
+        assert_eq!(gz, p.tar_gz(&["é.txt", "sub/deeper/x"]).unwrap());
+        let expect = format!("{X_SHA} 755 1 sub/deeper/x\n{U_SHA} 644 2 é.txt\n");
+        assert_eq!(
+            untar(&gz),
+            [
+                file(".pushrun-expect", 0o644, expect.as_bytes()),
+                dir("sub/"),
+                dir("sub/deeper/"),
+                file("sub/deeper/x", 0o755, b"x"),
+                file("é.txt", 0o644, "ü".as_bytes()),
+            ]
+        );
+        assert_eq!(
+            untar(&p.tar_gz(&[]).unwrap()),
+            [file(".pushrun-expect", 0o644, b"")]
+        );
+    }
+
+    #[test]
+    fn tar_gz_unknown_path() {
+        let t = sample();
+        let p = Payload::load(t.path()).unwrap();
+        let e = p.tar_gz(&["run", "sub"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no file \"sub\" in the payload", d(&t))
+        );
+    }
+
+    #[test]
+    fn tar_gz_detects_changes() {
+        let t = sample();
+        let p = Payload::load(t.path()).unwrap();
+        let data = t.path().join("sub/data.txt");
+        let want = format!("{}/sub/data.txt: changed while pushrun was running", d(&t));
+        for bytes in [&b"dat4\n"[..], b"data\nmore", b"dat"] {
+            fs::write(&data, bytes).unwrap();
+            assert_eq!(
+                p.tar_gz(&["sub/data.txt"]).unwrap_err().to_string(),
+                want,
+                "{bytes:?}"
+            );
+        }
+        fs::remove_file(&data).unwrap();
+        assert_eq!(p.tar_gz_all().unwrap_err().to_string(), want);
+        fs::write(&data, b"data\n").unwrap();
+        assert_eq!(
+            untar(&p.tar_gz_all().unwrap())[3],
+            file("sub/data.txt", 0o644, b"data\n")
+        );
+    }
+}
