@@ -1,0 +1,331 @@
+//! One host's part of the run: connect (and try again, for unattended
+//! runs), check sudo, run the job, close.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{
+    Job, MAX_RETRY_DELAY, PtyMode, RunSpec, Triggers, error_chain, raised, worth_retrying,
+};
+
+use crate::auth::{Become, Secret};
+use crate::events::{Event, HostId, HostOutcome, Status, Stream, Timings};
+use crate::inventory::Host;
+use crate::remote::{
+    self, SudoCheck, SudoVia, parse_sudo_check, remote_line, sudo_line, without_echo,
+};
+use sha2::Sha256;
+
+use crate::session::{ControlDir, Session};
+
+use super::command::CommandEnd;
+use super::converge::busy;
+use super::payload::script_failure;
+
+pub(super) async fn run_host(
+    id: HostId,
+    host: &Host,
+    spec: &RunSpec,
+    dir: &ControlDir,
+    config: &Path,
+    events: &mpsc::Sender<Event>,
+    mut triggers: Triggers,
+) -> HostOutcome {
+    let _ = events.send(Event::Connecting(id)).await;
+    let started = Instant::now();
+    let access = spec.access(id);
+    let mut delay = Duration::from_secs(1);
+    let mut tries = 0;
+    let session = loop {
+        tries += 1;
+        let connected = tokio::select! {
+            r = busy(Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()), id, events) => r,
+            _ = raised(&mut triggers.cancel) => {
+                return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
+            }
+            _ = raised(&mut triggers.converged) => {
+                return HostOutcome::without_exit(Status::Unreachable, "never reached: the run converged while connecting", Timings::default());
+            }
+        };
+        let timings = Timings {
+            connect: started.elapsed(),
+            ..Timings::default()
+        };
+        let e = match connected {
+            Ok(s) => break s,
+            Err(e) => e,
+        };
+        // Unattended runs try again, later and later, until they converge.
+        let retry = spec.converge.is_some() && worth_retrying(&e);
+        if !retry {
+            return HostOutcome::without_exit(Status::Unreachable, e.message, timings);
+        }
+        let _ = events
+            .send(Event::Retrying {
+                host: id,
+                reason: e.message.clone(),
+                delay,
+            })
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = raised(&mut triggers.cancel) => {
+                return HostOutcome::without_exit(Status::Cancelled, "interrupted while retrying", timings);
+            }
+            _ = raised(&mut triggers.converged) => {
+                let why = format!("never reached ({tries} tries): {}", e.message);
+                return HostOutcome::without_exit(Status::Unreachable, why, timings);
+            }
+        }
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    };
+    let timings = Timings {
+        connect: started.elapsed(),
+        ..Timings::default()
+    };
+    let _ = events.send(Event::Connected(id)).await;
+    let sudo = match (&access.become_, &spec.job) {
+        (Some(become_), Job::Command(_) | Job::Payload(_)) => {
+            match check_sudo(&session, host, become_).await {
+                Ok(how) => Some((become_.clone(), how)),
+                Err(why) => {
+                    session.close().await;
+                    return HostOutcome::without_exit(Status::Failed, why, timings);
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut task = HostTask {
+        id,
+        host,
+        session: &session,
+        events,
+        triggers,
+        sudo,
+        pty_auto: access.pty_auto,
+    };
+    let outcome = match &spec.job {
+        Job::Command(command) => task.run_command(command, spec, timings).await,
+        Job::Payload(job) => task.run_payloads(job, spec, timings).await,
+        Job::Clean => task.clean(timings).await,
+    };
+    session.close().await;
+    outcome
+}
+
+/// One connected host's part of the run.
+pub(super) struct HostTask<'a> {
+    pub(super) id: HostId,
+    pub(super) host: &'a Host,
+    pub(super) session: &'a Session,
+    pub(super) events: &'a mpsc::Sender<Event>,
+    pub(super) triggers: Triggers,
+    /// Whom to become and how sudo takes it, when the job goes through sudo.
+    pub(super) sudo: Option<(Become, SudoCheck)>,
+    /// A PTY may be used where sudo insists on one.
+    pub(super) pty_auto: bool,
+}
+
+/// Asks the host how sudo lets the login user become `become_.user`.
+pub(super) async fn check_sudo(
+    session: &Session,
+    host: &Host,
+    become_: &Become,
+) -> Result<SudoCheck, String> {
+    let mode = if become_.password.is_some() {
+        "password"
+    } else {
+        "none"
+    };
+    let input = match &become_.password {
+        Some(p) => format!("{}\n", p.expose()).into_bytes(),
+        None => Vec::new(),
+    };
+    let out = session
+        .run_script(
+            remote::BECOME,
+            "pushrun-become",
+            &[&become_.user, mode],
+            &input,
+        )
+        .await
+        .map_err(|e| format!("connection lost: {}", error_chain(&e)))?;
+    let login = host.settings.user.as_deref().unwrap_or("");
+    match parse_sudo_check(&out.stdout, &out.stderr, login) {
+        SudoCheck::Refused(why) => Err(why),
+        how => Ok(how),
+    }
+}
+
+/// How a command line is to be started on a host.
+pub(super) struct Launch {
+    /// The remote command line.
+    pub(super) line: String,
+    /// Written to its stdin first (sudo's password for `sudo -S`).
+    pub(super) stdin_first: Option<Vec<u8>>,
+    /// Through a PTY (sudo's requiretty).
+    pub(super) pty: bool,
+    /// Answer sudo's prompt on the PTY with this.
+    pub(super) answer: Option<Arc<Secret>>,
+    /// Hash its stdout here (payload runs under --repeat and --watch).
+    pub(super) hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+}
+
+impl HostTask<'_> {
+    /// The inventory's `vars` for this host.
+    pub(super) fn vars(&self) -> Vec<(String, String)> {
+        self.host
+            .settings
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// How to start `script` on this host: through sudo when the job
+    /// becomes another user, through a PTY when asked (`pty`) or when sudo
+    /// insists on one (and `pty_ok`).
+    pub(super) fn launch(
+        &self,
+        (script, name, args): (&str, &str, &[String]),
+        vars: &[(String, String)],
+        pty: bool,
+        pty_ok: bool,
+    ) -> Result<Launch, String> {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let inner = remote_line(script, name, &refs, vars);
+        let Some((become_, how)) = &self.sudo else {
+            return Ok(Launch {
+                line: inner,
+                stdin_first: None,
+                pty,
+                answer: None,
+                hash: None,
+            });
+        };
+        let needs_tty = *how == SudoCheck::NeedsTty;
+        if needs_tty && !pty_ok {
+            return Err(
+                "sudo requires a terminal on this host (Defaults requiretty): run with \
+                        --pty auto, or set pty: auto for the host in the inventory"
+                    .into(),
+            );
+        }
+        let pty = pty || needs_tty;
+        let password = become_.password.clone();
+        let via = match (how, pty) {
+            (SudoCheck::NoPassword, _) => SudoVia::Nothing,
+            (_, true) => SudoVia::Prompt,
+            (_, false) => SudoVia::Stdin,
+        };
+        // A payload's run under a PTY: the terminal must not echo the "stop" line.
+        let inner = if pty && script == remote::RUN {
+            without_echo(&inner)
+        } else {
+            inner
+        };
+        Ok(Launch {
+            line: sudo_line(&inner, &become_.user, via),
+            stdin_first: match (via, &password) {
+                (SudoVia::Stdin, Some(p)) => Some(format!("{}\n", p.expose()).into_bytes()),
+                _ => None,
+            },
+            pty,
+            answer: if via == SudoVia::Prompt {
+                password
+            } else {
+                None
+            },
+            hash: None,
+        })
+    }
+
+    pub(super) async fn run_command(
+        &mut self,
+        command: &str,
+        spec: &RunSpec,
+        mut timings: Timings,
+    ) -> HostOutcome {
+        let vars = self.vars();
+        let run_started = Instant::now();
+        let mut notes = Vec::new();
+        let args = [command.to_string()];
+        let wants_pty = spec.pty != PtyMode::No;
+        let pty_ok = wants_pty || self.pty_auto;
+        let script = if wants_pty || matches!(self.sudo, Some((_, SudoCheck::NeedsTty))) {
+            (remote::PTY, "pushrun-pty", &args[..])
+        } else {
+            (remote::EXEC, "pushrun-exec", &args[..])
+        };
+        let mut result = match self.launch(script, &vars, wants_pty, pty_ok) {
+            Ok(launch) => self.run_launch(launch, false, spec.timeout).await,
+            Err(why) => CommandEnd::Refused(why),
+        };
+        if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
+            notes.push("the server refused a PTY: ran without one".to_string());
+            let script = (remote::EXEC, "pushrun-exec", &args[..]);
+            result = match self.launch(script, &vars, false, false) {
+                Ok(launch) => self.run_launch(launch, false, spec.timeout).await,
+                Err(why) => CommandEnd::Refused(why),
+            };
+        }
+        timings.run = run_started.elapsed();
+        let mut outcome = result.into_outcome(spec.timeout, timings);
+        outcome.notes.extend(notes);
+        outcome
+    }
+
+    /// `pushrun clean` on one host: its answer becomes the host's output line.
+    pub(super) async fn clean(&self, mut timings: Timings) -> HostOutcome {
+        let (id, host, session, events) = (self.id, self.host, self.session, self.events);
+        let started = Instant::now();
+        let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+        let out = session
+            .run_script(remote::CLEAN, "pushrun-clean", &[remote_tmp], b"")
+            .await;
+        timings.clean = started.elapsed();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                return HostOutcome::without_exit(
+                    Status::Unreachable,
+                    format!("connection lost: {}", error_chain(&e)),
+                    timings,
+                );
+            }
+        };
+        if let Some(reason) = remote::error_line(&out.stdout) {
+            return HostOutcome::without_exit(Status::Failed, reason, timings);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.as_bytes().to_vec();
+            let _ = events
+                .send(Event::Output {
+                    host: id,
+                    stream: Stream::Stdout,
+                    line,
+                    complete: true,
+                })
+                .await;
+        }
+        match out.code {
+            Some(0) => HostOutcome {
+                status: Status::Ok,
+                exit_code: Some(0),
+                reason: None,
+                notes: Vec::new(),
+                timings,
+                stage: None,
+            },
+            _ => HostOutcome::without_exit(
+                Status::Failed,
+                script_failure("clean failed".into(), &out),
+                timings,
+            ),
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! A payload's run on one host: stage (check the cache, send what is
+//! missing or wrong), run the entry point, collect `$PUSHRUN_OUT`, clean
+//! the run dir — again and again under `--repeat` and `--watch`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{PayloadJob, RunSpec, error_chain, raised, reloaded};
+
+use super::output::serve_tunnel;
+use crate::events::{Event, HostOutcome, StageStats, Status, Timings};
+use crate::inventory::Host;
+use crate::remote::{self};
+use sha2::{Digest, Sha256};
+
+use crate::session::Session;
+
+use super::command::CommandEnd;
+use super::converge::busy;
+use super::host::{HostTask, Launch};
+
+/// Passes bytes through, hashing them on the way when asked to.
+pub(super) struct HashingReader<R> {
+    pub(super) inner: R,
+    pub(super) hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HashingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(hash)) = (&polled, &self.hash)
+            && let Ok(mut h) = hash.lock()
+        {
+            h.update(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+/// One payload run on a host, as the loop of --repeat and --watch sees it.
+pub(super) struct PayloadRun {
+    pub(super) outcome: HostOutcome,
+    /// Its stdout and results, digested (when looping and collected).
+    pub(super) digest: Option<[u8; 32]>,
+    /// Stopped to run a new version of the payload (--watch).
+    pub(super) restarted: bool,
+}
+
+pub(crate) enum StageError {
+    Cancelled,
+    Converged,
+    Lost(String),
+    Failed {
+        reason: String,
+        base: Option<String>,
+    },
+}
+
+/// Checks the host's copy of the payload and sends what is missing or wrong.
+/// Returns the host's pushrun dir and the payload's dir there.
+pub(crate) async fn stage(
+    session: &Session,
+    host: &Host,
+    job: &Arc<PayloadJob>,
+    stats: &mut StageStats,
+) -> Result<(String, String), StageError> {
+    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+    let digest = job.payload.digest();
+    let mode = if job.cache { "cache" } else { "nocache" };
+    let manifest = job.payload.manifest();
+    let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
+    let out = session
+        .run_script(
+            remote::CHECK,
+            "pushrun-check",
+            &[remote_tmp, digest, &job.run_id, mode],
+            manifest.as_bytes(),
+        )
+        .await
+        .map_err(lost)?;
+    stats.bytes_sent += manifest.len() as u64;
+    stats.bytes_received += out.stdout.len() as u64;
+    let report = remote::parse_check(&out.stdout).map_err(|reason| StageError::Failed {
+        reason: script_failure(reason, &out),
+        base: None,
+    })?;
+    let base = report.base;
+    if !report.needed.is_empty() {
+        let archive = job
+            .archive(&report.needed)
+            .await
+            .map_err(|reason| StageError::Failed {
+                reason,
+                base: Some(base.clone()),
+            })?;
+        let out = session
+            .run_script(
+                remote::RECEIVE,
+                "pushrun-receive",
+                &[&base, digest, &job.run_id, mode],
+                &archive,
+            )
+            .await
+            .map_err(lost)?;
+        stats.bytes_sent += archive.len() as u64;
+        stats.bytes_received += out.stdout.len() as u64;
+        stats.files_sent = report.needed.len();
+        if let Some(reason) = remote::error_line(&out.stdout) {
+            return Err(StageError::Failed {
+                reason,
+                base: Some(base),
+            });
+        }
+        if out.code != Some(0) {
+            let reason = script_failure("receive failed".into(), &out);
+            return Err(StageError::Failed {
+                reason,
+                base: Some(base),
+            });
+        }
+    } else {
+        stats.cache_hit = job.cache;
+    }
+    let payload_dir = if job.cache {
+        format!("{base}/cache/{digest}")
+    } else {
+        format!("{base}/runs/{}/payload", job.run_id)
+    };
+    Ok((base, payload_dir))
+}
+
+/// A script's failure in one line: its own `error` line, else `reason`
+/// with the last thing it said on stderr.
+pub(super) fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String {
+    if remote::error_line(&out.stdout).is_some() {
+        return reason;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!("{reason}: {}", last.trim()),
+        None => reason,
+    }
+}
+
+/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir
+/// after ending the stream. Returns the archive and how long it took to arrive.
+pub(super) async fn collect(
+    session: &Session,
+    base: &str,
+    run_id: &str,
+) -> Result<(Vec<u8>, Duration), String> {
+    let out = session
+        .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
+        .await
+        .map_err(|e| error_chain(&e))?;
+    if out.code != Some(0) {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok((out.stdout, out.stdout_done))
+}
+
+/// Removes a run dir whose run never started (best effort).
+pub(super) async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), collect(session, base, run_id)).await;
+}
+
+impl HostTask<'_> {
+    /// A payload on one host: once, or again and again with --repeat and
+    /// --watch until the run converges or is interrupted.
+    pub(super) async fn run_payloads(
+        &mut self,
+        first: &Arc<PayloadJob>,
+        spec: &RunSpec,
+        timings: Timings,
+    ) -> HostOutcome {
+        let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
+        if !looping {
+            return self.run_payload(first, spec, timings).await.outcome;
+        }
+        let mut job = first.clone();
+        let mut previous: Option<[u8; 32]> = None;
+        let mut run = 0u32;
+        // A run under way when the whole run converges gets the quiet time
+        // again to end by itself (repeating, its output was not activity),
+        // so runs do not see convergence themselves; this loop does.
+        let (_, never) = watch::channel(false);
+        let mut converged = std::mem::replace(&mut self.triggers.converged, never);
+        let grace = spec.converge.unwrap_or_default();
+        loop {
+            run += 1;
+            let ran = {
+                let this_run = self.run_payload(&job, spec, timings);
+                let late = async {
+                    raised(&mut converged).await;
+                    tokio::time::sleep(grace).await;
+                };
+                tokio::select! {
+                    r = this_run => Some(r),
+                    _ = late => None,
+                }
+            };
+            let PayloadRun {
+                mut outcome,
+                digest,
+                restarted,
+            } = match ran {
+                Some(r) => r,
+                None => {
+                    let why = format!(
+                        "run {run} was still under way {}s after the run converged: stopped",
+                        grace.as_secs_f64()
+                    );
+                    let mut o = HostOutcome::without_exit(Status::Stopped, why, timings);
+                    o.notes.push(format!("{run} runs"));
+                    return o;
+                }
+            };
+            if restarted {
+                job = self.next_job(&job);
+                continue;
+            }
+            let changed = digest.is_none() || digest != previous;
+            previous = digest;
+            let _ = self
+                .events
+                .send(Event::Repeated {
+                    host: self.id,
+                    run,
+                    changed,
+                    status: outcome.status,
+                })
+                .await;
+            if matches!(
+                outcome.status,
+                Status::Stopped | Status::Cancelled | Status::Unreachable
+            ) {
+                outcome.notes.push(format!("{run} runs"));
+                return outcome;
+            }
+            let t = &mut self.triggers;
+            let again = async {
+                match spec.repeat {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let go_on = tokio::select! {
+                _ = again => true,
+                _ = reloaded(&mut t.reload) => true,
+                _ = raised(&mut converged) => false,
+                _ = raised(&mut t.cancel) => false,
+            };
+            if !go_on {
+                outcome.notes.push(format!("{run} runs"));
+                return outcome;
+            }
+            job = self.next_job(&job);
+        }
+    }
+
+    /// The payload to run next: the newest one (--watch), else the same.
+    pub(super) fn next_job(&mut self, current: &Arc<PayloadJob>) -> Arc<PayloadJob> {
+        match &mut self.triggers.reload {
+            Some(r) => r.borrow_and_update().clone(),
+            None => current.clone(),
+        }
+    }
+
+    /// Stage, run, collect, clean: a payload on one host. Also returns a
+    /// digest of the run's stdout and `$PUSHRUN_OUT` when looping.
+    pub(super) async fn run_payload(
+        &mut self,
+        job: &Arc<PayloadJob>,
+        spec: &RunSpec,
+        mut timings: Timings,
+    ) -> PayloadRun {
+        let (id, host, session, events) = (self.id, self.host, self.session, self.events);
+        let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
+        let mut vars = self.vars();
+        let started = Instant::now();
+        let mut stats = StageStats::default();
+        let t = &mut self.triggers;
+        let staged = tokio::select! {
+            r = busy(stage(session, host, job, &mut stats), id, events) => r,
+            _ = raised(&mut t.cancel) => Err(StageError::Cancelled),
+            _ = raised(&mut t.converged) => Err(StageError::Converged),
+        };
+        timings.stage = started.elapsed();
+        let (base, payload_dir) = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                let (status, reason) = match e {
+                    StageError::Cancelled => {
+                        (Status::Cancelled, "interrupted while staging".into())
+                    }
+                    StageError::Converged => {
+                        (Status::Stopped, "the run converged while staging".into())
+                    }
+                    StageError::Failed { reason, base } => {
+                        if let Some(base) = base {
+                            clean_run_dir(session, &base, &job.run_id).await;
+                        }
+                        (Status::Failed, format!("stage: {reason}"))
+                    }
+                    StageError::Lost(why) => {
+                        (Status::Unreachable, format!("connection lost: {why}"))
+                    }
+                };
+                let mut outcome = HostOutcome::without_exit(status, reason, timings);
+                outcome.stage = Some(stats);
+                return PayloadRun {
+                    outcome,
+                    digest: None,
+                    restarted: false,
+                };
+            }
+        };
+
+        // The payload's own env first; the inventory's vars are more specific and win.
+        let mut env: Vec<(String, String)> = job
+            .payload
+            .env()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
+        env.append(&mut vars);
+        let mut notes = Vec::new();
+        let remote_socket = format!("{base}/runs/{}/tunnel.sock", job.run_id);
+        let tunnel = match session.open_tunnel(&remote_socket).await {
+            Ok(tunnel) => {
+                env.push(("PUSHRUN_TUNNEL".into(), remote_socket));
+                Some(serve_tunnel(tunnel, id, events.clone()))
+            }
+            Err(why) => {
+                notes.push(format!("no tunnel: {why}"));
+                None
+            }
+        };
+        let mut args = vec![
+            base.clone(),
+            payload_dir,
+            job.run_id.clone(),
+            host.name.clone(),
+            job.payload.entry().to_string(),
+        ];
+        args.extend(job.args.iter().cloned());
+        let timeout = spec.timeout.or(job.payload.timeout());
+        let run_started = Instant::now();
+        let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
+        let end = match self.launch(
+            (remote::RUN, "pushrun-run", &args),
+            &env,
+            false,
+            self.pty_auto,
+        ) {
+            Ok(launch) => {
+                let launch = Launch {
+                    hash: hash.clone(),
+                    ..launch
+                };
+                self.run_launch(launch, true, timeout).await
+            }
+            Err(why) => {
+                clean_run_dir(session, &base, &job.run_id).await;
+                CommandEnd::Refused(why)
+            }
+        };
+        timings.run = run_started.elapsed();
+        // every record written before the payload ended arrives before its end
+        if let Some(tunnel) = tunnel {
+            tunnel.finish(session).await;
+        }
+
+        // After a cancel or a lost connection the run dir is gone already
+        // (run.sh removes it when its stdin closes); otherwise, timeouts and
+        // convergence included, bring back $PUSHRUN_OUT, which also removes it.
+        let mut digest = None;
+        let restarted = matches!(end, CommandEnd::Reloaded);
+        let mut outcome = match end {
+            CommandEnd::Exited(_)
+            | CommandEnd::Signalled
+            | CommandEnd::TimedOut
+            | CommandEnd::Converged => {
+                let collect_started = Instant::now();
+                match collect(session, &base, &job.run_id).await {
+                    Ok((archive, streamed)) => {
+                        timings.collect = streamed;
+                        timings.clean = collect_started.elapsed().saturating_sub(streamed);
+                        stats.bytes_received += archive.len() as u64;
+                        if let Some(hash) = &hash {
+                            let mut h = hash.lock().map(|h| h.clone()).unwrap_or_default();
+                            h.update(results_digest(&archive));
+                            digest = Some(h.finalize().into());
+                        }
+                        let _ = events.send(Event::Collected(id, archive)).await;
+                        end.into_outcome(timeout, timings)
+                    }
+                    Err(why) => {
+                        timings.collect = collect_started.elapsed();
+                        let mut o = end.into_outcome(timeout, timings);
+                        o.status = Status::Failed;
+                        o.reason = Some(format!("collect: {why}"));
+                        o
+                    }
+                }
+            }
+            other => other.into_outcome(timeout, timings),
+        };
+        outcome.stage = Some(stats);
+        outcome.notes.extend(notes);
+        PayloadRun {
+            outcome,
+            digest,
+            restarted,
+        }
+    }
+}
+
+/// A digest of a results archive's content (paths, modes, bytes), not of
+/// its bytes: a payload that writes the same files again at other times
+/// has the same results.
+pub(super) fn results_digest(archive: &[u8]) -> [u8; 32] {
+    let mut entries: Vec<(Vec<u8>, u32, [u8; 32])> = Vec::new();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    if let Ok(iter) = tar.entries() {
+        for entry in iter.flatten() {
+            let mut entry = entry;
+            let path = entry.path_bytes().into_owned();
+            let mode = entry.header().mode().unwrap_or(0);
+            let mut h = Sha256::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match std::io::Read::read(&mut entry, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => h.update(&buf[..n]),
+                }
+            }
+            entries.push((path, mode, h.finalize().into()));
+        }
+    }
+    entries.sort();
+    let mut h = Sha256::new();
+    for (path, mode, content) in entries {
+        h.update(&path);
+        h.update([0]);
+        h.update(mode.to_le_bytes());
+        h.update(content);
+    }
+    h.finalize().into()
+}
