@@ -206,7 +206,7 @@ fn run(plan: Result<Plan, UsageError>) -> u8 {
         }
         dir.remove();
         match result.and_then(|()| reporter.finish()) {
-            Ok(summary) => summary.exit_status as u8,
+            Ok(summary) => summary.exit_status.code(),
             // stdout closed (e.g. `| head`): the run itself is done.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 1,
             Err(e) => fail(format!("cannot write output: {e}"), 1),

@@ -1,0 +1,91 @@
+//! The default output: every line shown as it arrives, prefixed with its
+//! host's name.
+//!
+//! The mark after the name says what the line is: `:` stdout, `!` stderr
+//! (shown on stderr), `>` a record from `$PUSHRUN_TUNNEL`, `~` a note about
+//! the host from pushrun itself. Names are padded to one width so the text
+//! lines up, and bytes that are not UTF-8 are shown escaped rather than
+//! dropped: the line is still the host's line, byte for byte.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io;
+
+use super::summary::Ended;
+use super::{Hosts, Render, Screen};
+use crate::events::{Event, Stream};
+
+/// Shows each line as it arrives (`host: text`, `host! text`).
+pub(super) struct Lines;
+
+impl Render for Lines {
+    fn show(&mut self, screen: &mut Screen, hosts: &Hosts, event: &Event) -> io::Result<()> {
+        match event {
+            Event::Output {
+                host, stream, line, ..
+            } => match stream {
+                Stream::Stdout => screen.print(&hosts.prefixed(*host, ':', &escape(line))),
+                Stream::Stderr => screen.eprint(&hosts.prefixed(*host, '!', &escape(line))),
+            },
+            Event::Record(id, line) => screen.print(&hosts.prefixed(*id, '>', &escape(line))),
+            Event::Retrying { .. } | Event::Repeated { .. } => note(screen, hosts, event),
+            _ => Ok(()),
+        }
+    }
+
+    fn summary(&mut self, screen: &mut Screen, ended: &Ended<'_>) -> io::Result<()> {
+        screen.summary(&ended.text())
+    }
+}
+
+/// Shows a note about a host (`host~ text`) on stderr for the events that
+/// make one (a retry, a repeated run's end); other events show nothing.
+pub(super) fn note(screen: &mut Screen, hosts: &Hosts, event: &Event) -> io::Result<()> {
+    let (host, text) = match event {
+        Event::Retrying {
+            host,
+            reason,
+            delay,
+        } => {
+            let secs = delay.as_secs_f64();
+            (*host, format!("{reason}: trying again in {secs:.0}s"))
+        }
+        Event::Repeated {
+            host,
+            run,
+            changed,
+            status,
+        } => {
+            let what = if *changed { "changed" } else { "unchanged" };
+            (*host, format!("run {run}: {}, {what}", status.label()))
+        }
+        _ => return Ok(()),
+    };
+    screen.eprint(&hosts.prefixed(host, '~', &text))
+}
+
+/// Shows bytes as text; bytes that are not UTF-8 become `\xNN`.
+pub fn escape(bytes: &[u8]) -> Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.into();
+    }
+    let mut s = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        s.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(s, "\\x{b:02x}");
+        }
+    }
+    s.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_is_escaped_and_valid_text_kept() {
+        assert_eq!(escape(b"plain \xc3\xa9"), "plain é");
+        assert_eq!(escape(b"a\xffb\xfe"), "a\\xffb\\xfe");
+    }
+}
