@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::events::{Event, HostId, HostOutcome, Status, Stream};
-use crate::hostlist;
+use crate::inventory::hostlist;
 
 /// How output is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

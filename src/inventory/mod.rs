@@ -27,7 +27,9 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 
-use crate::hostlist::{self, RangeError};
+pub mod hostlist;
+
+use hostlist::RangeError;
 
 /// How to reach a host. The same settings are accepted in `defaults:`, in
 /// groups and in host entries; [`Host::settings`] holds the merged result.
