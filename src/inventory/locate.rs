@@ -26,6 +26,7 @@ pub(super) enum Step {
     Item(usize),
 }
 
+/// The steps from the document's root to one node.
 pub(super) type NodePath = Vec<Step>;
 
 /// A problem in the file, in our words.
@@ -40,6 +41,7 @@ pub(super) struct Problem {
 }
 
 impl Problem {
+    /// A problem at the node being visited.
     pub(super) fn new(message: impl Into<String>) -> Self {
         Problem {
             message: message.into(),
@@ -48,6 +50,7 @@ impl Problem {
         }
     }
 
+    /// The problem is at the node `path` leads to.
     pub(super) fn at(self, path: NodePath) -> Self {
         Problem {
             at: Some(path),
@@ -55,6 +58,7 @@ impl Problem {
         }
     }
 
+    /// The message ends with the line of `path`, an earlier definition.
     pub(super) fn also_at(self, path: NodePath) -> Self {
         Problem {
             also_at: Some(path),
@@ -221,5 +225,31 @@ impl<'de> Visitor<'de> for ProbeKey<'_> {
             return Err(E::custom(FOUND));
         }
         Ok(hit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_the_node_not_the_first_matching_text() {
+        let text = "hosts: [groups, b]\ngroups: {g: {members: [a,\n  \"@h\"]}}\n";
+        assert_eq!(locate(text, &[Step::Key("groups")]), Some(2));
+        assert_eq!(locate(text, &[Step::Key("hosts"), Step::Item(1)]), Some(1));
+        let member = [
+            Step::Key("groups"),
+            Step::Entry(0),
+            Step::Key("members"),
+            Step::Item(1),
+        ];
+        assert_eq!(locate(text, &member), Some(3));
+        assert_eq!(locate(text, &[Step::Key("nowhere")]), None);
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncd\u{e9} f", 8), (2, 5));
+        assert_eq!(line_column("ab", 0), (1, 1));
     }
 }

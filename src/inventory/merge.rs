@@ -136,10 +136,14 @@ pub(super) fn build(raw: RawInventory) -> Result<(Vec<Host>, Vec<Group>), Proble
     Ok((hosts, groups))
 }
 
+/// Where the depth-first walk is with a group.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Visit {
+    /// Not reached yet.
     New,
+    /// On the current path: reaching it again is a cycle.
     Active,
+    /// Its members are complete.
     Done,
 }
 

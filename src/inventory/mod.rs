@@ -51,8 +51,8 @@ pub struct Inventory {
     groups: Vec<Group>,
 }
 
-#[derive(Debug, Clone)]
 /// A group: its name, and every host in it, directly or through `@group`.
+#[derive(Debug, Clone)]
 struct Group {
     name: String,
     /// Indexes into `Inventory::hosts`.

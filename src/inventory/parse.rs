@@ -19,11 +19,12 @@ use std::path::PathBuf;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::HostSettings;
 use super::InventoryError;
 use super::hostlist;
 use super::locate::{NodePath, Problem, Step, line_column, report, yaml_message};
 use super::merge::{RawGroup, RawHost, RawInventory, RawMember};
-use super::settings::{HostSettings, Owner, RawSettings, SettingsSeed};
+use super::settings::{Owner, RawSettings, SettingsSeed};
 
 /// Reads the text `checked_text` returned; problems name `origin`.
 pub(super) fn read(text: &str, origin: &str) -> Result<RawInventory, InventoryError> {

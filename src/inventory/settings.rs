@@ -200,7 +200,7 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                 }
                 "user" => s.user = map.next_value_seed(scalar(ctx, key, parse_user))?,
                 "become_user" => {
-                    s.become_user = map.next_value_seed(scalar(ctx, key, parse_user))?
+                    s.become_user = map.next_value_seed(scalar(ctx, key, parse_user))?;
                 }
                 "password_env" => {
                     s.password_env = map.next_value_seed(scalar(ctx, key, parse_env_name))?;
@@ -211,13 +211,11 @@ impl<'de> Visitor<'de> for SettingsSeed<'_> {
                 }
                 "port" => s.port = map.next_value_seed(scalar(ctx, key, parse_port))?,
                 "identity_file" => {
-                    let parse = |text: &str| {
-                        Ok(non_null(text).map(|path| expand_tilde(path, ctx.home.as_deref())))
-                    };
+                    let parse = |text: &str| parse_identity_file(text, ctx.home.as_deref());
                     s.identity_file = map.next_value_seed(scalar(ctx, key, parse))?;
                 }
                 "remote_tmp" => {
-                    s.remote_tmp = map.next_value_seed(scalar(ctx, key, parse_remote_tmp))?
+                    s.remote_tmp = map.next_value_seed(scalar(ctx, key, parse_remote_tmp))?;
                 }
                 "ssh_options" => {
                     s.ssh_options = map.next_value_seed(ListSeed {
@@ -298,6 +296,11 @@ fn parse_port(text: &str) -> Result<Option<u16>, Problem> {
             _ => Err("port must be 1-65535".into()),
         })
         .transpose()
+}
+
+/// `identity_file:`: null, or a path, `~/` expanded against `home`.
+fn parse_identity_file(text: &str, home: Option<&Path>) -> Result<Option<PathBuf>, Problem> {
+    Ok(non_null(text).map(|path| expand_tilde(path, home)))
 }
 
 /// `remote_tmp:`: null, or an absolute directory.
