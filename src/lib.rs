@@ -10,7 +10,6 @@ pub mod cli;
 pub mod error;
 pub mod events;
 pub mod fleet;
-pub mod hostlist;
 pub mod inventory;
 pub mod payload;
 pub mod relay;

@@ -12,7 +12,7 @@ use pushrun::fleet::Job;
 use pushrun::relay::{self, KnownHostsSource, Relaying};
 use pushrun::report::{Reporter, RunInfo};
 use pushrun::session::{ControlDir, HostKeyChecking};
-use pushrun::{fleet, hostlist};
+use pushrun::{fleet, inventory::hostlist};
 
 fn main() -> ExitCode {
     // Started by ssh as its askpass program: answer and go.

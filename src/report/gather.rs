@@ -14,7 +14,7 @@ use super::lines::{self, escape};
 use super::summary::Ended;
 use super::{Hosts, Render, Screen};
 use crate::events::{Event, HostOutcome, Status, Stream};
-use crate::hostlist;
+use crate::inventory::hostlist;
 
 /// One line of a host's output, kept until the end.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::Hosts;
 use super::results::ResultsDir;
 use crate::error::Exit;
 use crate::events::{HostId, HostOutcome, Status};
-use crate::hostlist;
+use crate::inventory::hostlist;
 
 /// The run's totals, and the exit status they mean.
 #[derive(Debug, Clone)]
