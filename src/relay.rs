@@ -344,49 +344,23 @@ impl RelayTask {
             k = lines => k,
             _ = cancelled(&mut self.cancel) => return Err(interrupted()),
         };
-        // Unattended runs try an unreachable relay again, later and later,
-        // until the run converges (as for any host).
-        let mut delay = Duration::from_secs(1);
-        let mut tries = 0;
-        let session = loop {
-            tries += 1;
-            // Relays log in with keys (or the agent): passwords are for job hosts.
-            let connect = Session::connect(
-                &self.dir,
-                &self.config,
-                self.slot,
-                &relay,
-                &self.spec.ssh,
-                None,
-            );
-            let connected = tokio::select! {
-                r = fleet::busy(connect, first, &events) => r,
-                _ = cancelled(&mut self.cancel) => return Err(interrupted()),
-            };
-            let e = match connected {
-                Ok(session) => break session,
-                Err(e) => e,
-            };
-            let why = format!("relay {name}: {}", e.message);
-            if self.spec.converge.is_none() || !fleet::worth_retrying(&e) {
-                return Err(Failure::unreachable(why));
-            }
-            let _ = events
-                .send(Event::Retrying {
-                    host: first,
-                    reason: why.clone(),
-                    delay,
-                })
-                .await;
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = cancelled(&mut self.cancel) => return Err(interrupted()),
-                _ = cancelled(&mut self.converged) => {
-                    return Err(Failure::unreachable(format!("never reached ({tries} tries): {why}")));
-                }
-            }
-            delay = (delay * 2).min(fleet::MAX_RETRY_DELAY);
+        // Relays log in with keys (or the agent): passwords are for job hosts.
+        let relay_name = format!("relay {name}");
+        let dial = fleet::Dial {
+            dir: &self.dir,
+            slot: self.slot,
+            config: &self.config,
+            host: &relay,
+            ssh: &self.spec.ssh,
+            password: None,
+            retry: self.spec.converge.is_some(),
+            shown_as: first,
+            relay: Some(&relay_name),
         };
+        let (cancel, converged) = (&mut self.cancel, &mut self.converged);
+        let session = fleet::connect(dial, &events, cancel, converged)
+            .await
+            .map_err(|(status, reason)| Failure { status, reason })?;
         report.connect_ms = started.elapsed().as_millis() as u64;
         let result = self
             .on_session(&session, agent, known, report, finished, nested)
@@ -675,16 +649,9 @@ impl RelayTask {
             match staged {
                 Ok((_, dir)) => payload_dir = Some(dir),
                 Err(e) => {
-                    // Drop the run dirs staging made (collect.sh removes them).
+                    // Drop the run dirs staging made.
                     for run_id in &run_dirs {
-                        let args = [base.as_str(), run_id.as_str()];
-                        let clean = session.run_script(
-                            crate::remote::COLLECT,
-                            "pushrun-collect",
-                            &args,
-                            b"",
-                        );
-                        let _ = tokio::time::timeout(Duration::from_secs(10), clean).await;
+                        fleet::clean_run_dir(session, &base, run_id).await;
                     }
                     return Err(stage_failure(e, name, "payload"));
                 }
@@ -744,23 +711,8 @@ impl RelayTask {
 }
 
 fn stage_failure(e: StageError, relay: &str, what: &str) -> Failure {
-    match e {
-        StageError::Cancelled => Failure {
-            status: Status::Cancelled,
-            reason: format!("interrupted while staging on relay {relay}"),
-        },
-        StageError::Converged => Failure {
-            status: Status::Stopped,
-            reason: format!("the run converged while staging on relay {relay}"),
-        },
-        StageError::Lost(why) => {
-            Failure::unreachable(format!("relay {relay}: connection lost: {why}"))
-        }
-        StageError::Failed { reason, .. } => Failure {
-            status: Status::Failed,
-            reason: format!("relay {relay}: staging the {what}: {reason}"),
-        },
-    }
+    let (status, reason) = e.status_reason(Some(relay), what);
+    Failure { status, reason }
 }
 
 /// `uname -m` in Rust's words (`std::env::consts::ARCH`).

@@ -3,13 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{
-    Job, MAX_RETRY_DELAY, PtyMode, RunSpec, Triggers, error_chain, raised, worth_retrying,
-};
+use super::{Job, PtyMode, RunSpec, Triggers, error_chain};
 
 use crate::auth::{Become, Secret};
 use crate::events::{Event, HostId, HostOutcome, Status, Stream, Timings};
@@ -22,7 +20,7 @@ use sha2::Sha256;
 use crate::session::{ControlDir, Session};
 
 use super::command::CommandEnd;
-use super::converge::busy;
+use super::connect::{Dial, connect};
 use super::payload::script_failure;
 
 pub(super) async fn run_host(
@@ -37,54 +35,26 @@ pub(super) async fn run_host(
     let _ = events.send(Event::Connecting(id)).await;
     let started = Instant::now();
     let access = spec.access(id);
-    let mut delay = Duration::from_secs(1);
-    let mut tries = 0;
-    let session = loop {
-        tries += 1;
-        let connected = tokio::select! {
-            r = busy(Session::connect(dir, config, id, host, &spec.ssh, access.password.as_deref()), id, events) => r,
-            _ = raised(&mut triggers.cancel) => {
-                return HostOutcome::without_exit(Status::Cancelled, "interrupted while connecting", Timings::default());
-            }
-            _ = raised(&mut triggers.converged) => {
-                return HostOutcome::without_exit(Status::Unreachable, "never reached: the run converged while connecting", Timings::default());
-            }
-        };
-        let timings = Timings {
-            connect: started.elapsed(),
-            ..Timings::default()
-        };
-        let e = match connected {
-            Ok(s) => break s,
-            Err(e) => e,
-        };
-        // Unattended runs try again, later and later, until they converge.
-        let retry = spec.converge.is_some() && worth_retrying(&e);
-        if !retry {
-            return HostOutcome::without_exit(Status::Unreachable, e.message, timings);
-        }
-        let _ = events
-            .send(Event::Retrying {
-                host: id,
-                reason: e.message.clone(),
-                delay,
-            })
-            .await;
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = raised(&mut triggers.cancel) => {
-                return HostOutcome::without_exit(Status::Cancelled, "interrupted while retrying", timings);
-            }
-            _ = raised(&mut triggers.converged) => {
-                let why = format!("never reached ({tries} tries): {}", e.message);
-                return HostOutcome::without_exit(Status::Unreachable, why, timings);
-            }
-        }
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    let dial = Dial {
+        dir,
+        slot: id,
+        config,
+        host,
+        ssh: &spec.ssh,
+        password: access.password.as_deref(),
+        retry: spec.converge.is_some(),
+        shown_as: id,
+        relay: None,
     };
+    let (cancel, converged) = (&mut triggers.cancel, &mut triggers.converged);
+    let connected = connect(dial, events, cancel, converged).await;
     let timings = Timings {
         connect: started.elapsed(),
         ..Timings::default()
+    };
+    let session = match connected {
+        Ok(session) => session,
+        Err((status, reason)) => return HostOutcome::without_exit(status, reason, timings),
     };
     let _ = events.send(Event::Connected(id)).await;
     let sudo = match (&access.become_, &spec.job) {

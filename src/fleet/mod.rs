@@ -14,23 +14,25 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 mod command;
+mod connect;
 mod converge;
 mod host;
 mod output;
 mod payload;
 
+pub(crate) use connect::{Dial, connect};
 pub(crate) use converge::busy;
 pub use converge::converge;
 use converge::watch_payload;
 use host::run_host;
-pub(crate) use payload::{StageError, stage};
+pub(crate) use payload::{StageError, clean_run_dir, stage};
 
 use crate::auth::Access;
 use crate::events::{Event, HostId, HostOutcome, Status, Timings};
 use crate::inventory::Host;
 use crate::payload::Payload;
 
-use crate::session::{ConnectFailure, ControlDir, SshOptions, write_ssh_config};
+use crate::session::{ControlDir, SshOptions, write_ssh_config};
 
 /// Whether commands get a pseudo terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,18 +146,6 @@ impl RunSpec {
     pub(crate) fn access(&self, id: HostId) -> Access {
         self.access.get(id).cloned().unwrap_or_default()
     }
-}
-
-/// The longest wait between two tries of an unreachable host (--converged-timeout).
-pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-
-/// Whether a host that could not be connected may answer a later try:
-/// wrong credentials and host keys will not change by themselves.
-pub(crate) fn worth_retrying(e: &crate::session::ConnectError) -> bool {
-    !matches!(
-        e.kind,
-        ConnectFailure::Authentication | ConnectFailure::HostKey | ConnectFailure::HostKeyChanged
-    )
 }
 
 /// The reason of a run stopped because its payload changed (--watch).

@@ -63,6 +63,31 @@ pub(crate) enum StageError {
     },
 }
 
+impl StageError {
+    /// The host's status and the reason shown, for staging `what` on a
+    /// job host (`relay` None) or on a relay.
+    pub(crate) fn status_reason(self, relay: Option<&str>, what: &str) -> (Status, String) {
+        let on = relay.map(|r| format!(" on relay {r}")).unwrap_or_default();
+        let prefix = relay.map(|r| format!("relay {r}: ")).unwrap_or_default();
+        match self {
+            StageError::Cancelled => (Status::Cancelled, format!("interrupted while staging{on}")),
+            StageError::Converged => (
+                Status::Stopped,
+                format!("the run converged while staging{on}"),
+            ),
+            StageError::Lost(why) => (
+                Status::Unreachable,
+                format!("{prefix}connection lost: {why}"),
+            ),
+            StageError::Failed { reason, .. } if relay.is_some() => (
+                Status::Failed,
+                format!("{prefix}staging the {what}: {reason}"),
+            ),
+            StageError::Failed { reason, .. } => (Status::Failed, format!("stage: {reason}")),
+        }
+    }
+}
+
 /// Checks the host's copy of the payload and sends what is missing or wrong.
 /// Returns the host's pushrun dir and the payload's dir there.
 pub(crate) async fn stage(
@@ -167,7 +192,7 @@ pub(super) async fn collect(
 }
 
 /// Removes a run dir whose run never started (best effort).
-pub(super) async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
+pub(crate) async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(10), collect(session, base, run_id)).await;
 }
 
@@ -283,7 +308,6 @@ impl HostTask<'_> {
     ) -> PayloadRun {
         let (id, host, session, events) = (self.id, self.host, self.session, self.events);
         let looping = spec.repeat.is_some() || self.triggers.reload.is_some();
-        let mut vars = self.vars();
         let started = Instant::now();
         let mut stats = StageStats::default();
         let t = &mut self.triggers;
@@ -296,23 +320,13 @@ impl HostTask<'_> {
         let (base, payload_dir) = match staged {
             Ok(s) => s,
             Err(e) => {
-                let (status, reason) = match e {
-                    StageError::Cancelled => {
-                        (Status::Cancelled, "interrupted while staging".into())
-                    }
-                    StageError::Converged => {
-                        (Status::Stopped, "the run converged while staging".into())
-                    }
-                    StageError::Failed { reason, base } => {
-                        if let Some(base) = base {
-                            clean_run_dir(session, &base, &job.run_id).await;
-                        }
-                        (Status::Failed, format!("stage: {reason}"))
-                    }
-                    StageError::Lost(why) => {
-                        (Status::Unreachable, format!("connection lost: {why}"))
-                    }
-                };
+                if let StageError::Failed {
+                    base: Some(base), ..
+                } = &e
+                {
+                    clean_run_dir(session, base, &job.run_id).await;
+                }
+                let (status, reason) = e.status_reason(None, "payload");
                 let mut outcome = HostOutcome::without_exit(status, reason, timings);
                 outcome.stage = Some(stats);
                 return PayloadRun {
@@ -323,15 +337,7 @@ impl HostTask<'_> {
             }
         };
 
-        // The payload's own env first; the inventory's vars are more specific and win.
-        let mut env: Vec<(String, String)> = job
-            .payload
-            .env()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
-        env.append(&mut vars);
+        let mut env = self.payload_env(job);
         let mut notes = Vec::new();
         let remote_socket = format!("{base}/runs/{}/tunnel.sock", job.run_id);
         let tunnel = match session.open_tunnel(&remote_socket).await {
@@ -379,41 +385,14 @@ impl HostTask<'_> {
             tunnel.finish(session).await;
         }
 
-        // After a cancel or a lost connection the run dir is gone already
-        // (run.sh removes it when its stdin closes); otherwise, timeouts and
-        // convergence included, bring back $PUSHRUN_OUT, which also removes it.
-        let mut digest = None;
         let restarted = matches!(end, CommandEnd::Reloaded);
-        let mut outcome = match end {
-            CommandEnd::Exited(_)
-            | CommandEnd::Signalled
-            | CommandEnd::TimedOut
-            | CommandEnd::Converged => {
-                let collect_started = Instant::now();
-                match collect(session, &base, &job.run_id).await {
-                    Ok((archive, streamed)) => {
-                        timings.collect = streamed;
-                        timings.clean = collect_started.elapsed().saturating_sub(streamed);
-                        stats.bytes_received += archive.len() as u64;
-                        if let Some(hash) = &hash {
-                            let mut h = hash.lock().map(|h| h.clone()).unwrap_or_default();
-                            h.update(results_digest(&archive));
-                            digest = Some(h.finalize().into());
-                        }
-                        let _ = events.send(Event::Collected(id, archive)).await;
-                        end.into_outcome(timeout, timings)
-                    }
-                    Err(why) => {
-                        timings.collect = collect_started.elapsed();
-                        let mut o = end.into_outcome(timeout, timings);
-                        o.status = Status::Failed;
-                        o.reason = Some(format!("collect: {why}"));
-                        o
-                    }
-                }
-            }
-            other => other.into_outcome(timeout, timings),
+        let ran = Ran {
+            end,
+            timeout,
+            timings,
+            hash,
         };
+        let (mut outcome, digest) = self.collect_end(ran, &base, job, &mut stats).await;
         outcome.stage = Some(stats);
         outcome.notes.extend(notes);
         PayloadRun {
@@ -422,6 +401,81 @@ impl HostTask<'_> {
             restarted,
         }
     }
+
+    /// The payload's environment: its own `env` first, then the inventory's
+    /// `vars`, which are more specific and win.
+    fn payload_env(&self, job: &PayloadJob) -> Vec<(String, String)> {
+        let mut vars = self.vars();
+        let mut env: Vec<(String, String)> = job
+            .payload
+            .env()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
+        env.append(&mut vars);
+        env
+    }
+
+    /// The host's outcome once the payload's run ended, and the digest of
+    /// its stdout and results (under --repeat and --watch).
+    ///
+    /// After a cancel or a lost connection the run dir is gone already
+    /// (run.sh removes it when its stdin closes); otherwise, timeouts and
+    /// convergence included, bring back $PUSHRUN_OUT, which also removes it.
+    async fn collect_end(
+        &self,
+        ran: Ran,
+        base: &str,
+        job: &PayloadJob,
+        stats: &mut StageStats,
+    ) -> (HostOutcome, Option<[u8; 32]>) {
+        let Ran {
+            end,
+            timeout,
+            mut timings,
+            hash,
+        } = ran;
+        if !matches!(
+            end,
+            CommandEnd::Exited(_)
+                | CommandEnd::Signalled
+                | CommandEnd::TimedOut
+                | CommandEnd::Converged
+        ) {
+            return (end.into_outcome(timeout, timings), None);
+        }
+        let collect_started = Instant::now();
+        match collect(self.session, base, &job.run_id).await {
+            Ok((archive, streamed)) => {
+                timings.collect = streamed;
+                timings.clean = collect_started.elapsed().saturating_sub(streamed);
+                stats.bytes_received += archive.len() as u64;
+                let digest = hash.map(|hash| {
+                    let mut h = hash.lock().map(|h| h.clone()).unwrap_or_default();
+                    h.update(results_digest(&archive));
+                    h.finalize().into()
+                });
+                let _ = self.events.send(Event::Collected(self.id, archive)).await;
+                (end.into_outcome(timeout, timings), digest)
+            }
+            Err(why) => {
+                timings.collect = collect_started.elapsed();
+                let mut o = end.into_outcome(timeout, timings);
+                o.status = Status::Failed;
+                o.reason = Some(format!("collect: {why}"));
+                (o, None)
+            }
+        }
+    }
+}
+
+/// How a payload's run ended, before its results are collected.
+pub(super) struct Ran {
+    end: CommandEnd,
+    timeout: Option<Duration>,
+    timings: Timings,
+    hash: Option<Arc<std::sync::Mutex<Sha256>>>,
 }
 
 /// A digest of a results archive's content (paths, modes, bytes), not of
