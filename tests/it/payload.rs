@@ -1,14 +1,14 @@
 //! Payload runs end to end: staging into the host's cache, repairs, results
 //! coming back, and nothing left behind — against real sshd hosts.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     HostOpts, Run, TestHosts, host_summary, is_root, noise, processes_with, pushrun, summary,
     wait_until,
 };
