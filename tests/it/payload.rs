@@ -377,7 +377,12 @@ fn stop_mid_run(signal: i32) {
         );
     }
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    assert!(!processes_with(&marker).is_empty());
+    // "started" can come before the shell's two forks have become `sleep`: wait for both
+    wait_until(
+        Duration::from_secs(10),
+        "both payload processes running",
+        || processes_with(&marker).len() >= 2,
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, signal) };
     let out = child.wait_with_output().unwrap();
