@@ -4,7 +4,8 @@
 # util-linux (unshare, mount: each test host gets its own hostname and /tmp), procps,
 # busybox (the remote scripts are also tested with nothing but busybox's tools) and sudo
 # (as root, every test host has its own /etc/sudoers and a test user whose sudo rights
-# vary by host, so that privilege escalation is tested against the real sudo).
+# vary by host, so that privilege escalation is tested against the real sudo), and
+# shellcheck (scripts/test.sh lints every shell file the project ships).
 # Quiet and quick when everything is there; needs no stdin. Installing needs root.
 set -euo pipefail
 
@@ -20,6 +21,8 @@ if ! have ps; then missing+=(procps); fi
 if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
 # the test hosts' sudo (loopback-hosts --sudo-nopasswd, --sudo-password, ...)
 if ! have sudo; then missing+=(sudo); fi
+# scripts/test.sh's lint step
+if ! have shellcheck; then missing+=(shellcheck); fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
