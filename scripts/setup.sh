@@ -5,7 +5,7 @@
 # busybox (the remote scripts are also tested with nothing but busybox's tools) and sudo
 # (as root, every test host has its own /etc/sudoers and a test user whose sudo rights
 # vary by host, so that privilege escalation is tested against the real sudo), and
-# shellcheck (scripts/test.sh lints every shell file the project ships).
+# ShellCheck, with which scripts/test.sh lints every shell file the project ships.
 # Quiet and quick when everything is there; needs no stdin. Installing needs root.
 set -euo pipefail
 
