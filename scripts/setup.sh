@@ -4,7 +4,9 @@
 # util-linux (unshare, mount: each test host gets its own hostname and /tmp), procps,
 # busybox (the remote scripts are also tested with nothing but busybox's tools) and sudo
 # (as root, every test host has its own /etc/sudoers and a test user whose sudo rights
-# vary by host, so that privilege escalation is tested against the real sudo).
+# vary by host, so that privilege escalation is tested against the real sudo), and
+# ShellCheck, with which scripts/test.sh lints every shell file the project ships; and
+# the toolchain's rustfmt and clippy (rustup components), for its fmt and clippy steps.
 # Quiet and quick when everything is there; needs no stdin. Installing needs root.
 set -euo pipefail
 
@@ -20,6 +22,20 @@ if ! have ps; then missing+=(procps); fi
 if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
 # the test hosts' sudo (loopback-hosts --sudo-nopasswd, --sudo-password, ...)
 if ! have sudo; then missing+=(sudo); fi
+# scripts/test.sh's lint step
+if ! have shellcheck; then missing+=(shellcheck); fi
+
+components=()
+if ! cargo fmt --version > /dev/null 2>&1; then components+=(rustfmt); fi
+if ! cargo clippy --version > /dev/null 2>&1; then components+=(clippy); fi
+if [ ${#components[@]} -gt 0 ]; then
+  if ! have rustup; then
+    echo "setup.sh: cargo has no ${components[*]}: add them to the Rust toolchain" >&2
+    exit 1
+  fi
+  echo "setup.sh: adding ${components[*]} to the Rust toolchain" >&2
+  rustup component add "${components[@]}" < /dev/null
+fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

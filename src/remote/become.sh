@@ -1,3 +1,4 @@
+# shellcheck shell=sh # sent whole to the host's sh -c, never run as a file
 # pushrun become check: can the login user run commands as USER with sudo,
 # and how? Run once per host before a run that goes through sudo.
 #

@@ -96,6 +96,7 @@ base_check
 
 # ---------------------------------------------------------------- lock
 # BASE/lock (see lib.sh) is held only for the housekeeping below
+# shellcheck disable=SC2034 # read by lock_release (lib.sh, prepended to this)
 lock_held=
 
 rundir=$BASE/runs/$run_id

@@ -43,6 +43,7 @@ trap_cleanup
 waited=0
 while [ -e "$rundir/.stopping" ] && [ "$waited" -lt 100 ]; do
     nap
+    # shellcheck disable=SC2154 # nap (lib.sh, prepended to this) sets nap_tenths
     waited=$((waited + nap_tenths))
 done
 

@@ -1,3 +1,4 @@
+# shellcheck shell=sh # sent after pgroup.sh to the host's sh -c, never run as a file
 # pushrun exec wrapper: run one command on a host, and end every process it
 # started when the initiator goes away.
 #
@@ -13,6 +14,7 @@ exec 3<&0
 (
     trap '' TERM
     while IFS= read -r _ <&3; do :; done
+    # shellcheck disable=SC2154 # pg is set by pgroup.sh, prepended to this
     kill -TERM -"$pg" 2>/dev/null
     sleep 2
     kill -KILL -"$pg" 2>/dev/null

@@ -1,3 +1,4 @@
+# shellcheck shell=sh # sent before exec.sh or run.sh to the host's sh -c, never run as a file
 # Sets pg to this shell's process group, the group the wrappers (exec.sh,
 # run.sh) end when the initiator goes away. sshd makes every non-PTY session
 # its own process group (setsid()) and the `exec` that starts the script

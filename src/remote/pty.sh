@@ -1,3 +1,4 @@
+# shellcheck shell=sh # sent whole to the host's sh -c, never run as a file
 # pushrun PTY wrapper: run one command only if the session really has a
 # terminal. ssh -tt goes on without one when the server refuses it
 # ("PTY allocation request failed"); then we must not run the command, so

@@ -112,6 +112,7 @@ login_uid
 base_check
 
 # BASE/lock (see lib.sh) is held for the install
+# shellcheck disable=SC2034 # read by lock_release (lib.sh, prepended to this)
 lock_held=
 
 stage=$BASE/cache/.stage-$run_id

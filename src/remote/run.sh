@@ -97,6 +97,7 @@ exec 3<&0
             state=${rest%% *}
             rest=${rest#* }
             rest=${rest#* }
+            # shellcheck disable=SC2154 # pg is set by pgroup.sh, prepended to this
             [ "${rest%% *}" = "$pg" ] || continue
             case $state in
                 Z | X | x) continue ;;
@@ -126,6 +127,7 @@ exec 3<&0
     tenths=0
     while others && [ "$tenths" -lt 20 ]; do
         nap
+        # shellcheck disable=SC2154 # nap (lib.sh, prepended to this) sets nap_tenths
         tenths=$((tenths + nap_tenths))
     done
     # whatever is left: KILL, one by one, until nothing is (new processes

@@ -1,9 +1,10 @@
-//! Proves the test-host harness itself (tests/common, scripts/loopback-hosts) works,
+//! Proves the test-host harness itself (tests/it/common.rs, scripts/loopback-hosts) works,
 //! with plain `ssh`: pushrun's own tests rely on every property checked here.
 
-mod common;
-
-use common::{BlackHole, HOST_PORT, HostOpts, Sudo, TestHosts, is_root, pid_alive, unused_addr};
+use crate::common::{
+    BlackHole, HOST_PORT, HostOpts, Sudo, TestHosts, is_root, loopback_hosts_script, pid_alive,
+    unused_addr,
+};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -361,7 +362,7 @@ fn fleet_stops_when_its_owner_dies_without_dropping_it() {
     let dir = tempfile::Builder::new().prefix("lh").tempdir().unwrap();
     let mut owner = Command::new("sleep").arg("60").spawn().expect("run sleep");
     let out = Command::new("bash")
-        .arg(common::loopback_hosts_script())
+        .arg(loopback_hosts_script())
         .args([
             "up",
             dir.path().to_str().unwrap(),
@@ -388,7 +389,7 @@ fn fleet_stops_when_its_owner_dies_without_dropping_it() {
         std::fs::read_to_string(format!("/proc/{}/stat", watchdog.trim())).unwrap_or_default();
     // clean up in any case before asserting
     let _ = Command::new("bash")
-        .arg(common::loopback_hosts_script())
+        .arg(loopback_hosts_script())
         .args(["down", dir.path().to_str().unwrap()])
         .output();
     assert!(

@@ -5,8 +5,6 @@
 //! The hosts log in as the test's user, root (as in CI): BASE is `/tmp/.pushrun-root`
 //! inside a host, which is `tmp_dir(0)/.pushrun-root` from here.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{HostOpts, TestHosts, noise, processes_with, wait_until};
+use crate::common::{HostOpts, TestHosts, is_root, noise, processes_with, wait_until};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -332,7 +330,7 @@ struct Host {
 impl Host {
     fn start() -> Host {
         assert!(
-            common::is_root(),
+            is_root(),
             "these tests look into the hosts' /tmp: run them as root (as CI does)"
         );
         Host {
@@ -343,7 +341,7 @@ impl Host {
 
     /// A host whose /tmp is a 2 MiB tmpfs.
     fn small_tmp() -> Host {
-        assert!(common::is_root(), "a small /tmp needs root (as in CI)");
+        assert!(is_root(), "a small /tmp needs root (as in CI)");
         let hosts = TestHosts::start_with(&[HostOpts {
             small_tmp: true,
             ..HostOpts::default()

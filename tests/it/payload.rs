@@ -1,14 +1,14 @@
 //! Payload runs end to end: staging into the host's cache, repairs, results
 //! coming back, and nothing left behind — against real sshd hosts.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     HostOpts, Run, TestHosts, host_summary, is_root, noise, processes_with, pushrun, summary,
     wait_until,
 };
@@ -377,7 +377,12 @@ fn stop_mid_run(signal: i32) {
         );
     }
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    assert!(!processes_with(&marker).is_empty());
+    // "started" can come before the shell's two forks have become `sleep`: wait for both
+    wait_until(
+        Duration::from_secs(10),
+        "both payload processes running",
+        || processes_with(&marker).len() >= 2,
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, signal) };
     let out = child.wait_with_output().unwrap();

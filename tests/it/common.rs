@@ -2,8 +2,7 @@
 //! started by `scripts/loopback-hosts` (the one implementation, shared with the demo),
 //! plus helpers for hosts that refuse connections or never speak.
 //!
-//! Each test file does `mod common;` and uses a subset of this.
-#![allow(dead_code)]
+//! Every test module uses a subset of this; what no module uses is deleted, not kept.
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::ErrorKind;
@@ -19,39 +18,39 @@ use std::time::{Duration, Instant};
 /// The port every loopback host listens on (the script's default). The fleet's
 /// `ssh_config` maps every `127.*` address to it, so `unused_addr()` and
 /// `BlackHole::addr()` can go into an inventory as plain addresses.
-pub const HOST_PORT: u16 = 2022;
+pub(crate) const HOST_PORT: u16 = 2022;
 
 /// `scripts/loopback-hosts` of this repository.
-pub fn loopback_hosts_script() -> PathBuf {
+pub(crate) fn loopback_hosts_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/loopback-hosts")
 }
 
 /// What is special about one test host; `HostOpts::default()` is a plain host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HostOpts {
+pub(crate) struct HostOpts {
     /// sshd refuses PTYs (`PermitTTY no`).
-    pub pty_denied: bool,
+    pub(crate) pty_denied: bool,
     /// `AllowTcpForwarding no`, `AllowStreamLocalForwarding no`.
-    pub no_forwarding: bool,
+    pub(crate) no_forwarding: bool,
     /// The host's /tmp is a 2 MiB tmpfs (only when root; ignored otherwise).
-    pub small_tmp: bool,
+    pub(crate) small_tmp: bool,
     /// sshd refuses public keys and takes passwords (`PubkeyAuthentication no`,
     /// `PasswordAuthentication yes`): only the test user can log in, with
     /// `TestHosts::test_password()` (only when root; ignored otherwise).
-    pub password_only: bool,
+    pub(crate) password_only: bool,
     /// What sudo lets the test user do on this host (only when root and sudo is
     /// installed: see `TestHosts::can_test_users()`; ignored otherwise).
-    pub sudo: Sudo,
+    pub(crate) sudo: Sudo,
     /// sshd logs at `LogLevel DEBUG1` into `TestHosts::log(i)` (e.g. a jump host logs
     /// `server_request_direct_tcpip: originator 127.0.0.1 port 65535, target ADDR port
     /// 2022` for each connection it forwards). Works as any user.
-    pub debug_log: bool,
+    pub(crate) debug_log: bool,
 }
 
 /// The test user's sudo rights on one host. Every host has its own `/etc/sudoers` with
 /// `root ALL=(ALL:ALL) ALL` and, for the test user, what this says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Sudo {
+pub(crate) enum Sudo {
     /// Not in the sudoers file: `sudo -S` says "pushrun-test is not in the sudoers
     /// file." (after taking the password; `sudo -n` says "sudo: a password is required").
     #[default]
@@ -69,19 +68,19 @@ pub enum Sudo {
 
 /// A fleet of real sshd hosts on loopback, one per entry, in a fresh temp directory.
 /// Dropping it stops every process of the fleet and removes the directory.
-pub struct TestHosts {
+pub(crate) struct TestHosts {
     dir: Option<tempfile::TempDir>,
     addrs: Vec<String>,
 }
 
 impl TestHosts {
     /// `n` plain hosts.
-    pub fn start(n: usize) -> TestHosts {
+    pub(crate) fn start(n: usize) -> TestHosts {
         TestHosts::start_with(&vec![HostOpts::default(); n])
     }
 
     /// One host per entry of `opts`, host i configured by `opts[i]`.
-    pub fn start_with(opts: &[HostOpts]) -> TestHosts {
+    pub(crate) fn start_with(opts: &[HostOpts]) -> TestHosts {
         assert!(!opts.is_empty(), "TestHosts needs at least one host");
         let dir = tempfile::Builder::new()
             .prefix("lh")
@@ -141,36 +140,36 @@ impl TestHosts {
     }
 
     /// The fleet's directory (keys, ssh_config, hosts.yaml, hN/ per host).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.as_ref().expect("fleet directory").path()
     }
 
     /// The client side's ssh config: Port, User, key, known_hosts, BatchMode.
-    pub fn ssh_config(&self) -> PathBuf {
+    pub(crate) fn ssh_config(&self) -> PathBuf {
         self.dir().join("ssh_config")
     }
 
     /// The inventory of every host, in the `hosts:` list form.
-    pub fn hosts_yaml(&self) -> PathBuf {
+    pub(crate) fn hosts_yaml(&self) -> PathBuf {
         self.dir().join("hosts.yaml")
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.addrs.len()
     }
 
     /// Host i's address (no port: the ssh_config gives it).
-    pub fn addr(&self, i: usize) -> String {
+    pub(crate) fn addr(&self, i: usize) -> String {
         self.addrs[i].clone()
     }
 
-    pub fn addrs(&self) -> Vec<String> {
+    pub(crate) fn addrs(&self) -> Vec<String> {
         self.addrs.clone()
     }
 
     /// Host i's name as the host itself reports it: `host00i` when root (each host has
     /// its own UTS namespace), else the machine's own name.
-    pub fn hostname(&self, i: usize) -> String {
+    pub(crate) fn hostname(&self, i: usize) -> String {
         assert!(i < self.len(), "no host {i}");
         if is_root() {
             format!("host{i:03}")
@@ -185,12 +184,12 @@ impl TestHosts {
     /// Host i's /tmp as seen from outside. It is that host's own /tmp only when root
     /// (and not for a `small_tmp` host, whose /tmp is a tmpfs inside its namespace).
     /// When root it holds the test user's home, `home-pushrun-test`.
-    pub fn tmp_dir(&self, i: usize) -> PathBuf {
+    pub(crate) fn tmp_dir(&self, i: usize) -> PathBuf {
         self.dir().join(format!("h{i}")).join("tmp")
     }
 
     /// The pids of the fleet's listening sshd processes, in host order.
-    pub fn listener_pids(&self) -> Vec<u32> {
+    pub(crate) fn listener_pids(&self) -> Vec<u32> {
         let text = std::fs::read_to_string(self.dir().join("pids")).expect("read the fleet's pids");
         let mut pids: Vec<(usize, u32)> = text
             .lines()
@@ -206,12 +205,12 @@ impl TestHosts {
     }
 
     /// `ssh -F ssh_config ADDR CMD` with no stdin, for checking a host's state in tests.
-    pub fn ssh(&self, i: usize, cmd: &str) -> Output {
+    pub(crate) fn ssh(&self, i: usize, cmd: &str) -> Output {
         self.ssh_with(i, &[], cmd)
     }
 
     /// As `ssh`, with extra ssh options before the address (e.g. `&["-tt"]`).
-    pub fn ssh_with(&self, i: usize, opts: &[&str], cmd: &str) -> Output {
+    pub(crate) fn ssh_with(&self, i: usize, opts: &[&str], cmd: &str) -> Output {
         Command::new("ssh")
             .arg("-F")
             .arg(self.ssh_config())
@@ -227,7 +226,7 @@ impl TestHosts {
     /// `test_user()`, `password_only` and `sudo` work: only when the tests run as root
     /// and sudo is installed (scripts/setup.sh installs it). Tests of those skip with a
     /// message otherwise.
-    pub fn can_test_users() -> bool {
+    pub(crate) fn can_test_users() -> bool {
         is_root() && in_path("sudo")
     }
 
@@ -235,18 +234,18 @@ impl TestHosts {
     /// /tmp/home-pushrun-test, logs in with the fleet's key (e.g. `ssh_with(i, &["-l",
     /// &user], cmd)`) or, on a `password_only` host, with `test_password()`. Panics when
     /// there is none (not root).
-    pub fn test_user(&self) -> String {
+    pub(crate) fn test_user(&self) -> String {
         self.fleet_env_nonempty("TEST_USER")
     }
 
     /// The test user's password (`pushrun-pass`), for its logins and for sudo.
-    pub fn test_password(&self) -> String {
+    pub(crate) fn test_password(&self) -> String {
         self.fleet_env_nonempty("TEST_PASSWORD")
     }
 
     /// The text of host i's sshd log (start-up errors, and everything a `debug_log`
     /// host logs).
-    pub fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         assert!(i < self.len(), "no host {i}");
         let path = self.dir().join(format!("h{i}")).join("log");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -254,7 +253,7 @@ impl TestHosts {
     }
 
     /// A value from the fleet's `fleet.env` (empty if absent).
-    pub fn fleet_env(&self, key: &str) -> String {
+    pub(crate) fn fleet_env(&self, key: &str) -> String {
         let text = std::fs::read_to_string(self.dir().join("fleet.env")).expect("read fleet.env");
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
@@ -272,7 +271,7 @@ impl TestHosts {
     }
 
     /// Write a custom inventory (or any file) into the fleet's directory.
-    pub fn write_yaml(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write_yaml(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir().join(name);
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         path
@@ -303,7 +302,7 @@ impl Drop for TestHosts {
 }
 
 /// `pushrun`, as built by cargo for this test run.
-pub fn pushrun() -> Command {
+pub(crate) fn pushrun() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pushrun"))
 }
 
@@ -332,7 +331,7 @@ fn random_spare_ip() -> Ipv4Addr {
 }
 
 /// A random 127.x.y.z where nothing listens on `HOST_PORT` (connecting is refused).
-pub fn unused_addr() -> String {
+pub(crate) fn unused_addr() -> String {
     for _ in 0..100 {
         let ip = random_spare_ip();
         match TcpStream::connect_timeout(
@@ -350,7 +349,7 @@ pub fn unused_addr() -> String {
 /// listens on a random 127.x.y.z at `HOST_PORT` (so the fleet's ssh_config reaches it by
 /// address alone), or on a random port if that can't be had. It holds the accepted
 /// sockets until it is dropped.
-pub struct BlackHole {
+pub(crate) struct BlackHole {
     addr: SocketAddrV4,
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
@@ -358,7 +357,7 @@ pub struct BlackHole {
 }
 
 impl BlackHole {
-    pub fn start() -> BlackHole {
+    pub(crate) fn start() -> BlackHole {
         let mut listener = None;
         for attempt in 0..100 {
             let port = if attempt < 50 { HOST_PORT } else { 0 };
@@ -400,16 +399,16 @@ impl BlackHole {
     }
 
     /// The address (no port).
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         self.addr.ip().to_string()
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 
     /// How many connections it has accepted so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
     }
 }
@@ -434,14 +433,14 @@ fn in_path(name: &str) -> bool {
 }
 
 /// Whether this process runs as root (then each test host has its own hostname and /tmp).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
 }
 
 /// Whether process `pid` is still running (a zombie counts as gone).
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let state = stat
@@ -455,7 +454,7 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// Pids and command lines of live processes whose command line contains `marker`
 /// (the test hosts share the tests' pid namespace, so this sees their processes).
-pub fn processes_with(marker: &str) -> Vec<String> {
+pub(crate) fn processes_with(marker: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -473,7 +472,7 @@ pub fn processes_with(marker: &str) -> Vec<String> {
 }
 
 /// Waits until `done` holds, failing the test after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "after {limit:?}: {what}");
@@ -482,7 +481,7 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Bytes that neither repeat nor compress (xorshift), deterministic for a seed.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -495,7 +494,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The lines of `host` in pushrun's default output (`host : text`), without the prefix.
-pub fn lines_of<'a>(stdout: &'a str, host: &str) -> Vec<&'a str> {
+pub(crate) fn lines_of<'a>(stdout: &'a str, host: &str) -> Vec<&'a str> {
     stdout
         .lines()
         .filter_map(|l| {
@@ -507,14 +506,17 @@ pub fn lines_of<'a>(stdout: &'a str, host: &str) -> Vec<&'a str> {
 }
 
 /// A results dir's `latest/summary.json`.
-pub fn summary(results: &Path) -> serde_json::Value {
+pub(crate) fn summary(results: &Path) -> serde_json::Value {
     let path = results.join("latest/summary.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 /// One host's entry of a summary.json.
-pub fn host_summary<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+pub(crate) fn host_summary<'a>(
+    summary: &'a serde_json::Value,
+    name: &str,
+) -> &'a serde_json::Value {
     summary["hosts"]
         .as_array()
         .expect("hosts in summary.json")
@@ -524,25 +526,25 @@ pub fn host_summary<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde
 }
 
 /// What a finished pushrun said.
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
     /// stdout and stderr, for assertion messages.
-    pub fn all(&self) -> String {
+    pub(crate) fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
 
     /// The stdout lines of `host`, without the prefix (see [`lines_of`]).
-    pub fn lines_of(&self, host: &str) -> Vec<&str> {
+    pub(crate) fn lines_of(&self, host: &str) -> Vec<&str> {
         lines_of(&self.stdout, host)
     }
 }
 
-pub fn to_run(out: Output) -> Run {
+pub(crate) fn to_run(out: Output) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -551,7 +553,7 @@ pub fn to_run(out: Output) -> Run {
 }
 
 /// `pushrun exec --hosts INVENTORY --ssh-config CONFIG ARGS`, stdin closed.
-pub fn exec_command(inventory: &Path, config: &Path, args: &[&str]) -> Command {
+pub(crate) fn exec_command(inventory: &Path, config: &Path, args: &[&str]) -> Command {
     let mut cmd = pushrun();
     cmd.arg("exec")
         .arg("--hosts")
@@ -564,7 +566,7 @@ pub fn exec_command(inventory: &Path, config: &Path, args: &[&str]) -> Command {
 }
 
 /// `pushrun exec` on `inventory` with the fleet's ssh config, run to its end.
-pub fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> Run {
+pub(crate) fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> Run {
     let out = exec_command(inventory, &hosts.ssh_config(), args)
         .output()
         .expect("run pushrun");
@@ -572,7 +574,11 @@ pub fn exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> Run {
 }
 
 /// `pushrun exec` as in [`exec`], started with stdout and stderr piped.
-pub fn spawn_exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> std::process::Child {
+pub(crate) fn spawn_exec(
+    hosts: &TestHosts,
+    inventory: &Path,
+    args: &[&str],
+) -> std::process::Child {
     exec_command(inventory, &hosts.ssh_config(), args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -581,7 +587,7 @@ pub fn spawn_exec(hosts: &TestHosts, inventory: &Path, args: &[&str]) -> std::pr
 }
 
 /// Two addresses `p.N` and `p.M` folded as pushrun folds them: `p.[N-M]`.
-pub fn common_fold(a: &str, b: &str) -> String {
+pub(crate) fn common_fold(a: &str, b: &str) -> String {
     let (prefix, first) = a.rsplit_once('.').unwrap();
     let (_, second) = b.rsplit_once('.').unwrap();
     format!("{prefix}.[{first}-{second}]")
@@ -590,7 +596,11 @@ pub fn common_fold(a: &str, b: &str) -> String {
 /// A host that is down at first, then up: after `delay`, a listener on
 /// `from` (`addr:port`) forwards every connection to `to`. It lives as long
 /// as the test process.
-pub fn late_forwarder(from: String, to: String, delay: Duration) -> std::thread::JoinHandle<()> {
+pub(crate) fn late_forwarder(
+    from: String,
+    to: String,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         std::thread::sleep(delay);
         let listener = std::net::TcpListener::bind(&from).expect("bind the late host");
@@ -614,7 +624,7 @@ pub fn late_forwarder(from: String, to: String, delay: Duration) -> std::thread:
 }
 
 /// A payload dir `name` under `dir` whose entry point `run` is `script`.
-pub fn payload(dir: &Path, name: &str, script: &str) -> PathBuf {
+pub(crate) fn payload(dir: &Path, name: &str, script: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let payload = dir.join(name);
     std::fs::create_dir_all(&payload).unwrap();
@@ -627,7 +637,7 @@ pub fn payload(dir: &Path, name: &str, script: &str) -> PathBuf {
 /// The fleet's ssh_config with `DIR/NAME.known_hosts` (holding `known`) as
 /// its known_hosts file, and `extra` lines right after that setting (for
 /// ssh the first value wins). Returns the config and the known_hosts file.
-pub fn config_with_known_hosts(
+pub(crate) fn config_with_known_hosts(
     hosts: &TestHosts,
     name: &str,
     known: &str,

@@ -5,16 +5,14 @@
 //! then has its own /etc/passwd, /etc/shadow and /etc/sudoers); as another
 //! user these tests say so and pass without running.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    HostOpts, Run, Sudo, TestHosts, config_with_known_hosts, exec_command, payload, pushrun,
-    to_run, wait_until,
+use crate::common::{
+    HOST_PORT, HostOpts, Run, Sudo, TestHosts, config_with_known_hosts, exec_command, payload,
+    pushrun, to_run, wait_until,
 };
 
 /// `pushrun exec --hosts INVENTORY ARGS`, with `input` on its stdin.
@@ -544,7 +542,7 @@ fn a_changed_host_key_is_always_refused() {
         .unwrap();
     assert!(made.success());
     let key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    let known = format!("[{}]:{} {key}", hosts.addr(0), common::HOST_PORT);
+    let known = format!("[{}]:{} {key}", hosts.addr(0), HOST_PORT);
     // even when ssh_config says not to check
     for (name, extra, flag) in [
         ("strict", "", None),

@@ -1,12 +1,10 @@
 //! `pushrun exec` against real sshd hosts on loopback.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     BlackHole, HostOpts, TestHosts, common_fold, config_with_known_hosts, exec, lines_of,
     processes_with, pushrun, to_run, unused_addr, wait_until,
 };

@@ -2,16 +2,14 @@
 //! relays and the leaves are all test hosts, and every relay runs the
 //! pushrun under test, staged by the initiator.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{
-    TestHosts, common_fold, exec, exec_command, is_root, payload, pid_alive, processes_with,
-    pushrun, spawn_exec, summary, unused_addr, wait_until,
+use crate::common::{
+    HostOpts, Sudo, TestHosts, common_fold, exec, exec_command, is_root, late_forwarder, payload,
+    pid_alive, processes_with, pushrun, spawn_exec, summary, unused_addr, wait_until,
 };
 
 fn me() -> String {
@@ -909,11 +907,11 @@ fn records_and_sudo_go_through_the_relay_too() {
         eprintln!("skipped: needs root and sudo");
         return;
     }
-    let leaf = common::HostOpts {
-        sudo: common::Sudo::NoPasswd,
-        ..common::HostOpts::default()
+    let leaf = HostOpts {
+        sudo: Sudo::NoPasswd,
+        ..HostOpts::default()
     };
-    let hosts = TestHosts::start_with(&[common::HostOpts::default(), leaf, leaf]);
+    let hosts = TestHosts::start_with(&[HostOpts::default(), leaf, leaf]);
     let key = format!("{}/id_ed25519", runtime_dir(&hosts));
     let relay = hosts.addr(0);
     let mut yaml = format!("hosts:\n  {relay}: {{port: 2022, user: {}}}\n", me());
@@ -981,7 +979,7 @@ fn an_unattended_run_tries_a_relay_again_until_it_is_up() {
         ));
     }
     let inv = hosts.write_yaml("late-relay.yaml", &yaml);
-    let _forwarder = common::late_forwarder(
+    let _forwarder = late_forwarder(
         format!("{late}:{port}"),
         format!("{}:{port}", hosts.addr(0)),
         Duration::from_secs(3),

@@ -1,16 +1,14 @@
 //! Unattended runs: --converged-timeout, --repeat, the results tunnel and
 //! --watch, against real sshd hosts on loopback.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    HostOpts, Run, TestHosts, exec_command, host_summary, late_forwarder, lines_of, payload,
-    processes_with, summary, to_run, unused_addr, wait_until,
+use crate::common::{
+    HOST_PORT, HostOpts, Run, TestHosts, exec_command, host_summary, late_forwarder, lines_of,
+    payload, processes_with, summary, to_run, unused_addr, wait_until,
 };
 use serde_json::Value;
 
@@ -131,7 +129,7 @@ fn a_payload_that_never_goes_quiet_runs_until_its_timeout() {
 fn a_host_down_at_the_start_is_tried_again_and_runs_once_it_is_up() {
     let hosts = TestHosts::start(1);
     let late = unused_addr();
-    let port = common::HOST_PORT;
+    let port = HOST_PORT;
     // the late address leads to host 0, whose key known_hosts has under its own name
     let text = format!(
         "hosts:\n  late:\n    address: {late}\n    ssh_options: [\"HostKeyAlias=[{}]:{port}\"]\n",
