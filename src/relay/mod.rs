@@ -15,8 +15,9 @@
 //! ends with that reason. Cancelling closes the relay's stdin; it then
 //! stops its hosts' commands, cleans up and says so before it exits.
 //!
-//! The initiator's side of one relay is in `upstream`, the relay's own side
-//! in `serve`; [`tree`] says which hosts go through which relay.
+//! The initiator's side of one relay is in `upstream` (staging on it in
+//! `upstream::staging`), the relay's own side in `serve`, the frames between
+//! them in [`wire`]; `tree` says which hosts go through which relay.
 
 mod known_hosts;
 mod serve;

@@ -1,7 +1,8 @@
 //! The initiator's side of one relay (seen from the level above it): connect
 //! to it, check that it can run the pushrun binary, stage that and the
 //! payload there, start `pushrun relay` with the subtree's plan, and turn
-//! the frames it sends back into the leaves' events.
+//! the frames it sends back into the leaves' events. Staging is in
+//! `staging`.
 //!
 //! Whatever goes wrong on the way is one [`RelayError`]: its status and text
 //! become the outcome of every host of the subtree that has not finished,
@@ -18,16 +19,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::wire::{self, Down, FrameError, PlannedJob, RelayReport, Up};
-use super::{BINARY_NAME, BinaryError, Relaying, known_hosts, renumber, tree::Subtree};
-use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Timings};
-use crate::fleet::{self, Job, RunSpec, StageError, error_chain, raised as cancelled};
+use super::{BinaryError, Relaying, known_hosts, renumber, tree::Subtree};
+use crate::events::{Event, HostId, HostOutcome, Status, Timings};
+use crate::fleet::{self, Job, RunSpec, error_chain, raised as cancelled};
 use crate::inventory::Host;
 use crate::session::{ConnectError, ControlDir, Session};
 
+mod staging;
+
+use staging::Staged;
+
 /// Starts `pushrun relay` on a relay and removes its run dirs after.
 const START: &str = concat!(include_str!("../remote/lib.sh"), include_str!("start.sh"));
-/// Says the relay's OS and machine.
-const PROBE: &str = include_str!("probe.sh");
 /// How long a cancelled relay gets to stop its hosts and say so.
 const RELAY_STOP_GRACE: Duration = Duration::from_secs(20);
 /// Lines of a relay's stderr kept for the summary.
@@ -63,18 +66,6 @@ struct Tally {
     finished: Vec<bool>,
     /// The relays below it, as it reported them.
     nested: Vec<RelayReport>,
-}
-
-/// What staging left on a relay.
-struct Staged {
-    /// The relay's pushrun dir (BASE).
-    base: String,
-    /// The staged pushrun there.
-    binary: String,
-    /// The staged payload's dir there (payload runs).
-    payload_dir: Option<String>,
-    /// Run dirs staging made, for the start script to remove.
-    run_dirs: Vec<String>,
 }
 
 /// Why a relay could not serve (the rest of) its subtree.
@@ -417,10 +408,13 @@ impl RelayTask {
     /// quiet, or does not stop in time once cancelled.
     async fn exchange(&self, process: &mut RelayProcess, tally: &mut Tally) -> Close {
         let (mut cancel, mut converged) = (self.cancel.clone(), self.converged.clone());
+        // Whether the relay said hello (in our protocol version).
         let mut hello = false;
+        // When it last sent a frame: silence beyond wire::SILENCE is a hang.
         let mut heard = tokio::time::Instant::now();
         // Once cancelled: how long the relay has to stop its hosts.
         let mut deadline: Option<tokio::time::Instant> = None;
+        // Whether it was told that the run converged (once is enough).
         let mut told_converged = false;
         loop {
             let limit = async {
@@ -482,103 +476,6 @@ impl RelayTask {
             }
         }
         None
-    }
-
-    /// Checks that the relay can run the binary, then stages it and the
-    /// payload.
-    async fn stage(
-        &self,
-        session: &Session,
-        report: &mut RelayReport,
-    ) -> Result<Staged, RelayError> {
-        let relay = &self.subtree.relay;
-        self.check_machine(session, report).await?;
-        let cache = match &self.spec.job {
-            Job::Payload(j) => j.cache,
-            _ => true,
-        };
-        let binary =
-            self.relaying
-                .binary_job(cache)
-                .await
-                .map_err(|source| RelayError::Binary {
-                    relay: relay.name.clone(),
-                    source,
-                })?;
-        let mut stats = StageStats::default();
-        let staged = fleet::stage(session, relay, &binary, &mut stats).await;
-        report.binary = stats;
-        report.bytes_sent += stats.bytes_sent;
-        report.bytes_received += stats.bytes_received;
-        let (base, bin_dir) =
-            staged.map_err(|e| stage_failure(e, &relay.name, "pushrun binary"))?;
-        let mut run_dirs = vec![binary.run_id.clone()];
-        let payload_dir = match &self.spec.job {
-            Job::Payload(job) => {
-                let job = self.relaying.payload_job(job).await;
-                run_dirs.push(job.run_id.clone());
-                let mut stats = StageStats::default();
-                let staged = fleet::stage(session, relay, &job, &mut stats).await;
-                report.payload = Some(stats);
-                report.bytes_sent += stats.bytes_sent;
-                report.bytes_received += stats.bytes_received;
-                match staged {
-                    Ok((_, dir)) => Some(dir),
-                    Err(e) => {
-                        remove_run_dirs(session, &base, &run_dirs).await;
-                        return Err(stage_failure(e, &relay.name, "payload"));
-                    }
-                }
-            }
-            _ => None,
-        };
-        Ok(Staged {
-            binary: format!("{bin_dir}/{BINARY_NAME}"),
-            base,
-            payload_dir,
-            run_dirs,
-        })
-    }
-
-    /// Asks the relay what it runs, and refuses a binary built for another
-    /// machine before anything is sent.
-    async fn check_machine(
-        &self,
-        session: &Session,
-        report: &mut RelayReport,
-    ) -> Result<(), RelayError> {
-        let relay = &self.subtree.relay.name;
-        let probe = session
-            .run_script(PROBE, "pushrun-probe", &[], b"")
-            .await
-            .map_err(|e| RelayError::Lost {
-                relay: relay.clone(),
-                cause: Box::new(e),
-            })?;
-        report.bytes_received += probe.stdout.len() as u64;
-        let answer = String::from_utf8_lossy(&probe.stdout);
-        let mut words = answer.lines();
-        let (os, machine) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let (want_os, want_arch, binary) = match &self.relaying.binary {
-            None => (
-                std::env::consts::OS,
-                std::env::consts::ARCH,
-                "this pushrun".to_string(),
-            ),
-            Some(p) => {
-                let arch = elf_arch(p).unwrap_or("unknown");
-                ("linux", arch, p.display().to_string())
-            }
-        };
-        if !os.eq_ignore_ascii_case(want_os) || normal_arch(machine) != want_arch {
-            return Err(RelayError::WrongMachine {
-                relay: relay.clone(),
-                runs: format!("{os} {machine}"),
-                binary,
-                built_for: format!("{want_os} {want_arch}"),
-            });
-        }
-        Ok(())
     }
 
     /// The relay's plan.
@@ -751,78 +648,11 @@ async fn log_tail(stderr: Option<tokio::process::ChildStderr>) -> Vec<String> {
     tail
 }
 
-/// Drops the run dirs staging made on a relay (collect.sh removes them).
-async fn remove_run_dirs(session: &Session, base: &str, run_dirs: &[String]) {
-    for run_id in run_dirs {
-        let args = [base, run_id.as_str()];
-        let clean = session.run_script(crate::remote::COLLECT, "pushrun-collect", &args, b"");
-        let _ = tokio::time::timeout(Duration::from_secs(10), clean).await;
-    }
-}
-
-/// Why staging `what` on `relay` failed, as the relay's failure.
-fn stage_failure(e: StageError, relay: &str, what: &'static str) -> RelayError {
-    let relay = relay.to_string();
-    match e {
-        StageError::Cancelled => RelayError::InterruptedStaging { relay },
-        StageError::Converged => RelayError::ConvergedStaging { relay },
-        StageError::Lost(why) => RelayError::Lost {
-            relay,
-            cause: why.into(),
-        },
-        StageError::Failed { reason, .. } => RelayError::Staging {
-            relay,
-            what,
-            reason,
-        },
-    }
-}
-
-/// `uname -m` in Rust's words (`std::env::consts::ARCH`).
-fn normal_arch(machine: &str) -> &str {
-    match machine {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "i386" | "i486" | "i586" | "i686" => "x86",
-        m if m.starts_with("armv") => "arm",
-        m => m,
-    }
-}
-
-/// The machine an ELF executable is built for, in Rust's words.
-fn elf_arch(path: &std::path::Path) -> Option<&'static str> {
-    use std::io::Read;
-    let mut head = [0u8; 20];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    if &head[..4] != b"\x7fELF" {
-        return None;
-    }
-    let machine = match head[5] {
-        1 => u16::from_le_bytes([head[18], head[19]]),
-        _ => u16::from_be_bytes([head[18], head[19]]),
-    };
-    Some(match machine {
-        3 => "x86",
-        40 => "arm",
-        62 => "x86_64",
-        183 => "aarch64",
-        243 => "riscv64",
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::staging::stage_failure;
     use super::*;
-
-    #[test]
-    fn machines_are_named_as_rust_names_them() {
-        assert_eq!(normal_arch("x86_64"), "x86_64");
-        assert_eq!(normal_arch("arm64"), "aarch64");
-        assert_eq!(normal_arch("armv7l"), "arm");
-        let me = std::env::current_exe().unwrap();
-        assert_eq!(elf_arch(&me), Some(std::env::consts::ARCH));
-    }
+    use crate::fleet::StageError;
 
     #[test]
     fn failures_read_as_before_and_end_hosts_with_their_status() {
