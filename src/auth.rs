@@ -44,18 +44,20 @@ impl Drop for Secret {
 }
 
 /// How a host's commands go through sudo.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Become {
     /// Whom to become (`sudo -u`).
     pub user: String,
     /// sudo's password, for hosts where sudo asks for one.
+    #[serde(with = "crate::relay::wire::secret")]
     pub password: Option<Arc<Secret>>,
 }
 
 /// Per host: what it takes to log in and to become another user.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Access {
     /// The login password (only used when the server asks for one).
+    #[serde(with = "crate::relay::wire::secret")]
     pub password: Option<Arc<Secret>>,
     /// Run the command or payload through sudo.
     pub become_: Option<Become>,

@@ -13,7 +13,7 @@ use serde::Serialize;
 pub type HostId = usize;
 
 /// Which of the remote command's streams a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The command's standard output.
@@ -23,7 +23,9 @@ pub enum Stream {
 }
 
 /// How a host's part of the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The command ran and exited 0.
@@ -79,27 +81,47 @@ impl Status {
 }
 
 /// Time spent in each phase of one host's run.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct Timings {
     /// Opening the master connection.
-    #[serde(rename = "connect_ms", serialize_with = "as_millis")]
+    #[serde(
+        rename = "connect_ms",
+        serialize_with = "as_millis",
+        deserialize_with = "crate::relay::wire::millis::deserialize"
+    )]
     pub connect: Duration,
     /// Checking the cached payload and sending what was missing.
-    #[serde(rename = "stage_ms", serialize_with = "as_millis")]
+    #[serde(
+        rename = "stage_ms",
+        serialize_with = "as_millis",
+        deserialize_with = "crate::relay::wire::millis::deserialize"
+    )]
     pub stage: Duration,
     /// Running the command or the payload.
-    #[serde(rename = "run_ms", serialize_with = "as_millis")]
+    #[serde(
+        rename = "run_ms",
+        serialize_with = "as_millis",
+        deserialize_with = "crate::relay::wire::millis::deserialize"
+    )]
     pub run: Duration,
     /// Bringing back `$PUSHRUN_OUT`.
-    #[serde(rename = "collect_ms", serialize_with = "as_millis")]
+    #[serde(
+        rename = "collect_ms",
+        serialize_with = "as_millis",
+        deserialize_with = "crate::relay::wire::millis::deserialize"
+    )]
     pub collect: Duration,
     /// Removing the run dir (after the collect stream ended).
-    #[serde(rename = "clean_ms", serialize_with = "as_millis")]
+    #[serde(
+        rename = "clean_ms",
+        serialize_with = "as_millis",
+        deserialize_with = "crate::relay::wire::millis::deserialize"
+    )]
     pub clean: Duration,
 }
 
 /// What staging a payload on a host took.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct StageStats {
     /// Every cached file was there and right: nothing was sent.
     pub cache_hit: bool,
@@ -116,7 +138,7 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 }
 
 /// The end of one host's part of the run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HostOutcome {
     /// How it ended.
     pub status: Status,
@@ -147,7 +169,8 @@ impl HostOutcome {
 }
 
 /// One thing that happened to one host.
-#[derive(Debug)]
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// The host's task started connecting (it got one of the `--forks` slots).
     Connecting(HostId),
@@ -161,6 +184,7 @@ pub enum Event {
         /// Which stream.
         stream: Stream,
         /// The bytes, exactly as the host sent them (minus the newline).
+        #[serde(with = "crate::relay::wire::bytes_base64")]
         line: Vec<u8>,
         /// Whether a newline ended this piece.
         complete: bool,
@@ -170,9 +194,15 @@ pub enum Event {
     /// activity, the reporter ignores it).
     Busy(HostId),
     /// The payload's `$PUSHRUN_OUT`, as the gzip'ed tar the host sent.
-    Collected(HostId, Vec<u8>),
+    Collected(
+        HostId,
+        #[serde(with = "crate::relay::wire::bytes_base64")] Vec<u8>,
+    ),
     /// One line the payload wrote to `$PUSHRUN_TUNNEL` (a JSON record), as it came.
-    Record(HostId, Vec<u8>),
+    Record(
+        HostId,
+        #[serde(with = "crate::relay::wire::bytes_base64")] Vec<u8>,
+    ),
     /// The host could not be reached; another try follows (`--converged-timeout`).
     Retrying {
         /// Which host.
@@ -180,6 +210,7 @@ pub enum Event {
         /// Why the last try failed.
         reason: String,
         /// When the next one starts.
+        #[serde(rename = "delay_ms", with = "crate::relay::wire::millis")]
         delay: Duration,
     },
     /// A payload run of a repeating or watching run ended (`--repeat`, `--watch`).

@@ -33,7 +33,10 @@ use failure::{changed_key_error, classify_ssh_failure, with_fingerprint};
 pub const NO_PTY_EXIT: i32 = 254;
 
 /// How ssh should treat host keys; `None` in [`SshOptions`] leaves it to ssh_config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum HostKeyChecking {
     /// Only known keys are accepted (`StrictHostKeyChecking=yes`).
     Strict,
@@ -44,7 +47,10 @@ pub enum HostKeyChecking {
 }
 
 /// Which key exchange ssh should prefer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Kex {
     /// Put curve25519-sha256 first: about a tenth of the CPU of OpenSSH 9's
     /// default post-quantum hybrid (sntrup761x25519), which dominates the
@@ -55,14 +61,16 @@ pub enum Kex {
 }
 
 /// The ssh settings that apply to every host of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SshOptions {
     /// The user's ssh configuration file (`--ssh-config`), else ~/.ssh/config
     /// and /etc/ssh/ssh_config as ssh reads them.
+    #[serde(skip)]
     pub config_file: Option<PathBuf>,
     /// Key exchange preference.
     pub kex: Kex,
     /// TCP connect and banner exchange limit (`ConnectTimeout`).
+    #[serde(rename = "connect_timeout_ms", with = "crate::relay::wire::millis")]
     pub connect_timeout: Duration,
     /// Host key policy; `None` = whatever ssh_config says (never a prompt: BatchMode).
     pub host_key_checking: Option<HostKeyChecking>,
