@@ -49,7 +49,7 @@ pub struct Become {
     /// Whom to become (`sudo -u`).
     pub user: String,
     /// sudo's password, for hosts where sudo asks for one.
-    #[serde(with = "crate::relay::wire::secret")]
+    #[serde(with = "crate::encoding::secret")]
     pub password: Option<Arc<Secret>>,
 }
 
@@ -57,7 +57,7 @@ pub struct Become {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Access {
     /// The login password (only used when the server asks for one).
-    #[serde(with = "crate::relay::wire::secret")]
+    #[serde(with = "crate::encoding::secret")]
     pub password: Option<Arc<Secret>>,
     /// Run the command or payload through sudo.
     pub become_: Option<Become>,

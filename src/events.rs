@@ -86,36 +86,36 @@ pub struct Timings {
     /// Opening the master connection.
     #[serde(
         rename = "connect_ms",
-        serialize_with = "as_millis",
-        deserialize_with = "crate::relay::wire::millis::deserialize"
+        serialize_with = "crate::encoding::millis::serialize",
+        deserialize_with = "crate::encoding::millis::deserialize"
     )]
     pub connect: Duration,
     /// Checking the cached payload and sending what was missing.
     #[serde(
         rename = "stage_ms",
-        serialize_with = "as_millis",
-        deserialize_with = "crate::relay::wire::millis::deserialize"
+        serialize_with = "crate::encoding::millis::serialize",
+        deserialize_with = "crate::encoding::millis::deserialize"
     )]
     pub stage: Duration,
     /// Running the command or the payload.
     #[serde(
         rename = "run_ms",
-        serialize_with = "as_millis",
-        deserialize_with = "crate::relay::wire::millis::deserialize"
+        serialize_with = "crate::encoding::millis::serialize",
+        deserialize_with = "crate::encoding::millis::deserialize"
     )]
     pub run: Duration,
     /// Bringing back `$PUSHRUN_OUT`.
     #[serde(
         rename = "collect_ms",
-        serialize_with = "as_millis",
-        deserialize_with = "crate::relay::wire::millis::deserialize"
+        serialize_with = "crate::encoding::millis::serialize",
+        deserialize_with = "crate::encoding::millis::deserialize"
     )]
     pub collect: Duration,
     /// Removing the run dir (after the collect stream ended).
     #[serde(
         rename = "clean_ms",
-        serialize_with = "as_millis",
-        deserialize_with = "crate::relay::wire::millis::deserialize"
+        serialize_with = "crate::encoding::millis::serialize",
+        deserialize_with = "crate::encoding::millis::deserialize"
     )]
     pub clean: Duration,
 }
@@ -131,10 +131,6 @@ pub struct StageStats {
     pub bytes_sent: u64,
     /// Bytes read back (check report, results archive; not the live output).
     pub bytes_received: u64,
-}
-
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
 }
 
 /// The end of one host's part of the run.
@@ -184,7 +180,7 @@ pub enum Event {
         /// Which stream.
         stream: Stream,
         /// The bytes, exactly as the host sent them (minus the newline).
-        #[serde(with = "crate::relay::wire::bytes_base64")]
+        #[serde(with = "crate::encoding::bytes_base64")]
         line: Vec<u8>,
         /// Whether a newline ended this piece.
         complete: bool,
@@ -196,12 +192,12 @@ pub enum Event {
     /// The payload's `$PUSHRUN_OUT`, as the gzip'ed tar the host sent.
     Collected(
         HostId,
-        #[serde(with = "crate::relay::wire::bytes_base64")] Vec<u8>,
+        #[serde(with = "crate::encoding::bytes_base64")] Vec<u8>,
     ),
     /// One line the payload wrote to `$PUSHRUN_TUNNEL` (a JSON record), as it came.
     Record(
         HostId,
-        #[serde(with = "crate::relay::wire::bytes_base64")] Vec<u8>,
+        #[serde(with = "crate::encoding::bytes_base64")] Vec<u8>,
     ),
     /// The host could not be reached; another try follows (`--converged-timeout`).
     Retrying {
@@ -210,7 +206,7 @@ pub enum Event {
         /// Why the last try failed.
         reason: String,
         /// When the next one starts.
-        #[serde(rename = "delay_ms", with = "crate::relay::wire::millis")]
+        #[serde(rename = "delay_ms", with = "crate::encoding::millis")]
         delay: Duration,
     },
     /// A payload run of a repeating or watching run ended (`--repeat`, `--watch`).

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod encoding;
 pub mod error;
 pub mod events;
 pub mod fleet;

@@ -70,7 +70,7 @@ pub struct SshOptions {
     /// Key exchange preference.
     pub kex: Kex,
     /// TCP connect and banner exchange limit (`ConnectTimeout`).
-    #[serde(rename = "connect_timeout_ms", with = "crate::relay::wire::millis")]
+    #[serde(rename = "connect_timeout_ms", with = "crate::encoding::millis")]
     pub connect_timeout: Duration,
     /// Host key policy; `None` = whatever ssh_config says (never a prompt: BatchMode).
     pub host_key_checking: Option<HostKeyChecking>,
