@@ -1,17 +1,18 @@
 //! A run, from a checked [`Plan`] to the exit status its summary means.
 //!
 //! Everything a run needs around [`relay::run`] lives here: the async
-//! runtime, the private control dir (ssh sockets, password files), Ctrl-C
-//! (the first cancels the run, the second quits), convergence
-//! (`--converged-timeout`: [`fleet::converge`] sits between the run and the
-//! reporter and sees every event), and the loop that hands events to the
-//! [`Reporter`], the one writer of what the user sees.
+//! runtime, the private control dir (ssh sockets, password files), Ctrl-C,
+//! SIGTERM and SIGHUP (the first cancels the run, the second quits),
+//! convergence (`--converged-timeout`: [`fleet::converge`] sits between
+//! the run and the reporter and sees every event), and the loop that hands
+//! events to the [`Reporter`], the one writer of what the user sees.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Exit};
@@ -110,7 +111,7 @@ async fn drive(
     mut reporter: Reporter,
 ) -> Result<Exit, Error> {
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    cancel_on_ctrl_c(cancel_tx, dir.clone());
+    cancel_on_signals(cancel_tx, dir.clone());
     let (tx, rx) = mpsc::channel(1024);
     let (tx, converged_rx) = converging(&spec, tx);
     let run = tokio::spawn(relay::run(
@@ -135,21 +136,53 @@ async fn drive(
     }
 }
 
-/// The first Ctrl-C cancels the run (hosts stop, the summary is written);
-/// a second one quits at once.
-fn cancel_on_ctrl_c(cancel: watch::Sender<bool>, dir: Arc<ControlDir>) {
+/// The first Ctrl-C, SIGTERM or SIGHUP cancels the run (hosts stop, the
+/// summary is written, the control dir and its password files go); a
+/// second one quits at once.
+fn cancel_on_signals(cancel: watch::Sender<bool>, dir: Arc<ControlDir>) {
+    // Registered now, before the run starts, so none is missed.
+    let Ok(mut stops) = Stops::new() else {
+        return;
+    };
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
+        if stops.next().await.is_none() {
             return;
         }
         let _ = cancel.send(true);
-        if tokio::signal::ctrl_c().await.is_ok() {
-            // A second Ctrl-C: quit now. Masters die with us (PDEATHSIG).
+        if stops.next().await.is_some() {
+            // A second one: quit now. Masters die with us (PDEATHSIG).
             dir.remove();
             std::process::exit(Exit::Interrupted.code().into());
         }
         std::future::pending::<()>().await;
     });
+}
+
+/// The signals that stop a run: Ctrl-C, `kill`'s default, and the
+/// terminal going away.
+struct Stops {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Stops {
+    fn new() -> io::Result<Stops> {
+        Ok(Stops {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them to arrive.
+    async fn next(&mut self) -> Option<()> {
+        tokio::select! {
+            got = self.interrupt.recv() => got,
+            got = self.terminate.recv() => got,
+            got = self.hangup.recv() => got,
+        }
+    }
 }
 
 /// With `--converged-timeout`, every event of the run, relays' included,
