@@ -1,12 +1,13 @@
 //! pushrun: run commands and payloads on many Linux hosts over SSH, with
 //! nothing installed on them but sshd, a POSIX shell and coreutils.
 //!
-//! The pipeline: [`inventory`] selects hosts, [`cli`] turns flags into a
-//! checked plan, [`fleet`] runs one task per host over a [`session`], host
-//! tasks send [`events`], and [`report`] alone writes what the user sees.
+//! The pipeline: [`inventory`] selects hosts, [`cmd`] turns flags into a
+//! checked plan that [`run`] carries out: [`fleet`] runs one task per host
+//! over a [`session`], host tasks send [`events`], and [`report`] alone
+//! writes what the user sees.
 
 pub mod auth;
-pub mod cli;
+pub mod cmd;
 pub mod encoding;
 pub mod error;
 pub mod events;
@@ -16,4 +17,5 @@ pub mod payload;
 pub mod relay;
 pub mod remote;
 pub mod report;
+pub mod run;
 pub mod session;

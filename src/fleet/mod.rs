@@ -35,9 +35,7 @@ use crate::payload::Payload;
 use crate::session::{ControlDir, SshOptions, write_ssh_config};
 
 /// Whether commands get a pseudo terminal.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PtyMode {
     /// No PTY (the default): separate stdout and stderr, no terminal.

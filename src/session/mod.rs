@@ -33,9 +33,7 @@ use failure::{changed_key_error, classify_ssh_failure, with_fingerprint};
 pub const NO_PTY_EXIT: i32 = 254;
 
 /// How ssh should treat host keys; `None` in [`SshOptions`] leaves it to ssh_config.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HostKeyChecking {
     /// Only known keys are accepted (`StrictHostKeyChecking=yes`).
@@ -47,9 +45,7 @@ pub enum HostKeyChecking {
 }
 
 /// Which key exchange ssh should prefer.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kex {
     /// Put curve25519-sha256 first: about a tenth of the CPU of OpenSSH 9's

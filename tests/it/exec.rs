@@ -462,6 +462,46 @@ fn ctrl_c_stops_remote_commands_and_removes_the_control_dir() {
 }
 
 #[test]
+fn sigterm_and_sighup_stop_the_run_like_ctrl_c() {
+    let hosts = TestHosts::start(2);
+    for (signal, marker) in [
+        (libc::SIGTERM, "sleep 41415"),
+        (libc::SIGHUP, "sleep 41416"),
+    ] {
+        let mut child = pushrun()
+            .args(["exec", "--hosts"])
+            .arg(hosts.hosts_yaml())
+            .arg("--ssh-config")
+            .arg(hosts.ssh_config())
+            .args(["--", &format!("echo started; {marker}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_for_line(&mut child, "started");
+        assert!(
+            !processes_with(marker).is_empty(),
+            "the remote command is not running"
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "signal {signal}: {stderr}");
+        assert!(stderr.contains("interrupted"), "signal {signal}: {stderr}");
+        assert!(stderr.contains("2 cancelled"), "signal {signal}: {stderr}");
+        wait_until(
+            Duration::from_secs(8),
+            "the command's processes to go",
+            || processes_with(marker).is_empty(),
+        );
+        assert!(control_dirs_of(pid).is_empty(), "control dir left behind");
+    }
+}
+
+#[test]
 fn dash_l_sets_the_login_user_and_a_refused_login_is_an_authentication_failure() {
     let hosts = TestHosts::start(1);
     let run = exec(
