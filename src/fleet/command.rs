@@ -2,6 +2,7 @@
 //! streamed as lines, the timeout, Ctrl-C and convergence, and sudo's
 //! prompt answered on a PTY.
 
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,6 @@ use crate::remote::SUDO_PROMPT;
 use crate::session::{NO_PTY_EXIT, exit_code};
 
 use super::host::{HostTask, Launch};
-use super::payload::HashingReader;
 
 /// What to do about sudo's prompt on a terminal.
 pub(super) enum PromptAction {
@@ -396,5 +396,28 @@ impl HostTask<'_> {
             }
         };
         supervise(work, stop, timeout, &mut self.triggers).await
+    }
+}
+
+/// Passes bytes through, hashing them on the way when asked to.
+pub(super) struct HashingReader<R> {
+    pub(super) inner: R,
+    pub(super) hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HashingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(hash)) = (&polled, &self.hash)
+            && let Ok(mut h) = hash.lock()
+        {
+            h.update(&buf.filled()[before..]);
+        }
+        polled
     }
 }

@@ -21,7 +21,7 @@ use crate::session::{ControlDir, Session};
 
 use super::command::CommandEnd;
 use super::connect::{Dial, connect};
-use super::payload::script_failure;
+use super::script_failure;
 
 pub(super) async fn run_host(
     id: HostId,

@@ -269,3 +269,16 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// A script's failure in one line: its own `error` line, else `reason`
+/// with the last thing it said on stderr.
+pub(super) fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String {
+    if crate::remote::error_line(&out.stdout).is_some() {
+        return reason;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!("{reason}: {}", last.trim()),
+        None => reason,
+    }
+}

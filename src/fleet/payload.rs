@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{PayloadJob, RunSpec, error_chain, raised, reloaded};
+use super::{PayloadJob, RunSpec, error_chain, raised, reloaded, script_failure};
 
 use super::output::serve_tunnel;
 use crate::events::{Event, HostOutcome, StageStats, Status, Timings};
@@ -20,29 +20,6 @@ use crate::session::Session;
 use super::command::CommandEnd;
 use super::converge::busy;
 use super::host::{HostTask, Launch};
-
-/// Passes bytes through, hashing them on the way when asked to.
-pub(super) struct HashingReader<R> {
-    pub(super) inner: R,
-    pub(super) hash: Option<Arc<std::sync::Mutex<Sha256>>>,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HashingReader<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let (std::task::Poll::Ready(Ok(())), Some(hash)) = (&polled, &self.hash)
-            && let Ok(mut h) = hash.lock()
-        {
-            h.update(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
 
 /// One payload run on a host, as the loop of --repeat and --watch sees it.
 pub(super) struct PayloadRun {
@@ -159,19 +136,6 @@ pub(crate) async fn stage(
         format!("{base}/runs/{}/payload", job.run_id)
     };
     Ok((base, payload_dir))
-}
-
-/// A script's failure in one line: its own `error` line, else `reason`
-/// with the last thing it said on stderr.
-pub(super) fn script_failure(reason: String, out: &crate::session::ScriptOutput) -> String {
-    if remote::error_line(&out.stdout).is_some() {
-        return reason;
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-        Some(last) => format!("{reason}: {}", last.trim()),
-        None => reason,
-    }
 }
 
 /// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir
