@@ -52,20 +52,31 @@ impl PromptScan {
         }
     }
 
+    /// Adds `bytes` to what is held and compares it with `marker`: `None`
+    /// once all of the marker is there; otherwise what to return now, which
+    /// is the held bytes (and no more scanning) where they differ from the
+    /// marker, or nothing yet where they are a part of it.
+    fn expect(&mut self, bytes: &[u8], marker: &[u8]) -> Option<(Vec<u8>, PromptAction)> {
+        self.head.extend_from_slice(bytes);
+        let n = self.head.len().min(marker.len());
+        if self.head[..n] != marker[..n] {
+            self.state = ScanState::Pass;
+            return Some((std::mem::take(&mut self.head), PromptAction::None));
+        }
+        if self.head.len() < marker.len() {
+            return Some((Vec::new(), PromptAction::None));
+        }
+        None
+    }
+
     /// Takes output bytes; returns those to show, and what to do.
     pub(super) fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, PromptAction) {
         let prompt = SUDO_PROMPT.as_bytes();
         match self.state {
             ScanState::Pass => (bytes.to_vec(), PromptAction::None),
             ScanState::Start { have_answer } => {
-                self.head.extend_from_slice(bytes);
-                let n = self.head.len().min(prompt.len());
-                if self.head[..n] != prompt[..n] {
-                    self.state = ScanState::Pass;
-                    return (std::mem::take(&mut self.head), PromptAction::None);
-                }
-                if self.head.len() < prompt.len() {
-                    return (Vec::new(), PromptAction::None);
+                if let Some(undecided) = self.expect(bytes, prompt) {
+                    return undecided;
                 }
                 if !have_answer {
                     self.state = ScanState::Pass;
@@ -104,15 +115,8 @@ impl PromptScan {
             }
             ScanState::Verdict => {
                 // "Sorry, try again." (and the prompt again) or the command's output
-                const SORRY: &[u8] = b"Sorry, try again.";
-                self.head.extend_from_slice(bytes);
-                let n = self.head.len().min(SORRY.len());
-                if self.head[..n] != SORRY[..n] {
-                    self.state = ScanState::Pass;
-                    return (std::mem::take(&mut self.head), PromptAction::None);
-                }
-                if self.head.len() < SORRY.len() {
-                    return (Vec::new(), PromptAction::None);
+                if let Some(undecided) = self.expect(bytes, b"Sorry, try again.") {
+                    return undecided;
                 }
                 self.state = ScanState::Pass;
                 self.head.clear();
