@@ -39,7 +39,7 @@ pub enum Status {
     /// The run converged (`--converged-timeout`) while this host's payload
     /// was still running: it was stopped there, and its results collected.
     Stopped,
-    /// The run was interrupted (Ctrl-C) before this host finished.
+    /// The run was interrupted (Ctrl-C, SIGTERM, SIGHUP) before this host finished.
     Cancelled,
 }
 

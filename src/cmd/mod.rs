@@ -34,7 +34,7 @@ Exit status:
   2    usage or inventory error; no host was contacted
   3    some host was unreachable, refused authentication or timed out
   4    --converged-timeout: the run converged while some payload still ran (stopped)
-  130  interrupted (Ctrl-C)";
+  130  interrupted (Ctrl-C, SIGTERM or SIGHUP)";
 
 /// Runs commands on many hosts over SSH, with nothing to install on them.
 #[derive(Debug, Parser)]

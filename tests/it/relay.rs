@@ -820,7 +820,9 @@ fn killing_the_initiator_stops_the_relay_and_its_leaves() {
 #[test]
 fn a_hung_relay_is_given_up_after_its_silence_and_cleans_up_when_it_wakes() {
     let hosts = TestHosts::start(3);
-    let (relay, child, relays) = two_leaves_sleeping(&hosts, "sleep 91919");
+    // this process's own marker: another suite's run on the machine must not count
+    let marker = format!("sleep 91919.{}", std::process::id());
+    let (relay, child, relays) = two_leaves_sleeping(&hosts, &marker);
     let stopped = Instant::now();
     // SAFETY: a process of this test's own fleet.
     unsafe { libc::kill(relays[0] as i32, libc::SIGSTOP) };
@@ -844,7 +846,7 @@ fn a_hung_relay_is_given_up_after_its_silence_and_cleans_up_when_it_wakes() {
     wait_until(
         Duration::from_secs(15),
         "every process of the run to go",
-        || processes_with("sleep 91919").is_empty() && relay_processes(&hosts, 0).is_empty(),
+        || processes_with(&marker).is_empty() && relay_processes(&hosts, 0).is_empty(),
     );
     wait_until(Duration::from_secs(5), "every run dir to go", || {
         (0..3).all(|i| run_dirs(&hosts, i).is_empty())
