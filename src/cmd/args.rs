@@ -124,6 +124,15 @@ impl SelectArgs {
             }
         };
         patterns.extend(self.limit.iter().cloned());
+        if inventory.hosts().iter().all(|h| h.settings.via.is_none()) {
+            // No relays: no hops to find, and all hosts need no copy.
+            let hosts = if patterns.is_empty() {
+                inventory.into_hosts()
+            } else {
+                inventory.select(&patterns)?
+            };
+            return Ok((hosts, Vec::new()));
+        }
         let hosts = inventory.select(&patterns)?;
         let hops = crate::relay::hops(inventory.hosts(), &hosts).map_err(Error::Relays)?;
         Ok((hosts, hops))
@@ -135,7 +144,7 @@ impl ConnectArgs {
     pub(super) fn apply(&self, mut hosts: Vec<Host>) -> Vec<Host> {
         if let Some(user) = &self.user {
             for h in hosts.iter_mut().filter(|h| h.settings.user.is_none()) {
-                h.settings.user = Some(user.clone());
+                std::sync::Arc::make_mut(&mut h.settings).user = Some(user.clone());
             }
         }
         hosts

@@ -2,6 +2,8 @@
 //! settings it will be reached with, in its place in the relay tree. It
 //! contacts no host: a way to check an inventory and a `--limit` first.
 
+use std::io::Write;
+
 use clap::Args;
 
 use super::SelectArgs;
@@ -22,9 +24,19 @@ pub struct HostsArgs {
 /// on stderr.
 pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     let (hosts, hops) = args.select.select_with_hops()?;
-    for line in relay::tree(&hosts, &hops, describe) {
-        println!("{line}");
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Without relays the tree is flat: print it in one pass.
+    let flat = hops.is_empty() && hosts.iter().all(|h| h.settings.via.is_none());
+    let lines: Box<dyn Iterator<Item = String>> = if flat {
+        Box::new(hosts.iter().map(describe))
+    } else {
+        Box::new(relay::tree(&hosts, &hops, describe).into_iter())
+    };
+    for line in lines {
+        writeln!(out, "{line}").map_err(Error::Output)?;
     }
+    out.flush().map_err(Error::Output)?;
+    drop(out);
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     eprintln!("pushrun: {} hosts: {}", names.len(), hostlist::fold(&names));
     Ok(Exit::Ok)

@@ -46,6 +46,9 @@ pub enum RangeFault {
     /// A bound that does not fit in 64 bits.
     #[error("{0} is too large")]
     NumberTooLarge(String),
+    /// A step of 0, as in `[1-9/0]`.
+    #[error("step must be at least 1")]
+    ZeroStep,
     /// More than [`MAX_NAMES`] names.
     #[error("expands to more than {MAX_NAMES} names")]
     TooMany,
@@ -53,7 +56,8 @@ pub enum RangeFault {
 
 /// Expands a host pattern into names, in order.
 ///
-/// Bracket groups hold comma-separated numbers and `lo-hi` ranges; a bound
+/// Bracket groups hold comma-separated numbers and `lo-hi` ranges, each
+/// range optionally with a step (`lo-hi/step`, as in ClusterShell); a bound
 /// written with a leading zero sets the width of every number it produces.
 /// Several groups give their cartesian product, leftmost varying slowest.
 /// Top-level commas separate independent patterns (so that the output of
@@ -188,18 +192,24 @@ enum Segment {
     Ranges(Vec<Range>),
 }
 
-/// `lo-hi` inclusive, numbers printed `width` digits wide (0: unpadded).
+/// `lo-hi/step` inclusive, numbers printed `width` digits wide (0: unpadded).
 struct Range {
     lo: u64,
     hi: u64,
+    step: u64,
     width: usize,
 }
 
 impl Range {
     fn len(&self) -> usize {
-        usize::try_from(self.hi - self.lo)
+        usize::try_from((self.hi - self.lo) / self.step)
             .unwrap_or(usize::MAX)
             .saturating_add(1)
+    }
+
+    fn numbers(&self) -> impl Iterator<Item = u64> + '_ {
+        // `step` fits in usize: it is at most `hi - lo` ≤ the capped count.
+        (self.lo..=self.hi).step_by(usize::try_from(self.step).unwrap_or(usize::MAX))
     }
 }
 
@@ -232,6 +242,11 @@ fn parse_item(item: &str) -> Result<Item, RangeFault> {
 }
 
 fn parse_range(part: &str) -> Result<Range, RangeFault> {
+    let (part, step_text) = match part.split_once('/') {
+        Some((range, step)) if range.contains('-') => (range, Some(step)),
+        Some(_) => return Err(RangeFault::EmptyRange),
+        None => (part, None),
+    };
     let (lo_text, hi_text) = part.split_once('-').unwrap_or((part, part));
     if lo_text.is_empty() || hi_text.is_empty() {
         return Err(RangeFault::EmptyRange);
@@ -248,12 +263,24 @@ fn parse_range(part: &str) -> Result<Range, RangeFault> {
     if lo > hi {
         return Err(RangeFault::Reversed);
     }
+    let step = match step_text {
+        None => 1,
+        Some(text) => match number(text)? {
+            0 => return Err(RangeFault::ZeroStep),
+            step => step,
+        },
+    };
     let width = if lo_text.len() > 1 && lo_text.starts_with('0') {
         lo_text.len()
     } else {
         0
     };
-    Ok(Range { lo, hi, width })
+    Ok(Range {
+        lo,
+        hi,
+        step,
+        width,
+    })
 }
 
 impl Item {
@@ -280,7 +307,7 @@ impl Item {
                         .iter()
                         .flat_map(|prefix| {
                             ranges.iter().flat_map(move |range| {
-                                (range.lo..=range.hi).map(move |n| {
+                                range.numbers().map(move |n| {
                                     format!("{prefix}{n:0width$}", width = range.width)
                                 })
                             })

@@ -53,7 +53,7 @@ pub(super) fn build(raw: RawInventory) -> Result<(Vec<Host>, Vec<Group>), Proble
         *index.entry(name.to_owned()).or_insert_with(|| {
             hosts.push(Host {
                 name: name.to_owned(),
-                settings: HostSettings::default(),
+                settings: Default::default(),
                 groups: Vec::new(),
             });
             own.push(settings);
@@ -122,7 +122,7 @@ pub(super) fn build(raw: RawInventory) -> Result<(Vec<Host>, Vec<Group>), Proble
             host.groups.push(raw.groups[g].name.clone());
         }
         settings.overlay(own);
-        host.settings = settings;
+        host.settings = settings.into();
     }
     let groups = raw
         .groups
@@ -221,7 +221,7 @@ mod tests {
         let h = host(&inventory, "h");
         assert_eq!(h.groups, ["first", "second"]);
         assert_eq!(
-            h.settings,
+            *h.settings,
             HostSettings {
                 user: Some("h".into()),
                 port: Some(3),
@@ -234,7 +234,7 @@ mod tests {
         let other = host(&inventory, "other");
         assert!(other.groups.is_empty());
         assert_eq!(
-            other.settings,
+            *other.settings,
             HostSettings {
                 user: Some("d".into()),
                 port: Some(1),

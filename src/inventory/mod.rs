@@ -14,14 +14,17 @@
 pub mod hostlist;
 mod locate;
 mod merge;
+mod nodeset;
 mod parse;
 mod settings;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use hostlist::RangeError;
+use nodeset::Op;
 pub use settings::{HostSettings, PtySetting};
 
 /// One host of the inventory.
@@ -29,8 +32,9 @@ pub use settings::{HostSettings, PtySetting};
 pub struct Host {
     /// The name it is known and selected by.
     pub name: String,
-    /// Defaults, groups and the host's own entry, merged.
-    pub settings: HostSettings,
+    /// Defaults, groups and the host's own entry, merged; shared between
+    /// hosts that have the same (a million-host `-w` range holds one).
+    pub settings: Arc<HostSettings>,
     /// Groups the host belongs to, directly or through `@group` members, in
     /// file order.
     pub groups: Vec<String>,
@@ -98,6 +102,9 @@ pub enum InventoryError {
     /// A `--limit` range is malformed.
     #[error("{0} in --limit")]
     BadPattern(#[source] RangeError),
+    /// A `--limit` glob matches no host of the inventory.
+    #[error("no host matches {0} in --limit")]
+    NoMatch(String),
     /// The selection is empty.
     #[error("no host selected")]
     NoHostSelected,
@@ -133,8 +140,8 @@ impl Inventory {
         Ok(Self::new(hosts, groups))
     }
 
-    /// Hosts from a pdsh/clush style `-w` list: names and ranges separated
-    /// by commas, each optionally `user@`. Repeats are ignored.
+    /// Hosts from a pdsh/clush style `-w` list: a NodeSet expression
+    /// (see [`nodeset`]) of host strings (`user@host:port`, ranges).
     pub fn ad_hoc(list: &str) -> Result<Inventory, InventoryError> {
         let fail = |message: String| InventoryError::Invalid {
             origin: "-w".to_owned(),
@@ -142,41 +149,32 @@ impl Inventory {
             column: None,
             message,
         };
-        let mut hosts: Vec<Host> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for item in hostlist::split_list(list) {
-            let (user, pattern) = match item.split_once('@') {
-                Some((user, pattern)) => (Some(user), pattern),
-                None => (None, item.as_str()),
-            };
-            if let Some(user) = user {
-                parse::check_user(user).map_err(|p| fail(p.message))?;
-            }
-            for name in hostlist::expand(pattern).map_err(|e| fail(e.to_string()))? {
-                parse::check_host_name(&name).map_err(|p| fail(p.message))?;
-                match index.get(&name) {
-                    Some(&i) if hosts[i].settings.user.as_deref() != user => {
-                        return Err(fail(format!("host {name} given with different users")));
-                    }
-                    Some(_) => {}
-                    None => {
-                        index.insert(name.clone(), hosts.len());
-                        hosts.push(Host {
-                            name,
-                            settings: HostSettings {
-                                user: user.map(str::to_owned),
-                                ..HostSettings::default()
-                            },
-                            groups: Vec::new(),
-                        });
-                    }
-                }
-            }
+        let mut hosts = AdHoc::default();
+        hosts.apply(list).map_err(fail)?;
+        hosts.finish().ok_or_else(|| fail("no hosts".to_owned()))
+    }
+
+    /// Hosts from a plain list file: one host string, range or NodeSet
+    /// expression per line, `#` comments (what pdsh's `-w ^FILE` reads).
+    pub fn plain_list(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        let mut hosts = AdHoc::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split_once('#').map_or(line, |(before, _)| before);
+            hosts
+                .apply(line)
+                .map_err(|message| InventoryError::Invalid {
+                    origin: origin.to_owned(),
+                    line: Some(n + 1),
+                    column: None,
+                    message,
+                })?;
         }
-        if hosts.is_empty() {
-            return Err(fail("no hosts".to_owned()));
-        }
-        Ok(Self::new(hosts, Vec::new()))
+        hosts.finish().ok_or_else(|| InventoryError::Invalid {
+            origin: origin.to_owned(),
+            line: None,
+            column: None,
+            message: "no hosts".to_owned(),
+        })
     }
 
     fn new(hosts: Vec<Host>, groups: Vec<Group>) -> Inventory {
@@ -197,6 +195,11 @@ impl Inventory {
         &self.hosts
     }
 
+    /// All hosts, in file order, without copying them.
+    pub fn into_hosts(self) -> Vec<Host> {
+        self.hosts
+    }
+
     /// Group names, in file order.
     pub fn group_names(&self) -> impl Iterator<Item = &str> {
         self.groups.iter().map(|group| group.name.as_str())
@@ -210,25 +213,34 @@ impl Inventory {
     /// none) minus the exclusions. A name that is not in the inventory is an
     /// error even when excluded, so that a typo cannot widen the selection.
     pub fn select(&self, patterns: &[String]) -> Result<Vec<Host>, InventoryError> {
-        let mut included: Option<Vec<bool>> = None;
-        let mut excluded = vec![false; self.hosts.len()];
-        for item in patterns.iter().flat_map(|p| hostlist::split_list(p)) {
-            let (marks, pattern) = match item.strip_prefix('!') {
-                Some(pattern) => (&mut excluded, pattern),
-                None => (
-                    included.get_or_insert_with(|| vec![false; self.hosts.len()]),
-                    item.as_str(),
-                ),
+        let count = self.hosts.len();
+        let mut union: Option<Vec<bool>> = None;
+        let mut filters: Vec<Vec<bool>> = Vec::new();
+        for pattern in patterns {
+            let operands = nodeset::operands(pattern);
+            let Some(&(first, _)) = operands.first() else {
+                continue;
             };
-            for i in self.matching(pattern)? {
-                marks[i] = true;
+            // A pattern that starts with an operator filters all hosts.
+            let filter = first != Op::Union;
+            let mut set = vec![filter; count];
+            for (op, operand) in operands {
+                let matched = self.matching(operand)?;
+                combine(&mut set, op, &matched);
+            }
+            if filter {
+                filters.push(set);
+            } else if let Some(union) = &mut union {
+                union.iter_mut().zip(&set).for_each(|(u, s)| *u |= s);
+            } else {
+                union = Some(set);
             }
         }
         let selected: Vec<Host> = self
             .hosts
             .iter()
             .enumerate()
-            .filter(|&(i, _)| included.as_ref().is_none_or(|inc| inc[i]) && !excluded[i])
+            .filter(|&(i, _)| union.as_ref().is_none_or(|u| u[i]) && filters.iter().all(|f| f[i]))
             .map(|(_, host)| host.clone())
             .collect();
         if selected.is_empty() {
@@ -250,12 +262,16 @@ impl Inventory {
         let mut matched = Vec::new();
         for pattern in hostlist::expand(item).map_err(InventoryError::BadPattern)? {
             if pattern.contains(['*', '?']) {
+                let before = matched.len();
                 let hosts = self.hosts.iter().enumerate();
                 matched.extend(
                     hosts
                         .filter(|(_, host)| glob_match(&pattern, &host.name))
                         .map(|(i, _)| i),
                 );
+                if matched.len() == before {
+                    return Err(InventoryError::NoMatch(pattern));
+                }
             } else {
                 match self.index.get(&pattern) {
                     Some(&i) => matched.push(i),
@@ -264,6 +280,152 @@ impl Inventory {
             }
         }
         Ok(matched)
+    }
+}
+
+/// Applies one operand's hosts to a selection.
+fn combine(set: &mut [bool], op: Op, matched: &[usize]) {
+    match op {
+        Op::Union => matched.iter().for_each(|&i| set[i] = true),
+        Op::Difference => matched.iter().for_each(|&i| set[i] = false),
+        Op::Intersection => {
+            let mut keep = vec![false; set.len()];
+            matched.iter().for_each(|&i| keep[i] = true);
+            set.iter_mut().zip(keep).for_each(|(s, k)| *s &= k);
+        }
+        Op::Symmetric => {
+            let mut seen = vec![false; set.len()];
+            for &i in matched {
+                if !std::mem::replace(&mut seen[i], true) {
+                    set[i] = !set[i];
+                }
+            }
+        }
+    }
+}
+
+/// Hosts of a `-w` list or a plain list file, as NodeSet expressions of
+/// host strings are applied to them; removed hosts keep their slot (dead)
+/// so that a host added back keeps its first place.
+#[derive(Default)]
+struct AdHoc {
+    hosts: Vec<Host>,
+    alive: Vec<bool>,
+    index: HashMap<String, usize>,
+}
+
+impl AdHoc {
+    /// Applies one expression.
+    fn apply(&mut self, expr: &str) -> Result<(), String> {
+        for (op, operand) in nodeset::operands(expr) {
+            let hosts = Self::expand(operand)?;
+            match op {
+                Op::Union => {
+                    for host in hosts {
+                        self.add(host)?;
+                    }
+                }
+                Op::Difference => {
+                    for host in hosts {
+                        if let Some(&i) = self.index.get(&host.name) {
+                            self.alive[i] = false;
+                        }
+                    }
+                }
+                Op::Intersection => {
+                    let keep: HashSet<String> = hosts.map(|h| h.name).collect();
+                    for (i, host) in self.hosts.iter().enumerate() {
+                        self.alive[i] &= keep.contains(&host.name);
+                    }
+                }
+                Op::Symmetric => {
+                    let mut seen = HashSet::new();
+                    for host in hosts {
+                        if !seen.insert(host.name.clone()) {
+                            continue;
+                        }
+                        match self.index.get(&host.name) {
+                            Some(&i) if self.alive[i] => self.alive[i] = false,
+                            _ => self.add(host)?,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The hosts one operand stands for, built one at a time as they are
+    /// used so that a million-host range is held once.
+    fn expand(operand: &str) -> Result<impl Iterator<Item = Host>, String> {
+        if let Some(group) = operand.strip_prefix('@') {
+            return Err(format!(
+                "@{group} is a group: groups need an inventory (--hosts FILE or PUSHRUN_HOSTS)"
+            ));
+        }
+        let hs = nodeset::host_string(operand)?;
+        if let Some(user) = hs.user {
+            parse::check_user(user).map_err(|p| p.message)?;
+        }
+        let names = if hs.ipv6 {
+            vec![hs.pattern.to_owned()]
+        } else {
+            hostlist::expand(hs.pattern).map_err(|e| e.to_string())?
+        };
+        for name in &names {
+            parse::check_host_name(name).map_err(|p| p.message)?;
+        }
+        let settings = Arc::new(HostSettings {
+            user: hs.user.map(str::to_owned),
+            port: hs.port,
+            ..HostSettings::default()
+        });
+        Ok(names.into_iter().map(move |name| Host {
+            name,
+            settings: Arc::clone(&settings),
+            groups: Vec::new(),
+        }))
+    }
+
+    fn add(&mut self, host: Host) -> Result<(), String> {
+        let Some(&i) = self.index.get(&host.name) else {
+            self.index.insert(host.name.clone(), self.hosts.len());
+            self.hosts.push(host);
+            self.alive.push(true);
+            return Ok(());
+        };
+        if !self.alive[i] {
+            self.hosts[i] = host;
+            self.alive[i] = true;
+            return Ok(());
+        }
+        let had = &self.hosts[i].settings;
+        if had.user != host.settings.user {
+            return Err(format!("host {} given with different users", host.name));
+        }
+        if had.port != host.settings.port {
+            return Err(format!("host {} given with different ports", host.name));
+        }
+        Ok(())
+    }
+
+    /// The live hosts, or `None` when there are none.
+    fn finish(self) -> Option<Inventory> {
+        if self.alive.iter().all(|&alive| alive) {
+            let index = self.index;
+            return (!self.hosts.is_empty()).then(|| Inventory {
+                hosts: self.hosts,
+                index,
+                groups: Vec::new(),
+            });
+        }
+        let hosts: Vec<Host> = self
+            .hosts
+            .into_iter()
+            .zip(self.alive)
+            .filter_map(|(host, alive)| alive.then_some(host))
+            .collect();
+        (!hosts.is_empty()).then(|| Inventory::new(hosts, Vec::new()))
     }
 }
 
@@ -467,7 +629,10 @@ mod tests {
             "bad host range \"web[3-1]\": reversed range in --limit"
         );
         assert_eq!(select_error(&fleet, &["web*,!web*"]), "no host selected");
-        assert_eq!(select_error(&fleet, &["zz*"]), "no host selected");
+        assert_eq!(
+            select_error(&fleet, &["zz*"]),
+            "no host matches zz* in --limit"
+        );
     }
 
     #[test]
@@ -495,7 +660,10 @@ mod tests {
             "-w: bad host range \"n[2-1]\": reversed range"
         );
         assert_eq!(error("root@a,a"), "-w: host a given with different users");
-        assert_eq!(error("@web"), "-w: bad user name \"\"");
+        assert_eq!(
+            error("@web"),
+            "-w: @web is a group: groups need an inventory (--hosts FILE or PUSHRUN_HOSTS)"
+        );
         assert_eq!(error("a b"), "-w: bad host name \"a b\"");
         assert_eq!(error("web*"), "-w: bad host name \"web*\"");
     }

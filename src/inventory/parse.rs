@@ -363,13 +363,14 @@ fn define_hosts(
     Ok(names)
 }
 
-/// Rejects names that ssh would misread (`-o…`) or that clash with list,
-/// user, glob or exclusion syntax.
+/// Rejects names that ssh would misread (`-o…`), that clash with list,
+/// user, glob or NodeSet syntax, or that hold characters no host name has
+/// (shell metacharacters, quotes, control characters).
 pub(super) fn check_host_name(name: &str) -> Result<(), Problem> {
     let bad = name.starts_with('-')
         || name
             .chars()
-            .any(|c| c.is_whitespace() || ",@*?![]".contains(c));
+            .any(|c| c.is_whitespace() || c.is_control() || ",@*?![]&^;$`'\"|<>(){}\\".contains(c));
     if bad {
         return Err(format!("bad host name {name:?}").into());
     }
@@ -582,7 +583,7 @@ mod tests {
             names(inventory.hosts()),
             ["node1", "web01", "web02", "web03"]
         );
-        assert_eq!(inventory.hosts()[1].settings, HostSettings::default());
+        assert_eq!(*inventory.hosts()[1].settings, HostSettings::default());
         assert!(inventory.hosts()[1].groups.is_empty());
         assert_eq!(inventory.group_names().count(), 0);
     }
@@ -593,7 +594,7 @@ mod tests {
             Inventory::parse("hosts:\n  - 127.0.1.1\n  - 127.0.1.2\n", "hosts.yaml").unwrap();
         assert_eq!(names(inventory.hosts()), ["127.0.1.1", "127.0.1.2"]);
         assert_eq!(inventory.hosts()[0].address(), "127.0.1.1");
-        assert_eq!(inventory.hosts()[0].settings, HostSettings::default());
+        assert_eq!(*inventory.hosts()[0].settings, HostSettings::default());
     }
 
     #[test]
@@ -632,7 +633,7 @@ mod tests {
         let node001 = host(&inventory, "node001");
         assert_eq!(node001.groups, ["web"]);
         assert_eq!(
-            node001.settings,
+            *node001.settings,
             HostSettings {
                 user: Some("admin".into()),
                 port: Some(2222),
@@ -646,7 +647,7 @@ mod tests {
         let node003 = host(&inventory, "node003");
         assert!(node003.groups.is_empty());
         assert_eq!(
-            node003.settings,
+            *node003.settings,
             HostSettings {
                 user: Some("admin".into()),
                 port: Some(2222),
@@ -669,7 +670,7 @@ mod tests {
         let extra1 = host(&inventory, "extra1");
         assert_eq!(extra1.groups, ["web", "othergroup"]);
         assert_eq!(
-            extra1.settings,
+            *extra1.settings,
             HostSettings {
                 user: Some("deploy".into()),
                 port: Some(2200),

@@ -222,7 +222,9 @@ fn prepare(plan: Plan, known: PathBuf) -> Result<Prepared, PlanError> {
     })?;
     let option = format!("UserKnownHostsFile={}", known.display());
     let fix = |mut h: Host| {
-        h.settings.ssh_options.insert(0, option.clone());
+        std::sync::Arc::make_mut(&mut h.settings)
+            .ssh_options
+            .insert(0, option.clone());
         h
     };
     let hosts: Vec<Host> = plan.hosts.into_iter().map(fix).collect();

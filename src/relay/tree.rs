@@ -152,7 +152,7 @@ pub(super) fn split(hosts: &[Host], hops: &[Host]) -> (Vec<HostId>, Vec<Subtree>
     let below = |h: &Host, top: &Host| {
         let mut h = h.clone();
         if h.settings.via.as_deref() == Some(top.name.as_str()) {
-            h.settings.via = None;
+            std::sync::Arc::make_mut(&mut h.settings).via = None;
         }
         h
     };

@@ -239,8 +239,7 @@ impl RelayTask {
         let mut relay = self.subtree.relay.clone();
         let agent = relay.settings.forward_agent == Some(true);
         if agent {
-            relay
-                .settings
+            std::sync::Arc::make_mut(&mut relay.settings)
                 .ssh_options
                 .insert(0, "ForwardAgent=yes".into());
         }
