@@ -16,13 +16,19 @@ use crate::session::{HostKeyChecking, Kex, SshOptions};
 /// Which hosts.
 #[derive(Debug, Args)]
 pub struct SelectArgs {
-    /// Inventory file (hosts.yaml).
+    /// Inventory file: pushrun's hosts.yaml, an Ansible inventory (YAML or
+    /// INI) or a plain list of hosts, told apart by content. Default:
+    /// $PUSHRUN_HOSTS, else ./hosts.yaml.
     #[arg(long, value_name = "FILE")]
     pub hosts: Option<PathBuf>,
-    /// Hosts to use, as a comma list with ranges (`node[01-10],db1`), like pdsh/clush -w.
-    /// With --hosts, selects these hosts from the inventory.
+    /// Hosts to use, as a NodeSet expression of host strings
+    /// (`ops@node[01-10]:2222,db1!db3`), like pdsh/clush -w; `^FILE` reads a
+    /// plain list. With an inventory, selects these hosts from it.
     #[arg(short = 'w', value_name = "LIST")]
     pub wlist: Vec<String>,
+    /// Exclude these hosts (a NodeSet expression, like pdsh/clush -x).
+    #[arg(short = 'x', value_name = "LIST")]
+    pub exclude: Vec<String>,
     /// Select hosts: names, ranges, globs, @group, !exclusion, comma lists.
     #[arg(long, value_name = "PATTERN")]
     pub limit: Vec<String>,
@@ -35,11 +41,21 @@ pub struct ConnectArgs {
     #[arg(long = "user", short = 'l', value_name = "USER")]
     pub user: Option<String>,
     /// How many hosts at once.
-    #[arg(long, short = 'f', default_value_t = 64, value_name = "N")]
+    #[arg(
+        long,
+        short = 'f',
+        default_value_t = 64,
+        value_name = "N",
+        env = "PUSHRUN_FORKS"
+    )]
     pub forks: usize,
     /// ssh configuration file (ssh -F).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "PUSHRUN_SSH_CONFIG")]
     pub ssh_config: Option<PathBuf>,
+    /// An ssh option for every host, `KEY=VALUE` (ssh -o); repeatable.
+    /// The inventory's own `ssh_options` come first and win.
+    #[arg(short = 'o', value_name = "KEY=VALUE")]
+    pub ssh_option: Vec<String>,
     /// Seconds to wait for a host to answer.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     pub connect_timeout: Duration,
@@ -111,10 +127,34 @@ impl SelectArgs {
     /// The selection, and the relays it is reached through that are not
     /// selected themselves (see `relay::hops`).
     pub fn select_with_hops(&self) -> Result<(Vec<Host>, Vec<Host>), Error> {
+        let env = std::env::var_os("PUSHRUN_HOSTS")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         let default = PathBuf::from("hosts.yaml");
+        let wlist = self.wlist.join(",");
+        // `-w` names hosts of its own unless it selects groups of an
+        // inventory given in the environment.
+        let groups = self
+            .wlist
+            .iter()
+            .any(|w| crate::inventory::names_a_group(w));
         let (inventory, mut patterns) = match (&self.hosts, self.wlist.is_empty()) {
             (Some(path), _) => (Inventory::load(path)?, self.wlist.clone()),
-            (None, false) => (Inventory::ad_hoc(&self.wlist.join(","))?, Vec::new()),
+            (None, false) if groups && env.is_some() => (
+                Inventory::load(env.as_deref().unwrap_or(&default))?,
+                self.wlist.clone(),
+            ),
+            (None, false) => match wlist.strip_prefix('^') {
+                Some(file) => (
+                    Inventory::load_plain(std::path::Path::new(file))?,
+                    Vec::new(),
+                ),
+                None => (Inventory::ad_hoc(&wlist)?, Vec::new()),
+            },
+            (None, true) if env.is_some() => (
+                Inventory::load(env.as_deref().unwrap_or(&default))?,
+                Vec::new(),
+            ),
             (None, true) if default.exists() => (Inventory::load(&default)?, Vec::new()),
             (None, true) => {
                 return Err(Error::Usage(
@@ -124,6 +164,14 @@ impl SelectArgs {
             }
         };
         patterns.extend(self.limit.iter().cloned());
+        for exclude in &self.exclude {
+            // Each item of -x is taken away on its own: `-x a,b` drops both.
+            patterns.extend(
+                crate::inventory::hostlist::split_list(exclude)
+                    .into_iter()
+                    .map(|item| format!("!{item}")),
+            );
+        }
         if inventory.hosts().iter().all(|h| h.settings.via.is_none()) {
             // No relays: no hops to find, and all hosts need no copy.
             let hosts = if patterns.is_empty() {
@@ -147,6 +195,12 @@ impl ConnectArgs {
                 std::sync::Arc::make_mut(&mut h.settings).user = Some(user.clone());
             }
         }
+        if !self.ssh_option.is_empty() {
+            for h in &mut hosts {
+                let options = &mut std::sync::Arc::make_mut(&mut h.settings).ssh_options;
+                options.extend(self.ssh_option.iter().cloned());
+            }
+        }
         hosts
     }
 
@@ -162,6 +216,19 @@ impl ConnectArgs {
     pub(super) fn check(&self) -> Result<SshOptions, Error> {
         if self.forks == 0 {
             return Err(Error::Usage("--forks must be at least 1".into()));
+        }
+        for option in &self.ssh_option {
+            let (key, value) = option.split_once(['=', ' ']).unwrap_or((option, ""));
+            let bad = |c: char| c.is_control() || c.is_whitespace();
+            if key.is_empty()
+                || value.is_empty()
+                || key.contains(bad)
+                || value.contains(char::is_control)
+            {
+                return Err(Error::Usage(format!(
+                    "-o {option:?}: expected an ssh option as KEY=VALUE"
+                )));
+            }
         }
         if let Some(bin) = &self.relay_binary
             && !bin.is_file()

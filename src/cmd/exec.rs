@@ -40,7 +40,7 @@ pub struct ExecArgs {
     pub payload: Option<PathBuf>,
     /// Where results go: `DIR/<run-id>/<host>/{stdout,stderr,exit_status,out/}` and
     /// `DIR/<run-id>/summary.json`. Default for payload runs: ./pushrun-results.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "PUSHRUN_RESULTS")]
     pub results: Option<PathBuf>,
     /// Do not keep the payload cached on the hosts: it lives in the run dir and goes with it.
     #[arg(long)]
@@ -84,9 +84,14 @@ pub struct ExecArgs {
     /// again on every host (until Ctrl-C, or convergence).
     #[arg(long)]
     pub watch: bool,
-    /// The command, after `--`; run by the login shell on each host. With
+    /// The command: everything from the first word that is not an option
+    /// (or after `--`); run by the login shell on each host. With
     /// --payload: the entry point's arguments.
-    #[arg(last = true, value_name = "COMMAND")]
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 

@@ -131,8 +131,29 @@ impl Inventory {
         }
     }
 
-    /// Parses inventory text; `origin` names it in messages.
+    /// Reads a plain list file (`-w ^FILE`); messages name `path` as given.
+    pub fn load_plain(path: &Path) -> Result<Inventory, InventoryError> {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::plain_list(&text, &origin),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(InventoryError::NotFound { origin })
+            }
+            Err(source) => Err(InventoryError::Unreadable { origin, source }),
+        }
+    }
+
+    /// Parses inventory text of any kind pushrun reads, told apart by
+    /// content: a plain list of host strings, or YAML.
     pub fn parse(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        if is_plain_list(text) {
+            return Self::plain_list(text, origin);
+        }
+        Self::parse_yaml(text, origin)
+    }
+
+    /// Parses pushrun's own YAML; `origin` names it in messages.
+    fn parse_yaml(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
         let text = &*parse::checked_text(text, origin)?;
         let raw = parse::read(text, origin)?;
         let (hosts, groups) =
@@ -281,6 +302,36 @@ impl Inventory {
         }
         Ok(matched)
     }
+}
+
+/// Whether a NodeSet expression has an `@group` operand.
+pub fn names_a_group(expr: &str) -> bool {
+    nodeset::operands(expr)
+        .iter()
+        .any(|(_, operand)| operand.starts_with('@'))
+}
+
+/// Whether inventory text is a plain list: one host string per line, with
+/// `#` comments, and nothing YAML would read as a list or mapping (nor
+/// words with spaces, which no host string has).
+fn is_plain_list(text: &str) -> bool {
+    let mut lines = text
+        .lines()
+        .map(|line| {
+            line.split_once('#')
+                .map_or(line, |(before, _)| before)
+                .trim()
+        })
+        .filter(|line| !line.is_empty())
+        .peekable();
+    lines.peek().is_some()
+        && lines.all(|line| {
+            let yaml = line.starts_with(['-', '{', '"', '\'', '&', '*', '!', '|', '>', '%'])
+                || line.ends_with(':')
+                || line.contains(char::is_whitespace);
+            let section = line.starts_with('[') && line.ends_with(']') && !line.contains(':');
+            !yaml && !section
+        })
 }
 
 /// Applies one operand's hosts to a selection.
