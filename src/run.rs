@@ -40,6 +40,8 @@ pub struct Plan {
     pub hops: Vec<Host>,
     /// `--relay-binary`.
     pub relay_binary: Option<PathBuf>,
+    /// Where the hosts came from, recorded in summary.json for `--rerun`.
+    pub selection: serde_json::Value,
 }
 
 /// Runs the plan on its hosts and reports it; the exit status is the
@@ -62,6 +64,7 @@ pub fn run(plan: Plan) -> Result<Exit, Error> {
         results: plan.results.clone(),
         log: plan.spec.converge.is_some(),
         paths: relay::paths(&plan.hosts, &plan.hops),
+        selection: plan.selection.clone(),
     };
     let reporter = Reporter::new(plan.output, names, info).map_err(|source| Error::ResultsDir {
         dir: plan

@@ -1,7 +1,7 @@
 //! The flag groups several subcommands share: which hosts, and how to reach
 //! them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +127,31 @@ impl SelectArgs {
     /// The selection, and the relays it is reached through that are not
     /// selected themselves (see `relay::hops`).
     pub fn select_with_hops(&self) -> Result<(Vec<Host>, Vec<Host>), Error> {
+        let (hosts, hops, _) = self.selection()?;
+        Ok((hosts, hops))
+    }
+
+    /// The selection, its hops, and where its hosts came from (recorded in
+    /// summary.json for `--rerun`).
+    pub fn selection(&self) -> Result<(Vec<Host>, Vec<Host>, Source), Error> {
+        let (source, mut patterns) = self.source()?;
+        let inventory = source.load()?;
+        patterns.extend(self.limit.iter().cloned());
+        for exclude in &self.exclude {
+            // Each item of -x is taken away on its own: `-x a,b` drops both.
+            patterns.extend(
+                crate::inventory::hostlist::split_list(exclude)
+                    .into_iter()
+                    .map(|item| format!("!{item}")),
+            );
+        }
+        let (hosts, hops) = select_hosts(inventory, Pick::Patterns(&patterns))?;
+        Ok((hosts, hops, source))
+    }
+
+    /// Where the hosts come from, and the `-w` patterns that select among
+    /// them when they come from an inventory.
+    fn source(&self) -> Result<(Source, Vec<String>), Error> {
         let env = std::env::var_os("PUSHRUN_HOSTS")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
@@ -138,53 +163,83 @@ impl SelectArgs {
             .wlist
             .iter()
             .any(|w| crate::inventory::names_a_group(w));
-        let (inventory, mut patterns) = match (&self.hosts, self.wlist.is_empty()) {
-            (Some(path), _) => (Inventory::load(path)?, self.wlist.clone()),
-            (None, false) if groups && env.is_some() => (
-                Inventory::load(env.as_deref().unwrap_or(&default))?,
-                self.wlist.clone(),
-            ),
-            (None, false) => match wlist.strip_prefix('^') {
-                Some(file) => (
-                    Inventory::load_plain(std::path::Path::new(file))?,
-                    Vec::new(),
-                ),
-                None => (Inventory::ad_hoc(&wlist)?, Vec::new()),
+        Ok(match (&self.hosts, env) {
+            (Some(path), _) => (Source::File(absolute(path)), self.wlist.clone()),
+            (None, Some(env)) if groups || self.wlist.is_empty() => {
+                (Source::File(absolute(&env)), self.wlist.clone())
+            }
+            (None, _) if !self.wlist.is_empty() => match wlist.strip_prefix('^') {
+                Some(file) => (Source::PlainList(absolute(Path::new(file))), Vec::new()),
+                None => (Source::List(wlist), Vec::new()),
             },
-            (None, true) if env.is_some() => (
-                Inventory::load(env.as_deref().unwrap_or(&default))?,
-                Vec::new(),
-            ),
-            (None, true) if default.exists() => (Inventory::load(&default)?, Vec::new()),
-            (None, true) => {
+            (None, _) if default.exists() => (Source::File(absolute(&default)), Vec::new()),
+            (None, _) => {
                 return Err(Error::Usage(
                     "no hosts: give --hosts FILE or -w LIST (no hosts.yaml in this directory)"
                         .into(),
                 ));
             }
-        };
-        patterns.extend(self.limit.iter().cloned());
-        for exclude in &self.exclude {
-            // Each item of -x is taken away on its own: `-x a,b` drops both.
-            patterns.extend(
-                crate::inventory::hostlist::split_list(exclude)
-                    .into_iter()
-                    .map(|item| format!("!{item}")),
-            );
-        }
-        if inventory.hosts().iter().all(|h| h.settings.via.is_none()) {
-            // No relays: no hops to find, and all hosts need no copy.
-            let hosts = if patterns.is_empty() {
-                inventory.into_hosts()
-            } else {
-                inventory.select(&patterns)?
-            };
-            return Ok((hosts, Vec::new()));
-        }
-        let hosts = inventory.select(&patterns)?;
-        let hops = crate::relay::hops(inventory.hosts(), &hosts).map_err(Error::Relays)?;
-        Ok((hosts, hops))
+        })
     }
+}
+
+/// Where a run's hosts came from: what `--rerun` loads again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An inventory file (`--hosts`, `PUSHRUN_HOSTS`, ./hosts.yaml).
+    File(PathBuf),
+    /// A plain list file (`-w ^FILE`).
+    PlainList(PathBuf),
+    /// A `-w` expression.
+    List(String),
+}
+
+impl Source {
+    /// Reads the hosts again.
+    pub fn load(&self) -> Result<Inventory, Error> {
+        Ok(match self {
+            Source::File(path) => Inventory::load(path)?,
+            Source::PlainList(path) => Inventory::load_plain(path)?,
+            Source::List(list) => Inventory::ad_hoc(list)?,
+        })
+    }
+}
+
+/// The path made absolute (as given if that fails), so that a rerun from
+/// another directory finds the same file.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Which hosts of an inventory.
+pub(super) enum Pick<'a> {
+    /// `--limit`/`-w`/`-x` patterns (all hosts when there are none).
+    Patterns(&'a [String]),
+    /// These names exactly (`--rerun`).
+    Names(&'a [String]),
+}
+
+/// Picks hosts from the inventory, and finds the relays they need.
+pub(super) fn select_hosts(
+    inventory: Inventory,
+    pick: Pick<'_>,
+) -> Result<(Vec<Host>, Vec<Host>), Error> {
+    let choose = |inventory: &Inventory| match pick {
+        Pick::Patterns(patterns) => inventory.select(patterns),
+        Pick::Names(names) => inventory.pick(names),
+    };
+    if inventory.hosts().iter().all(|h| h.settings.via.is_none()) {
+        // No relays: no hops to find, and all hosts need no copy.
+        let hosts = match pick {
+            Pick::Patterns([]) => inventory.into_hosts(),
+            _ => choose(&inventory)?,
+        };
+        return Ok((hosts, Vec::new()));
+    }
+    let hosts = choose(&inventory)?;
+    let hops = crate::relay::hops(inventory.hosts(), &hosts).map_err(Error::Relays)?;
+    Ok((hosts, hops))
 }
 
 impl ConnectArgs {

@@ -56,6 +56,7 @@ impl CleanArgs {
             run_id: run::new_run_id(),
             hops,
             relay_binary: self.connect.relay_binary.clone(),
+            selection: serde_json::Value::Null,
         })
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::access::{access_for, ask};
+use super::rerun::{self, Rerun};
 use super::{ConnectArgs, SelectArgs, onto, output_mode, parse_secs};
 use crate::auth::Access;
 use crate::error::{Error, Exit};
@@ -42,6 +43,11 @@ pub struct ExecArgs {
     /// `DIR/<run-id>/summary.json`. Default for payload runs: ./pushrun-results.
     #[arg(long, value_name = "DIR", env = "PUSHRUN_RESULTS")]
     pub results: Option<PathBuf>,
+    /// Run again on the hosts that ended so in the latest run in the
+    /// results dir (`--results`, default ./pushrun-results), with the
+    /// inventory and ssh config that run used.
+    #[arg(long, value_name = "WHICH", conflicts_with_all = ["hosts", "wlist"])]
+    pub rerun: Option<Rerun>,
     /// Do not keep the payload cached on the hosts: it lives in the run dir and goes with it.
     #[arg(long)]
     pub no_cache: bool,
@@ -124,11 +130,29 @@ pub fn run(args: &ExecArgs) -> Result<Exit, Error> {
 impl ExecArgs {
     /// Checks everything and builds the plan.
     pub fn plan(&self) -> Result<Plan, Error> {
-        let ssh = self.connect.check()?;
+        let mut ssh = self.connect.check()?;
         let pty = self.pty_mode()?;
         let run_id = run::new_run_id();
         let (job, results) = self.job(&run_id)?;
-        let (hosts, hops) = self.select.select_with_hops()?;
+        let (hosts, hops, selection) = match self.rerun {
+            Some(which) => {
+                let root = self.results.clone().unwrap_or_else(default_results);
+                let again = rerun::again(which, &root)?;
+                if ssh.config_file.is_none() {
+                    ssh.config_file = again.ssh_config;
+                }
+                (again.hosts, again.hops, again.selection)
+            }
+            None => {
+                let (hosts, hops, source) = self.select.selection()?;
+                let config = self.connect.ssh_config.as_deref().map(std::path::absolute);
+                let selection = serde_json::json!({
+                    "source": source,
+                    "ssh_config": config.and_then(Result::ok),
+                });
+                (hosts, hops, selection)
+            }
+        };
         let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         self.check_hosts(&hosts, &job)?;
         let access = self.access(&hosts, &job)?;
@@ -155,6 +179,7 @@ impl ExecArgs {
             run_id,
             hops,
             relay_binary: self.connect.relay_binary.clone(),
+            selection,
         })
     }
 

@@ -18,6 +18,10 @@ pub struct HostsArgs {
     /// Which hosts.
     #[command(flatten)]
     pub select: SelectArgs,
+    /// The hosts as one JSON array on stdout, each with its merged
+    /// settings and groups (for scripts, and for jq).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `pushrun hosts`: one line per host on stdout, their folded list
@@ -25,6 +29,12 @@ pub struct HostsArgs {
 pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     let (hosts, hops) = args.select.select_with_hops()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer(&mut out, &hosts).map_err(|e| Error::Output(e.into()))?;
+        writeln!(out).map_err(Error::Output)?;
+        out.flush().map_err(Error::Output)?;
+        return Ok(Exit::Ok);
+    }
     // Without relays the tree is flat: print it in one pass.
     let flat = hops.is_empty() && hosts.iter().all(|h| h.settings.via.is_none());
     let lines: Box<dyn Iterator<Item = String>> = if flat {

@@ -24,6 +24,7 @@ pub mod clean;
 pub mod exec;
 pub mod hosts;
 pub mod relay;
+mod rerun;
 
 pub use args::{ConnectArgs, SelectArgs};
 

@@ -102,6 +102,9 @@ pub enum InventoryError {
     /// A `--limit` range is malformed.
     #[error("{0} in --limit")]
     BadPattern(#[source] RangeError),
+    /// A host of the run `--rerun` reads is no longer in its inventory.
+    #[error("host {0} of the run to rerun is no longer in its inventory")]
+    Gone(String),
     /// A `--limit` glob matches no host of the inventory.
     #[error("no host matches {0} in --limit")]
     NoMatch(String),
@@ -268,6 +271,25 @@ impl Inventory {
             return Err(InventoryError::NoHostSelected);
         }
         Ok(selected)
+    }
+
+    /// These hosts, by exact name, in inventory order (`--rerun`).
+    pub fn pick(&self, names: &[String]) -> Result<Vec<Host>, InventoryError> {
+        let mut chosen = vec![false; self.hosts.len()];
+        for name in names {
+            let &i = self
+                .index
+                .get(name)
+                .ok_or_else(|| InventoryError::Gone(name.clone()))?;
+            chosen[i] = true;
+        }
+        Ok(self
+            .hosts
+            .iter()
+            .zip(chosen)
+            .filter(|&(_, chosen)| chosen)
+            .map(|(host, _)| host.clone())
+            .collect())
     }
 
     /// Indexes of the hosts one `--limit` item stands for.

@@ -55,6 +55,9 @@ pub struct RunInfo {
     /// Each host's place in the relay tree (`r1/node042`); `None` for a
     /// direct host (the list may be empty when no host has a relay).
     pub paths: Vec<Option<String>>,
+    /// Where the hosts came from, for summary.json's `selection` (what
+    /// `--rerun` reads back); `Null` to leave it out.
+    pub selection: Value,
 }
 
 /// What one output mode shows of the run.
@@ -131,6 +134,8 @@ pub struct Reporter {
     results: Option<ResultsDir>,
     /// What the relays did, for summary.json.
     relays: Vec<Value>,
+    /// See [`RunInfo::selection`].
+    selection: Value,
 }
 
 impl Reporter {
@@ -143,6 +148,7 @@ impl Reporter {
             results,
             log,
             paths,
+            selection,
         } = info;
         let results = match &results {
             Some(base) => Some(ResultsDir::create(base, &run_id, &names)?),
@@ -171,6 +177,7 @@ impl Reporter {
             interrupted: false,
             results,
             relays: Vec::new(),
+            selection,
         })
     }
 
@@ -242,7 +249,11 @@ impl Reporter {
             results: self.results.as_ref(),
         };
         if let Some(r) = &self.results {
-            r.finish(&ended.document(&self.run_id, &self.job, &self.relays))?;
+            let mut document = ended.document(&self.run_id, &self.job, &self.relays);
+            if !self.selection.is_null() {
+                document["selection"] = self.selection.clone();
+            }
+            r.finish(&document)?;
         }
         self.render.summary(&mut self.screen, &ended)?;
         Ok(summary)
