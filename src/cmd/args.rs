@@ -198,11 +198,15 @@ pub enum Source {
 impl Source {
     /// Reads the hosts again.
     pub fn load(&self) -> Result<Inventory, Error> {
-        Ok(match self {
+        let inventory = match self {
             Source::File(path) => Inventory::load(path)?,
             Source::PlainList(path) => Inventory::load_plain(path)?,
             Source::List(list) => Inventory::ad_hoc(list)?,
-        })
+        };
+        for note in inventory.notes() {
+            eprintln!("pushrun: note: {note}");
+        }
+        Ok(inventory)
     }
 }
 

@@ -11,7 +11,9 @@
 //! reading the file: the inventory is the start of the data flow, and the
 //! run, its sessions and its reports build on it, never the reverse.
 
+mod ansible;
 pub mod hostlist;
+mod limits;
 mod locate;
 mod merge;
 mod nodeset;
@@ -53,6 +55,8 @@ pub struct Inventory {
     hosts: Vec<Host>,
     index: HashMap<String, usize>,
     groups: Vec<Group>,
+    /// What the user should know about how the file was read.
+    notes: Vec<String>,
 }
 
 /// A group: its name, and every host in it, directly or through `@group`.
@@ -147,10 +151,20 @@ impl Inventory {
     }
 
     /// Parses inventory text of any kind pushrun reads, told apart by
-    /// content: a plain list of host strings, or YAML.
+    /// content: a plain list of host strings, an Ansible INI inventory,
+    /// an Ansible YAML inventory, or pushrun's own YAML.
     pub fn parse(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        limits::check(text, origin)?;
         if is_plain_list(text) {
             return Self::plain_list(text, origin);
+        }
+        if ansible::is_ini(text) {
+            return ansible::parse_ini(text, origin);
+        }
+        if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text)
+            && ansible::is_yaml(&doc)
+        {
+            return ansible::parse_yaml(&doc, text, origin);
         }
         Self::parse_yaml(text, origin)
     }
@@ -211,7 +225,14 @@ impl Inventory {
             hosts,
             index,
             groups,
+            notes: Vec::new(),
         }
+    }
+
+    /// Notes on how the file was read (Ansible variables ignored), for
+    /// the user.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// All hosts, in file order.
@@ -490,6 +511,7 @@ impl AdHoc {
                 hosts: self.hosts,
                 index,
                 groups: Vec::new(),
+                notes: Vec::new(),
             });
         }
         let hosts: Vec<Host> = self
