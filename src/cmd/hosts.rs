@@ -47,7 +47,8 @@ pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     }
     out.flush().map_err(Error::Output)?;
     drop(out);
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    drop(hops);
+    let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
     eprintln!("pushrun: {} hosts: {}", names.len(), hostlist::fold(&names));
     Ok(Exit::Ok)
 }

@@ -110,30 +110,35 @@ pub fn split_list(list: &str) -> Vec<String> {
 /// first appearance, numbers in numeric order, and a group of one is shown
 /// plain. `expand(&fold(names))` gives back every name.
 pub fn fold(names: &[String]) -> String {
-    let mut seen = HashSet::new();
-    let unique: Vec<(&str, Option<Numbered<'_>>)> = names
+    // Only the first of repeated names; each name is split again where it
+    // is needed rather than kept split, so that a million names fold in
+    // little more memory than they take.
+    let mut seen = HashSet::with_capacity(names.len());
+    let unique: Vec<&str> = names
         .iter()
         .map(String::as_str)
         .filter(|name| seen.insert(*name))
-        .map(|name| (name, Numbered::split(name)))
         .collect();
+    drop(seen);
 
     // Zero-padded numbers fix their width; others join the widest padded
     // class they fit in, so that `n09,n10` fold together.
     let mut padded: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-    for numbered in unique.iter().filter_map(|(_, n)| n.as_ref()) {
+    for numbered in unique.iter().filter_map(|name| Numbered::split(name)) {
         if numbered.is_padded() {
-            padded
+            let widths = padded
                 .entry((numbered.prefix, numbered.suffix))
-                .or_default()
-                .push(numbered.digits.len());
+                .or_default();
+            if !widths.contains(&numbered.digits.len()) {
+                widths.push(numbered.digits.len());
+            }
         }
     }
 
     let mut groups: Vec<Group<'_>> = Vec::new();
     let mut index: HashMap<GroupKey<'_>, usize> = HashMap::new();
-    for (name, numbered) in unique {
-        let (key, number) = match numbered {
+    for name in unique {
+        let (key, number) = match Numbered::split(name) {
             None => (GroupKey::Plain(name), None),
             Some(n) => {
                 let width = if n.is_padded() {

@@ -11,8 +11,10 @@
 //! reading the file: the inventory is the start of the data flow, and the
 //! run, its sessions and its reports build on it, never the reverse.
 
+mod adhoc;
 mod ansible;
 pub mod hostlist;
+mod index;
 mod limits;
 mod locate;
 mod merge;
@@ -20,12 +22,14 @@ mod nodeset;
 mod parse;
 mod settings;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use adhoc::AdHoc;
 use hostlist::RangeError;
+use index::NameIndex;
 use nodeset::Op;
 pub use settings::{HostSettings, PtySetting};
 
@@ -53,7 +57,7 @@ impl Host {
 #[derive(Debug, Clone)]
 pub struct Inventory {
     hosts: Vec<Host>,
-    index: HashMap<String, usize>,
+    index: NameIndex,
     groups: Vec<Group>,
     /// What the user should know about how the file was read.
     notes: Vec<String>,
@@ -216,11 +220,7 @@ impl Inventory {
     }
 
     fn new(hosts: Vec<Host>, groups: Vec<Group>) -> Inventory {
-        let index = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, host)| (host.name.clone(), i))
-            .collect();
+        let index = NameIndex::of(&hosts);
         Inventory {
             hosts,
             index,
@@ -298,9 +298,9 @@ impl Inventory {
     pub fn pick(&self, names: &[String]) -> Result<Vec<Host>, InventoryError> {
         let mut chosen = vec![false; self.hosts.len()];
         for name in names {
-            let &i = self
+            let i = self
                 .index
-                .get(name)
+                .get(&self.hosts, name)
                 .ok_or_else(|| InventoryError::Gone(name.clone()))?;
             chosen[i] = true;
         }
@@ -337,8 +337,8 @@ impl Inventory {
                     return Err(InventoryError::NoMatch(pattern));
                 }
             } else {
-                match self.index.get(&pattern) {
-                    Some(&i) => matched.push(i),
+                match self.index.get(&self.hosts, &pattern) {
+                    Some(i) => matched.push(i),
                     None => return Err(InventoryError::UnknownHost(pattern)),
                 }
             }
@@ -395,132 +395,6 @@ fn combine(set: &mut [bool], op: Op, matched: &[usize]) {
                 }
             }
         }
-    }
-}
-
-/// Hosts of a `-w` list or a plain list file, as NodeSet expressions of
-/// host strings are applied to them; removed hosts keep their slot (dead)
-/// so that a host added back keeps its first place.
-#[derive(Default)]
-struct AdHoc {
-    hosts: Vec<Host>,
-    alive: Vec<bool>,
-    index: HashMap<String, usize>,
-}
-
-impl AdHoc {
-    /// Applies one expression.
-    fn apply(&mut self, expr: &str) -> Result<(), String> {
-        for (op, operand) in nodeset::operands(expr) {
-            let hosts = Self::expand(operand)?;
-            match op {
-                Op::Union => {
-                    for host in hosts {
-                        self.add(host)?;
-                    }
-                }
-                Op::Difference => {
-                    for host in hosts {
-                        if let Some(&i) = self.index.get(&host.name) {
-                            self.alive[i] = false;
-                        }
-                    }
-                }
-                Op::Intersection => {
-                    let keep: HashSet<String> = hosts.map(|h| h.name).collect();
-                    for (i, host) in self.hosts.iter().enumerate() {
-                        self.alive[i] &= keep.contains(&host.name);
-                    }
-                }
-                Op::Symmetric => {
-                    let mut seen = HashSet::new();
-                    for host in hosts {
-                        if !seen.insert(host.name.clone()) {
-                            continue;
-                        }
-                        match self.index.get(&host.name) {
-                            Some(&i) if self.alive[i] => self.alive[i] = false,
-                            _ => self.add(host)?,
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The hosts one operand stands for, built one at a time as they are
-    /// used so that a million-host range is held once.
-    fn expand(operand: &str) -> Result<impl Iterator<Item = Host>, String> {
-        if let Some(group) = operand.strip_prefix('@') {
-            return Err(format!(
-                "@{group} is a group: groups need an inventory (--hosts FILE or PUSHRUN_HOSTS)"
-            ));
-        }
-        let hs = nodeset::host_string(operand)?;
-        if let Some(user) = hs.user {
-            parse::check_user(user).map_err(|p| p.message)?;
-        }
-        let names = if hs.ipv6 {
-            vec![hs.pattern.to_owned()]
-        } else {
-            hostlist::expand(hs.pattern).map_err(|e| e.to_string())?
-        };
-        for name in &names {
-            parse::check_host_name(name).map_err(|p| p.message)?;
-        }
-        let settings = Arc::new(HostSettings {
-            user: hs.user.map(str::to_owned),
-            port: hs.port,
-            ..HostSettings::default()
-        });
-        Ok(names.into_iter().map(move |name| Host {
-            name,
-            settings: Arc::clone(&settings),
-            groups: Vec::new(),
-        }))
-    }
-
-    fn add(&mut self, host: Host) -> Result<(), String> {
-        let Some(&i) = self.index.get(&host.name) else {
-            self.index.insert(host.name.clone(), self.hosts.len());
-            self.hosts.push(host);
-            self.alive.push(true);
-            return Ok(());
-        };
-        if !self.alive[i] {
-            self.hosts[i] = host;
-            self.alive[i] = true;
-            return Ok(());
-        }
-        let had = &self.hosts[i].settings;
-        if had.user != host.settings.user {
-            return Err(format!("host {} given with different users", host.name));
-        }
-        if had.port != host.settings.port {
-            return Err(format!("host {} given with different ports", host.name));
-        }
-        Ok(())
-    }
-
-    /// The live hosts, or `None` when there are none.
-    fn finish(self) -> Option<Inventory> {
-        if self.alive.iter().all(|&alive| alive) {
-            let index = self.index;
-            return (!self.hosts.is_empty()).then(|| Inventory {
-                hosts: self.hosts,
-                index,
-                groups: Vec::new(),
-                notes: Vec::new(),
-            });
-        }
-        let hosts: Vec<Host> = self
-            .hosts
-            .into_iter()
-            .zip(self.alive)
-            .filter_map(|(host, alive)| alive.then_some(host))
-            .collect();
-        (!hosts.is_empty()).then(|| Inventory::new(hosts, Vec::new()))
     }
 }
 
