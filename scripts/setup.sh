@@ -2,7 +2,8 @@
 # setup.sh: installs what the tests and the demo need on a Debian machine, when missing:
 # OpenSSH's server and client (the test hosts are real sshd processes on loopback),
 # util-linux (unshare, mount: each test host gets its own hostname and /tmp), procps,
-# busybox (the remote scripts are also tested with nothing but busybox's tools) and sudo
+# busybox (the remote scripts are also tested with nothing but busybox's tools), ClusterShell
+# (the reference for NodeSet expressions) and sudo
 # (as root, every test host has its own /etc/sudoers and a test user whose sudo rights
 # vary by host, so that privilege escalation is tested against the real sudo), and
 # ShellCheck, with which scripts/test.sh lints every shell file the project ships; and
@@ -24,6 +25,8 @@ if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
 if ! have sudo; then missing+=(sudo); fi
 # scripts/test.sh's lint step
 if ! have shellcheck; then missing+=(shellcheck); fi
+# ClusterShell, whose NodeSet expansion the inventory tests compare pushrun's with
+if ! /usr/bin/python3 -c 'import ClusterShell.NodeSet' > /dev/null 2>&1; then missing+=(clustershell); fi
 
 components=()
 if ! cargo fmt --version > /dev/null 2>&1; then components+=(rustfmt); fi

@@ -158,7 +158,7 @@ impl SelectArgs {
         let default = PathBuf::from("hosts.yaml");
         let wlist = self.wlist.join(",");
         // `-w` names hosts of its own unless it selects groups of an
-        // inventory given in the environment.
+        // inventory (the environment's, or ./hosts.yaml).
         let groups = self
             .wlist
             .iter()
@@ -167,6 +167,9 @@ impl SelectArgs {
             (Some(path), _) => (Source::File(absolute(path)), self.wlist.clone()),
             (None, Some(env)) if groups || self.wlist.is_empty() => {
                 (Source::File(absolute(&env)), self.wlist.clone())
+            }
+            (None, None) if groups && default.exists() => {
+                (Source::File(absolute(&default)), self.wlist.clone())
             }
             (None, _) if !self.wlist.is_empty() => match wlist.strip_prefix('^') {
                 Some(file) => (Source::PlainList(absolute(Path::new(file))), Vec::new()),

@@ -24,26 +24,25 @@ pub struct HostsArgs {
     pub json: bool,
 }
 
-/// Runs `pushrun hosts`: one line per host on stdout, their folded list
-/// on stderr.
+/// Runs `pushrun hosts`: one line per host (or a JSON array) on stdout,
+/// their folded list on stderr.
 pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     let (hosts, hops) = args.select.select_with_hops()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer(&mut out, &hosts).map_err(|e| Error::Output(e.into()))?;
         writeln!(out).map_err(Error::Output)?;
-        out.flush().map_err(Error::Output)?;
-        return Ok(Exit::Ok);
-    }
-    // Without relays the tree is flat: print it in one pass.
-    let flat = hops.is_empty() && hosts.iter().all(|h| h.settings.via.is_none());
-    let lines: Box<dyn Iterator<Item = String>> = if flat {
-        Box::new(hosts.iter().map(describe))
     } else {
-        Box::new(relay::tree(&hosts, &hops, describe).into_iter())
-    };
-    for line in lines {
-        writeln!(out, "{line}").map_err(Error::Output)?;
+        // Without relays the tree is flat: print it in one pass.
+        let flat = hops.is_empty() && hosts.iter().all(|h| h.settings.via.is_none());
+        let lines: Box<dyn Iterator<Item = String>> = if flat {
+            Box::new(hosts.iter().map(describe))
+        } else {
+            Box::new(relay::tree(&hosts, &hops, describe).into_iter())
+        };
+        for line in lines {
+            writeln!(out, "{line}").map_err(Error::Output)?;
+        }
     }
     out.flush().map_err(Error::Output)?;
     drop(out);

@@ -68,7 +68,7 @@ impl AdHoc {
     fn expand(operand: &str) -> Result<impl Iterator<Item = Host>, String> {
         if let Some(group) = operand.strip_prefix('@') {
             return Err(format!(
-                "@{group} is a group: groups need an inventory (--hosts FILE or PUSHRUN_HOSTS)"
+                "@{group} is a group: groups need an inventory (--hosts FILE, PUSHRUN_HOSTS or ./hosts.yaml)"
             ));
         }
         let hs = nodeset::host_string(operand)?;

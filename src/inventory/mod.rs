@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(error("root@a,a"), "-w: host a given with different users");
         assert_eq!(
             error("@web"),
-            "-w: @web is a group: groups need an inventory (--hosts FILE or PUSHRUN_HOSTS)"
+            "-w: @web is a group: groups need an inventory (--hosts FILE, PUSHRUN_HOSTS or ./hosts.yaml)"
         );
         assert_eq!(error("a b"), "-w: bad host name \"a b\"");
         assert_eq!(error("web*"), "-w: bad host name \"web*\"");

@@ -131,7 +131,7 @@ fn bad_host_strings_are_refused_with_one_line() {
         ),
         (
             "@web",
-            "pushrun: -w: @web is a group: groups need an inventory (--hosts FILE or PUSHRUN_HOSTS)\n",
+            "pushrun: -w: @web is a group: groups need an inventory (--hosts FILE, PUSHRUN_HOSTS or ./hosts.yaml)\n",
         ),
     ] {
         let run = hosts_in(dir.path(), &["-w", list]);
@@ -353,4 +353,64 @@ fn rerun_failed_selects_the_hosts_that_failed() {
         "{}",
         run.stderr
     );
+}
+
+/// README.md's own inventory files (the fenced blocks whose first line is
+/// `# file: NAME`) and its selection examples, each line of the form
+/// `pushrun hosts … # → FOLDED LIST`.
+#[test]
+fn readme_selection_examples_select_what_they_say() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = 0;
+    for block in readme.split("```").skip(1).step_by(2) {
+        let body = block.split_once('\n').map_or("", |(_, body)| body);
+        if let Some(name) = body.lines().next().and_then(|l| l.strip_prefix("# file: ")) {
+            std::fs::write(dir.path().join(name.trim()), body).unwrap();
+            files += 1;
+        }
+    }
+    assert_eq!(
+        files, 3,
+        "hosts.yaml, inventory.ini and hosts.txt in README.md"
+    );
+    let marker = "contacts nothing and prints the hosts it selects";
+    let section = &readme[readme.find(marker).expect("the examples in README.md")..];
+    let block = section.split("```sh\n").nth(1).unwrap();
+    let block = &block[..block.find("```").unwrap()];
+    let bin = Path::new(env!("CARGO_BIN_EXE_pushrun")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut examples = 0;
+    for line in block.lines() {
+        let (command, want) = line.split_once("# → ").expect("a `# → hosts` comment");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env_remove("PUSHRUN_HOSTS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let run = to_run(out);
+        assert_eq!(run.code, 0, "{command}: {}", run.all());
+        let folded = run
+            .stderr
+            .lines()
+            .last()
+            .and_then(|l| l.split_once(" hosts: "));
+        assert_eq!(
+            folded.map(|(_, hosts)| hosts),
+            Some(want.trim()),
+            "{command}: {}",
+            run.all()
+        );
+        examples += 1;
+    }
+    assert!(examples >= 10, "{examples} examples");
 }
