@@ -326,4 +326,36 @@ mod tests {
         assert_eq!(a.pty, Some(PtyMode::Auto));
         assert_eq!(a.command, vec!["true".to_string()]);
     }
+
+    #[test]
+    fn the_command_may_follow_without_dashes() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Exec(a) = cli.command else {
+                panic!("not exec")
+            };
+            a
+        };
+        let a = parse(&[
+            "pushrun",
+            "exec",
+            "-w",
+            "web[1-3]",
+            "-x",
+            "web2",
+            "-o",
+            "Compression=yes",
+            "uptime",
+            "-x",
+            "--all",
+        ]);
+        assert_eq!(a.command, ["uptime", "-x", "--all"]);
+        assert_eq!(a.select.exclude, ["web2"]);
+        assert_eq!(a.connect.ssh_option, ["Compression=yes"]);
+        let a = parse(&["pushrun", "exec", "-w", "a", "--", "-weird", "arg"]);
+        assert_eq!(a.command, ["-weird", "arg"]);
+        let a = parse(&["pushrun", "exec", "--rerun", "not-ok", "--", "true"]);
+        assert_eq!(a.rerun, Some(Rerun::NotOk));
+        assert!(Cli::try_parse_from(["pushrun", "exec", "--rerun", "failed", "-w", "a"]).is_err());
+    }
 }

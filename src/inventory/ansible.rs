@@ -538,7 +538,8 @@ pub(super) fn parse_ini(text: &str, origin: &str) -> Result<Inventory, Inventory
 }
 
 /// Whether a YAML document is an Ansible inventory: a mapping of group
-/// names (not pushrun's own top-level keys) to `hosts`/`children`/`vars`.
+/// names (not only pushrun's own top-level keys) to mappings, one at
+/// least with `hosts`, `children` or `vars`.
 pub(super) fn is_yaml(doc: &Value) -> bool {
     let Value::Mapping(top) = doc else {
         return false;
@@ -547,9 +548,11 @@ pub(super) fn is_yaml(doc: &Value) -> bool {
     let mut keys = top.keys();
     !top.is_empty()
         && !keys.all(|k| k.as_str().is_some_and(|k| own.contains(&k)))
-        && top.values().all(|v| match v {
-            Value::Null => true,
-            Value::Mapping(m) => m.keys().all(|k| {
+        && top
+            .values()
+            .all(|v| matches!(v, Value::Null | Value::Mapping(_)))
+        && top.values().any(|v| match v {
+            Value::Mapping(m) => m.keys().any(|k| {
                 k.as_str()
                     .is_some_and(|k| ["hosts", "children", "vars"].contains(&k))
             }),
@@ -723,4 +726,128 @@ fn finish(model: Model, origin: &str) -> Result<Inventory, InventoryError> {
         ));
     }
     Ok(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::inventory::Inventory;
+
+    fn load(text: &str) -> Inventory {
+        Inventory::parse(text, "inv").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn error(text: &str) -> String {
+        match Inventory::parse(text, "inv") {
+            Ok(inventory) => panic!("parsed: {:?}", inventory.hosts()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn names(inventory: &Inventory) -> Vec<&str> {
+        inventory.hosts().iter().map(|h| h.name.as_str()).collect()
+    }
+
+    #[test]
+    fn ansible_ranges() {
+        let inventory = load("[web]\nwww[01:03:2].example.com\ndb-[a:c]\nn[8:10]:2200\n");
+        assert_eq!(
+            names(&inventory),
+            [
+                "www01.example.com",
+                "www03.example.com",
+                "db-a",
+                "db-b",
+                "db-c",
+                "n8",
+                "n9",
+                "n10"
+            ]
+        );
+        assert_eq!(inventory.hosts()[7].settings.port, Some(2200));
+        assert_eq!(
+            error("[web]\nn[3:1]\n"),
+            "inv:2: bad host range \"n[3:1]\": reversed range"
+        );
+    }
+
+    #[test]
+    fn variables_layer_as_in_ansible() {
+        let inventory = load(
+            "all:
+  vars:
+    ansible_user: base
+    ROLE: any
+  children:
+    prod:
+      vars:
+        ROLE: prod
+        ansible_port: 2200
+      children:
+        web:
+          vars:
+            ROLE: web
+          hosts:
+            w1:
+              ansible_host: 10.0.0.1
+              ansible_ssh_common_args: '-o ProxyJump=bastion -oCompression=yes'
+              ansible_python_interpreter: /usr/bin/python3
+            w2:
+              ROLE: mine
+              ansible_become: yes
+              ansible_become_password: \"{{ lookup('env', 'W2_SUDO') }}\"
+",
+        );
+        let [w1, w2] = inventory.hosts() else {
+            panic!("{:?}", inventory.hosts())
+        };
+        assert_eq!(w1.address(), "10.0.0.1");
+        assert_eq!(w1.settings.user.as_deref(), Some("base"));
+        assert_eq!(w1.settings.port, Some(2200));
+        assert_eq!(w1.settings.vars["ROLE"], "web");
+        assert_eq!(
+            w1.settings.ssh_options,
+            ["ProxyJump=bastion", "Compression=yes"]
+        );
+        assert_eq!(w1.groups, ["prod", "web"]);
+        assert_eq!(w2.settings.vars["ROLE"], "mine");
+        assert_eq!(w2.settings.become_, Some(true));
+        assert_eq!(w2.settings.become_password_env.as_deref(), Some("W2_SUDO"));
+        assert_eq!(
+            inventory.notes(),
+            [
+                "inv: Ansible variables pushrun has no use for are ignored: ansible_python_interpreter"
+            ]
+        );
+        let prod = inventory.select(&["@prod".to_owned()]).unwrap();
+        assert_eq!(prod.len(), 2);
+    }
+
+    #[test]
+    fn inline_secrets_and_bad_values_are_refused_at_their_line() {
+        let refused = error("[web]\nw1\nw2 ansible_password=hunter2\n");
+        assert!(
+            refused.starts_with("inv:3: ansible_password: inline passwords are refused"),
+            "{refused}"
+        );
+        assert_eq!(
+            error("[web]\nw1 ansible_port=http\n"),
+            "inv:2: ansible_port: \"http\" is not a port"
+        );
+        assert_eq!(
+            error("[web]\nw1 ansible_ssh_extra_args='-A'\n"),
+            "inv:2: ansible_ssh_extra_args: \"-A\": only -o options are taken (pushrun owns ssh's other flags)"
+        );
+        assert_eq!(
+            error("[web]\nw1 port\n"),
+            "inv:2: \"port\": expected key=value after the host"
+        );
+        assert_eq!(
+            error("web:\n  hosts:\n    a;b:\n"),
+            "inv:3: bad host name \"a;b\""
+        );
+        assert_eq!(
+            error("db:\n  hosts:\n    d:\nweb:\n  host:\n    a:\n"),
+            "inv:5: unknown key \"host\" in group web (expected hosts, children, vars)"
+        );
+    }
 }
