@@ -183,7 +183,7 @@ impl Inventory {
     }
 
     /// Hosts from a pdsh/clush style `-w` list: a NodeSet expression
-    /// (see [`nodeset`]) of host strings (`user@host:port`, ranges).
+    /// (ClusterShell's operators, see the README) of host strings (`user@host:port`, ranges).
     pub fn ad_hoc(list: &str) -> Result<Inventory, InventoryError> {
         let fail = |message: String| InventoryError::Invalid {
             origin: "-w".to_owned(),
