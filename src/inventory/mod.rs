@@ -638,6 +638,31 @@ mod tests {
     }
 
     #[test]
+    fn host_strings_as_inventory_keys() {
+        let inventory = parse(&[
+            "hosts:",
+            "  ops@db1:2222:",
+            "  web[1-2]:2200: {user: www}",
+            "  ops@web3: {port: 22}",
+            "  \"[::1]:2022\":",
+        ]);
+        let at = |name: &str| {
+            let s = &host(&inventory, name).settings;
+            (s.user.clone(), s.port)
+        };
+        assert_eq!(at("db1"), (Some("ops".into()), Some(2222)));
+        assert_eq!(at("web2"), (Some("www".into()), Some(2200)));
+        assert_eq!(at("web3"), (Some("ops".into()), Some(22)));
+        assert_eq!(at("::1"), (None, Some(2022)));
+        assert_eq!(
+            error(&["hosts:", "  db1:x:"]),
+            "hosts.yaml:2: bad port \"x\" in \"db1:x\""
+        );
+        let list = parse(&["- ops@a:2200", "- b"]);
+        assert_eq!(host(&list, "a").settings.port, Some(2200));
+    }
+
+    #[test]
     fn glob_matching() {
         assert!(glob_match("web*", "web01"));
         assert!(glob_match("web*", "web"));

@@ -330,16 +330,38 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
     }
 }
 
-/// Hosts from a plain list, without settings of their own.
-fn plain_hosts(names: Vec<Vec<String>>) -> Vec<RawHost> {
-    names
-        .into_iter()
-        .flatten()
-        .map(|name| RawHost {
-            name,
-            settings: HostSettings::default(),
+/// Hosts from a plain list, with only what their host strings carry.
+fn plain_hosts(keys: Vec<HostKey>) -> Vec<RawHost> {
+    keys.into_iter()
+        .flat_map(|key| {
+            let settings = key.settings(HostSettings::default());
+            key.names.into_iter().map(move |name| RawHost {
+                name,
+                settings: settings.clone(),
+            })
         })
         .collect()
+}
+
+/// A host key or list item: its names, and the user and port a host
+/// string (`ops@db1:2222`) gives them.
+pub(super) struct HostKey {
+    names: Vec<String>,
+    user: Option<String>,
+    port: Option<u16>,
+}
+
+impl HostKey {
+    /// `settings`, with the key's user and port where they say none.
+    fn settings(&self, mut settings: HostSettings) -> HostSettings {
+        if settings.user.is_none() {
+            settings.user.clone_from(&self.user);
+        }
+        if settings.port.is_none() {
+            settings.port = self.port;
+        }
+        settings
+    }
 }
 
 /// Expands a host key or list item, checking names and duplicates against
@@ -348,11 +370,19 @@ fn define_hosts(
     text: &str,
     path: &[Step],
     defined: &mut HashMap<String, NodePath>,
-) -> Result<Vec<String>, Problem> {
+) -> Result<HostKey, Problem> {
     if is_null(text) {
         return Err("empty host name".into());
     }
-    let names = hostlist::expand(text).map_err(|e| Problem::new(e.to_string()))?;
+    let hs = super::nodeset::host_string(text).map_err(Problem::new)?;
+    if let Some(user) = hs.user {
+        check_user(user)?;
+    }
+    let names = if hs.ipv6 {
+        vec![hs.pattern.to_owned()]
+    } else {
+        hostlist::expand(hs.pattern).map_err(|e| Problem::new(e.to_string()))?
+    };
     for name in &names {
         check_host_name(name)?;
         if let Some(first) = defined.get(name) {
@@ -360,7 +390,11 @@ fn define_hosts(
         }
         defined.insert(name.clone(), path.to_vec());
     }
-    Ok(names)
+    Ok(HostKey {
+        names,
+        user: hs.user.map(str::to_owned),
+        port: hs.port,
+    })
 }
 
 /// Rejects names that ssh would misread (`-o…`), that clash with list,
@@ -426,16 +460,17 @@ impl<'de> Visitor<'de> for HostsSeed<'_> {
         let mut defined = HashMap::new();
         let mut hosts = Vec::new();
         let mut entry = 0;
-        while let Some((key, names)) = map.next_key_seed(scalar(ctx, "host name", |text| {
+        while let Some((key, host_key)) = map.next_key_seed(scalar(ctx, "host name", |text| {
             let path = [Step::Key("hosts"), Step::Entry(entry)];
             Ok((text.to_owned(), define_hosts(text, &path, &mut defined)?))
         }))? {
             let owner = Owner::Host {
                 key: &key,
-                count: names.len(),
+                count: host_key.names.len(),
             };
             let settings = map.next_value_seed(SettingsSeed { ctx, owner })?.settings;
-            hosts.extend(names.into_iter().map(|name| RawHost {
+            let settings = host_key.settings(settings);
+            hosts.extend(host_key.names.into_iter().map(|name| RawHost {
                 name,
                 settings: settings.clone(),
             }));
