@@ -5,6 +5,8 @@
 //! or huge, so text beyond these limits is refused at once, naming the
 //! line where the limit is crossed.
 
+use std::path::Path;
+
 use super::InventoryError;
 
 /// The largest inventory file read.
@@ -12,6 +14,26 @@ pub(super) const MAX_BYTES: usize = 64 << 20;
 
 /// The deepest nesting of brackets, braces or indentation levels.
 pub(super) const MAX_DEPTH: usize = 64;
+
+/// Refuses a file too big to be an inventory before reading it (a file
+/// that cannot be looked at is left to the reading to report).
+pub(super) fn check_size(path: &Path, origin: &str) -> Result<(), InventoryError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() > MAX_BYTES as u64 => {
+            Err(too_big(meta.len(), origin))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn too_big(len: u64, origin: &str) -> InventoryError {
+    InventoryError::Invalid {
+        origin: origin.to_owned(),
+        line: None,
+        column: None,
+        message: format!("{len} bytes: larger than any inventory (limit {MAX_BYTES})"),
+    }
+}
 
 /// Refuses text that is too big or nested too deep.
 pub(super) fn check(text: &str, origin: &str) -> Result<(), InventoryError> {
@@ -22,13 +44,7 @@ pub(super) fn check(text: &str, origin: &str) -> Result<(), InventoryError> {
         message,
     };
     if text.len() > MAX_BYTES {
-        return Err(fail(
-            None,
-            format!(
-                "{} bytes: larger than any inventory (limit {MAX_BYTES})",
-                text.len()
-            ),
-        ));
+        return Err(too_big(text.len() as u64, origin));
     }
     let mut flow = 0usize;
     // Indentation of the open block levels, outermost first.

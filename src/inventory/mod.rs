@@ -133,6 +133,7 @@ impl Inventory {
     /// Reads and parses an inventory file; messages name `path` as given.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
         let origin = path.display().to_string();
+        limits::check_size(path, &origin)?;
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, &origin),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -145,6 +146,7 @@ impl Inventory {
     /// Reads a plain list file (`-w ^FILE`); messages name `path` as given.
     pub fn load_plain(path: &Path) -> Result<Inventory, InventoryError> {
         let origin = path.display().to_string();
+        limits::check_size(path, &origin)?;
         match std::fs::read_to_string(path) {
             Ok(text) => Self::plain_list(&text, &origin),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -414,3 +414,40 @@ fn readme_selection_examples_select_what_they_say() {
     }
     assert!(examples >= 10, "{examples} examples");
 }
+
+#[test]
+fn defaults_come_from_the_environment_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("env.txt"), "e[1-2]\n").unwrap();
+    std::fs::write(dir.path().join("flag.yaml"), "- f1\n").unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = pushrun();
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_remove("PUSHRUN_HOSTS")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        to_run(cmd.output().unwrap())
+    };
+    let from_env = run(&["hosts"], &[("PUSHRUN_HOSTS", "env.txt")]);
+    assert_eq!(from_env.stderr, "pushrun: 2 hosts: e[1-2]\n");
+    let flag = run(
+        &["hosts", "--hosts", "flag.yaml"],
+        &[("PUSHRUN_HOSTS", "env.txt")],
+    );
+    assert_eq!(flag.stderr, "pushrun: 1 hosts: f1\n");
+    // PUSHRUN_FORKS is read, and checked, before any host is contacted.
+    let forks = run(&["exec", "-w", "e1", "true"], &[("PUSHRUN_FORKS", "0")]);
+    assert_eq!(forks.code, 2, "{}", forks.all());
+    assert_eq!(forks.stderr, "pushrun: --forks must be at least 1\n");
+    let missing = run(
+        &["exec", "-w", "e1", "true"],
+        &[("PUSHRUN_SSH_CONFIG", "no-such-config")],
+    );
+    assert_eq!(
+        missing.stderr,
+        "pushrun: no-such-config: ssh config file not found\n"
+    );
+}
