@@ -7,6 +7,7 @@
 //! or reached through an `@group`; its own entry wins over all of them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::locate::{NodePath, Problem};
 use super::{Group, Host, HostSettings};
@@ -25,7 +26,8 @@ pub(super) struct RawInventory {
 /// A host named in `hosts:`, with its own settings.
 pub(super) struct RawHost {
     pub(super) name: String,
-    pub(super) settings: HostSettings,
+    /// Shared by the names of one range key.
+    pub(super) settings: Arc<HostSettings>,
 }
 
 /// A group as written: its settings and members.
@@ -47,9 +49,10 @@ pub(super) enum RawMember {
 /// settings.
 pub(super) fn build(raw: RawInventory) -> Result<(Vec<Host>, Vec<Group>), Problem> {
     let mut hosts: Vec<Host> = Vec::new();
-    let mut own: Vec<HostSettings> = Vec::new();
+    let mut own: Vec<Arc<HostSettings>> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut add_host = |name: &str, settings: HostSettings| -> usize {
+    let none = Arc::new(HostSettings::default());
+    let mut add_host = |name: &str, settings: Arc<HostSettings>| -> usize {
         *index.entry(name.to_owned()).or_insert_with(|| {
             hosts.push(Host {
                 name: name.to_owned(),
@@ -77,7 +80,7 @@ pub(super) fn build(raw: RawInventory) -> Result<(Vec<Host>, Vec<Group>), Proble
             match member {
                 RawMember::Hosts(names) => {
                     for name in names {
-                        direct[g].insert(add_host(name, HostSettings::default()));
+                        direct[g].insert(add_host(name, Arc::clone(&none)));
                     }
                 }
                 RawMember::Group { name, path } => {
@@ -115,14 +118,24 @@ pub(super) fn build(raw: RawInventory) -> Result<(Vec<Host>, Vec<Group>), Proble
             memberships[h].push(g);
         }
     }
+    // Hosts of one range key in the same groups share one merged settings.
+    let mut previous: Option<(&Arc<HostSettings>, &Vec<usize>, Arc<HostSettings>)> = None;
     for ((host, own), groups) in hosts.iter_mut().zip(&own).zip(&memberships) {
+        host.groups = groups.iter().map(|&g| raw.groups[g].name.clone()).collect();
+        if let Some((p_own, p_groups, merged)) = &previous
+            && Arc::ptr_eq(p_own, own)
+            && *p_groups == groups
+        {
+            host.settings = Arc::clone(merged);
+            continue;
+        }
         let mut settings = raw.defaults.clone();
         for &g in groups {
             settings.overlay(&raw.groups[g].settings);
-            host.groups.push(raw.groups[g].name.clone());
         }
         settings.overlay(own);
-        host.settings = settings.into();
+        host.settings = Arc::new(settings);
+        previous = Some((own, groups, Arc::clone(&host.settings)));
     }
     let groups = raw
         .groups

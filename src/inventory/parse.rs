@@ -334,7 +334,7 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
 fn plain_hosts(keys: Vec<HostKey>) -> Vec<RawHost> {
     keys.into_iter()
         .flat_map(|key| {
-            let settings = key.settings(HostSettings::default());
+            let settings = std::sync::Arc::new(key.settings(HostSettings::default()));
             key.names.into_iter().map(move |name| RawHost {
                 name,
                 settings: settings.clone(),
@@ -469,7 +469,7 @@ impl<'de> Visitor<'de> for HostsSeed<'_> {
                 count: host_key.names.len(),
             };
             let settings = map.next_value_seed(SettingsSeed { ctx, owner })?.settings;
-            let settings = host_key.settings(settings);
+            let settings = std::sync::Arc::new(host_key.settings(settings));
             hosts.extend(host_key.names.into_iter().map(|name| RawHost {
                 name,
                 settings: settings.clone(),
