@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::access::{access_for, ask};
+use super::waves::WaveArgs;
 use super::{ConnectArgs, SelectArgs, onto, output_mode, parse_secs};
 use crate::auth::Access;
 use crate::error::{Error, Exit};
@@ -84,6 +85,9 @@ pub struct ExecArgs {
     /// again on every host (until Ctrl-C, or convergence).
     #[arg(long)]
     pub watch: bool,
+    /// Rolling run: waves of hosts.
+    #[command(flatten)]
+    pub waves: WaveArgs,
     /// The command, after `--`; run by the login shell on each host. With
     /// --payload: the entry point's arguments.
     #[arg(last = true, value_name = "COMMAND")]
@@ -127,6 +131,7 @@ impl ExecArgs {
         let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         self.check_hosts(&hosts, &job)?;
         let access = self.access(&hosts, &job)?;
+        let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
             job,
             timeout: self.timeout,
@@ -141,6 +146,7 @@ impl ExecArgs {
             } else {
                 None
             },
+            waves,
         };
         Ok(Plan {
             hosts,

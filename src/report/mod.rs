@@ -26,6 +26,7 @@ use json::Json;
 use lines::Lines;
 pub use lines::escape;
 use results::ResultsDir;
+pub use results::folder_name;
 use screen::Screen;
 use summary::Ended;
 pub use summary::Summary;
