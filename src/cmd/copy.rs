@@ -29,10 +29,13 @@ pub struct CopyArgs {
     /// Rolling run: waves of hosts.
     #[command(flatten)]
     pub waves: WaveArgs,
-    /// Write as USER through sudo (default: the inventory's `become_user`,
-    /// else root), e.g. to put files where only root may.
-    #[arg(long = "become", value_name = "USER", num_args = 0..=1)]
-    pub become_: Option<Option<String>>,
+    /// Write through sudo (as root, or --become-user), e.g. to put files
+    /// where only root may. Per host: `become: true`.
+    #[arg(long = "become")]
+    pub become_: bool,
+    /// Whom --become becomes (default: the inventory's `become_user`, else root).
+    #[arg(long, value_name = "USER", requires = "become_")]
+    pub become_user: Option<String>,
     /// Ask for sudo's password once; used where sudo wants one.
     #[arg(long, short = 'K')]
     pub ask_become_pass: bool,
@@ -45,8 +48,15 @@ pub struct CopyArgs {
     /// Local files and directories (recursive), then DEST on the hosts: a
     /// directory to put them in or, for one source, its new name. Modes are
     /// kept, owners are not; each file is replaced atomically.
-    #[arg(required = true, num_args = 2.., value_name = "SRC… DEST")]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+/// `--become` and `--become-user` as `exec`'s `--become [USER]`.
+impl CopyArgs {
+    fn become_flag(&self) -> Option<Option<String>> {
+        self.become_.then(|| self.become_user.clone())
+    }
 }
 
 /// Runs `pushrun copy`.
@@ -76,7 +86,7 @@ impl CopyArgs {
         } else {
             None
         };
-        let access = access_for(&hosts, login, self.become_.as_ref(), become_password, None)?;
+        let access = access_for(&hosts, login, self.become_flag().as_ref(), become_password, None)?;
         let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
             job: Job::Copy(Arc::new(job)),

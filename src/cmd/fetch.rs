@@ -27,9 +27,13 @@ pub struct FetchArgs {
     /// How to reach them.
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Read as USER through sudo (default: the inventory's `become_user`, else root).
-    #[arg(long = "become", value_name = "USER", num_args = 0..=1)]
-    pub become_: Option<Option<String>>,
+    /// Read through sudo (as root, or --become-user), e.g. files only root
+    /// may read. Per host: `become: true`.
+    #[arg(long = "become")]
+    pub become_: bool,
+    /// Whom --become becomes (default: the inventory's `become_user`, else root).
+    #[arg(long, value_name = "USER", requires = "become_")]
+    pub become_user: Option<String>,
     /// Ask for sudo's password once; used where sudo wants one.
     #[arg(long, short = 'K')]
     pub ask_become_pass: bool,
@@ -42,8 +46,15 @@ pub struct FetchArgs {
     pub json: bool,
     /// Paths on the hosts (files or directories), then the local directory
     /// to put them in: `LOCAL_DIR/<host>/<name>`.
-    #[arg(required = true, num_args = 2.., value_name = "REMOTE… LOCAL_DIR")]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+/// `--become` and `--become-user` as `exec`'s `--become [USER]`.
+impl FetchArgs {
+    fn become_flag(&self) -> Option<Option<String>> {
+        self.become_.then(|| self.become_user.clone())
+    }
 }
 
 /// Runs `pushrun fetch`.
@@ -89,7 +100,7 @@ impl FetchArgs {
         } else {
             None
         };
-        let access = access_for(&hosts, login, self.become_.as_ref(), become_password, None)?;
+        let access = access_for(&hosts, login, self.become_flag().as_ref(), become_password, None)?;
         let job = FetchJob {
             paths: remote.to_vec(),
             folders,

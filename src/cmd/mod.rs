@@ -62,10 +62,13 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Clean(clean::CleanArgs),
     /// Copy files and directories to every selected host.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "pushrun copy [OPTIONS] SRC... DEST")]
     Copy(copy::CopyArgs),
     /// Fetch files and directories from every selected host into LOCAL_DIR/<host>/.
-    #[command(after_help = EXIT_CODES)]
+    #[command(
+        after_help = EXIT_CODES,
+        override_usage = "pushrun fetch [OPTIONS] REMOTE... LOCAL_DIR"
+    )]
     Fetch(fetch::FetchArgs),
     /// Print a shell completion script: `source <(pushrun completions bash)`.
     Completions {

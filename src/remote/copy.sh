@@ -12,10 +12,18 @@ fail() {
     echo "error $*"
     exit 1
 }
-# The reason at the end of a tool's last line ("...: No space left on device").
+# Why a tool failed, from what it said: the usual causes by name, else the
+# end of its first line (tar's last line only says that it failed).
 why() {
-    last=$(printf '%s\n' "$1" | sed -n '$p')
-    printf '%s\n' "${last##*: }"
+    case $1 in
+    *"No space left"* | *"Wrote only"*) echo "no space left on device" ;;
+    *"Permission denied"*) echo "permission denied" ;;
+    *"Read-only file system"*) echo "read-only file system" ;;
+    *)
+        first=$(printf '%s\n' "$1" | sed -n '1p')
+        printf '%s\n' "${first##*: }"
+        ;;
+    esac
 }
 dest=$1
 shift

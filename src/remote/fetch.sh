@@ -8,7 +8,7 @@
 # last line says why) with a non-zero exit.
 for p in "$@"; do
     if [ ! -e "$p" ] && [ ! -L "$p" ]; then
-        echo "pushrun: $p: no such file or directory" >&2
+        echo "$p: no such file or directory" >&2
         exit 1
     fi
 done
