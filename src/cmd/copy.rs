@@ -86,7 +86,13 @@ impl CopyArgs {
         } else {
             None
         };
-        let access = access_for(&hosts, login, self.become_flag().as_ref(), become_password, None)?;
+        let access = access_for(
+            &hosts,
+            login,
+            self.become_flag().as_ref(),
+            become_password,
+            None,
+        )?;
         let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
             job: Job::Copy(Arc::new(job)),

@@ -100,7 +100,13 @@ impl FetchArgs {
         } else {
             None
         };
-        let access = access_for(&hosts, login, self.become_flag().as_ref(), become_password, None)?;
+        let access = access_for(
+            &hosts,
+            login,
+            self.become_flag().as_ref(),
+            become_password,
+            None,
+        )?;
         let job = FetchJob {
             paths: remote.to_vec(),
             folders,

@@ -14,4 +14,6 @@ mod harness;
 mod payload;
 mod relay;
 mod remote_scripts;
+mod transfer;
 mod unattended;
+mod waves;
