@@ -40,27 +40,34 @@ tmp=$into/.pushrun-copy.$$
 trap 'rm -rf "$tmp"' EXIT
 err=$(mkdir -m 700 "$tmp" 2>&1) || fail "cannot write in $into: $(why "$err")"
 err=$(tar -x -o -p -f - -C "$tmp" 2>&1 >/dev/null) || fail "$dest: $(why "$err")"
-# Moves $1 to $2: a file (or a directory not yet there) by one rename, a
-# directory that is there by moving what it holds, one by one.
-place() (
-    if [ -d "$1" ] && [ ! -L "$1" ]; then
-        if [ -d "$2" ] && [ ! -L "$2" ]; then
-            for c in "$1"/* "$1"/.[!.]* "$1"/..?*; do
-                [ -e "$c" ] || [ -L "$c" ] || continue
-                place "$c" "$2/${c##*/}" || exit 1
-            done
-            exit 0
+# Whether $1 is a directory, not a symlink to one.
+isdir() { [ -d "$1" ] && [ ! -L "$1" ]; }
+# Whether $1 is there at all (a dangling symlink is).
+there() { [ -e "$1" ] || [ -L "$1" ]; }
+# Moves what directory $1 holds into directory $2: directories that are
+# there on both sides are merged, everything else goes by one rename each,
+# all in one `mv` per directory.
+merge() (
+    src=$1 dst=$2
+    set --
+    for c in "$src"/* "$src"/.[!.]* "$src"/..?*; do
+        there "$c" || continue
+        t=$dst/${c##*/}
+        if isdir "$c" && isdir "$t"; then
+            merge "$c" "$t" || exit 1
+            continue
         fi
-        if [ -e "$2" ] || [ -L "$2" ]; then fail "$2: not a directory"; fi
-    elif [ -d "$2" ] && [ ! -L "$2" ]; then
-        fail "$2: is a directory"
-    fi
-    err=$(mv -f -- "$1" "$2" 2>&1) || fail "$2: $(why "$err")"
+        if isdir "$c" && there "$t"; then fail "$t: not a directory"; fi
+        if isdir "$t"; then fail "$t: is a directory"; fi
+        set -- "$@" "$c"
+    done
+    [ "$#" -eq 0 ] && exit 0
+    err=$(mv -f -- "$@" "$dst/" 2>&1) || fail "$dst: $(why "$err")"
 )
 if [ "$into" = "$dest" ]; then
-    for name in "$@"; do
-        place "$tmp/$name" "$dest/$name" || exit 1
-    done
+    merge "$tmp" "$dest" || exit 1
+elif isdir "$tmp/$1" && there "$dest"; then
+    fail "$dest: not a directory"
 else
-    place "$tmp/$1" "$dest" || exit 1
+    err=$(mv -f -- "$tmp/$1" "$dest" 2>&1) || fail "$dest: $(why "$err")"
 fi
