@@ -19,6 +19,7 @@ use crate::error::{Error, Exit};
 use crate::fleet::{Job, PayloadJob, PtyMode, RunSpec};
 use crate::inventory::Host;
 use crate::payload::Payload;
+use crate::report::OutputMode;
 use crate::run::{self, Plan};
 
 /// Flags of `pushrun exec`.
@@ -71,6 +72,10 @@ pub struct ExecArgs {
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
     pub json: bool,
+    /// Show each distinct output as a unified diff against the most common
+    /// one, under the folded host lists (like clush --diff).
+    #[arg(long, conflicts_with_all = ["json", "gather"])]
+    pub diff: bool,
     /// Unattended: go on until no host has been active (output, tunnel
     /// records, connecting, starting, ending) for SECS seconds; then stop
     /// what still runs, collect, clean and report. Nothing prompts,
@@ -151,7 +156,11 @@ impl ExecArgs {
         Ok(Plan {
             hosts,
             spec,
-            output: output_mode(self.gather, self.json),
+            output: if self.diff {
+                OutputMode::Diff
+            } else {
+                output_mode(self.gather, self.json)
+            },
             results,
             run_id,
             hops,
