@@ -64,7 +64,7 @@ pub enum Command {
     /// Copy files and directories to every selected host.
     #[command(after_help = EXIT_CODES, override_usage = "pushrun copy [OPTIONS] SRC... DEST")]
     Copy(copy::CopyArgs),
-    /// Fetch files and directories from every selected host into LOCAL_DIR/<host>/.
+    /// Fetch files and directories from every selected host into LOCAL_DIR/HOST/.
     #[command(
         after_help = EXIT_CODES,
         override_usage = "pushrun fetch [OPTIONS] REMOTE... LOCAL_DIR"
