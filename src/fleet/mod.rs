@@ -208,8 +208,9 @@ pub async fn run(
         if let Some(limit) = spec.waves.as_ref().and_then(|w| w.max_fail)
             && failed > limit
         {
-            let why =
-                format!("not started: {failed} hosts failed in earlier waves (--max-fail {limit})");
+            let why = format!(
+                "not started: --max-fail {limit} exceeded ({failed} failed in earlier waves)"
+            );
             for &id in waves[n..].iter().flatten() {
                 let o = HostOutcome::without_exit(Status::Skipped, why.clone(), Timings::default());
                 let _ = events.send(Event::Finished(id, o)).await;
