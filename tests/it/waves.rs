@@ -184,3 +184,28 @@ fn bash_sources_the_completions_and_man_renders_the_page() {
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("NAME") && text.contains("pushrun"), "{text}");
 }
+
+#[test]
+fn diff_shows_how_the_odd_host_differs_from_the_rest() {
+    let hosts = TestHosts::start(3);
+    let mut yaml = String::from("hosts:\n");
+    for i in 0..3 {
+        let word = if i == 1 { "odd" } else { "same" };
+        yaml.push_str(&format!(
+            "  {}:\n    vars: {{WORD: {word}}}\n",
+            hosts.addr(i)
+        ));
+    }
+    let inv = hosts.write_yaml("words.yaml", &yaml);
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--diff", "--", "echo first; echo $WORD; echo last"],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let (a, b, c) = (hosts.addr(0), hosts.addr(1), hosts.addr(2));
+    let common = crate::common::common_fold(&a, &c).replace('-', ",");
+    let want =
+        format!("--- {common} (2)\n+++ {b} (1)\n@@ -1,3 +1,3 @@\n first\n-same\n+odd\n last\n");
+    assert_eq!(run.stdout, want, "{}", run.all());
+}
