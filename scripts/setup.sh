@@ -24,6 +24,8 @@ if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
 if ! have sudo; then missing+=(sudo); fi
 # scripts/test.sh's lint step
 if ! have shellcheck; then missing+=(shellcheck); fi
+# `pushrun man | man -l -` is rendered by a test
+if ! have man; then missing+=(man-db); fi
 
 components=()
 if ! cargo fmt --version > /dev/null 2>&1; then components+=(rustfmt); fi

@@ -282,3 +282,89 @@ fn fetch_brings_each_hosts_files_into_its_folder_untrusted() {
         run.stderr
     );
 }
+
+/// copy.sh and fetch.sh run by `dash` and by `busybox sh` with only busybox's
+/// applets on PATH (its tar, mv, mkdir), as on minimal hosts.
+#[test]
+fn the_transfer_scripts_work_under_dash_and_busybox() {
+    let copy_sh = include_str!("../../src/remote/copy.sh");
+    let fetch_sh = include_str!("../../src/remote/fetch.sh");
+    let work = tempfile::tempdir().unwrap();
+    let (_, tree) = sources(work.path());
+    let archive = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg("-")
+        .arg("-C")
+        .arg(work.path())
+        .arg("tree")
+        .output()
+        .unwrap()
+        .stdout;
+    let applets = work.path().join("bb");
+    let mut shells: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    if std::path::Path::new("/usr/bin/dash").exists() {
+        shells.push(("/usr/bin/dash".into(), Vec::new()));
+    }
+    if std::path::Path::new("/usr/bin/busybox").exists() {
+        std::fs::create_dir(&applets).unwrap();
+        let ok = std::process::Command::new("/usr/bin/busybox")
+            .arg("--install")
+            .arg("-s")
+            .arg(&applets)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let path = applets.to_str().unwrap().to_string();
+        shells.push((format!("{path}/sh"), vec![("PATH".into(), path)]));
+    }
+    assert!(
+        !shells.is_empty(),
+        "neither dash nor busybox: scripts/setup.sh installs them"
+    );
+    for (n, (shell, env)) in shells.iter().enumerate() {
+        let dest = work.path().join(format!("dest{n}"));
+        std::fs::create_dir(&dest).unwrap();
+        let mut child = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(copy_sh)
+            .arg("pushrun-copy")
+            .arg(&dest)
+            .arg("tree")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &archive).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(mode(&dest.join("tree/f3")), 0o755, "{shell}");
+        assert_eq!(
+            std::fs::read(dest.join("tree/sub/deep")).unwrap(),
+            std::fs::read(tree.join("sub/deep")).unwrap(),
+            "{shell}"
+        );
+        let fetched = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(fetch_sh)
+            .arg("pushrun-fetch")
+            .arg(dest.join("tree/f1"))
+            .arg(dest.join("tree/sub"))
+            .envs(env.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(fetched.status.success(), "{shell}");
+        let mut names = Vec::new();
+        let mut tar = tar::Archive::new(&fetched.stdout[..]);
+        tar.set_ignore_zeros(true);
+        for e in tar.entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        names.sort();
+        assert_eq!(names, ["f1", "sub/", "sub/deep"], "{shell}");
+    }
+}
