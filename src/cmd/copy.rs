@@ -6,12 +6,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::access::{access_for, ask};
 use super::waves::WaveArgs;
-use super::{ConnectArgs, SelectArgs, output_mode};
+use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
 use crate::fleet::{CopyJob, Job, PtyMode, RunSpec};
 use crate::inventory::Host;
@@ -45,6 +46,9 @@ pub struct CopyArgs {
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
     pub json: bool,
+    /// Seconds a host's transfer may take; then it is stopped (status timed out).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
     /// Local files and directories (recursive), then DEST on the hosts: a
     /// directory to put them in or, for one source, its new name. Modes are
     /// kept, owners are not; each file is replaced atomically.
@@ -96,7 +100,7 @@ impl CopyArgs {
         let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
             job: Job::Copy(Arc::new(job)),
-            timeout: None,
+            timeout: self.timeout,
             pty: PtyMode::No,
             ssh,
             forks: self.connect.forks,

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::access::{access_for, ask};
 use super::copy::no_relays;
-use super::{ConnectArgs, SelectArgs, output_mode};
+use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
 use crate::fleet::{FetchJob, Job, PtyMode, RunSpec};
 use crate::report::folder_name;
@@ -44,6 +45,9 @@ pub struct FetchArgs {
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
     pub json: bool,
+    /// Seconds a host's transfer may take; then it is stopped (status timed out).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
     /// Paths on the hosts (files or directories), then the local directory
     /// to put them in: `LOCAL_DIR/<host>/<name>`.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
@@ -114,7 +118,7 @@ impl FetchArgs {
         };
         let spec = RunSpec {
             job: Job::Fetch(Arc::new(job)),
-            timeout: None,
+            timeout: self.timeout,
             pty: PtyMode::No,
             ssh,
             forks: self.connect.forks,

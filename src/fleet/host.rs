@@ -82,8 +82,8 @@ pub(super) async fn run_host(
         Job::Command(command) => task.run_command(command, spec, timings).await,
         Job::Payload(job) => task.run_payloads(job, spec, timings).await,
         Job::Clean => task.clean(timings).await,
-        Job::Copy(job) => task.copy(job, timings).await,
-        Job::Fetch(job) => task.fetch(job, timings).await,
+        Job::Copy(job) => task.copy(job, spec.timeout, timings).await,
+        Job::Fetch(job) => task.fetch(job, spec.timeout, timings).await,
     };
     session.close().await;
     outcome

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -119,6 +119,8 @@ enum Cut {
     TooBig(u64),
     /// Ctrl-C.
     Cancelled,
+    /// `--timeout` passed.
+    TimedOut(Duration),
 }
 
 /// What the host's side answered.
@@ -130,12 +132,22 @@ struct Answer {
 
 impl HostTask<'_> {
     /// `pushrun copy` on this host.
-    pub(super) async fn copy(&mut self, job: &CopyJob, mut timings: Timings) -> HostOutcome {
+    pub(super) async fn copy(
+        &mut self,
+        job: &CopyJob,
+        timeout: Option<Duration>,
+        mut timings: Timings,
+    ) -> HostOutcome {
         let started = Instant::now();
         let mut args = vec![job.dest.clone()];
         args.extend(job.names.iter().cloned());
         let answer = self
-            .transfer((remote::COPY, "pushrun-copy", &args), &job.archive, 4096)
+            .transfer(
+                (remote::COPY, "pushrun-copy", &args),
+                &job.archive,
+                4096,
+                timeout,
+            )
             .await;
         timings.run = started.elapsed();
         let answer = match answer {
@@ -152,13 +164,19 @@ impl HostTask<'_> {
     }
 
     /// `pushrun fetch` on this host.
-    pub(super) async fn fetch(&mut self, job: &FetchJob, mut timings: Timings) -> HostOutcome {
+    pub(super) async fn fetch(
+        &mut self,
+        job: &FetchJob,
+        timeout: Option<Duration>,
+        mut timings: Timings,
+    ) -> HostOutcome {
         let started = Instant::now();
         let answer = self
             .transfer(
                 (remote::FETCH, "pushrun-fetch", &job.paths),
                 &[],
                 job.max_bytes,
+                timeout,
             )
             .await;
         timings.run = started.elapsed();
@@ -191,12 +209,13 @@ impl HostTask<'_> {
     }
 
     /// Runs `script` (through sudo with --become), feeds it `input`, and
-    /// reads at most `limit` bytes of its stdout; Ctrl-C ends it.
+    /// reads at most `limit` bytes of its stdout; Ctrl-C and `timeout` end it.
     async fn transfer(
         &mut self,
         script: (&str, &str, &[String]),
         input: &[u8],
         limit: u64,
+        timeout: Option<Duration>,
     ) -> Result<Answer, Cut> {
         let launch = self.launch(script, &[], false, false).map_err(Cut::Lost)?;
         let mut child = self
@@ -239,9 +258,16 @@ impl HostTask<'_> {
             Ok(buf)
         };
         let cancel = &mut self.triggers.cancel;
+        let expired = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let streams = tokio::select! {
             r = async { tokio::try_join!(write, read_out, read_err) } => r,
             _ = raised(cancel) => Err(Cut::Cancelled),
+            () = expired => Err(Cut::TimedOut(timeout.unwrap_or_default())),
         };
         let ((), stdout, stderr) = match streams {
             Ok(s) => s,
@@ -285,6 +311,11 @@ fn cut_outcome(cut: Cut, timings: Timings) -> HostOutcome {
         Cut::Cancelled => {
             HostOutcome::without_exit(Status::Cancelled, "interrupted: transfer stopped", timings)
         }
+        Cut::TimedOut(after) => HostOutcome::without_exit(
+            Status::TimedOut,
+            format!("transfer stopped after {}s timeout", after.as_secs_f64()),
+            timings,
+        ),
     }
 }
 
