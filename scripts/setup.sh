@@ -27,6 +27,8 @@ if ! have sudo; then missing+=(sudo); fi
 if ! have shellcheck; then missing+=(shellcheck); fi
 # ClusterShell, whose NodeSet expansion the inventory tests compare pushrun's with
 if ! /usr/bin/python3 -c 'import ClusterShell.NodeSet' > /dev/null 2>&1; then missing+=(clustershell); fi
+# `pushrun man | man -l -` is rendered by a test
+if ! have man; then missing+=(man-db); fi
 
 components=()
 if ! cargo fmt --version > /dev/null 2>&1; then components+=(rustfmt); fi

@@ -41,21 +41,26 @@ pub enum Status {
     Stopped,
     /// The run was interrupted (Ctrl-C, SIGTERM, SIGHUP) before this host finished.
     Cancelled,
+    /// A rolling run (`--batch`) stopped before this host's wave: too many
+    /// hosts of earlier waves failed (`--max-fail`). It was never contacted.
+    Skipped,
 }
 
 impl Status {
     /// Every status, in the order summaries list them.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Ok,
         Status::Failed,
         Status::Stopped,
         Status::TimedOut,
         Status::Unreachable,
         Status::Cancelled,
+        Status::Skipped,
     ];
 
     /// The status as a word in JSON, summary.json and relay frames
-    /// (`ok`, `failed`, `timed_out`, `unreachable`, `stopped`, `cancelled`).
+    /// (`ok`, `failed`, `timed_out`, `unreachable`, `stopped`, `cancelled`,
+    /// `skipped`).
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
@@ -64,6 +69,7 @@ impl Status {
             Status::Unreachable => "unreachable",
             Status::Stopped => "stopped",
             Status::Cancelled => "cancelled",
+            Status::Skipped => "skipped",
         }
     }
 
@@ -76,6 +82,7 @@ impl Status {
             Status::Unreachable => "unreachable",
             Status::Stopped => "stopped at convergence",
             Status::Cancelled => "cancelled",
+            Status::Skipped => "skipped",
         }
     }
 }

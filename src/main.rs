@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::run(&args),
         Command::Hosts(args) => cmd::hosts::run(&args),
         Command::Clean(args) => cmd::clean::run(&args),
+        Command::Copy(args) => cmd::copy::run(&args),
+        Command::Fetch(args) => cmd::fetch::run(&args),
+        Command::Completions { shell } => cmd::completions::completions(shell),
+        Command::Man => cmd::completions::man(),
         Command::Relay => cmd::relay::run(),
     };
     match done {

@@ -102,6 +102,8 @@ fn job_json(job: &Job) -> serde_json::Value {
             "cache": p.cache,
         }),
         Job::Clean => serde_json::json!({"clean": true}),
+        Job::Copy(c) => serde_json::json!({"copy": c.names, "dest": c.dest, "files": c.files}),
+        Job::Fetch(f) => serde_json::json!({"fetch": f.paths}),
     }
 }
 

@@ -47,6 +47,7 @@ impl CleanArgs {
             converge: None,
             repeat: None,
             watch: None,
+            waves: None,
         };
         Ok(Plan {
             hosts,

@@ -13,12 +13,14 @@ use clap::{Args, ValueEnum};
 
 use super::access::{access_for, ask};
 use super::rerun::{self, Rerun};
+use super::waves::WaveArgs;
 use super::{ConnectArgs, SelectArgs, onto, output_mode, parse_secs};
 use crate::auth::Access;
 use crate::error::{Error, Exit};
 use crate::fleet::{Job, PayloadJob, PtyMode, RunSpec};
 use crate::inventory::Host;
 use crate::payload::Payload;
+use crate::report::OutputMode;
 use crate::run::{self, Plan};
 
 /// Flags of `pushrun exec`.
@@ -76,6 +78,10 @@ pub struct ExecArgs {
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
     pub json: bool,
+    /// Show each distinct output as a unified diff against the most common
+    /// one, under the folded host lists (like clush --diff).
+    #[arg(long, conflicts_with_all = ["json", "gather"])]
+    pub diff: bool,
     /// Unattended: go on until no host has been active (output, tunnel
     /// records, connecting, starting, ending) for SECS seconds; then stop
     /// what still runs, collect, clean and report. Nothing prompts,
@@ -90,6 +96,9 @@ pub struct ExecArgs {
     /// again on every host (until Ctrl-C, or convergence).
     #[arg(long)]
     pub watch: bool,
+    /// Rolling run: waves of hosts.
+    #[command(flatten)]
+    pub waves: WaveArgs,
     /// The command: everything from the first word that is not an option
     /// (or after `--`); run by the login shell on each host. With
     /// --payload: the entry point's arguments.
@@ -156,6 +165,7 @@ impl ExecArgs {
         let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         self.check_hosts(&hosts, &job)?;
         let access = self.access(&hosts, &job)?;
+        let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
             job,
             timeout: self.timeout,
@@ -170,11 +180,16 @@ impl ExecArgs {
             } else {
                 None
             },
+            waves,
         };
         Ok(Plan {
             hosts,
             spec,
-            output: output_mode(self.gather, self.json),
+            output: if self.diff {
+                OutputMode::Diff
+            } else {
+                output_mode(self.gather, self.json)
+            },
             results,
             run_id,
             hops,

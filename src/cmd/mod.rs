@@ -21,17 +21,22 @@ use crate::report::OutputMode;
 mod access;
 mod args;
 pub mod clean;
+pub mod completions;
+pub mod copy;
 pub mod exec;
+pub mod fetch;
 pub mod hosts;
 pub mod relay;
 mod rerun;
+mod waves;
 
 pub use args::{ConnectArgs, SelectArgs};
 
 const EXIT_CODES: &str = "\
 Exit status:
   0    every host ran the command and it exited 0
-  1    the command exited non-zero (or was killed) on some host
+  1    the command exited non-zero (or was killed) on some host, or
+       --max-fail skipped hosts
   2    usage or inventory error; no host was contacted
   3    some host was unreachable, refused authentication or timed out
   4    --converged-timeout: the run converged while some payload still ran (stopped)
@@ -57,6 +62,22 @@ pub enum Command {
     /// Remove pushrun's directory (payload cache, leftover runs) from the selected hosts.
     #[command(after_help = EXIT_CODES)]
     Clean(clean::CleanArgs),
+    /// Copy files and directories to every selected host.
+    #[command(after_help = EXIT_CODES, override_usage = "pushrun copy [OPTIONS] SRC... DEST")]
+    Copy(copy::CopyArgs),
+    /// Fetch files and directories from every selected host into LOCAL_DIR/HOST/.
+    #[command(
+        after_help = EXIT_CODES,
+        override_usage = "pushrun fetch [OPTIONS] REMOTE... LOCAL_DIR"
+    )]
+    Fetch(fetch::FetchArgs),
+    /// Print a shell completion script: `source <(pushrun completions bash)`.
+    Completions {
+        /// The shell.
+        shell: completions::CompletionShell,
+    },
+    /// Print the man page (roff): `pushrun man | man -l -`.
+    Man,
     /// Serve a subtree for an initiator: a framed plan on stdin, framed events on stdout.
     #[command(hide = true)]
     Relay,

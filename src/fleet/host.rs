@@ -58,7 +58,7 @@ pub(super) async fn run_host(
     };
     let _ = events.send(Event::Connected(id)).await;
     let sudo = match (&access.become_, &spec.job) {
-        (Some(become_), Job::Command(_) | Job::Payload(_)) => {
+        (Some(become_), Job::Command(_) | Job::Payload(_) | Job::Copy(_) | Job::Fetch(_)) => {
             match check_sudo(&session, host, become_).await {
                 Ok(how) => Some((become_.clone(), how)),
                 Err(why) => {
@@ -82,6 +82,8 @@ pub(super) async fn run_host(
         Job::Command(command) => task.run_command(command, spec, timings).await,
         Job::Payload(job) => task.run_payloads(job, spec, timings).await,
         Job::Clean => task.clean(timings).await,
+        Job::Copy(job) => task.copy(job, spec.timeout, timings).await,
+        Job::Fetch(job) => task.fetch(job, spec.timeout, timings).await,
     };
     session.close().await;
     outcome

@@ -19,6 +19,8 @@ mod converge;
 mod host;
 mod output;
 mod payload;
+mod transfer;
+mod waves;
 
 pub(crate) use connect::{Dial, connect};
 pub(crate) use converge::busy;
@@ -26,6 +28,8 @@ pub use converge::converge;
 use converge::watch_payload;
 use host::run_host;
 pub(crate) use payload::{StageError, clean_run_dir, stage};
+pub use transfer::{CopyJob, FetchJob};
+pub use waves::Waves;
 
 use crate::auth::Access;
 use crate::events::{Event, HostId, HostOutcome, Status, Timings};
@@ -55,6 +59,10 @@ pub enum Job {
     Payload(Arc<PayloadJob>),
     /// Remove pushrun's directory from the host (`pushrun clean`).
     Clean,
+    /// Put files and directories on the host (`pushrun copy`).
+    Copy(Arc<CopyJob>),
+    /// Bring files and directories back from the host (`pushrun fetch`).
+    Fetch(Arc<FetchJob>),
 }
 
 /// A payload run.
@@ -140,6 +148,8 @@ pub struct RunSpec {
     pub repeat: Option<Duration>,
     /// Watch this payload dir and re-run on every host when it changes (`--watch`).
     pub watch: Option<PathBuf>,
+    /// Run the hosts in waves, stopping when too many fail (`--batch`, `--max-fail`).
+    pub waves: Option<Waves>,
 }
 
 impl RunSpec {
@@ -188,46 +198,90 @@ pub async fn run(
         _ => None,
     };
     let slots = Arc::new(Semaphore::new(spec.forks.max(1)));
-    let mut tasks = JoinSet::new();
-    for id in 0..hosts.len() {
-        let (hosts, spec, dir, events, slots, config) = (
-            hosts.clone(),
-            spec.clone(),
-            dir.clone(),
-            events.clone(),
-            slots.clone(),
-            config.clone(),
-        );
-        let mut triggers = Triggers {
-            cancel: cancel.clone(),
-            converged: converged.clone(),
-            reload: jobs.clone(),
-        };
-        tasks.spawn(async move {
-            let permit = tokio::select! {
-                p = slots.acquire_owned() => p.ok(),
-                _ = raised(&mut triggers.cancel) => None,
-                _ = raised(&mut triggers.converged) => None,
+    let ids: Vec<HostId> = (0..hosts.len()).collect();
+    let waves = match &spec.waves {
+        Some(w) => ids.chunks(w.size.max(1)).map(<[HostId]>::to_vec).collect(),
+        None => vec![ids],
+    };
+    let mut failed = 0;
+    for (n, wave) in waves.iter().enumerate() {
+        if let Some(limit) = spec.waves.as_ref().and_then(|w| w.max_fail)
+            && failed > limit
+        {
+            let why = format!(
+                "not started: --max-fail {limit} exceeded ({failed} failed in earlier waves)"
+            );
+            for &id in waves[n..].iter().flatten() {
+                let o = HostOutcome::without_exit(Status::Skipped, why.clone(), Timings::default());
+                let _ = events.send(Event::Finished(id, o)).await;
+            }
+            break;
+        }
+        let mut tasks = JoinSet::new();
+        for &id in wave {
+            let host = HostRun {
+                hosts: hosts.clone(),
+                spec: spec.clone(),
+                dir: dir.clone(),
+                config: config.clone(),
+                events: events.clone(),
+                slots: slots.clone(),
             };
-            let outcome = match permit {
-                Some(_permit) => {
-                    run_host(id, &hosts[id], &spec, &dir, &config, &events, triggers).await
-                }
-                None if *triggers.converged.borrow() => HostOutcome::without_exit(
-                    Status::Unreachable,
-                    "not started before the run converged",
-                    Timings::default(),
-                ),
-                None => HostOutcome::without_exit(
-                    Status::Cancelled,
-                    "interrupted before it started",
-                    Timings::default(),
-                ),
+            let triggers = Triggers {
+                cancel: cancel.clone(),
+                converged: converged.clone(),
+                reload: jobs.clone(),
             };
-            let _ = events.send(Event::Finished(id, outcome)).await;
-        });
+            tasks.spawn(host.run(id, triggers));
+        }
+        while let Some(status) = tasks.join_next().await {
+            if status.is_ok_and(|s| s != Status::Ok) {
+                failed += 1;
+            }
+        }
     }
-    while tasks.join_next().await.is_some() {}
+}
+
+/// What one host's task takes along.
+struct HostRun {
+    hosts: Arc<Vec<Host>>,
+    spec: Arc<RunSpec>,
+    dir: Arc<ControlDir>,
+    config: Arc<PathBuf>,
+    events: mpsc::Sender<Event>,
+    slots: Arc<Semaphore>,
+}
+
+impl HostRun {
+    /// Host `id`'s part of the run, once it has a `--forks` slot; sends
+    /// its end and returns how it ended.
+    async fn run(self, id: HostId, mut triggers: Triggers) -> Status {
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            _ = raised(&mut triggers.cancel) => None,
+            _ = raised(&mut triggers.converged) => None,
+        };
+        let (spec, events) = (&self.spec, &self.events);
+        let outcome = match permit {
+            Some(_permit) => {
+                let host = &self.hosts[id];
+                run_host(id, host, spec, &self.dir, &self.config, events, triggers).await
+            }
+            None if *triggers.converged.borrow() => HostOutcome::without_exit(
+                Status::Unreachable,
+                "not started before the run converged",
+                Timings::default(),
+            ),
+            None => HostOutcome::without_exit(
+                Status::Cancelled,
+                "interrupted before it started",
+                Timings::default(),
+            ),
+        };
+        let status = outcome.status;
+        let _ = events.send(Event::Finished(id, outcome)).await;
+        status
+    }
 }
 
 /// What can end a host's command early, besides its timeout.

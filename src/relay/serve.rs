@@ -265,6 +265,7 @@ fn prepare(plan: Plan, known: PathBuf) -> Result<Prepared, PlanError> {
         converge: plan.converge,
         repeat: plan.repeat,
         watch: None,
+        waves: None,
     };
     let relaying = Relaying::new(hops, None, plan.run_id, KnownHostsSource::File(known));
     Ok((Arc::new(hosts), Arc::new(relaying), Arc::new(spec)))

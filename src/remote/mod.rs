@@ -32,6 +32,10 @@ pub const RUN: &str = concat!(
 pub const COLLECT: &str = concat!(include_str!("lib.sh"), include_str!("collect.sh"));
 /// Removes pushrun's whole directory from a host.
 pub const CLEAN: &str = concat!(include_str!("lib.sh"), include_str!("clean.sh"));
+/// Puts files and directories, sent as a tar, at a destination (`pushrun copy`).
+pub const COPY: &str = include_str!("copy.sh");
+/// Sends files and directories back as tar archives (`pushrun fetch`).
+pub const FETCH: &str = include_str!("fetch.sh");
 
 /// What `check.sh` found.
 #[derive(Debug, Clone, PartialEq, Eq)]

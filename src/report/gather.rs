@@ -118,8 +118,10 @@ impl Gather {
         let mut groups: Vec<(Key<'a>, Vec<String>)> = Vec::new();
         for (i, o) in outcomes.iter().enumerate() {
             let Some(o) = o else { continue };
-            if matches!(o.status, Status::Unreachable | Status::Cancelled)
-                && self.kept[i].is_empty()
+            if matches!(
+                o.status,
+                Status::Unreachable | Status::Cancelled | Status::Skipped
+            ) && self.kept[i].is_empty()
             {
                 continue;
             }

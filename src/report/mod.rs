@@ -7,6 +7,7 @@
 //! lines), all writing whole lines through one screen, so hosts never
 //! interleave mid-line and the progress line never garbles a shown one.
 
+mod diff;
 mod gather;
 mod json;
 mod lines;
@@ -21,11 +22,13 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::events::{Event, HostId, HostOutcome, Status};
+use diff::Diff;
 use gather::Gather;
 use json::Json;
 use lines::Lines;
 pub use lines::escape;
 use results::ResultsDir;
+pub use results::folder_name;
 use screen::Screen;
 use summary::Ended;
 pub use summary::Summary;
@@ -39,6 +42,9 @@ pub enum OutputMode {
     Gather,
     /// One JSON object per event on stdout.
     Json,
+    /// Each distinct output as a unified diff against the most common one,
+    /// shown once every host is done.
+    Diff,
 }
 
 /// What the run was, for summaries.
@@ -164,6 +170,7 @@ impl Reporter {
             OutputMode::Lines => Box::new(Lines),
             OutputMode::Gather => Box::new(Gather::new(n)),
             OutputMode::Json => Box::new(Json::new(started)),
+            OutputMode::Diff => Box::new(Diff::new(n)),
         };
         Ok(Reporter {
             render,

@@ -175,7 +175,7 @@ impl ResultsDir {
 }
 
 /// A host name as a folder name: one path component, never hidden.
-fn folder_name(name: &str) -> String {
+pub fn folder_name(name: &str) -> String {
     if name.starts_with('.') {
         format!("_{name}")
     } else {

@@ -67,7 +67,8 @@ impl Summary {
 fn exit_for(status: Status) -> Exit {
     match status {
         Status::Ok => Exit::Ok,
-        Status::Failed => Exit::Failed,
+        // a host never started because others failed: the run did not do its job
+        Status::Failed | Status::Skipped => Exit::Failed,
         Status::Stopped => Exit::Stopped,
         Status::TimedOut | Status::Unreachable => Exit::Unreachable,
         Status::Cancelled => Exit::Interrupted,

@@ -15,4 +15,6 @@ mod inventory;
 mod payload;
 mod relay;
 mod remote_scripts;
+mod transfer;
 mod unattended;
+mod waves;

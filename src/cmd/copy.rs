@@ -1,0 +1,138 @@
+//! `pushrun copy`: files and directories to every selected host, over each
+//! host's one connection.
+//!
+//! The sources are read into one archive before any host is contacted, so
+//! every host gets the same bytes and a missing source costs nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::access::{access_for, ask};
+use super::waves::WaveArgs;
+use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
+use crate::error::{Error, Exit};
+use crate::fleet::{CopyJob, Job, PtyMode, RunSpec};
+use crate::inventory::Host;
+use crate::run::{self, Plan};
+
+/// Flags of `pushrun copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Which hosts.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How to reach them.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Rolling run: waves of hosts.
+    #[command(flatten)]
+    pub waves: WaveArgs,
+    /// Write through sudo (as root, or --become-user), e.g. to put files
+    /// where only root may. Per host: `become: true`.
+    #[arg(long = "become")]
+    pub become_: bool,
+    /// Whom --become becomes (default: the inventory's `become_user`, else root).
+    #[arg(long, value_name = "USER", requires = "become_")]
+    pub become_user: Option<String>,
+    /// Ask for sudo's password once; used where sudo wants one.
+    #[arg(long, short = 'K')]
+    pub ask_become_pass: bool,
+    /// Gather identical answers under one folded host list.
+    #[arg(long, short = 'b', conflicts_with = "json")]
+    pub gather: bool,
+    /// One JSON object per event on stdout, and a final summary object.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds a host's transfer may take; then it is stopped (status timed out).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+    /// Local files and directories (recursive), then DEST on the hosts: a
+    /// directory to put them in or, for one source, its new name. Modes are
+    /// kept, owners are not; each file is replaced atomically.
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `--become` and `--become-user` as `exec`'s `--become [USER]`.
+impl CopyArgs {
+    fn become_flag(&self) -> Option<Option<String>> {
+        self.become_.then(|| self.become_user.clone())
+    }
+}
+
+/// Runs `pushrun copy`.
+pub fn run(args: &CopyArgs) -> Result<Exit, Error> {
+    run::run(args.plan()?)
+}
+
+impl CopyArgs {
+    /// Checks everything, reads the sources and builds the plan.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        let ssh = self.connect.check()?;
+        let Some((dest, sources)) = self.paths.split_last() else {
+            return Err(Error::Usage("copy: give SRC… DEST".into()));
+        };
+        let dest = dest
+            .to_str()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| Error::Usage(format!("{}: not a usable DEST", dest.display())))?;
+        let job = CopyJob::new(sources, dest.to_string())
+            .map_err(|e| Error::Usage(format!("copy: {e}")))?;
+        let (hosts, hops) = self.select.select_with_hops()?;
+        let hosts = self.connect.apply(hosts);
+        no_relays("copy", &hosts, &hops)?;
+        let login = self.connect.login_password()?;
+        let become_password = if self.ask_become_pass {
+            Some(ask("sudo password: ", "--ask-become-pass")?)
+        } else {
+            None
+        };
+        let access = access_for(
+            &hosts,
+            login,
+            self.become_flag().as_ref(),
+            become_password,
+            None,
+        )?;
+        let waves = self.waves.waves(&hosts)?;
+        let spec = RunSpec {
+            job: Job::Copy(Arc::new(job)),
+            timeout: self.timeout,
+            pty: PtyMode::No,
+            ssh,
+            forks: self.connect.forks,
+            access,
+            converge: None,
+            repeat: None,
+            watch: None,
+            waves,
+        };
+        Ok(Plan {
+            selection: serde_json::Value::Null,
+            hosts,
+            spec,
+            output: output_mode(self.gather, self.json),
+            results: None,
+            run_id: run::new_run_id(),
+            hops: Vec::new(),
+            relay_binary: None,
+        })
+    }
+}
+
+/// Refuses hosts behind relays, which file transfers do not go through yet.
+pub(super) fn no_relays(what: &str, hosts: &[Host], hops: &[Host]) -> Result<(), Error> {
+    match hosts.iter().find(|h| h.settings.via.is_some()) {
+        Some(h) => Err(Error::Usage(format!(
+            "host {}: {what} does not go through relays (via:) yet",
+            h.name
+        ))),
+        None if !hops.is_empty() => Err(Error::Usage(format!(
+            "{what} does not go through relays (via:) yet"
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,176 @@
+//! `pushrun fetch`: files and directories from every selected host into
+//! `LOCAL_DIR/<host>/`, the host folders named as the results dir names them.
+//!
+//! What a host sends is untrusted (see `fleet::transfer`): bounded by
+//! `--max-bytes`, regular files and directories only, modes masked.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::access::{access_for, ask};
+use super::copy::no_relays;
+use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
+use crate::error::{Error, Exit};
+use crate::fleet::{FetchJob, Job, PtyMode, RunSpec};
+use crate::report::folder_name;
+use crate::run::{self, Plan};
+
+/// Flags of `pushrun fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Which hosts.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How to reach them.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Read through sudo (as root, or --become-user), e.g. files only root
+    /// may read. Per host: `become: true`.
+    #[arg(long = "become")]
+    pub become_: bool,
+    /// Whom --become becomes (default: the inventory's `become_user`, else root).
+    #[arg(long, value_name = "USER", requires = "become_")]
+    pub become_user: Option<String>,
+    /// Ask for sudo's password once; used where sudo wants one.
+    #[arg(long, short = 'K')]
+    pub ask_become_pass: bool,
+    /// The most one host may send, in bytes (suffixes K, M, G); a host
+    /// sending more fails and what it sent is dropped.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub max_bytes: u64,
+    /// One JSON object per event on stdout, and a final summary object.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds a host's transfer may take; then it is stopped (status timed out).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+    /// Paths on the hosts (files or directories), then the local directory
+    /// to put them in: `LOCAL_DIR/<host>/<name>`.
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+/// `--become` and `--become-user` as `exec`'s `--become [USER]`.
+impl FetchArgs {
+    fn become_flag(&self) -> Option<Option<String>> {
+        self.become_.then(|| self.become_user.clone())
+    }
+}
+
+/// Runs `pushrun fetch`.
+pub fn run(args: &FetchArgs) -> Result<Exit, Error> {
+    run::run(args.plan()?)
+}
+
+impl FetchArgs {
+    /// Checks everything and builds the plan.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        let ssh = self.connect.check()?;
+        let Some((local, remote)) = self.paths.split_last() else {
+            return Err(Error::Usage("fetch: give REMOTE… LOCAL_DIR".into()));
+        };
+        let mut names = Vec::new();
+        for p in remote {
+            let name = p.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            if name.is_empty() || name == "." || name == ".." {
+                return Err(Error::Usage(format!(
+                    "{p}: name a file or directory to fetch"
+                )));
+            }
+            if names.contains(&name) {
+                return Err(Error::Usage(format!(
+                    "{p}: a second path named {name} would land on the first"
+                )));
+            }
+            names.push(name);
+        }
+        let (hosts, hops) = self.select.select_with_hops()?;
+        let hosts = self.connect.apply(hosts);
+        no_relays("fetch", &hosts, &hops)?;
+        let local = PathBuf::from(local);
+        std::fs::create_dir_all(&local)
+            .map_err(|e| Error::Usage(format!("{}: {e}", local.display())))?;
+        let folders: HashMap<String, PathBuf> = hosts
+            .iter()
+            .map(|h| (h.name.clone(), local.join(folder_name(&h.name))))
+            .collect();
+        let login = self.connect.login_password()?;
+        let become_password = if self.ask_become_pass {
+            Some(ask("sudo password: ", "--ask-become-pass")?)
+        } else {
+            None
+        };
+        let access = access_for(
+            &hosts,
+            login,
+            self.become_flag().as_ref(),
+            become_password,
+            None,
+        )?;
+        let job = FetchJob {
+            paths: remote.to_vec(),
+            folders,
+            max_bytes: self.max_bytes,
+        };
+        let spec = RunSpec {
+            job: Job::Fetch(Arc::new(job)),
+            timeout: self.timeout,
+            pty: PtyMode::No,
+            ssh,
+            forks: self.connect.forks,
+            access,
+            converge: None,
+            repeat: None,
+            watch: None,
+            waves: None,
+        };
+        Ok(Plan {
+            selection: serde_json::Value::Null,
+            hosts,
+            spec,
+            output: output_mode(false, self.json),
+            results: None,
+            run_id: run::new_run_id(),
+            hops: Vec::new(),
+            relay_binary: None,
+        })
+    }
+}
+
+/// A size in bytes: a number with an optional K, M or G (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("`{s}`: sizes end in K, M or G")),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{s}` is not a size (e.g. 500M)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("10"), Ok(10));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1T").is_err());
+    }
+}
