@@ -41,7 +41,10 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
     }
     let base = text.clone();
     if opts.kex == Kex::Fast {
-        text.push_str("Host *\n  KexAlgorithms ^curve25519-sha256\n");
+        text.push_str(&format!(
+            "Host *\n  KexAlgorithms ^{}\n",
+            fast_kex().join(",")
+        ));
     }
     let path = dir.path().join("ssh_config");
     std::fs::write(&path, &text)?;
@@ -62,6 +65,29 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
         }
     }
     Ok(path)
+}
+
+/// The cheap key exchanges, best first: ML-KEM's hybrid (post-quantum, and
+/// about as cheap as curve25519) where this ssh offers it (OpenSSH 9.9 and
+/// later), then curve25519-sha256 (not post-quantum).
+fn fast_kex() -> Vec<&'static str> {
+    const MLKEM: &str = "mlkem768x25519-sha256";
+    let offered = std::process::Command::new("ssh")
+        .args(["-Q", "kex"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == MLKEM)
+        })
+        .unwrap_or(false);
+    if offered {
+        vec![MLKEM, "curve25519-sha256"]
+    } else {
+        vec!["curve25519-sha256"]
+    }
 }
 
 impl ControlDir {

@@ -24,6 +24,7 @@ use crate::remote::remote_line;
 
 mod control;
 mod failure;
+mod mux;
 
 pub use control::{ControlDir, write_ssh_config};
 pub use failure::{ConnectError, ConnectFailure};
@@ -48,11 +49,12 @@ pub enum HostKeyChecking {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kex {
-    /// Put curve25519-sha256 first: about a tenth of the CPU of OpenSSH 9's
-    /// default post-quantum hybrid (sntrup761x25519), which dominates the
-    /// initiator's cost per host. Ignored when ssh_config sets KexAlgorithms.
+    /// Put the cheap exchanges first: mlkem768x25519-sha256 where the local
+    /// ssh offers it (post-quantum and cheap), then curve25519-sha256 (about
+    /// a tenth of the CPU of OpenSSH 9's sntrup761x25519 default, but not
+    /// post-quantum). Ignored when ssh_config sets KexAlgorithms.
     Fast,
-    /// ssh's own default order.
+    /// ssh's own default order, as the user's ssh would pick.
     Default,
 }
 
@@ -75,7 +77,7 @@ pub struct SshOptions {
 /// One connected host.
 #[derive(Debug)]
 pub struct Session {
-    master: Child,
+    master: Master,
     ctl: PathBuf,
     log: PathBuf,
     destination: String,
@@ -139,7 +141,7 @@ impl Session {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        cmd.process_group(0).kill_on_drop(true);
+        cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -150,7 +152,15 @@ impl Session {
         let spawned = cmd.spawn();
         let result = match spawned {
             Ok(master) => {
-                Self::finish_connect(master, ctl, log, destination, config_file, opts).await
+                Self::finish_connect(
+                    Master(Some(master)),
+                    ctl,
+                    log,
+                    destination,
+                    config_file,
+                    opts,
+                )
+                .await
             }
             Err(e) => Err(ConnectError::new(
                 ConnectFailure::Other,
@@ -180,7 +190,7 @@ impl Session {
 
     /// Waits for the master to log in (its control socket appears) or fail.
     async fn finish_connect(
-        mut master: Child,
+        mut master: Master,
         ctl: PathBuf,
         log: PathBuf,
         destination: String,
@@ -196,8 +206,7 @@ impl Session {
         let mut poll = Duration::from_millis(2);
         loop {
             tokio::select! {
-                status = master.wait() => {
-                    let _ = status;
+                () = master.wait() => {
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     let _ = std::fs::remove_file(&log);
                     return Err(classify_ssh_failure(&text));
@@ -209,7 +218,7 @@ impl Session {
                     poll = (poll * 2).min(Duration::from_millis(20));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let _ = master.kill().await;
+                    master.kill().await;
                     let _ = std::fs::remove_file(&log);
                     return Err(ConnectError::new(
                         ConnectFailure::TimedOut,
@@ -399,21 +408,100 @@ impl Session {
         let _ = std::fs::remove_file(&ends.local);
     }
 
-    /// Closes the connection and waits for the master to end.
-    pub async fn close(mut self) {
+    /// Closes the connection: asks the master to exit through its control
+    /// socket (as `ssh -O exit` does) and lets it end in the background, so
+    /// closing adds nothing to the host's time. The returned [`Closing`]
+    /// tells how the master ended, for whoever wants to wait.
+    pub async fn close(mut self) -> Closing {
         drop(self.mux);
-        if let Some(pid) = self.master.id() {
-            // SAFETY: plain kill(2) on our own child, which has not been reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(3), self.master.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.master.kill().await;
-        }
-        let _ = std::fs::remove_file(&self.log);
+        let asked = mux::request_exit(&self.ctl).await;
         let _ = std::fs::remove_file(&self.ctl);
+        let log = std::mem::take(&mut self.log);
+        let Some(mut master) = self.master.0.take() else {
+            let _ = std::fs::remove_file(&log);
+            return Closing {
+                pid: None,
+                ended: None,
+            };
+        };
+        let pid = master.id();
+        let ended = tokio::spawn(async move {
+            let status = reap(&mut master, asked.is_ok()).await;
+            let _ = std::fs::remove_file(&log);
+            status
+        });
+        Closing {
+            pid,
+            ended: Some(ended),
+        }
+    }
+}
+
+/// Waits for a master to end: one asked to exit gets 3 s before SIGTERM,
+/// then every master 3 s more before SIGKILL.
+async fn reap(master: &mut Child, asked: bool) -> Option<std::process::ExitStatus> {
+    let grace = Duration::from_secs(3);
+    if asked && let Ok(status) = tokio::time::timeout(grace, master.wait()).await {
+        return status.ok();
+    }
+    if let Some(pid) = master.id() {
+        // SAFETY: plain kill(2) on our own child, which has not been reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if let Ok(status) = tokio::time::timeout(grace, master.wait()).await {
+        return status.ok();
+    }
+    let _ = master.kill().await;
+    master.wait().await.ok()
+}
+
+/// The master ssh process, killed if its [`Session`] goes without being
+/// closed (a cancelled connect, a dropped task).
+#[derive(Debug)]
+struct Master(Option<Child>);
+
+impl Master {
+    /// Waits for the process to end (forever, once it has been reaped).
+    async fn wait(&mut self) {
+        match self.0.as_mut() {
+            Some(child) => {
+                let _ = child.wait().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Kills the process and reaps it.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// A master on its way out; see [`Session::close`].
+#[derive(Debug)]
+pub struct Closing {
+    /// The master's process id, when pushrun started it and it was running.
+    pub pid: Option<u32>,
+    ended: Option<tokio::task::JoinHandle<Option<std::process::ExitStatus>>>,
+}
+
+impl Closing {
+    /// Waits for the master to end; its exit status, if pushrun reaped it.
+    pub async fn ended(self) -> Option<std::process::ExitStatus> {
+        match self.ended {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        }
     }
 }
 
