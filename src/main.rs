@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::run(&args),
         Command::Hosts(args) => cmd::hosts::run(&args),
         Command::Clean(args) => cmd::clean::run(&args),
+        Command::Disconnect(args) => cmd::disconnect::run(&args),
         Command::Relay => cmd::relay::run(),
     };
     match done {

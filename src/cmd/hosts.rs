@@ -1,6 +1,7 @@
 //! `pushrun hosts`: the selection as pushrun sees it, each host with the
 //! settings it will be reached with, in its place in the relay tree. It
 //! contacts no host: a way to check an inventory and a `--limit` first.
+//! Hosts with a connection a run left up (`--persist`) say `connected`.
 
 use clap::Args;
 
@@ -22,7 +23,15 @@ pub struct HostsArgs {
 /// on stderr.
 pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     let (hosts, hops) = args.select.select_with_hops()?;
-    for line in relay::tree(&hosts, &hops, describe) {
+    let connected = super::disconnect::connected();
+    let line = |h: &Host| {
+        let mut line = describe(h);
+        if connected.contains(&h.name) {
+            line.push_str(" connected");
+        }
+        line
+    };
+    for line in relay::tree(&hosts, &hops, line) {
         println!("{line}");
     }
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();

@@ -21,6 +21,7 @@ use crate::report::OutputMode;
 mod access;
 mod args;
 pub mod clean;
+pub mod disconnect;
 pub mod exec;
 pub mod hosts;
 pub mod relay;
@@ -56,6 +57,8 @@ pub enum Command {
     /// Remove pushrun's directory (payload cache, leftover runs) from the selected hosts.
     #[command(after_help = EXIT_CODES)]
     Clean(clean::CleanArgs),
+    /// End the connections that runs left up (--persist) now.
+    Disconnect(disconnect::DisconnectArgs),
     /// Serve a subtree for an initiator: a framed plan on stdin, framed events on stdout.
     #[command(hide = true)]
     Relay,

@@ -39,6 +39,9 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
             text.push_str("Include /etc/ssh/ssh_config\n");
         }
     }
+    // Persisted masters are keyed by this text: a change in an included
+    // file must change it too.
+    text.push_str(&format!("# included: {}\n", included_digest(&text)));
     let base = text.clone();
     if opts.kex == Kex::Fast {
         text.push_str(&format!(
@@ -65,6 +68,26 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
         }
     }
     Ok(path)
+}
+
+/// A digest of the files named by the `Include` lines of `text` (missing
+/// ones count as empty).
+fn included_digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for line in text.lines() {
+        if let Some(file) = line.strip_prefix("Include ") {
+            let file = file.trim_matches('"');
+            digest.update(file.as_bytes());
+            digest.update(std::fs::read(file).unwrap_or_default());
+        }
+    }
+    digest
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The cheap key exchanges, best first: ML-KEM's hybrid (post-quantum, and

@@ -25,10 +25,12 @@ use crate::remote::remote_line;
 mod control;
 mod failure;
 mod mux;
+pub mod persist;
 
 pub use control::{ControlDir, write_ssh_config};
 pub use failure::{ConnectError, ConnectFailure};
 use failure::{changed_key_error, classify_ssh_failure, with_fingerprint};
+pub use persist::PersistDir;
 
 /// Exit code `remote/pty.sh` uses when the session has no terminal.
 pub const NO_PTY_EXIT: i32 = 254;
@@ -72,6 +74,11 @@ pub struct SshOptions {
     pub connect_timeout: Duration,
     /// Host key policy; `None` = whatever ssh_config says (never a prompt: BatchMode).
     pub host_key_checking: Option<HostKeyChecking>,
+    /// How long masters stay up, idle, after the run (`--persist`); zero
+    /// ends them with the run. Never sent to relays: their masters end
+    /// with the run, so the hosts keep no trace of it.
+    #[serde(skip)]
+    pub persist: Duration,
 }
 
 /// One connected host.
@@ -82,11 +89,41 @@ pub struct Session {
     log: PathBuf,
     destination: String,
     config_file: PathBuf,
+    /// The master outlives the run: closing leaves it up.
+    persisted: bool,
     mux: openssh::Session,
+}
+
+/// Where a new master's socket, log and password file go, and whether it
+/// is to outlive the run (for how long idle).
+#[derive(Debug)]
+struct MasterSpec {
+    ctl: PathBuf,
+    log: PathBuf,
+    pass_file: PathBuf,
+    persist: Option<Duration>,
+}
+
+/// The persisted socket for `host`, when masters are to outlive the run
+/// and the per-user directory is usable.
+fn persisted_socket(host: &Host, config_file: &Path, opts: &SshOptions) -> Option<PathBuf> {
+    if opts.persist.is_zero() {
+        return None;
+    }
+    let dir = PersistDir::open().ok()?;
+    let config = std::fs::read_to_string(config_file).ok()?;
+    // The config file's own path is the run's: what counts is its text.
+    let mut args = host_args(host, Path::new("-"), opts);
+    args.push(host.address().into());
+    Some(dir.socket_for(&args, &config))
 }
 
 impl Session {
     /// Opens the master connection to `host`; `slot` names its socket in `dir`.
+    ///
+    /// With `opts.persist`, a live master that a run with the same settings
+    /// left is used instead, and a new master outlives the run (see
+    /// [`persist`]).
     pub async fn connect(
         dir: &ControlDir,
         config_file: &Path,
@@ -95,17 +132,64 @@ impl Session {
         opts: &SshOptions,
         password: Option<&Secret>,
     ) -> Result<Session, ConnectError> {
-        let ctl = dir.path().join(slot.to_string());
-        let log = dir.path().join(format!("{slot}.log"));
-        let pass_file = dir.path().join(format!("{slot}.pass"));
-        let destination = host.address().to_string();
+        let Some(ctl) = persisted_socket(host, config_file, opts) else {
+            let master = MasterSpec {
+                ctl: dir.path().join(slot.to_string()),
+                log: dir.path().join(format!("{slot}.log")),
+                pass_file: dir.path().join(format!("{slot}.pass")),
+                persist: None,
+            };
+            return Self::open(master, config_file, host, opts, password).await;
+        };
+        let limit = opts.connect_timeout + Duration::from_secs(5);
+        let _lock = persist::ConnectLock::take(&ctl, limit)
+            .await
+            .map_err(|e| ConnectError::new(ConnectFailure::Other, e.to_string()))?;
+        let log = ctl.with_extension("log");
+        if persist::live_or_cleared(&ctl).await {
+            let mux = openssh::Session::resume_mux(
+                ctl.clone().into_boxed_path(),
+                Some(log.clone().into_boxed_path()),
+            );
+            return Ok(Session {
+                master: Master(None),
+                ctl,
+                log,
+                destination: host.address().to_string(),
+                config_file: config_file.to_path_buf(),
+                persisted: true,
+                mux,
+            });
+        }
+        let master = MasterSpec {
+            log,
+            pass_file: dir.path().join(format!("{slot}.pass")),
+            persist: Some(opts.persist),
+            ctl: ctl.clone(),
+        };
+        let session = Self::open(master, config_file, host, opts, password).await?;
+        if persist::describe(&ctl, &host.name, host.address()).is_err() {
+            // Unlisted, it could not be found by `disconnect`: end it now.
+            return Ok(session.unpersisted());
+        }
+        Ok(session)
+    }
+
+    /// Starts a master as `spec` says and waits for it to log in.
+    async fn open(
+        spec: MasterSpec,
+        config_file: &Path,
+        host: &Host,
+        opts: &SshOptions,
+        password: Option<&Secret>,
+    ) -> Result<Session, ConnectError> {
         let mut cmd = Command::new("ssh");
         cmd.arg("-M")
             .arg("-N")
             .arg("-S")
-            .arg(&ctl)
+            .arg(&spec.ctl)
             .arg("-E")
-            .arg(&log);
+            .arg(&spec.log);
         cmd.args(host_args(host, config_file, opts));
         if let Some(password) = password {
             // ssh asks pushrun itself (askpass mode), which reads the 0600
@@ -117,8 +201,8 @@ impl Session {
                     format!("cannot find pushrun itself: {e}"),
                 )
             })?;
-            auth::remove_askpass_file(&pass_file);
-            auth::write_askpass_file(&pass_file, password).map_err(|e| {
+            auth::remove_askpass_file(&spec.pass_file);
+            auth::write_askpass_file(&spec.pass_file, password).map_err(|e| {
                 ConnectError::new(
                     ConnectFailure::Other,
                     format!("cannot write the password file: {e}"),
@@ -126,18 +210,23 @@ impl Session {
             })?;
             cmd.env("SSH_ASKPASS", exe)
                 .env("SSH_ASKPASS_REQUIRE", "force")
-                .env(auth::ASKPASS_ENV, &pass_file)
+                .env(auth::ASKPASS_ENV, &spec.pass_file)
                 .args(["-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1"]);
         }
-        cmd.args(["-o", "BatchMode=yes", "-o", "ControlPersist=no"])
-            .args([
-                "-o",
-                "ServerAliveInterval=10",
-                "-o",
-                "ServerAliveCountMax=3",
-            ])
+        match spec.persist {
+            // ssh goes to the background once logged in (-f), and ends by
+            // itself after being idle that long.
+            Some(idle) => cmd
+                .arg("-f")
+                .arg("-o")
+                .arg(format!("ControlPersist={}", idle.as_secs().max(1))),
+            None => cmd.args(["-o", "ControlPersist=no"]),
+        };
+        cmd.args(["-o", "BatchMode=yes"])
+            .args(["-o", "ServerAliveInterval=10"])
+            .args(["-o", "ServerAliveCountMax=3"])
             .arg("--")
-            .arg(&destination);
+            .arg(host.address());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -149,18 +238,10 @@ impl Session {
                 Ok(())
             });
         }
-        let spawned = cmd.spawn();
-        let result = match spawned {
+        let pass_file = spec.pass_file.clone();
+        let result = match cmd.spawn() {
             Ok(master) => {
-                Self::finish_connect(
-                    Master(Some(master)),
-                    ctl,
-                    log,
-                    destination,
-                    config_file,
-                    opts,
-                )
-                .await
+                Self::finish_connect(Master(Some(master)), spec, host, config_file, opts).await
             }
             Err(e) => Err(ConnectError::new(
                 ConnectFailure::Other,
@@ -179,7 +260,7 @@ impl Session {
             Ok(session) => {
                 let log = std::fs::read_to_string(&session.log).unwrap_or_default();
                 if log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-                    session.close().await;
+                    session.unpersisted().close().await;
                     return Err(changed_key_error(&log));
                 }
                 Ok(session)
@@ -191,12 +272,12 @@ impl Session {
     /// Waits for the master to log in (its control socket appears) or fail.
     async fn finish_connect(
         mut master: Master,
-        ctl: PathBuf,
-        log: PathBuf,
-        destination: String,
+        spec: MasterSpec,
+        host: &Host,
         config_file: &Path,
         opts: &SshOptions,
     ) -> Result<Session, ConnectError> {
+        let MasterSpec { ctl, log, .. } = spec;
         let secs = opts.connect_timeout.as_secs().max(1);
 
         // The master creates its control socket only once authenticated.
@@ -206,13 +287,18 @@ impl Session {
         let mut poll = Duration::from_millis(2);
         loop {
             tokio::select! {
-                () = master.wait() => {
+                status = master.wait() => {
+                    // A persisted master's first process exits 0 once the
+                    // master, in the background, has logged in.
+                    if spec.persist.is_some() && status.is_some_and(|s| s.success()) && ctl.exists() {
+                        break;
+                    }
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     let _ = std::fs::remove_file(&log);
                     return Err(classify_ssh_failure(&text));
                 }
                 _ = tokio::time::sleep(poll) => {
-                    if ctl.exists() {
+                    if ctl.exists() && spec.persist.is_none() {
                         break;
                     }
                     poll = (poll * 2).min(Duration::from_millis(20));
@@ -235,10 +321,17 @@ impl Session {
             master,
             ctl,
             log,
-            destination,
+            destination: host.address().to_string(),
             config_file: config_file.to_path_buf(),
+            persisted: spec.persist.is_some(),
             mux,
         })
+    }
+
+    /// This session, to be ended on close even when it was persisted.
+    fn unpersisted(mut self) -> Session {
+        self.persisted = false;
+        self
     }
 
     /// Starts one of pushrun's remote scripts as `sh -c SCRIPT NAME ARGS...`,
@@ -408,12 +501,26 @@ impl Session {
         let _ = std::fs::remove_file(&ends.local);
     }
 
-    /// Closes the connection: asks the master to exit through its control
+    /// Whether the master outlives the run.
+    pub fn is_persisted(&self) -> bool {
+        self.persisted
+    }
+
+    /// Closes the connection: a persisted master stays up (ssh ends it once
+    /// idle for the persist time); any other is asked to exit through its control
     /// socket (as `ssh -O exit` does) and lets it end in the background, so
     /// closing adds nothing to the host's time. The returned [`Closing`]
     /// tells how the master ended, for whoever wants to wait.
     pub async fn close(mut self) -> Closing {
         drop(self.mux);
+        if self.persisted {
+            // Its first process has exited already; the master is ssh's.
+            self.master.0.take();
+            return Closing {
+                pid: None,
+                ended: None,
+            };
+        }
         let asked = mux::request_exit(&self.ctl).await;
         let _ = std::fs::remove_file(&self.ctl);
         let log = std::mem::take(&mut self.log);
@@ -439,20 +546,39 @@ impl Session {
 
 /// Waits for a master to end: one asked to exit gets 3 s before SIGTERM,
 /// then every master 3 s more before SIGKILL.
-async fn reap(master: &mut Child, asked: bool) -> Option<std::process::ExitStatus> {
+async fn reap(master: &mut Child, asked: bool) -> Ended {
     let grace = Duration::from_secs(3);
     if asked && let Ok(status) = tokio::time::timeout(grace, master.wait()).await {
-        return status.ok();
+        return Ended {
+            status: status.ok(),
+            signalled: false,
+        };
     }
     if let Some(pid) = master.id() {
         // SAFETY: plain kill(2) on our own child, which has not been reaped.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
-    if let Ok(status) = tokio::time::timeout(grace, master.wait()).await {
-        return status.ok();
+    let status = match tokio::time::timeout(grace, master.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = master.kill().await;
+            master.wait().await.ok()
+        }
+    };
+    Ended {
+        status,
+        signalled: true,
     }
-    let _ = master.kill().await;
-    master.wait().await.ok()
+}
+
+/// How a master ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Its exit status, if pushrun reaped it.
+    pub status: Option<std::process::ExitStatus>,
+    /// Whether it took a signal from pushrun (it did not act on the exit
+    /// request in time, or none could be made).
+    pub signalled: bool,
 }
 
 /// The master ssh process, killed if its [`Session`] goes without being
@@ -462,11 +588,9 @@ struct Master(Option<Child>);
 
 impl Master {
     /// Waits for the process to end (forever, once it has been reaped).
-    async fn wait(&mut self) {
+    async fn wait(&mut self) -> Option<std::process::ExitStatus> {
         match self.0.as_mut() {
-            Some(child) => {
-                let _ = child.wait().await;
-            }
+            Some(child) => child.wait().await.ok(),
             None => std::future::pending().await,
         }
     }
@@ -492,16 +616,13 @@ impl Drop for Master {
 pub struct Closing {
     /// The master's process id, when pushrun started it and it was running.
     pub pid: Option<u32>,
-    ended: Option<tokio::task::JoinHandle<Option<std::process::ExitStatus>>>,
+    ended: Option<tokio::task::JoinHandle<Ended>>,
 }
 
 impl Closing {
-    /// Waits for the master to end; its exit status, if pushrun reaped it.
-    pub async fn ended(self) -> Option<std::process::ExitStatus> {
-        match self.ended {
-            Some(task) => task.await.ok().flatten(),
-            None => None,
-        }
+    /// Waits for the master to end; how it did, when pushrun started it.
+    pub async fn ended(self) -> Option<Ended> {
+        self.ended?.await.ok()
     }
 }
 

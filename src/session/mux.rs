@@ -1,8 +1,9 @@
-//! The request of OpenSSH's multiplexing protocol (PROTOCOL.mux) that the
-//! `openssh` crate does not make: "exit" (`ssh -O exit`).
+//! The requests of OpenSSH's multiplexing protocol (PROTOCOL.mux) that the
+//! `openssh` crate does not make: "exit" (`ssh -O exit`), and "check"
+//! (`ssh -O check`) on a socket we have no `Session` for yet.
 //!
 //! `openssh::Session::close` sends "stop listening" (`ssh -O stop`), which
-//! leaves a `-N` master running with no socket. The request is one short
+//! leaves a `-N` master running with no socket. Each request is one short
 //! exchange on the control socket, far cheaper than starting `ssh -O exit`
 //! (which reads every ssh config first), and unlike SIGTERM it is acted on
 //! at once.
@@ -15,10 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 const MUX_MSG_HELLO: u32 = 0x0000_0001;
+const MUX_C_ALIVE_CHECK: u32 = 0x1000_0004;
 const MUX_C_TERMINATE: u32 = 0x1000_0005;
 const MUX_S_OK: u32 = 0x8000_0001;
 const MUX_S_PERMISSION_DENIED: u32 = 0x8000_0002;
 const MUX_S_FAILURE: u32 = 0x8000_0003;
+const MUX_S_ALIVE: u32 = 0x8000_0005;
 const MUX_VERSION: u32 = 4;
 
 /// How long a master has to answer; a live one answers in microseconds.
@@ -26,7 +29,12 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 /// Asks the master behind `ctl` to end its connection and exit.
 pub(super) async fn request_exit(ctl: &Path) -> io::Result<()> {
-    let (kind, body) = exchange(ctl, MUX_C_TERMINATE).await?;
+    // A master often exits before its answer is sent: the socket closing
+    // right after its hello is a yes (as `ssh -O exit` takes it).
+    let (kind, body) = match exchange(ctl, MUX_C_TERMINATE).await {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        other => other?,
+    };
     match kind {
         MUX_S_OK => Ok(()),
         MUX_S_PERMISSION_DENIED | MUX_S_FAILURE => Err(io::Error::other(format!(
@@ -34,6 +42,15 @@ pub(super) async fn request_exit(ctl: &Path) -> io::Result<()> {
             reason(&body)
         ))),
         other => Err(unexpected(other)),
+    }
+}
+
+/// The pid of the master behind `ctl`, if one answers there (`ssh -O check`).
+pub(super) async fn alive(ctl: &Path) -> io::Result<u32> {
+    let (kind, body) = exchange(ctl, MUX_C_ALIVE_CHECK).await?;
+    match (kind, body.get(4..8)) {
+        (MUX_S_ALIVE, Some(pid)) => Ok(u32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]])),
+        (other, _) => Err(unexpected(other)),
     }
 }
 
