@@ -31,7 +31,7 @@ shift $((OPTIND - 1))
 
 if [ -z "${PUSHRUN:-}" ]; then
   cargo build --release --quiet
-  PUSHRUN=$PWD/target/release/pushrun
+  PUSHRUN=${CARGO_TARGET_DIR:-$PWD/target}/release/pushrun
 fi
 DIR=$(mktemp -d /tmp/pushrun-bench.XXXXXX)
 # pushrun-warm's masters live here, and end with the benchmark.
