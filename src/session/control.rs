@@ -114,8 +114,12 @@ fn fast_kex() -> Vec<&'static str> {
 }
 
 impl ControlDir {
-    /// Creates a new 0700 directory, first removing stale ones of dead pushruns.
+    /// Creates a new 0700 directory, first removing stale ones of dead
+    /// pushruns. A run's connections need open files (about 8 per host at
+    /// once: the mux socket and a command's pipes), so this also raises the
+    /// soft limit on them to the hard one, as far as it goes.
     pub fn create() -> io::Result<ControlDir> {
+        raise_open_files_limit();
         let base = control_base();
         sweep_stale(&base);
         let pid = std::process::id();
@@ -144,6 +148,36 @@ impl ControlDir {
 impl Drop for ControlDir {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (many systems start
+/// programs at a soft 1024 under a far higher hard limit).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The soft limit on open files, for error messages.
+pub(super) fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
     }
 }
 

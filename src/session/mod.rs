@@ -243,6 +243,13 @@ impl Session {
             Ok(master) => {
                 Self::finish_connect(Master(Some(master)), spec, host, config_file, opts).await
             }
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Err(ConnectError::new(
+                ConnectFailure::Other,
+                format!(
+                    "cannot start ssh: too many open files (ulimit -n is {}): lower --forks or raise the limit",
+                    control::open_files_limit()
+                ),
+            )),
             Err(e) => Err(ConnectError::new(
                 ConnectFailure::Other,
                 format!("cannot start ssh: {e}"),
