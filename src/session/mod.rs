@@ -22,6 +22,7 @@ use crate::auth::{self, Secret};
 use crate::inventory::Host;
 use crate::remote::remote_line;
 
+mod budget;
 mod control;
 mod failure;
 mod mux;
@@ -92,6 +93,8 @@ pub struct Session {
     /// The master outlives the run: closing leaves it up.
     persisted: bool,
     mux: openssh::Session,
+    /// This host's share of the open files, given back when it closes.
+    _share: budget::Share,
 }
 
 /// Where a new master's socket, log and password file go, and whether it
@@ -132,6 +135,9 @@ impl Session {
         opts: &SshOptions,
         password: Option<&Secret>,
     ) -> Result<Session, ConnectError> {
+        let share = budget::take()
+            .await
+            .map_err(|why| ConnectError::new(ConnectFailure::Other, why))?;
         let Some(ctl) = persisted_socket(host, config_file, opts) else {
             let master = MasterSpec {
                 ctl: dir.path().join(slot.to_string()),
@@ -139,7 +145,7 @@ impl Session {
                 pass_file: dir.path().join(format!("{slot}.pass")),
                 persist: None,
             };
-            return Self::open(master, config_file, host, opts, password).await;
+            return Self::open(master, config_file, host, opts, password, share).await;
         };
         let limit = opts.connect_timeout + Duration::from_secs(5);
         let _lock = persist::ConnectLock::take(&ctl, limit)
@@ -159,6 +165,7 @@ impl Session {
                 config_file: config_file.to_path_buf(),
                 persisted: true,
                 mux,
+                _share: share,
             });
         }
         let master = MasterSpec {
@@ -167,7 +174,7 @@ impl Session {
             persist: Some(opts.persist),
             ctl: ctl.clone(),
         };
-        let session = Self::open(master, config_file, host, opts, password).await?;
+        let session = Self::open(master, config_file, host, opts, password, share).await?;
         if persist::describe(&ctl, &host.name, host.address()).is_err() {
             // Unlisted, it could not be found by `disconnect`: end it now.
             return Ok(session.unpersisted());
@@ -182,6 +189,7 @@ impl Session {
         host: &Host,
         opts: &SshOptions,
         password: Option<&Secret>,
+        share: budget::Share,
     ) -> Result<Session, ConnectError> {
         let mut cmd = Command::new("ssh");
         cmd.arg("-M")
@@ -241,7 +249,8 @@ impl Session {
         let pass_file = spec.pass_file.clone();
         let result = match cmd.spawn() {
             Ok(master) => {
-                Self::finish_connect(Master(Some(master)), spec, host, config_file, opts).await
+                let started = Master(Some(master));
+                Self::finish_connect(started, spec, host, config_file, opts, share).await
             }
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Err(ConnectError::new(
                 ConnectFailure::Other,
@@ -283,6 +292,7 @@ impl Session {
         host: &Host,
         config_file: &Path,
         opts: &SshOptions,
+        share: budget::Share,
     ) -> Result<Session, ConnectError> {
         let MasterSpec { ctl, log, .. } = spec;
         let secs = opts.connect_timeout.as_secs().max(1);
@@ -332,6 +342,7 @@ impl Session {
             config_file: config_file.to_path_buf(),
             persisted: spec.persist.is_some(),
             mux,
+            _share: share,
         })
     }
 

@@ -232,3 +232,24 @@ fn sorted(out: &str) -> Vec<&str> {
     lines.sort_unstable();
     lines
 }
+
+#[test]
+fn more_forks_than_open_files_allow_still_reach_every_host() {
+    let hosts = TestHosts::start(8);
+    // 60 descriptors hold one host at a time; 8 at once would run out.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 60 && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_pushrun"))
+        .args(["exec", "--forks", "8", "--hosts"])
+        .arg(hosts.hosts_yaml())
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(["--", "sleep 0.5; echo done"])
+        .env("PUSHRUN_PERSIST", "0")
+        .stdin(std::process::Stdio::null());
+    let run = crate::common::to_run(cmd.output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.stdout.matches(": done").count(), 8, "{}", run.all());
+}
