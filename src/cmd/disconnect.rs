@@ -43,6 +43,7 @@ pub fn run(args: &DisconnectArgs) -> Result<Exit, Error> {
             ended.push(conn.name);
         }
     }
+    dir.sweep_locks();
     ended.sort();
     ended.dedup();
     eprintln!(

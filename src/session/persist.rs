@@ -86,6 +86,22 @@ impl PersistDir {
         self.path.join(hex)
     }
 
+    /// Removes the lock files of sockets that are gone (left by masters
+    /// that expired).
+    pub fn sweep_locks(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "lock")
+                && path.with_extension("").symlink_metadata().is_err()
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Every persisted master whose files are here, live or not.
     pub fn list(&self) -> Vec<Persisted> {
         let Ok(entries) = std::fs::read_dir(&self.path) else {
@@ -126,6 +142,7 @@ impl Persisted {
     pub async fn disconnect(&self) -> bool {
         let ended = mux::request_exit(&self.ctl).await.is_ok();
         forget(&self.ctl);
+        let _ = std::fs::remove_file(self.ctl.with_extension("lock"));
         ended
     }
 }
