@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => cmd::fetch::run(&args),
         Command::Completions { shell } => cmd::completions::completions(shell),
         Command::Man => cmd::completions::man(),
+        Command::Disconnect(args) => cmd::disconnect::run(&args),
         Command::Relay => cmd::relay::run(),
     };
     match done {

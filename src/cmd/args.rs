@@ -59,10 +59,17 @@ pub struct ConnectArgs {
     /// Seconds to wait for a host to answer.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     pub connect_timeout: Duration,
-    /// Key exchange: `fast` prefers curve25519-sha256 (a tenth of the CPU per
-    /// host of OpenSSH 9's post-quantum default); `default` keeps ssh's order.
-    #[arg(long, default_value = "fast", value_name = "KEX", value_parser = onto::<KexFlag, Kex>())]
+    /// Key exchange: `default` keeps ssh's own order (what `ssh` would pick);
+    /// `fast` prefers mlkem768x25519-sha256 where ssh offers it, then
+    /// curve25519-sha256 (a tenth of the CPU per host of OpenSSH 9's
+    /// post-quantum default, but not post-quantum itself).
+    #[arg(long, default_value = "default", value_name = "KEX", value_parser = onto::<KexFlag, Kex>())]
     pub kex: Kex,
+    /// How long each host's connection stays up, idle, after the run, for
+    /// the next run to use (`90s`, `2m`, `1h`; a bare number is seconds;
+    /// `0` ends connections with the run). One ssh process per host waits.
+    #[arg(long, env = "PUSHRUN_PERSIST", default_value = "2m", value_name = "DURATION", value_parser = parse_persist)]
+    pub persist: Duration,
     /// Host key policy. Default: what ssh_config says (never a prompt).
     #[arg(long, value_name = "MODE", value_parser = onto::<HostKeyCheckingFlag, HostKeyChecking>())]
     pub host_key_checking: Option<HostKeyChecking>,
@@ -77,12 +84,28 @@ pub struct ConnectArgs {
     pub relay_binary: Option<PathBuf>,
 }
 
+/// A `--persist` duration: `0`, seconds, or a number with `s`, `m` or `h`.
+fn parse_persist(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (like 0, 90s, 2m, 1h)"))?;
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
 /// `--kex`, as clap parses it; the variants' docs are its help.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum KexFlag {
-    /// Put curve25519-sha256 first: about a tenth of the CPU of OpenSSH 9's
-    /// default post-quantum hybrid (sntrup761x25519), which dominates the
-    /// initiator's cost per host. Ignored when ssh_config sets KexAlgorithms.
+    /// Prefer mlkem768x25519-sha256 where ssh offers it (post-quantum and
+    /// cheap), then curve25519-sha256 (cheap, not post-quantum). Ignored
+    /// when ssh_config sets KexAlgorithms.
     Fast,
     /// ssh's own default order.
     Default,
@@ -313,6 +336,24 @@ impl ConnectArgs {
             kex: self.kex,
             connect_timeout: self.connect_timeout,
             host_key_checking: self.host_key_checking,
+            persist: self.persist,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persist_takes_seconds_minutes_hours_and_zero() {
+        assert_eq!(parse_persist("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_persist("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_persist("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_persist("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_persist("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_persist("2d").is_err());
+        assert!(parse_persist("-1").is_err());
+        assert!(parse_persist("").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `pushrun hosts`: the selection as pushrun sees it, each host with the
 //! settings it will be reached with, in its place in the relay tree. It
 //! contacts no host: a way to check an inventory and a `--limit` first.
+//! Hosts with a connection a run left up (`--persist`) say `connected`.
 
 use std::io::Write;
 
@@ -34,11 +35,19 @@ pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
         writeln!(out).map_err(Error::Output)?;
     } else {
         // Without relays the tree is flat: print it in one pass.
+        let connected = super::disconnect::connected();
+        let line = |h: &Host| {
+            let mut line = describe(h);
+            if connected.contains(&h.name) {
+                line.push_str(" connected");
+            }
+            line
+        };
         let flat = hops.is_empty() && hosts.iter().all(|h| h.settings.via.is_none());
         let lines: Box<dyn Iterator<Item = String>> = if flat {
-            Box::new(hosts.iter().map(describe))
+            Box::new(hosts.iter().map(line))
         } else {
-            Box::new(relay::tree(&hosts, &hops, describe).into_iter())
+            Box::new(relay::tree(&hosts, &hops, line).into_iter())
         };
         for line in lines {
             writeln!(out, "{line}").map_err(Error::Output)?;

@@ -23,6 +23,7 @@ mod args;
 pub mod clean;
 pub mod completions;
 pub mod copy;
+pub mod disconnect;
 pub mod exec;
 pub mod fetch;
 pub mod hosts;
@@ -78,6 +79,8 @@ pub enum Command {
     },
     /// Print the man page (roff): `pushrun man | man -l -`.
     Man,
+    /// End the connections that runs left up (--persist) now.
+    Disconnect(disconnect::DisconnectArgs),
     /// Serve a subtree for an initiator: a framed plan on stdin, framed events on stdout.
     #[command(hide = true)]
     Relay,

@@ -327,6 +327,7 @@ mod tests {
                 kex: Kex::Fast,
                 connect_timeout: Duration::from_secs(9),
                 host_key_checking: Some(HostKeyChecking::AcceptNew),
+                persist: Duration::ZERO,
             },
             known_hosts: String::new(),
             access: vec![access],

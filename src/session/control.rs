@@ -39,9 +39,15 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
             text.push_str("Include /etc/ssh/ssh_config\n");
         }
     }
+    // Persisted masters are keyed by this text: a change in an included
+    // file must change it too.
+    text.push_str(&format!("# included: {}\n", included_digest(&text)));
     let base = text.clone();
     if opts.kex == Kex::Fast {
-        text.push_str("Host *\n  KexAlgorithms ^curve25519-sha256\n");
+        text.push_str(&format!(
+            "Host *\n  KexAlgorithms ^{}\n",
+            fast_kex().join(",")
+        ));
     }
     let path = dir.path().join("ssh_config");
     std::fs::write(&path, &text)?;
@@ -64,9 +70,56 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
     Ok(path)
 }
 
+/// A digest of the files named by the `Include` lines of `text` (missing
+/// ones count as empty).
+fn included_digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for line in text.lines() {
+        if let Some(file) = line.strip_prefix("Include ") {
+            let file = file.trim_matches('"');
+            digest.update(file.as_bytes());
+            digest.update(std::fs::read(file).unwrap_or_default());
+        }
+    }
+    digest
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The cheap key exchanges, best first: ML-KEM's hybrid (post-quantum, and
+/// about as cheap as curve25519) where this ssh offers it (OpenSSH 9.9 and
+/// later), then curve25519-sha256 (not post-quantum).
+fn fast_kex() -> Vec<&'static str> {
+    const MLKEM: &str = "mlkem768x25519-sha256";
+    let offered = std::process::Command::new("ssh")
+        .args(["-Q", "kex"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == MLKEM)
+        })
+        .unwrap_or(false);
+    if offered {
+        vec![MLKEM, "curve25519-sha256"]
+    } else {
+        vec!["curve25519-sha256"]
+    }
+}
+
 impl ControlDir {
-    /// Creates a new 0700 directory, first removing stale ones of dead pushruns.
+    /// Creates a new 0700 directory, first removing stale ones of dead
+    /// pushruns. A run's connections need open files (about 8 per host at
+    /// once: the mux socket and a command's pipes), so this also raises the
+    /// soft limit on them to the hard one, as far as it goes.
     pub fn create() -> io::Result<ControlDir> {
+        raise_open_files_limit();
         let base = control_base();
         sweep_stale(&base);
         let pid = std::process::id();
@@ -95,6 +148,36 @@ impl ControlDir {
 impl Drop for ControlDir {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (many systems start
+/// programs at a soft 1024 under a far higher hard limit).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The soft limit on open files, for error messages.
+pub(super) fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
     }
 }
 

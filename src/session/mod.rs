@@ -22,12 +22,16 @@ use crate::auth::{self, Secret};
 use crate::inventory::Host;
 use crate::remote::remote_line;
 
+mod budget;
 mod control;
 mod failure;
+mod mux;
+pub mod persist;
 
 pub use control::{ControlDir, write_ssh_config};
 pub use failure::{ConnectError, ConnectFailure};
 use failure::{changed_key_error, classify_ssh_failure, with_fingerprint};
+pub use persist::PersistDir;
 
 /// Exit code `remote/pty.sh` uses when the session has no terminal.
 pub const NO_PTY_EXIT: i32 = 254;
@@ -48,11 +52,12 @@ pub enum HostKeyChecking {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kex {
-    /// Put curve25519-sha256 first: about a tenth of the CPU of OpenSSH 9's
-    /// default post-quantum hybrid (sntrup761x25519), which dominates the
-    /// initiator's cost per host. Ignored when ssh_config sets KexAlgorithms.
+    /// Put the cheap exchanges first: mlkem768x25519-sha256 where the local
+    /// ssh offers it (post-quantum and cheap), then curve25519-sha256 (about
+    /// a tenth of the CPU of OpenSSH 9's sntrup761x25519 default, but not
+    /// post-quantum). Ignored when ssh_config sets KexAlgorithms.
     Fast,
-    /// ssh's own default order.
+    /// ssh's own default order, as the user's ssh would pick.
     Default,
 }
 
@@ -70,21 +75,58 @@ pub struct SshOptions {
     pub connect_timeout: Duration,
     /// Host key policy; `None` = whatever ssh_config says (never a prompt: BatchMode).
     pub host_key_checking: Option<HostKeyChecking>,
+    /// How long masters stay up, idle, after the run (`--persist`); zero
+    /// ends them with the run. Never sent to relays: their masters end
+    /// with the run, so the hosts keep no trace of it.
+    #[serde(skip)]
+    pub persist: Duration,
 }
 
 /// One connected host.
 #[derive(Debug)]
 pub struct Session {
-    master: Child,
+    master: Master,
     ctl: PathBuf,
     log: PathBuf,
     destination: String,
     config_file: PathBuf,
+    /// The master outlives the run: closing leaves it up.
+    persisted: bool,
     mux: openssh::Session,
+    /// This host's share of the open files, given back when it closes.
+    _share: budget::Share,
+}
+
+/// Where a new master's socket, log and password file go, and whether it
+/// is to outlive the run (for how long idle).
+#[derive(Debug)]
+struct MasterSpec {
+    ctl: PathBuf,
+    log: PathBuf,
+    pass_file: PathBuf,
+    persist: Option<Duration>,
+}
+
+/// The persisted socket for `host`, when masters are to outlive the run
+/// and the per-user directory is usable.
+fn persisted_socket(host: &Host, config_file: &Path, opts: &SshOptions) -> Option<PathBuf> {
+    if opts.persist.is_zero() {
+        return None;
+    }
+    let dir = PersistDir::open().ok()?;
+    let config = std::fs::read_to_string(config_file).ok()?;
+    // The config file's own path is the run's: what counts is its text.
+    let mut args = host_args(host, Path::new("-"), opts);
+    args.push(host.address().into());
+    Some(dir.socket_for(&args, &config))
 }
 
 impl Session {
     /// Opens the master connection to `host`; `slot` names its socket in `dir`.
+    ///
+    /// With `opts.persist`, a live master that a run with the same settings
+    /// left is used instead, and a new master outlives the run (see
+    /// [`persist`]).
     pub async fn connect(
         dir: &ControlDir,
         config_file: &Path,
@@ -93,17 +135,69 @@ impl Session {
         opts: &SshOptions,
         password: Option<&Secret>,
     ) -> Result<Session, ConnectError> {
-        let ctl = dir.path().join(slot.to_string());
-        let log = dir.path().join(format!("{slot}.log"));
-        let pass_file = dir.path().join(format!("{slot}.pass"));
-        let destination = host.address().to_string();
+        let share = budget::take()
+            .await
+            .map_err(|why| ConnectError::new(ConnectFailure::Other, why))?;
+        let Some(ctl) = persisted_socket(host, config_file, opts) else {
+            let master = MasterSpec {
+                ctl: dir.path().join(slot.to_string()),
+                log: dir.path().join(format!("{slot}.log")),
+                pass_file: dir.path().join(format!("{slot}.pass")),
+                persist: None,
+            };
+            return Self::open(master, config_file, host, opts, password, share).await;
+        };
+        let limit = opts.connect_timeout + Duration::from_secs(5);
+        let _lock = persist::ConnectLock::take(&ctl, limit)
+            .await
+            .map_err(|e| ConnectError::new(ConnectFailure::Other, e.to_string()))?;
+        let log = ctl.with_extension("log");
+        if persist::live_or_cleared(&ctl).await {
+            let mux = openssh::Session::resume_mux(
+                ctl.clone().into_boxed_path(),
+                Some(log.clone().into_boxed_path()),
+            );
+            return Ok(Session {
+                master: Master(None),
+                ctl,
+                log,
+                destination: host.address().to_string(),
+                config_file: config_file.to_path_buf(),
+                persisted: true,
+                mux,
+                _share: share,
+            });
+        }
+        let master = MasterSpec {
+            log,
+            pass_file: dir.path().join(format!("{slot}.pass")),
+            persist: Some(opts.persist),
+            ctl: ctl.clone(),
+        };
+        let session = Self::open(master, config_file, host, opts, password, share).await?;
+        if persist::describe(&ctl, &host.name, host.address()).is_err() {
+            // Unlisted, it could not be found by `disconnect`: end it now.
+            return Ok(session.unpersisted());
+        }
+        Ok(session)
+    }
+
+    /// Starts a master as `spec` says and waits for it to log in.
+    async fn open(
+        spec: MasterSpec,
+        config_file: &Path,
+        host: &Host,
+        opts: &SshOptions,
+        password: Option<&Secret>,
+        share: budget::Share,
+    ) -> Result<Session, ConnectError> {
         let mut cmd = Command::new("ssh");
         cmd.arg("-M")
             .arg("-N")
             .arg("-S")
-            .arg(&ctl)
+            .arg(&spec.ctl)
             .arg("-E")
-            .arg(&log);
+            .arg(&spec.log);
         cmd.args(host_args(host, config_file, opts));
         if let Some(password) = password {
             // ssh asks pushrun itself (askpass mode), which reads the 0600
@@ -115,8 +209,8 @@ impl Session {
                     format!("cannot find pushrun itself: {e}"),
                 )
             })?;
-            auth::remove_askpass_file(&pass_file);
-            auth::write_askpass_file(&pass_file, password).map_err(|e| {
+            auth::remove_askpass_file(&spec.pass_file);
+            auth::write_askpass_file(&spec.pass_file, password).map_err(|e| {
                 ConnectError::new(
                     ConnectFailure::Other,
                     format!("cannot write the password file: {e}"),
@@ -124,22 +218,27 @@ impl Session {
             })?;
             cmd.env("SSH_ASKPASS", exe)
                 .env("SSH_ASKPASS_REQUIRE", "force")
-                .env(auth::ASKPASS_ENV, &pass_file)
+                .env(auth::ASKPASS_ENV, &spec.pass_file)
                 .args(["-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1"]);
         }
-        cmd.args(["-o", "BatchMode=yes", "-o", "ControlPersist=no"])
-            .args([
-                "-o",
-                "ServerAliveInterval=10",
-                "-o",
-                "ServerAliveCountMax=3",
-            ])
+        match spec.persist {
+            // ssh goes to the background once logged in (-f), and ends by
+            // itself after being idle that long.
+            Some(idle) => cmd
+                .arg("-f")
+                .arg("-o")
+                .arg(format!("ControlPersist={}", idle.as_secs().max(1))),
+            None => cmd.args(["-o", "ControlPersist=no"]),
+        };
+        cmd.args(["-o", "BatchMode=yes"])
+            .args(["-o", "ServerAliveInterval=10"])
+            .args(["-o", "ServerAliveCountMax=3"])
             .arg("--")
-            .arg(&destination);
+            .arg(host.address());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        cmd.process_group(0).kill_on_drop(true);
+        cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -147,11 +246,19 @@ impl Session {
                 Ok(())
             });
         }
-        let spawned = cmd.spawn();
-        let result = match spawned {
+        let pass_file = spec.pass_file.clone();
+        let result = match cmd.spawn() {
             Ok(master) => {
-                Self::finish_connect(master, ctl, log, destination, config_file, opts).await
+                let started = Master(Some(master));
+                Self::finish_connect(started, spec, host, config_file, opts, share).await
             }
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Err(ConnectError::new(
+                ConnectFailure::Other,
+                format!(
+                    "cannot start ssh: too many open files (ulimit -n is {}): lower --forks or raise the limit",
+                    control::open_files_limit()
+                ),
+            )),
             Err(e) => Err(ConnectError::new(
                 ConnectFailure::Other,
                 format!("cannot start ssh: {e}"),
@@ -169,7 +276,7 @@ impl Session {
             Ok(session) => {
                 let log = std::fs::read_to_string(&session.log).unwrap_or_default();
                 if log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-                    session.close().await;
+                    session.unpersisted().close().await;
                     return Err(changed_key_error(&log));
                 }
                 Ok(session)
@@ -180,13 +287,14 @@ impl Session {
 
     /// Waits for the master to log in (its control socket appears) or fail.
     async fn finish_connect(
-        mut master: Child,
-        ctl: PathBuf,
-        log: PathBuf,
-        destination: String,
+        mut master: Master,
+        spec: MasterSpec,
+        host: &Host,
         config_file: &Path,
         opts: &SshOptions,
+        share: budget::Share,
     ) -> Result<Session, ConnectError> {
+        let MasterSpec { ctl, log, .. } = spec;
         let secs = opts.connect_timeout.as_secs().max(1);
 
         // The master creates its control socket only once authenticated.
@@ -197,19 +305,23 @@ impl Session {
         loop {
             tokio::select! {
                 status = master.wait() => {
-                    let _ = status;
+                    // A persisted master's first process exits 0 once the
+                    // master, in the background, has logged in.
+                    if spec.persist.is_some() && status.is_some_and(|s| s.success()) && ctl.exists() {
+                        break;
+                    }
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     let _ = std::fs::remove_file(&log);
                     return Err(classify_ssh_failure(&text));
                 }
                 _ = tokio::time::sleep(poll) => {
-                    if ctl.exists() {
+                    if ctl.exists() && spec.persist.is_none() {
                         break;
                     }
                     poll = (poll * 2).min(Duration::from_millis(20));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let _ = master.kill().await;
+                    master.kill().await;
                     let _ = std::fs::remove_file(&log);
                     return Err(ConnectError::new(
                         ConnectFailure::TimedOut,
@@ -226,10 +338,18 @@ impl Session {
             master,
             ctl,
             log,
-            destination,
+            destination: host.address().to_string(),
             config_file: config_file.to_path_buf(),
+            persisted: spec.persist.is_some(),
             mux,
+            _share: share,
         })
+    }
+
+    /// This session, to be ended on close even when it was persisted.
+    fn unpersisted(mut self) -> Session {
+        self.persisted = false;
+        self
     }
 
     /// Starts one of pushrun's remote scripts as `sh -c SCRIPT NAME ARGS...`,
@@ -399,21 +519,128 @@ impl Session {
         let _ = std::fs::remove_file(&ends.local);
     }
 
-    /// Closes the connection and waits for the master to end.
-    pub async fn close(mut self) {
+    /// Whether the master outlives the run.
+    pub fn is_persisted(&self) -> bool {
+        self.persisted
+    }
+
+    /// Closes the connection: a persisted master stays up (ssh ends it once
+    /// idle for the persist time); any other is asked to exit through its control
+    /// socket (as `ssh -O exit` does) and lets it end in the background, so
+    /// closing adds nothing to the host's time. The returned [`Closing`]
+    /// tells how the master ended, for whoever wants to wait.
+    pub async fn close(mut self) -> Closing {
         drop(self.mux);
-        if let Some(pid) = self.master.id() {
-            // SAFETY: plain kill(2) on our own child, which has not been reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        if self.persisted {
+            // Its first process has exited already; the master is ssh's.
+            self.master.0.take();
+            return Closing {
+                pid: None,
+                ended: None,
+            };
         }
-        if tokio::time::timeout(Duration::from_secs(3), self.master.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.master.kill().await;
-        }
-        let _ = std::fs::remove_file(&self.log);
+        let asked = mux::request_exit(&self.ctl).await;
         let _ = std::fs::remove_file(&self.ctl);
+        let log = std::mem::take(&mut self.log);
+        let Some(mut master) = self.master.0.take() else {
+            let _ = std::fs::remove_file(&log);
+            return Closing {
+                pid: None,
+                ended: None,
+            };
+        };
+        let pid = master.id();
+        let ended = tokio::spawn(async move {
+            let status = reap(&mut master, asked.is_ok()).await;
+            let _ = std::fs::remove_file(&log);
+            status
+        });
+        Closing {
+            pid,
+            ended: Some(ended),
+        }
+    }
+}
+
+/// Waits for a master to end: one asked to exit gets 3 s before SIGTERM,
+/// then every master 3 s more before SIGKILL.
+async fn reap(master: &mut Child, asked: bool) -> Ended {
+    let grace = Duration::from_secs(3);
+    if asked && let Ok(status) = tokio::time::timeout(grace, master.wait()).await {
+        return Ended {
+            status: status.ok(),
+            signalled: false,
+        };
+    }
+    if let Some(pid) = master.id() {
+        // SAFETY: plain kill(2) on our own child, which has not been reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let status = match tokio::time::timeout(grace, master.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = master.kill().await;
+            master.wait().await.ok()
+        }
+    };
+    Ended {
+        status,
+        signalled: true,
+    }
+}
+
+/// How a master ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Its exit status, if pushrun reaped it.
+    pub status: Option<std::process::ExitStatus>,
+    /// Whether it took a signal from pushrun (it did not act on the exit
+    /// request in time, or none could be made).
+    pub signalled: bool,
+}
+
+/// The master ssh process, killed if its [`Session`] goes without being
+/// closed (a cancelled connect, a dropped task).
+#[derive(Debug)]
+struct Master(Option<Child>);
+
+impl Master {
+    /// Waits for the process to end (forever, once it has been reaped).
+    async fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self.0.as_mut() {
+            Some(child) => child.wait().await.ok(),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Kills the process and reaps it.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// A master on its way out; see [`Session::close`].
+#[derive(Debug)]
+pub struct Closing {
+    /// The master's process id, when pushrun started it and it was running.
+    pub pid: Option<u32>,
+    ended: Option<tokio::task::JoinHandle<Ended>>,
+}
+
+impl Closing {
+    /// Waits for the master to end; how it did, when pushrun started it.
+    pub async fn ended(self) -> Option<Ended> {
+        self.ended?.await.ok()
     }
 }
 

@@ -301,9 +301,12 @@ impl Drop for TestHosts {
     }
 }
 
-/// `pushrun`, as built by cargo for this test run.
+/// `pushrun`, as built by cargo for this test run. Connections end with each
+/// run (`PUSHRUN_PERSIST=0`) unless a test says otherwise.
 pub(crate) fn pushrun() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pushrun"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushrun"));
+    cmd.env("PUSHRUN_PERSIST", "0");
+    cmd
 }
 
 /// A random number, different on every call.

@@ -9,6 +9,7 @@ mod common;
 
 mod access;
 mod collector;
+mod connections;
 mod exec;
 mod harness;
 mod inventory;

@@ -1,0 +1,255 @@
+//! Connections: how masters end (item 0 of the connection work: closing never
+//! waits on a signal), and what a run leaves behind.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use pushrun::inventory::Inventory;
+use pushrun::session::{ControlDir, Kex, Session, SshOptions, write_ssh_config};
+
+use crate::common::{TestHosts, exec_command, pid_alive, processes_with, wait_until};
+
+/// The run's ssh options against a test fleet.
+fn options(hosts: &TestHosts) -> SshOptions {
+    SshOptions {
+        config_file: Some(hosts.ssh_config()),
+        kex: Kex::Default,
+        connect_timeout: Duration::from_secs(10),
+        host_key_checking: None,
+        persist: Duration::ZERO,
+    }
+}
+
+#[test]
+fn closing_asks_the_master_to_exit_and_needs_no_signal() {
+    let hosts = TestHosts::start(1);
+    let host = Inventory::ad_hoc(&hosts.addr(0)).unwrap().hosts()[0].clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = ControlDir::create().unwrap();
+    let opts = options(&hosts);
+    let config = write_ssh_config(&dir, &opts).unwrap();
+    for round in 0..5 {
+        let (pid, status) = runtime.block_on(async {
+            let session = Session::connect(&dir, &config, round, &host, &opts, None)
+                .await
+                .expect("connect");
+            let out = session
+                .run_script("exit 0", "true", &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(out.code, Some(0));
+            let closing = session.close().await;
+            let pid = closing.pid.expect("the master was running");
+            (pid, closing.ended().await)
+        });
+        let ended = status.expect("pushrun reaped the master");
+        // Asked through its control socket, the master ends by itself: no
+        // SIGTERM, no SIGKILL.
+        assert!(!ended.signalled, "round {round}: {ended:?}");
+        assert!(ended.status.is_some(), "round {round}: {ended:?}");
+        assert_eq!(ended.status.unwrap().signal(), None, "round {round}");
+        assert!(!pid_alive(pid), "round {round}: master {pid} still runs");
+        assert!(!dir.path().join(round.to_string()).exists());
+    }
+}
+
+#[test]
+fn a_run_leaves_no_master_behind() {
+    let hosts = TestHosts::start(3);
+    let inventory = hosts.hosts_yaml();
+    for _ in 0..3 {
+        let child = exec_command(&inventory, &hosts.ssh_config(), &["--", "true"])
+            .env("PUSHRUN_PERSIST", "0")
+            .spawn()
+            .unwrap();
+        let marker = format!("pushrun-{}-", child.id());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // Masters were asked to exit as each host finished; the last one
+        // may still be on its way out when pushrun exits.
+        wait_until(Duration::from_secs(3), "no master left", || {
+            processes_with(&marker).is_empty()
+        });
+    }
+}
+
+/// A per-test directory for persisted masters (`XDG_RUNTIME_DIR`), whose
+/// masters are all ended when the test ends, passed or not.
+struct Persisting {
+    runtime: tempfile::TempDir,
+}
+
+impl Persisting {
+    fn new() -> Persisting {
+        Persisting {
+            runtime: tempfile::Builder::new()
+                .prefix("pr")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+
+    /// `pushrun ARGS` using this directory.
+    fn pushrun(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = crate::common::pushrun();
+        cmd.args(args)
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// `pushrun exec` on every host of the fleet, keeping masters for `persist`.
+    fn exec(&self, hosts: &TestHosts, persist: &str, args: &[&str]) -> crate::common::Run {
+        let out = self
+            .pushrun(&["exec", "--hosts"])
+            .arg(hosts.hosts_yaml())
+            .arg("--ssh-config")
+            .arg(hosts.ssh_config())
+            .env("PUSHRUN_PERSIST", persist)
+            .args(args)
+            .output()
+            .unwrap();
+        crate::common::to_run(out)
+    }
+
+    /// The pids of the masters living in this directory.
+    fn masters(&self) -> Vec<String> {
+        let marker = format!("-S {}/", self.runtime.path().display());
+        let mut pids: Vec<String> = processes_with(&marker)
+            .into_iter()
+            .filter(|p| p.contains(" -M "))
+            .map(|p| p.split(':').next().unwrap().to_string())
+            .collect();
+        pids.sort();
+        pids
+    }
+}
+
+impl Drop for Persisting {
+    fn drop(&mut self) {
+        let _ = self.pushrun(&["disconnect"]).output();
+    }
+}
+
+#[test]
+fn a_second_run_attaches_to_the_masters_the_first_left() {
+    let hosts = TestHosts::start(3);
+    let p = Persisting::new();
+    let first = p.exec(&hosts, "60", &["--", "hostname"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let masters = p.masters();
+    assert_eq!(masters.len(), 3, "one master per host: {masters:?}");
+    let listed = p
+        .pushrun(&["hosts", "--hosts"])
+        .arg(hosts.hosts_yaml())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches(" connected").count(), 3, "{listed}");
+
+    let second = p.exec(&hosts, "60", &["--", "hostname"]);
+    assert_eq!(second.code, 0, "{}", second.all());
+    assert_eq!(
+        sorted(&second.stdout),
+        sorted(&first.stdout),
+        "same results as cold"
+    );
+    assert_eq!(
+        p.masters(),
+        masters,
+        "the second run made no connection of its own"
+    );
+
+    let out = p
+        .pushrun(&["disconnect", "-w"])
+        .arg(hosts.addr(0))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disconnected 1 hosts"));
+    wait_until(Duration::from_secs(3), "one master ended", || {
+        p.masters().len() == 2
+    });
+    let out = p.pushrun(&["disconnect"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disconnected 2 hosts"));
+    wait_until(Duration::from_secs(3), "no master left", || {
+        p.masters().is_empty()
+    });
+    let listed = p
+        .pushrun(&["hosts", "--hosts"])
+        .arg(hosts.hosts_yaml())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("connected"));
+}
+
+#[test]
+fn a_dead_master_is_replaced_and_other_settings_get_their_own() {
+    let hosts = TestHosts::start(2);
+    let p = Persisting::new();
+    let first = p.exec(&hosts, "60", &["--", "hostname"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let masters = p.masters();
+    assert_eq!(masters.len(), 2, "{masters:?}");
+    // A master killed outright leaves its socket behind.
+    for pid in &masters {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid])
+            .status();
+    }
+    wait_until(Duration::from_secs(3), "masters killed", || {
+        p.masters().is_empty()
+    });
+    let again = p.exec(&hosts, "60", &["--", "hostname"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(sorted(&again.stdout), sorted(&first.stdout));
+    let fresh = p.masters();
+    assert_eq!(fresh.len(), 2, "{fresh:?}");
+    assert!(fresh.iter().all(|pid| !masters.contains(pid)));
+    // Another setting that shapes the connection: another master.
+    let other = p.exec(&hosts, "60", &["--connect-timeout", "7", "--", "hostname"]);
+    assert_eq!(other.code, 0, "{}", other.all());
+    assert_eq!(p.masters().len(), 4);
+}
+
+#[test]
+fn persisted_masters_end_once_idle_for_the_persist_time() {
+    let hosts = TestHosts::start(2);
+    let p = Persisting::new();
+    let run = p.exec(&hosts, "1s", &["--", "true"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(p.masters().len(), 2);
+    wait_until(Duration::from_secs(5), "masters expired", || {
+        p.masters().is_empty()
+    });
+}
+
+/// Output lines in order (hosts answer in any order).
+fn sorted(out: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    lines
+}
+
+#[test]
+fn more_forks_than_open_files_allow_still_reach_every_host() {
+    let hosts = TestHosts::start(8);
+    // 60 descriptors hold one host at a time; 8 at once would run out.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 60 && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_pushrun"))
+        .args(["exec", "--forks", "8", "--hosts"])
+        .arg(hosts.hosts_yaml())
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(["--", "sleep 0.5; echo done"])
+        .env("PUSHRUN_PERSIST", "0")
+        .stdin(std::process::Stdio::null());
+    let run = crate::common::to_run(cmd.output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.stdout.matches(": done").count(), 8, "{}", run.all());
+}
