@@ -1,0 +1,147 @@
+//! Hostile hosts, the initiator's side: whatever a host sends (results with
+//! setuid bits, terminal escapes, names that clash with pushrun's own files,
+//! a connection that dies mid-run) must not reach past its own results.
+//! Each host here is a real loopback sshd; the attacker is a payload or a
+//! command that sends what a compromised host would.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::common::{self, TestHosts, host_summary, summary};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes an executable payload dir whose entry point is `run`.
+fn payload(dir: &Path, run: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("run");
+    std::fs::write(&p, run).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A payload that plants what an attacker would want on the initiator: a
+/// setuid copy of a shell, a setgid and a world-writable file, a sticky
+/// world-writable dir, a symlink to a secret, a fifo.
+const PLANT: &str = r#"#!/bin/sh
+cd "$PUSHRUN_OUT" || exit 1
+cp /bin/sh suid && chmod 4755 suid
+printf 'g' > sgid && chmod 2755 sgid
+printf 'w' > world && chmod 666 world
+mkdir open && chmod 1777 open && printf 'in' > open/f && chmod 777 open/f
+ln -s /etc/passwd link
+mkfifo fifo
+printf '\000\001\377' > bin
+"#;
+
+#[test]
+fn results_are_unpacked_as_data_without_setuid_or_writable_bits() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    payload(&pl, PLANT);
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--payload", s(&pl), "--results", s(&res)],
+    );
+    let out = res.join("latest").join(hosts.addr(0)).join("out");
+    let mode = |p: &str| {
+        std::fs::symlink_metadata(out.join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}\n{}", run.all()))
+            .permissions()
+            .mode()
+    };
+    for f in ["suid", "sgid", "world", "open", "open/f", "bin"] {
+        let m = mode(f) & 0o7777;
+        assert_eq!(m & 0o7022, 0, "{f} kept mode {m:o}");
+    }
+    assert!(std::fs::metadata(out.join("open")).unwrap().is_dir());
+    assert_eq!(
+        std::fs::read(out.join("suid")).unwrap(),
+        std::fs::read("/bin/sh").unwrap()
+    );
+    assert_eq!(std::fs::read(out.join("bin")).unwrap(), b"\x00\x01\xff");
+    assert!(
+        std::fs::symlink_metadata(out.join("link")).is_err(),
+        "a symlink was made"
+    );
+    assert!(
+        std::fs::symlink_metadata(out.join("fifo")).is_err(),
+        "a fifo was made"
+    );
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
+    assert!(
+        run.stderr.contains("not regular files or dirs, left out"),
+        "{}\n{h}",
+        run.all()
+    );
+}
+
+#[test]
+fn control_characters_from_a_host_are_shown_escaped() {
+    let hosts = TestHosts::start(1);
+    let cmd = r"printf 'ok\rSPOOF host9: ok\n\033]0;title\007\n\302\233c\177tab\tend\n'; printf 'err\033[2J\n' >&2";
+    for mode in [&[][..], &["--gather"][..]] {
+        let mut args = mode.to_vec();
+        args.extend(["--", cmd]);
+        let run = common::exec(&hosts, &hosts.hosts_yaml(), &args);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let all = run.all();
+        assert!(
+            !all.contains(['\r', '\x1b', '\x07', '\u{9b}', '\x7f']),
+            "{all:?}"
+        );
+        assert!(all.contains(r"ok\x0dSPOOF host9: ok"), "{all}");
+        assert!(all.contains(r"\x1b]0;title\x07"), "{all}");
+        assert!(all.contains(r"\u{9b}c\x7ftab	end"), "{all}");
+        assert!(all.contains(r"err\x1b[2J"), "{all}");
+    }
+    // --json keeps the raw bytes
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--json", "--", cmd]);
+    assert!(
+        run.stdout.contains("\\r") || run.stdout.contains("DVNQT09G"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn host_folders_never_clash_with_each_other_or_with_pushrun_files() {
+    let hosts = TestHosts::start(1);
+    let addr = hosts.addr(0);
+    let names = ["summary.json", "run.log", "a/b", "a_b", ".hidden"];
+    let mut yaml = String::from("hosts:\n");
+    for n in names {
+        yaml.push_str(&format!("  \"{n}\":\n    address: {addr}\n"));
+    }
+    let inv = hosts.write_yaml("clash.yaml", &yaml);
+    let res = tempfile::tempdir().unwrap();
+    let run = common::exec(
+        &hosts,
+        &inv,
+        &["--results", s(res.path()), "--", "echo $PUSHRUN_HOST"],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let sum = summary(res.path());
+    let root = res.path().join("latest");
+    let mut folders = std::collections::HashSet::new();
+    for n in names {
+        let folder = host_summary(&sum, n)["folder"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            !folder.contains('/') && !folder.starts_with('.'),
+            "{folder}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join(&folder).join("exit_status")).unwrap(),
+            "0\n"
+        );
+        folders.insert(folder);
+    }
+    assert_eq!(folders.len(), names.len(), "{folders:?}");
+    assert!(root.join("summary.json").is_file());
+}
