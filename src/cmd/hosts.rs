@@ -2,6 +2,8 @@
 //! settings it will be reached with, in its place in the relay tree. It
 //! contacts no host: a way to check an inventory and a `--limit` first.
 
+use std::io::Write as _;
+
 use clap::Args;
 
 use super::SelectArgs;
@@ -22,9 +24,13 @@ pub struct HostsArgs {
 /// on stderr.
 pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     let (hosts, hops) = args.select.select_with_hops()?;
+    // one write per buffer, not per host: a million hosts are a million lines
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in relay::tree(&hosts, &hops, describe) {
-        println!("{line}");
+        let _ = writeln!(out, "{line}");
     }
+    let _ = out.flush();
+    drop(out);
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     eprintln!("pushrun: {} hosts: {}", names.len(), hostlist::fold(&names));
     Ok(Exit::Ok)

@@ -89,35 +89,38 @@ pub fn paths(hosts: &[Host], hops: &[Host]) -> Vec<Option<String>> {
 
 /// The selection as a tree, for `pushrun hosts`: each host's `line`,
 /// indented under the relay it is reached through; relays that are only
-/// hops are marked so.
+/// hops are marked so. Linear in the number of hosts: each host is put
+/// under its parent once, then the tree is walked once, depth first,
+/// without recursion (a long chain of relays cannot overflow the stack).
 pub fn tree(hosts: &[Host], hops: &[Host], line: impl Fn(&Host) -> String) -> Vec<String> {
-    let known = by_name(hosts, hops);
     let all: Vec<&Host> = hosts.iter().chain(hops).collect();
-    let mut out = Vec::new();
-    fn walk(
-        parent: Option<&str>,
-        depth: usize,
-        all: &[&Host],
-        hop_names: &[&str],
-        known: &HashMap<&str, &Host>,
-        line: &dyn Fn(&Host) -> String,
-        out: &mut Vec<String>,
-    ) {
-        for h in all {
-            let up = via(h).filter(|r| known.contains_key(r));
-            if up != parent {
-                continue;
-            }
-            let mut text = format!("{}{}", "  ".repeat(depth), line(h));
-            if hop_names.contains(&h.name.as_str()) {
-                text.push_str("  (relay only)");
-            }
-            out.push(text);
-            walk(Some(&h.name), depth + 1, all, hop_names, known, line, out);
+    // names are unique in an inventory, and hops are not selected hosts
+    let index: HashMap<&str, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.as_str(), i))
+        .collect();
+    let hop_names: std::collections::HashSet<&str> = hops.iter().map(|h| h.name.as_str()).collect();
+    // children[i]: the hosts directly behind all[i], in order; roots: the top
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); all.len()];
+    let mut roots = Vec::new();
+    for (i, h) in all.iter().enumerate() {
+        match via(h).and_then(|r| index.get(r)) {
+            None => roots.push(i),
+            Some(&p) => children[p].push(i),
         }
     }
-    let hop_names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
-    walk(None, 0, &all, &hop_names, &known, &line, &mut out);
+    let mut out = Vec::with_capacity(all.len());
+    let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|&i| (i, 0)).collect();
+    while let Some((i, depth)) = stack.pop() {
+        let h = all[i];
+        let mut text = format!("{}{}", "  ".repeat(depth), line(h));
+        if hop_names.contains(h.name.as_str()) {
+            text.push_str("  (relay only)");
+        }
+        out.push(text);
+        stack.extend(children[i].iter().rev().map(|&c| (c, depth + 1)));
+    }
     out
 }
 
@@ -136,19 +139,18 @@ pub(super) fn split(hosts: &[Host], hops: &[Host]) -> (Vec<HostId>, Vec<Subtree>
     let known = by_name(hosts, hops);
     let mut direct = Vec::new();
     let mut subtrees: Vec<Subtree> = Vec::new();
-    fn place(subtrees: &mut Vec<Subtree>, top: &Host) -> usize {
-        match subtrees.iter().position(|s| s.relay.name == top.name) {
-            Some(i) => i,
-            None => {
-                subtrees.push(Subtree {
-                    relay: top.clone(),
-                    hosts: Vec::new(),
-                    hops: Vec::new(),
-                });
-                subtrees.len() - 1
-            }
-        }
-    }
+    // each top relay's place in `subtrees`, so placing a host is one lookup
+    let mut places: HashMap<String, usize> = HashMap::new();
+    let mut place = |subtrees: &mut Vec<Subtree>, top: &Host| -> usize {
+        *places.entry(top.name.clone()).or_insert_with(|| {
+            subtrees.push(Subtree {
+                relay: top.clone(),
+                hosts: Vec::new(),
+                hops: Vec::new(),
+            });
+            subtrees.len() - 1
+        })
+    };
     let below = |h: &Host, top: &Host| {
         let mut h = h.clone();
         if h.settings.via.as_deref() == Some(top.name.as_str()) {

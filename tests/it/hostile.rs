@@ -145,3 +145,22 @@ fn host_folders_never_clash_with_each_other_or_with_pushrun_files() {
     assert_eq!(folders.len(), names.len(), "{folders:?}");
     assert!(root.join("summary.json").is_file());
 }
+
+#[test]
+fn a_large_range_is_listed_whole_and_in_order() {
+    let out = common::pushrun()
+        .args(["hosts", "-w", "node[1-200000]"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 200_000);
+    assert_eq!((lines[0], lines[199_999]), ("node1", "node200000"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("200000 hosts: node[1-200000]"));
+}
