@@ -32,7 +32,7 @@ pub struct SelectArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// Log in as USER on hosts whose inventory entry names no user (like ssh/pdsh/clush -l).
-    #[arg(long = "user", short = 'l', value_name = "USER")]
+    #[arg(long = "user", short = 'l', value_name = "USER", value_parser = login_name)]
     pub user: Option<String>,
     /// How many hosts at once.
     #[arg(long, short = 'f', default_value_t = 64, value_name = "N")]
@@ -177,4 +177,9 @@ impl ConnectArgs {
             host_key_checking: self.host_key_checking,
         })
     }
+}
+
+/// `--user`, checked as the inventory's `user` is.
+fn login_name(user: &str) -> Result<String, String> {
+    crate::inventory::check_user(user).map(|()| user.to_string())
 }

@@ -12,6 +12,7 @@
 //! master with `openssh`'s native mux client (no ssh process per command).
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -136,9 +137,18 @@ impl Session {
             ])
             .arg("--")
             .arg(&destination);
+        // ssh says some things only on stderr, before -E takes over (a user
+        // or host name it refuses): stderr appends to the same log, so the
+        // reason is there for `classify_ssh_failure` either way
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log)
+            .map_or_else(|_| Stdio::null(), Stdio::from);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         cmd.process_group(0).kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {

@@ -164,3 +164,31 @@ fn a_large_range_is_listed_whole_and_in_order() {
     assert_eq!((lines[0], lines[199_999]), ("node1", "node200000"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("200000 hosts: node[1-200000]"));
 }
+
+#[test]
+fn ssh_keeps_its_own_reason_for_a_name_it_refuses_and_user_is_checked() {
+    let hosts = TestHosts::start(1);
+    let addr = hosts.addr(0);
+    let inv = hosts.write_yaml(
+        "bad-user.yaml",
+        &format!("hosts:\n  h1:\n    address: {addr}\n    user: \"a;b\"\n"),
+    );
+    let run = common::exec(&hosts, &inv, &["--", "true"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("h1: remote username contains invalid characters"),
+        "{}",
+        run.all()
+    );
+    // --user goes through the inventory's own check: no host is contacted
+    for bad in ["a b", "x@y", "-oProxyCommand=touch"] {
+        let run = common::exec(
+            &hosts,
+            &hosts.hosts_yaml(),
+            &[&format!("--user={bad}"), "--", "true"],
+        );
+        assert_eq!(run.code, 2, "{bad}: {}", run.all());
+        assert!(run.stderr.contains("bad user name"), "{bad}: {}", run.all());
+    }
+}
