@@ -426,8 +426,16 @@ impl HostTask<'_> {
             Err(why) => {
                 timings.collect = collect_started.elapsed();
                 let mut o = end.into_outcome(timeout, timings);
-                o.status = Status::Failed;
-                o.reason = Some(format!("collect: {why}"));
+                match self.session.lost().await {
+                    Some(lost) => {
+                        o.status = Status::Unreachable;
+                        o.reason = Some(format!("connection lost: {lost}"));
+                    }
+                    None => {
+                        o.status = Status::Failed;
+                        o.reason = Some(format!("collect: {why}"));
+                    }
+                }
                 (o, None)
             }
         }

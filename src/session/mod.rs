@@ -409,6 +409,25 @@ impl Session {
         let _ = std::fs::remove_file(&ends.local);
     }
 
+    /// Why the connection is gone, if it is: the master no longer answers
+    /// (the host or its sshd went away mid-run), in ssh's own words from its
+    /// log. `None` while the connection stands. A command the mux reports
+    /// ended without a status may have died with its connection or by a
+    /// signal; this tells the two apart. The master may still be closing
+    /// when the command's end arrives, so it is asked a few times.
+    pub async fn lost(&self) -> Option<String> {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if self.mux.check().await.is_err() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Some(failure::lost_reason(&log));
+            }
+        }
+        None
+    }
+
     /// Closes the connection and waits for the master to end.
     pub async fn close(mut self) {
         drop(self.mux);

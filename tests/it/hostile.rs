@@ -192,3 +192,94 @@ fn ssh_keeps_its_own_reason_for_a_name_it_refuses_and_user_is_checked() {
         assert!(run.stderr.contains("bad user name"), "{bad}: {}", run.all());
     }
 }
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Kills host `i`'s sshd with SIGKILL: the listener and every process
+/// below it (the sessions pushrun is connected to), as a host that died.
+fn kill_sshd(hosts: &TestHosts, i: usize) {
+    let sshd = hosts.listener_pids()[i];
+    let mut doomed = vec![sshd];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let mut up = parent_of(pid);
+        while let Some(p) = up.filter(|&p| p > 1) {
+            if p == sshd {
+                doomed.push(pid);
+                break;
+            }
+            up = parent_of(p);
+        }
+    }
+    for pid in doomed {
+        // SAFETY: kill(2) on a process of this test's own fleet.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Starts pushrun, waits for `started` in its stdout, kills the host's
+/// sshd, and returns what pushrun said in the end.
+fn killed_mid_run(hosts: &TestHosts, args: &[&str]) -> common::Run {
+    use std::io::{BufRead, Read};
+    let mut child = common::spawn_exec(hosts, &hosts.hosts_yaml(), args);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("started") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("started"), "{seen}");
+    kill_sshd(hosts, 0);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: seen + &rest,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_host_whose_sshd_dies_mid_command_is_unreachable_with_a_reason() {
+    let hosts = TestHosts::start(1);
+    let run = killed_mid_run(&hosts, &["--", "echo started; sleep 60"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.stderr.contains("unreachable: "), "{}", run.all());
+    let said = format!(
+        "connection lost: Connection to {} closed by remote host",
+        hosts.addr(0)
+    );
+    assert!(run.stderr.contains(&said), "{}", run.all());
+}
+
+#[test]
+fn a_host_whose_sshd_dies_mid_payload_is_unreachable_with_a_reason() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    payload(&pl, "#!/bin/sh\necho started\nsleep 60\n");
+    let run = killed_mid_run(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
+    assert_eq!(h["status"], "unreachable", "{h}\n{}", run.all());
+    let reason = h["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("connection lost: ") && reason.len() > 20,
+        "{h}"
+    );
+}
