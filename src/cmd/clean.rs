@@ -47,6 +47,7 @@ impl CleanArgs {
             converge: None,
             repeat: None,
             watch: None,
+            max_results: crate::fleet::MAX_RESULTS,
         };
         Ok(Plan {
             hosts,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+mod collect;
 mod command;
 mod connect;
 mod converge;
@@ -140,7 +141,13 @@ pub struct RunSpec {
     pub repeat: Option<Duration>,
     /// Watch this payload dir and re-run on every host when it changes (`--watch`).
     pub watch: Option<PathBuf>,
+    /// The most results bytes kept from one host, packed or unpacked
+    /// (`--max-results`); a host that sends more fails.
+    pub max_results: u64,
 }
+
+/// `--max-results` unless given: 1 GiB.
+pub const MAX_RESULTS: u64 = 1 << 30;
 
 impl RunSpec {
     /// Host `id`'s passwords and sudo.

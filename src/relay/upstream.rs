@@ -448,6 +448,7 @@ impl RelayTask {
                 .collect(),
             converge: spec.converge,
             repeat: spec.repeat,
+            max_results: spec.max_results,
         }
     }
 }

@@ -27,9 +27,15 @@ pub(super) struct ResultsDir {
     folders: Vec<String>,
     /// The stdout and stderr files being written, by host.
     open: HashMap<HostId, [Option<io::BufWriter<File>>; 2]>,
+    /// Each collecting host's results archive, spooled to disk as it
+    /// arrives (`<host>/out.tar.gz.part`) until it is whole and unpacked.
+    spools: HashMap<HostId, io::BufWriter<File>>,
     /// Hosts whose results could not all be kept, and why.
     problems: BTreeMap<HostId, String>,
 }
+
+/// The spooled archive's name in a host's folder, while it arrives.
+const SPOOL: &str = "out.tar.gz.part";
 
 impl ResultsDir {
     /// Creates `base/<run_id>` for hosts named `names`.
@@ -41,6 +47,7 @@ impl ResultsDir {
             latest: base.join("latest"),
             folders: names.iter().map(|n| folder_name(n)).collect(),
             open: HashMap::new(),
+            spools: HashMap::new(),
             problems: BTreeMap::new(),
         })
     }
@@ -80,7 +87,8 @@ impl ResultsDir {
                 line,
                 complete,
             } => self.output(*host, *stream, line, *complete),
-            Event::Collected(id, archive) => self.collected(*id, archive),
+            Event::ResultsPart(id, part) => self.results_part(*id, part),
+            Event::Collected(id) => self.collected(*id),
             Event::Record(id, line) => self.record(*id, line),
             _ => Ok(()),
         }
@@ -118,14 +126,36 @@ impl ResultsDir {
         Ok(())
     }
 
-    fn collected(&mut self, id: HostId, archive: &[u8]) -> io::Result<()> {
-        let out = self.host_dir(id)?.join("out");
+    fn results_part(&mut self, id: HostId, part: &[u8]) -> io::Result<()> {
+        if !self.spools.contains_key(&id) {
+            let file = File::create(self.host_dir(id)?.join(SPOOL))?;
+            self.spools.insert(id, io::BufWriter::new(file));
+        }
+        match self.spools.get_mut(&id) {
+            Some(w) => w.write_all(part),
+            None => Ok(()),
+        }
+    }
+
+    /// Host `id`'s results archive is whole: unpacks it into `out/`.
+    fn collected(&mut self, id: HostId) -> io::Result<()> {
+        let dir = self.host_dir(id)?;
+        let spool = dir.join(SPOOL);
+        match self.spools.remove(&id) {
+            Some(mut w) => w.flush()?,
+            // an empty archive never sent a piece
+            None => drop(File::create(&spool)?),
+        }
+        let out = dir.join("out");
         // a repeated run's results replace the previous run's
         if out.exists() {
             std::fs::remove_dir_all(&out)?;
         }
         std::fs::create_dir_all(&out)?;
-        if let Err(e) = unpack(flate2::read::GzDecoder::new(archive), &out) {
+        let archive = io::BufReader::new(File::open(&spool)?);
+        let unpacked = unpack(flate2::read::GzDecoder::new(archive), &out);
+        std::fs::remove_file(&spool)?;
+        if let Err(e) = unpacked {
             self.problems
                 .insert(id, format!("results archive could not be unpacked: {e}"));
         }
@@ -145,6 +175,10 @@ impl ResultsDir {
     /// if it wrote nothing) and writes its `exit_status`.
     pub(super) fn finished(&mut self, id: HostId, outcome: &HostOutcome) -> io::Result<()> {
         let dir = self.host_dir(id)?;
+        // a collect cut short: its pieces are no results
+        if self.spools.remove(&id).is_some() {
+            std::fs::remove_file(dir.join(SPOOL))?;
+        }
         let mut files = self.open.remove(&id).unwrap_or_default();
         for (slot, name) in ["stdout", "stderr"].iter().enumerate() {
             match files[slot].take() {
