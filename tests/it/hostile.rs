@@ -283,3 +283,85 @@ fn a_host_whose_sshd_dies_mid_payload_is_unreachable_with_a_reason() {
         "{h}"
     );
 }
+
+#[test]
+fn results_over_the_limit_fail_that_host_and_the_others_go_on() {
+    let hosts = TestHosts::start(2);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    // host 0 sends 64 MiB of zeros (a few hundred KB on the wire), host 1 a small file
+    payload(
+        &pl,
+        &format!(
+            "#!/bin/sh\nif [ \"$PUSHRUN_HOST\" = {} ]; then\n  head -c 67108864 /dev/zero > \"$PUSHRUN_OUT/zeros\"\nelse\n  echo small > \"$PUSHRUN_OUT/small\"\nfi\n",
+            hosts.addr(0)
+        ),
+    );
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &[
+            "--payload",
+            s(&pl),
+            "--results",
+            s(&res),
+            "--max-results",
+            "8M",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let sum = summary(&res);
+    let big = host_summary(&sum, &hosts.addr(0));
+    assert_eq!(big["status"], "failed", "{big}");
+    assert_eq!(
+        big["reason"],
+        "results over the --max-results limit of 8 MiB: not kept"
+    );
+    let root = res.join("latest");
+    let folder = root.join(hosts.addr(0));
+    assert!(!folder.join("out/zeros").exists());
+    assert!(!folder.join("out.tar.gz.part").exists());
+    assert_eq!(host_summary(&sum, &hosts.addr(1))["status"], "ok");
+    assert_eq!(
+        std::fs::read(root.join(hosts.addr(1)).join("out/small")).unwrap(),
+        b"small\n"
+    );
+    // the same results under the default limit come back whole
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &[
+            "--payload",
+            s(&pl),
+            "--results",
+            s(&res),
+            "-w",
+            &hosts.addr(0),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let zeros = std::fs::metadata(res.join("latest").join(hosts.addr(0)).join("out/zeros"));
+    assert_eq!(zeros.unwrap().len(), 64 << 20);
+}
+
+#[test]
+fn bad_sizes_for_max_results_are_refused() {
+    for bad in ["0", "12Q", "lots", "99999999999T"] {
+        let out = common::pushrun()
+            .args([
+                "exec",
+                "-w",
+                "127.0.0.1",
+                "--max-results",
+                bad,
+                "--",
+                "true",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--max-results"), "{bad}: {err}");
+    }
+}
