@@ -69,8 +69,9 @@ pub struct PayloadJob {
     pub cache: bool,
     /// This run's id (names the run dir on hosts and the results dir).
     pub run_id: String,
-    /// The whole payload as one archive, built once, for every cold host.
-    full_archive: tokio::sync::OnceCell<Arc<Vec<u8>>>,
+    /// The whole payload as one archive, built once into a file of its
+    /// own, for every cold host.
+    full_archive: tokio::sync::OnceCell<Arc<std::fs::File>>,
 }
 
 impl PayloadJob {
@@ -85,16 +86,20 @@ impl PayloadJob {
         }
     }
 
-    /// The archive of `paths`; the whole payload's is built once and shared.
-    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<Vec<u8>>, String> {
+    /// The archive of `paths`, in a file with no name (see
+    /// [`Payload::spool_tar_gz`]); the whole payload's is built once and
+    /// shared, each host reading it through its own opening.
+    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<std::fs::File>, String> {
         if paths.len() == self.payload.entries().len() {
             let job = self.clone();
             let built = self
                 .full_archive
                 .get_or_try_init(|| async move {
                     tokio::task::spawn_blocking(move || {
+                        let all: Vec<&str> =
+                            job.payload.entries().iter().map(|e| e.path.as_str()).collect();
                         job.payload
-                            .tar_gz_all()
+                            .spool_tar_gz(&all)
                             .map(Arc::new)
                             .map_err(|e| e.to_string())
                     })
@@ -109,7 +114,7 @@ impl PayloadJob {
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
             job.payload
-                .tar_gz(&refs)
+                .spool_tar_gz(&refs)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         })

@@ -2,6 +2,7 @@
 //! missing or wrong), run the entry point, collect `$PUSHRUN_OUT`, clean
 //! the run dir — again and again under `--repeat` and `--watch`.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,16 +104,25 @@ pub(crate) async fn stage(
                 reason,
                 base: Some(base.clone()),
             })?;
+        // an opening of its own, so that hosts read the shared file each
+        // from its start
+        let failed = |e: std::io::Error| StageError::Failed {
+            reason: format!("cannot read the payload archive: {e}"),
+            base: Some(base.clone()),
+        };
+        let size = archive.metadata().map_err(failed)?.len();
+        let own = format!("/proc/self/fd/{}", archive.as_raw_fd());
+        let reader = tokio::fs::File::open(own).await.map_err(failed)?;
         let out = session
-            .run_script(
+            .run_script_from(
                 remote::RECEIVE,
                 "pushrun-receive",
                 &[&base, digest, &job.run_id, mode],
-                &archive,
+                tokio::io::BufReader::with_capacity(64 * 1024, reader),
             )
             .await
             .map_err(lost)?;
-        stats.bytes_sent += archive.len() as u64;
+        stats.bytes_sent += size;
         stats.bytes_received += out.stdout.len() as u64;
         stats.files_sent = report.needed.len();
         if let Some(reason) = remote::error_line(&out.stdout) {

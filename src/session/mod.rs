@@ -281,6 +281,18 @@ impl Session {
         args: &[&str],
         input: &[u8],
     ) -> Result<ScriptOutput, openssh::Error> {
+        self.run_script_from(script, name, args, input).await
+    }
+
+    /// [`Session::run_script`] with its input read from `input` as it goes
+    /// (a payload archive streamed from its file, never held whole).
+    pub async fn run_script_from(
+        &self,
+        script: &str,
+        name: &str,
+        args: &[&str],
+        mut input: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<ScriptOutput, openssh::Error> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let started = tokio::time::Instant::now();
         let mut child = self.spawn_script(script, name, args, &[]).await?;
@@ -290,7 +302,7 @@ impl Session {
         let write = async {
             if let Some(w) = stdin.as_mut() {
                 // A script that stops reading early (an error) is reported by its output.
-                let _ = w.write_all(input).await;
+                let _ = tokio::io::copy(&mut input, w).await;
                 let _ = w.shutdown().await;
             }
             drop(stdin.take());
