@@ -96,8 +96,12 @@ impl PayloadJob {
                 .full_archive
                 .get_or_try_init(|| async move {
                     tokio::task::spawn_blocking(move || {
-                        let all: Vec<&str> =
-                            job.payload.entries().iter().map(|e| e.path.as_str()).collect();
+                        let all: Vec<&str> = job
+                            .payload
+                            .entries()
+                            .iter()
+                            .map(|e| e.path.as_str())
+                            .collect();
                         job.payload
                             .spool_tar_gz(&all)
                             .map(Arc::new)

@@ -365,3 +365,43 @@ fn bad_sizes_for_max_results_are_refused() {
         assert!(err.contains("--max-results"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn gather_keeps_a_sample_and_still_folds_hosts_with_the_same_output() {
+    let hosts = TestHosts::start(2);
+    // 1,000,000 lines (6.9 MB) from both hosts: the same output, one block
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--gather", "--", "seq 1 1000000"],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("(2 hosts, exit 0)"), "{}", run.stdout);
+    let shown: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        shown.contains(&"1") && shown.contains(&"3000"),
+        "{}",
+        run.stdout
+    );
+    assert!(!shown.contains(&"1000000"), "the whole output was kept");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with('[') && l.ends_with("bytes) not shown]")),
+        "{}",
+        run.stdout
+    );
+    // the last line differs on one host: two blocks
+    let cmd = format!(
+        "seq 1 1000000; case \"$SSH_CONNECTION\" in *' {} '*) echo odd;; esac",
+        hosts.addr(0)
+    );
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--gather", "--", &cmd]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(
+        run.stdout.matches("(1 host, exit 0)").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+}
