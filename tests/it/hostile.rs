@@ -405,3 +405,79 @@ fn gather_keeps_a_sample_and_still_folds_hosts_with_the_same_output() {
         run.stdout
     );
 }
+
+/// Host 0 a relay, hosts 1 and 2 leaves behind it.
+fn behind_a_relay(hosts: &TestHosts) -> std::path::PathBuf {
+    let env = std::fs::read_to_string(hosts.dir().join("fleet.env")).unwrap();
+    let runtime = env
+        .lines()
+        .find_map(|l| l.strip_prefix("RUNTIME_DIR="))
+        .expect("RUNTIME_DIR in fleet.env");
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8(me.stdout).unwrap();
+    let mut yaml = format!(
+        "defaults: {{port: 2022, user: {}}}\nhosts:\n  {}: {{}}\n",
+        me.trim(),
+        hosts.addr(0)
+    );
+    for i in 1..3 {
+        yaml.push_str(&format!(
+            "  {}: {{via: {}, identity_file: {runtime}/id_ed25519}}\n",
+            hosts.addr(i),
+            hosts.addr(0)
+        ));
+    }
+    hosts.write_yaml("relayed.yaml", &yaml)
+}
+
+#[test]
+fn results_through_a_relay_come_in_pieces_and_the_limit_fails_only_that_leaf() {
+    let hosts = TestHosts::start(3);
+    let inv = behind_a_relay(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    // leaf 1: 24 MiB that do not compress, and their digest as the host saw them
+    payload(
+        &pl,
+        &format!(
+            "#!/bin/sh\ncd \"$PUSHRUN_OUT\" || exit 1\nif [ \"$PUSHRUN_HOST\" = {} ]; then\n  head -c 25165824 /dev/urandom > big\n  sha256sum big | cut -c1-64 > big.sha\nelse\n  echo small > small\nfi\n",
+            hosts.addr(1)
+        ),
+    );
+    let leaves = format!("{},{}", hosts.addr(1), hosts.addr(2));
+    let args = [
+        "--payload",
+        s(&pl),
+        "--results",
+        s(&res),
+        "--limit",
+        &leaves,
+    ];
+    let run = common::exec(&hosts, &inv, &args);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let out = res.join("latest").join(hosts.addr(1)).join("out");
+    let big = std::fs::read(out.join("big")).unwrap();
+    assert_eq!(big.len(), 24 << 20);
+    let sha = std::process::Command::new("sha256sum")
+        .arg(out.join("big"))
+        .output()
+        .unwrap();
+    let want = std::fs::read_to_string(out.join("big.sha")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&sha.stdout)[..64], *want.trim());
+
+    let mut limited = args.to_vec();
+    limited.extend(["--max-results", "8M"]);
+    let run = common::exec(&hosts, &inv, &limited);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let sum = summary(&res);
+    let h = host_summary(&sum, &hosts.addr(1));
+    assert_eq!(h["status"], "failed", "{h}");
+    assert_eq!(
+        h["reason"],
+        "results over the --max-results limit of 8 MiB: not kept"
+    );
+    assert_eq!(host_summary(&sum, &hosts.addr(2))["status"], "ok");
+}
