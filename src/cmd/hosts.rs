@@ -26,9 +26,9 @@ pub fn run(args: &HostsArgs) -> Result<Exit, Error> {
     let (hosts, hops) = args.select.select_with_hops()?;
     // one write per buffer, not per host: a million hosts are a million lines
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in relay::tree(&hosts, &hops, describe) {
+    relay::tree_each(&hosts, &hops, describe, |line| {
         let _ = writeln!(out, "{line}");
-    }
+    });
     let _ = out.flush();
     drop(out);
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
