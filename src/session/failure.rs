@@ -89,16 +89,12 @@ pub(super) fn classify_ssh_failure(log: &str) -> ConnectError {
 
 /// Why an established connection ended, from the master's log: ssh's last
 /// word on it ("Connection to … closed by remote host.", "Timeout, server …
-/// not responding."), or a plain statement when it said nothing.
-pub(super) fn lost_reason(log: &str) -> String {
+/// not responding."), if it said one.
+pub(super) fn lost_reason(log: &str) -> Option<String> {
     log.lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
-        .map(|l| l.strip_prefix("ssh: ").unwrap_or(l).trim_end_matches('.'))
-        .map_or_else(
-            || "the connection ended without a word from ssh".to_string(),
-            str::to_string,
-        )
+        .map(|l| l.strip_prefix("ssh: ").unwrap_or(l).trim_end_matches('.').to_string())
 }
 
 /// A changed host key, with ssh's warning: the key it got and where the

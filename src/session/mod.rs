@@ -433,8 +433,19 @@ impl Session {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if self.mux.check().await.is_err() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                return Some(failure::lost_reason(&log));
+                // ssh writes its last word as it exits, maybe just after
+                // the control socket stopped answering: wait for it a little
+                let mut log = String::new();
+                for _ in 0..50 {
+                    log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    if failure::lost_reason(&log).is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Some(failure::lost_reason(&log).unwrap_or_else(|| {
+                    "the connection ended without a word from ssh".to_string()
+                }));
             }
         }
         None
