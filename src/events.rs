@@ -171,6 +171,11 @@ impl HostOutcome {
     }
 }
 
+/// The largest piece of a host's results one event carries: results go
+/// to disk as they arrive, and a relay's frames stay small, whatever the
+/// host sends.
+pub const RESULTS_PART: usize = 64 * 1024;
+
 /// One thing that happened to one host.
 #[derive(Debug, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,11 +201,17 @@ pub enum Event {
     /// staging (sent every second; `--converged-timeout` counts it as
     /// activity, the reporter ignores it).
     Busy(HostId),
-    /// The payload's `$PUSHRUN_OUT`, as the gzip'ed tar the host sent.
-    Collected(
+    /// A piece of the payload's `$PUSHRUN_OUT`, the gzip'ed tar the host
+    /// sends, as it arrives (at most [`RESULTS_PART`] bytes). The pieces of
+    /// one collect come in order, then [`Event::Collected`]; a collect that
+    /// failed (a lost host, results over `--max-results`) ends at the host's
+    /// [`Event::Finished`] instead, and its pieces are dropped.
+    ResultsPart(
         HostId,
         #[serde(with = "crate::encoding::bytes_base64")] Vec<u8>,
     ),
+    /// Every piece of the host's results has arrived.
+    Collected(HostId),
     /// One line the payload wrote to `$PUSHRUN_TUNNEL` (a JSON record), as it came.
     Record(
         HostId,
@@ -238,7 +249,8 @@ impl Event {
             Event::Connecting(id)
             | Event::Connected(id)
             | Event::Busy(id)
-            | Event::Collected(id, _)
+            | Event::Collected(id)
+            | Event::ResultsPart(id, _)
             | Event::Record(id, _)
             | Event::Finished(id, _) => id,
             Event::Output { host, .. }

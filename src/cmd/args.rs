@@ -38,7 +38,7 @@ pub struct SelectArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// Log in as USER on hosts whose inventory entry names no user (like ssh/pdsh/clush -l).
-    #[arg(long = "user", short = 'l', value_name = "USER")]
+    #[arg(long = "user", short = 'l', value_name = "USER", value_parser = login_name)]
     pub user: Option<String>,
     /// How many hosts at once.
     #[arg(
@@ -339,6 +339,11 @@ impl ConnectArgs {
             persist: self.persist,
         })
     }
+}
+
+/// `--user`, checked as the inventory's `user` is.
+fn login_name(user: &str) -> Result<String, String> {
+    crate::inventory::check_user(user).map(|()| user.to_string())
 }
 
 #[cfg(test)]

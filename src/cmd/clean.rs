@@ -48,6 +48,7 @@ impl CleanArgs {
             repeat: None,
             watch: None,
             waves: None,
+            max_results: crate::fleet::MAX_RESULTS,
         };
         Ok(Plan {
             hosts,

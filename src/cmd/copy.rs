@@ -99,6 +99,7 @@ impl CopyArgs {
         )?;
         let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
+            max_results: crate::fleet::MAX_RESULTS,
             job: Job::Copy(Arc::new(job)),
             timeout: self.timeout,
             pty: PtyMode::No,

@@ -117,6 +117,7 @@ impl FetchArgs {
             max_bytes: self.max_bytes,
         };
         let spec = RunSpec {
+            max_results: crate::fleet::MAX_RESULTS,
             job: Job::Fetch(Arc::new(job)),
             timeout: self.timeout,
             pty: PtyMode::No,

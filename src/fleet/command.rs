@@ -225,10 +225,21 @@ impl HostTask<'_> {
         keep_on_timeout: bool,
         timeout: Option<Duration>,
     ) -> CommandEnd {
-        if launch.pty {
+        let end = if launch.pty {
             self.run_pty(launch, keep_on_timeout, timeout).await
         } else {
             self.run_streamed(launch, keep_on_timeout, timeout).await
+        };
+        // a command that ended without its status, or with ssh's 255, may
+        // have lost its host: that is a connection failure, not the command's
+        match end {
+            CommandEnd::Signalled | CommandEnd::Exited(255) | CommandEnd::Lost(_) => {
+                match self.session.lost().await {
+                    Some(why) => CommandEnd::Lost(why),
+                    None => end,
+                }
+            }
+            end => end,
         }
     }
 

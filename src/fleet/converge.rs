@@ -68,7 +68,7 @@ pub(super) fn is_activity(event: &Event, repeating: bool) -> bool {
     match event {
         Event::Output { .. } => !repeating,
         Event::Repeated { changed, .. } => *changed,
-        Event::Collected(..) => false,
+        Event::Collected(..) | Event::ResultsPart(..) => false,
         Event::Connecting(_)
         | Event::Busy(_)
         | Event::Connected(_)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+mod collect;
 mod command;
 mod connect;
 mod converge;
@@ -76,8 +77,9 @@ pub struct PayloadJob {
     pub cache: bool,
     /// This run's id (names the run dir on hosts and the results dir).
     pub run_id: String,
-    /// The whole payload as one archive, built once, for every cold host.
-    full_archive: tokio::sync::OnceCell<Arc<Vec<u8>>>,
+    /// The whole payload as one archive, built once into a file of its
+    /// own, for every cold host.
+    full_archive: tokio::sync::OnceCell<Arc<std::fs::File>>,
 }
 
 impl PayloadJob {
@@ -92,16 +94,24 @@ impl PayloadJob {
         }
     }
 
-    /// The archive of `paths`; the whole payload's is built once and shared.
-    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<Vec<u8>>, String> {
+    /// The archive of `paths`, in a file with no name (see
+    /// [`Payload::spool_tar_gz`]); the whole payload's is built once and
+    /// shared, each host reading it through its own opening.
+    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<std::fs::File>, String> {
         if paths.len() == self.payload.entries().len() {
             let job = self.clone();
             let built = self
                 .full_archive
                 .get_or_try_init(|| async move {
                     tokio::task::spawn_blocking(move || {
+                        let all: Vec<&str> = job
+                            .payload
+                            .entries()
+                            .iter()
+                            .map(|e| e.path.as_str())
+                            .collect();
                         job.payload
-                            .tar_gz_all()
+                            .spool_tar_gz(&all)
                             .map(Arc::new)
                             .map_err(|e| e.to_string())
                     })
@@ -116,7 +126,7 @@ impl PayloadJob {
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
             job.payload
-                .tar_gz(&refs)
+                .spool_tar_gz(&refs)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         })
@@ -150,7 +160,13 @@ pub struct RunSpec {
     pub watch: Option<PathBuf>,
     /// Run the hosts in waves, stopping when too many fail (`--batch`, `--max-fail`).
     pub waves: Option<Waves>,
+    /// The most results bytes kept from one host, packed or unpacked
+    /// (`--max-results`); a host that sends more fails.
+    pub max_results: u64,
 }
+
+/// `--max-results` unless given: 1 GiB.
+pub const MAX_RESULTS: u64 = 1 << 30;
 
 impl RunSpec {
     /// Host `id`'s passwords and sudo.

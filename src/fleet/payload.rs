@@ -2,6 +2,7 @@
 //! missing or wrong), run the entry point, collect `$PUSHRUN_OUT`, clean
 //! the run dir — again and again under `--repeat` and `--watch`.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::session::Session;
 
+use super::collect::{CollectError, Sink, collect, size_text};
 use super::command::CommandEnd;
 use super::converge::busy;
 use super::host::{HostTask, Launch};
@@ -102,16 +104,25 @@ pub(crate) async fn stage(
                 reason,
                 base: Some(base.clone()),
             })?;
+        // an opening of its own, so that hosts read the shared file each
+        // from its start
+        let failed = |e: std::io::Error| StageError::Failed {
+            reason: format!("cannot read the payload archive: {e}"),
+            base: Some(base.clone()),
+        };
+        let size = archive.metadata().map_err(failed)?.len();
+        let own = format!("/proc/self/fd/{}", archive.as_raw_fd());
+        let reader = tokio::fs::File::open(own).await.map_err(failed)?;
         let out = session
-            .run_script(
+            .run_script_from(
                 remote::RECEIVE,
                 "pushrun-receive",
                 &[&base, digest, &job.run_id, mode],
-                &archive,
+                tokio::io::BufReader::with_capacity(64 * 1024, reader),
             )
             .await
             .map_err(lost)?;
-        stats.bytes_sent += archive.len() as u64;
+        stats.bytes_sent += size;
         stats.bytes_received += out.stdout.len() as u64;
         stats.files_sent = report.needed.len();
         if let Some(reason) = remote::error_line(&out.stdout) {
@@ -138,26 +149,13 @@ pub(crate) async fn stage(
     Ok((base, payload_dir))
 }
 
-/// Brings `$PUSHRUN_OUT` back as a tar.gz; the script removes the run dir
-/// after ending the stream. Returns the archive and how long it took to arrive.
-pub(super) async fn collect(
-    session: &Session,
-    base: &str,
-    run_id: &str,
-) -> Result<(Vec<u8>, Duration), String> {
-    let out = session
-        .run_script(remote::COLLECT, "pushrun-collect", &[base, run_id], b"")
-        .await
-        .map_err(|e| error_chain(&e))?;
-    if out.code != Some(0) {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok((out.stdout, out.stdout_done))
-}
-
 /// Removes a run dir whose run never started (best effort).
 pub(crate) async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(10), collect(session, base, run_id)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        collect(session, base, run_id, None),
+    )
+    .await;
 }
 
 impl HostTask<'_> {
@@ -356,7 +354,9 @@ impl HostTask<'_> {
             timings,
             hash,
         };
-        let (mut outcome, digest) = self.collect_end(ran, &base, job, &mut stats).await;
+        let (mut outcome, digest) = self
+            .collect_end(ran, &base, job, &mut stats, spec.max_results)
+            .await;
         outcome.stage = Some(stats);
         outcome.notes.extend(notes);
         PayloadRun {
@@ -393,6 +393,7 @@ impl HostTask<'_> {
         base: &str,
         job: &PayloadJob,
         stats: &mut StageStats,
+        max: u64,
     ) -> (HostOutcome, Option<[u8; 32]>) {
         let Ran {
             end,
@@ -410,24 +411,43 @@ impl HostTask<'_> {
             return (end.into_outcome(timeout, timings), None);
         }
         let collect_started = Instant::now();
-        match collect(self.session, base, &job.run_id).await {
-            Ok((archive, streamed)) => {
-                timings.collect = streamed;
-                timings.clean = collect_started.elapsed().saturating_sub(streamed);
-                stats.bytes_received += archive.len() as u64;
+        let sink = Sink {
+            id: self.id,
+            events: self.events,
+            max,
+            digest: hash.is_some(),
+        };
+        match collect(self.session, base, &job.run_id, Some(sink)).await {
+            Ok(got) => {
+                timings.collect = got.streamed;
+                timings.clean = collect_started.elapsed().saturating_sub(got.streamed);
+                stats.bytes_received += got.bytes;
                 let digest = hash.map(|hash| {
                     let mut h = hash.lock().map(|h| h.clone()).unwrap_or_default();
-                    h.update(results_digest(&archive));
+                    h.update(got.digest.unwrap_or_default());
                     h.finalize().into()
                 });
-                let _ = self.events.send(Event::Collected(self.id, archive)).await;
+                let _ = self.events.send(Event::Collected(self.id)).await;
                 (end.into_outcome(timeout, timings), digest)
             }
-            Err(why) => {
+            Err(error) => {
                 timings.collect = collect_started.elapsed();
                 let mut o = end.into_outcome(timeout, timings);
-                o.status = Status::Failed;
-                o.reason = Some(format!("collect: {why}"));
+                let (status, reason) = match (error, self.session.lost().await) {
+                    (_, Some(lost)) => (Status::Unreachable, format!("connection lost: {lost}")),
+                    (CollectError::TooBig(max), None) => (
+                        Status::Failed,
+                        format!(
+                            "results over the --max-results limit of {}: not kept",
+                            size_text(max)
+                        ),
+                    ),
+                    (CollectError::Failed(why), None) => {
+                        (Status::Failed, format!("collect: {why}"))
+                    }
+                };
+                o.status = status;
+                o.reason = Some(reason);
                 (o, None)
             }
         }
@@ -440,37 +460,4 @@ pub(super) struct Ran {
     timeout: Option<Duration>,
     timings: Timings,
     hash: Option<Arc<std::sync::Mutex<Sha256>>>,
-}
-
-/// A digest of a results archive's content (paths, modes, bytes), not of
-/// its bytes: a payload that writes the same files again at other times
-/// has the same results.
-pub(super) fn results_digest(archive: &[u8]) -> [u8; 32] {
-    let mut entries: Vec<(Vec<u8>, u32, [u8; 32])> = Vec::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-    if let Ok(iter) = tar.entries() {
-        for entry in iter.flatten() {
-            let mut entry = entry;
-            let path = entry.path_bytes().into_owned();
-            let mode = entry.header().mode().unwrap_or(0);
-            let mut h = Sha256::new();
-            let mut buf = [0u8; 8192];
-            loop {
-                match std::io::Read::read(&mut entry, &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => h.update(&buf[..n]),
-                }
-            }
-            entries.push((path, mode, h.finalize().into()));
-        }
-    }
-    entries.sort();
-    let mut h = Sha256::new();
-    for (path, mode, content) in entries {
-        h.update(&path);
-        h.update([0]);
-        h.update(mode.to_le_bytes());
-        h.update(content);
-    }
-    h.finalize().into()
 }

@@ -400,6 +400,12 @@ fn combine(set: &mut [bool], op: Op, matched: &[usize]) {
     }
 }
 
+/// Checks a login name given outside the inventory (`--user`) the way the
+/// inventory's `user` is checked: the same names pass, the same fail.
+pub fn check_user(user: &str) -> Result<(), String> {
+    parse::check_user(user).map_err(|p| p.message)
+}
+
 /// Shell-style match: `*` any run of characters, `?` any one character.
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();

@@ -37,6 +37,19 @@ impl Payload {
         self.tar_gz(&all)
     }
 
+    /// [`Payload::tar_gz`] spooled to a file of its own that has no name
+    /// (in the temp dir; gone once closed), read back from its start: a big
+    /// payload is sent from disk, not held in memory.
+    pub fn spool_tar_gz(&self, paths: &[&str]) -> Result<File, PayloadError> {
+        let file = unnamed_file().map_err(PayloadError::Write)?;
+        let mut file = self
+            .write_tar_gz(paths, io::BufWriter::new(file))?
+            .into_inner()
+            .map_err(|e| PayloadError::Write(e.into_error()))?;
+        io::Seek::rewind(&mut file).map_err(PayloadError::Write)?;
+        Ok(file)
+    }
+
     /// [`Payload::tar_gz`] written to `out`, so that a big payload need not
     /// be held in memory. Returns `out` once the gzip stream is finished; on
     /// error, `out` may hold part of a stream.
@@ -96,6 +109,33 @@ impl Payload {
         let gz = tar.into_inner().map_err(PayloadError::Write)?;
         gz.finish().map_err(PayloadError::Write)
     }
+}
+
+/// A new file readable and writable by this user only, with no name: Linux's
+/// `O_TMPFILE` in the temp dir, or else a file made there and unlinked at once.
+fn unnamed_file() -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let unnamed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&dir);
+    if let Ok(file) = unnamed {
+        return Ok(file);
+    }
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".pushrun-upload-{}-{n}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 /// What went wrong inside [`Verified`], told apart from archive write errors.

@@ -40,7 +40,7 @@ use crate::session::{ControlDir, write_ssh_config};
 
 pub use known_hosts::Source as KnownHostsSource;
 pub use serve::serve;
-pub use tree::{hops, paths, tree};
+pub use tree::{hops, paths, tree, tree_each};
 pub use wire::RelayReport;
 
 use tree::{Subtree, split};

@@ -266,6 +266,7 @@ fn prepare(plan: Plan, known: PathBuf) -> Result<Prepared, PlanError> {
         repeat: plan.repeat,
         watch: None,
         waves: None,
+        max_results: plan.max_results,
     };
     let relaying = Relaying::new(hops, None, plan.run_id, KnownHostsSource::File(known));
     Ok((Arc::new(hosts), Arc::new(relaying), Arc::new(spec)))

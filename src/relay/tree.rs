@@ -1,7 +1,7 @@
 //! The shape of a run with relays: which relays a selection needs, each
 //! host's route, and the subtree each top relay serves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::events::HostId;
 use crate::inventory::Host;
@@ -16,13 +16,20 @@ fn via(host: &Host) -> Option<&str> {
 /// themselves, in inventory order. Checks every `via` on the way: it must
 /// name a host of the inventory, and lead to a host with none.
 pub fn hops(all: &[Host], selected: &[Host]) -> Result<Vec<Host>, String> {
+    // only hosts named in some `via` are looked up: memory in the number of
+    // relays, not of hosts
+    let named: HashSet<&str> = all.iter().chain(selected).filter_map(via).collect();
     let index: HashMap<&str, usize> = all
         .iter()
         .enumerate()
+        .filter(|(_, h)| named.contains(h.name.as_str()))
         .map(|(i, h)| (h.name.as_str(), i))
         .collect();
-    let chosen: std::collections::HashSet<&str> =
-        selected.iter().map(|h| h.name.as_str()).collect();
+    let chosen: HashSet<&str> = selected
+        .iter()
+        .map(|h| h.name.as_str())
+        .filter(|n| named.contains(n))
+        .collect();
     let mut needed = std::collections::BTreeSet::new();
     for host in selected {
         let mut chain = vec![host.name.as_str()];
@@ -89,36 +96,64 @@ pub fn paths(hosts: &[Host], hops: &[Host]) -> Vec<Option<String>> {
 
 /// The selection as a tree, for `pushrun hosts`: each host's `line`,
 /// indented under the relay it is reached through; relays that are only
-/// hops are marked so.
+/// hops are marked so. See [`tree_each`].
 pub fn tree(hosts: &[Host], hops: &[Host], line: impl Fn(&Host) -> String) -> Vec<String> {
-    let known = by_name(hosts, hops);
-    let all: Vec<&Host> = hosts.iter().chain(hops).collect();
-    let mut out = Vec::new();
-    fn walk(
-        parent: Option<&str>,
-        depth: usize,
-        all: &[&Host],
-        hop_names: &[&str],
-        known: &HashMap<&str, &Host>,
-        line: &dyn Fn(&Host) -> String,
-        out: &mut Vec<String>,
-    ) {
-        for h in all {
-            let up = via(h).filter(|r| known.contains_key(r));
-            if up != parent {
-                continue;
-            }
-            let mut text = format!("{}{}", "  ".repeat(depth), line(h));
-            if hop_names.contains(&h.name.as_str()) {
-                text.push_str("  (relay only)");
-            }
-            out.push(text);
-            walk(Some(&h.name), depth + 1, all, hop_names, known, line, out);
+    let mut out = Vec::with_capacity(hosts.len() + hops.len());
+    tree_each(hosts, hops, line, |l| out.push(l));
+    out
+}
+
+/// [`tree`], each line handed to `emit` as it is made rather than kept.
+/// Linear in the number of hosts, and its memory in the number of relays:
+/// only hosts that others name in `via` are indexed, each host is put under
+/// its parent once, and the tree is walked once, depth first, without
+/// recursion (a long chain of relays cannot overflow the stack).
+pub fn tree_each(
+    hosts: &[Host],
+    hops: &[Host],
+    line: impl Fn(&Host) -> String,
+    mut emit: impl FnMut(String),
+) {
+    let all = || hosts.iter().chain(hops);
+    let named: HashSet<&str> = all().filter_map(via).collect();
+    // names are unique in an inventory, and hops are not selected hosts
+    let relays: HashMap<&str, usize> = all()
+        .enumerate()
+        .filter(|(_, h)| named.contains(h.name.as_str()))
+        .map(|(i, h)| (h.name.as_str(), i))
+        .collect();
+    let parent = |h: &Host| via(h).and_then(|r| relays.get(r)).copied();
+    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, h) in all().enumerate() {
+        if let Some(p) = parent(h) {
+            children.entry(p).or_default().push(i);
         }
     }
-    let hop_names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
-    walk(None, 0, &all, &hop_names, &known, &line, &mut out);
-    out
+    let at = |i: usize| {
+        if i < hosts.len() {
+            &hosts[i]
+        } else {
+            &hops[i - hosts.len()]
+        }
+    };
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    for (root, h) in all().enumerate() {
+        if parent(h).is_some() {
+            continue;
+        }
+        stack.push((root, 0));
+        while let Some((i, depth)) = stack.pop() {
+            let h = at(i);
+            let mut text = format!("{}{}", "  ".repeat(depth), line(h));
+            if i >= hosts.len() {
+                text.push_str("  (relay only)");
+            }
+            emit(text);
+            if let Some(below) = children.get(&i) {
+                stack.extend(below.iter().rev().map(|&c| (c, depth + 1)));
+            }
+        }
+    }
 }
 
 /// One top relay at this level and what is behind it.
@@ -136,19 +171,18 @@ pub(super) fn split(hosts: &[Host], hops: &[Host]) -> (Vec<HostId>, Vec<Subtree>
     let known = by_name(hosts, hops);
     let mut direct = Vec::new();
     let mut subtrees: Vec<Subtree> = Vec::new();
-    fn place(subtrees: &mut Vec<Subtree>, top: &Host) -> usize {
-        match subtrees.iter().position(|s| s.relay.name == top.name) {
-            Some(i) => i,
-            None => {
-                subtrees.push(Subtree {
-                    relay: top.clone(),
-                    hosts: Vec::new(),
-                    hops: Vec::new(),
-                });
-                subtrees.len() - 1
-            }
-        }
-    }
+    // each top relay's place in `subtrees`, so placing a host is one lookup
+    let mut places: HashMap<String, usize> = HashMap::new();
+    let mut place = |subtrees: &mut Vec<Subtree>, top: &Host| -> usize {
+        *places.entry(top.name.clone()).or_insert_with(|| {
+            subtrees.push(Subtree {
+                relay: top.clone(),
+                hosts: Vec::new(),
+                hops: Vec::new(),
+            });
+            subtrees.len() - 1
+        })
+    };
     let below = |h: &Host, top: &Host| {
         let mut h = h.clone();
         if h.settings.via.as_deref() == Some(top.name.as_str()) {

@@ -447,6 +447,7 @@ impl RelayTask {
                 .collect(),
             converge: spec.converge,
             repeat: spec.repeat,
+            max_results: spec.max_results,
         }
     }
 }

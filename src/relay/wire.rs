@@ -37,8 +37,9 @@ pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// A relay that sends nothing for this long is taken for hung.
 pub const SILENCE: Duration = Duration::from_secs(30);
 
-/// A frame larger than this is garbage, not a frame (results archives
-/// included: they are held in memory whole anyway).
+/// A frame larger than this is garbage, not a frame: events carry big data
+/// (results archives) in pieces of [`crate::events::RESULTS_PART`] bytes,
+/// and a plan's hosts and passwords fit many times over.
 const MAX_FRAME: usize = 1 << 30;
 
 /// Initiator → relay.
@@ -111,6 +112,8 @@ pub(crate) struct Plan {
     /// `--repeat`.
     #[serde(rename = "repeat_ms", with = "crate::encoding::millis_opt")]
     pub repeat: Option<Duration>,
+    /// `--max-results`.
+    pub max_results: u64,
 }
 
 /// The job of a plan: a payload job names the copy staged on the relay
@@ -257,7 +260,8 @@ mod tests {
                 line: b"not utf-8 \xff".to_vec(),
                 complete: false,
             },
-            Event::Collected(1, vec![0, 1, 2, 255]),
+            Event::ResultsPart(1, vec![0, 1, 2, 255]),
+            Event::Collected(1),
             Event::Retrying {
                 host: 2,
                 reason: "connection refused".into(),
@@ -290,14 +294,14 @@ mod tests {
             .collect();
         frames.push(Up::Done);
         let got = round_trip(&frames).await;
-        assert_eq!(got.len(), 6);
+        assert_eq!(got.len(), 7);
         for (frame, want) in got.iter().zip(&shown) {
             let Up::Event { event } = frame else {
                 panic!("{frame:?}")
             };
             assert_eq!(&format!("{event:?}"), want);
         }
-        assert!(matches!(got[5], Up::Done));
+        assert!(matches!(got[6], Up::Done));
     }
 
     #[tokio::test]
@@ -333,6 +337,7 @@ mod tests {
             access: vec![access],
             converge: None,
             repeat: Some(Duration::from_secs(2)),
+            max_results: 1 << 30,
         };
         let text = serde_json::to_string(&Down::Plan(Box::new(plan))).unwrap();
         assert!(text.contains(r#""pty":"auto""#), "{text}");

@@ -5,15 +5,22 @@
 //! On a large fleet most hosts say the same thing; folding them turns
 //! thousands of lines into a few blocks, and the odd host out stands
 //! alone. Two hosts share a block only when their whole output (streams,
-//! bytes, line ends) and their end (exit code, status) are the same.
+//! bytes, line ends) and their end (exit code, status) are the same. Each
+//! host's output is kept as a digest plus its first [`SAMPLE`] bytes, so
+//! a host that prints gigabytes costs no more memory than one that prints
+//! a line.
 
 use std::fmt::Write as _;
 use std::io;
 
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
 use super::lines::{self, escape};
 use super::summary::Ended;
 use super::{Hosts, Render, Screen};
-use crate::events::{Event, HostOutcome, Status, Stream};
+use crate::events::{Event, HostId, HostOutcome, Status, Stream};
 use crate::inventory::hostlist;
 
 /// One line of a host's output, kept until the end.
@@ -25,17 +32,59 @@ struct Piece {
     complete: bool,
 }
 
-/// Holds every host's output, and shows it grouped at the end.
+/// The most of one host's output kept to be shown: the first lines up to
+/// this many bytes. The rest is only digested (and counted), so that
+/// memory stays bounded whatever a host prints; `--results` keeps all of
+/// it.
+const SAMPLE: usize = 16 * 1024;
+
+/// What is kept of one host's output: a digest of all of it, and the first
+/// of it.
+#[derive(Clone, Default)]
+struct Kept {
+    digest: Sha256,
+    /// The first pieces, at most [`SAMPLE`] bytes.
+    sample: Vec<Piece>,
+    sample_bytes: usize,
+    /// Pieces and bytes past the sample.
+    more_lines: u64,
+    more_bytes: u64,
+}
+
+impl Kept {
+    fn push(&mut self, piece: Piece) {
+        self.digest.update([
+            u8::from(piece.stream == Stream::Stderr),
+            u8::from(piece.complete),
+        ]);
+        self.digest.update((piece.bytes.len() as u64).to_le_bytes());
+        self.digest.update(&piece.bytes);
+        if self.more_lines == 0 && self.sample_bytes + piece.bytes.len() <= SAMPLE {
+            self.sample_bytes += piece.bytes.len();
+            self.sample.push(piece);
+        } else {
+            self.more_lines += 1;
+            self.more_bytes += piece.bytes.len() as u64;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sample.is_empty() && self.more_lines == 0
+    }
+}
+
+/// Holds every host's output (a digest and a sample), and shows it grouped
+/// at the end.
 pub(super) struct Gather {
-    /// Each host's output so far, by host id.
-    kept: Vec<Vec<Piece>>,
+    /// What is kept of each host's output so far, by host id.
+    kept: Vec<Kept>,
 }
 
 impl Gather {
     /// A renderer for `hosts` hosts.
     pub(super) fn new(hosts: usize) -> Gather {
         Gather {
-            kept: vec![Vec::new(); hosts],
+            kept: vec![Kept::default(); hosts],
         }
     }
 }
@@ -75,14 +124,15 @@ impl Render for Gather {
     }
 }
 
-/// What makes two hosts' results the same: their output and how they ended.
-type Key<'a> = (&'a [Piece], Option<i32>, Status);
+/// What makes two hosts' results the same: their output (its digest) and
+/// how they ended.
+type Key = ([u8; 32], Option<i32>, Status);
 
 impl Gather {
     /// The blocks, each under a ruled header naming its hosts.
     fn text(&self, hosts: &Hosts, outcomes: &[Option<HostOutcome>]) -> String {
         let mut text = String::new();
-        for ((pieces, code, status), names) in self.groups(hosts, outcomes) {
+        for ((_, code, status), first, names) in self.groups(hosts, outcomes) {
             let end = match (status, code) {
                 (_, Some(c)) => format!("exit {c}"),
                 (s, None) => s.label().to_string(),
@@ -95,7 +145,8 @@ impl Gather {
             );
             let rule = "-".repeat(header.chars().count().clamp(16, 79));
             let _ = writeln!(text, "{rule}\n{header}\n{rule}");
-            for piece in pieces {
+            let kept = &self.kept[first];
+            for piece in &kept.sample {
                 let mark = if piece.stream == Stream::Stderr {
                     "! "
                 } else {
@@ -103,19 +154,29 @@ impl Gather {
                 };
                 let _ = writeln!(text, "{mark}{}", escape(&piece.bytes));
             }
+            if kept.more_lines > 0 {
+                let _ = writeln!(
+                    text,
+                    "[{} more line{} ({} bytes) not shown]",
+                    kept.more_lines,
+                    plural(kept.more_lines as usize),
+                    kept.more_bytes
+                );
+            }
         }
         text
     }
 
     /// The hosts grouped by identical results, in the order each result
-    /// first appeared. A host that never connected and said nothing is
-    /// left to the summary.
-    fn groups<'a>(
-        &'a self,
+    /// first appeared, each group with its first host's id. A host that
+    /// never connected and said nothing is left to the summary.
+    fn groups(
+        &self,
         hosts: &Hosts,
         outcomes: &[Option<HostOutcome>],
-    ) -> Vec<(Key<'a>, Vec<String>)> {
-        let mut groups: Vec<(Key<'a>, Vec<String>)> = Vec::new();
+    ) -> Vec<(Key, HostId, Vec<String>)> {
+        let mut groups: Vec<(Key, HostId, Vec<String>)> = Vec::new();
+        let mut index: HashMap<Key, usize> = HashMap::new();
         for (i, o) in outcomes.iter().enumerate() {
             let Some(o) = o else { continue };
             if matches!(
@@ -125,11 +186,18 @@ impl Gather {
             {
                 continue;
             }
-            let key: Key<'a> = (&self.kept[i], o.exit_code, o.status);
+            let key: Key = (
+                self.kept[i].digest.clone().finalize().into(),
+                o.exit_code,
+                o.status,
+            );
             let name = hosts.name(i).to_string();
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, names)) => names.push(name),
-                None => groups.push((key, vec![name])),
+            match index.get(&key) {
+                Some(&g) => groups[g].2.push(name),
+                None => {
+                    index.insert(key, groups.len());
+                    groups.push((key, i, vec![name]));
+                }
             }
         }
         groups

@@ -75,7 +75,7 @@ impl Render for Json {
                 json!({"event": "repeated", "run": run, "changed": changed, "status": status.as_str()}),
             ),
             Event::Finished(id, outcome) => (*id, end(outcome)),
-            Event::Busy(_) | Event::Collected(..) => return Ok(()),
+            Event::Busy(_) | Event::Collected(..) | Event::ResultsPart(..) => return Ok(()),
         };
         self.write(screen, hosts, id, obj)
     }

@@ -87,6 +87,21 @@ pub(super) fn classify_ssh_failure(log: &str) -> ConnectError {
     ConnectError::new(kind, message)
 }
 
+/// Why an established connection ended, from the master's log: ssh's last
+/// word on it ("Connection to … closed by remote host.", "Timeout, server …
+/// not responding."), if it said one.
+pub(super) fn lost_reason(log: &str) -> Option<String> {
+    log.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .map(|l| {
+            l.strip_prefix("ssh: ")
+                .unwrap_or(l)
+                .trim_end_matches('.')
+                .to_string()
+        })
+}
+
 /// A changed host key, with ssh's warning: the key it got and where the
 /// one it expected is.
 pub(super) fn changed_key_error(log: &str) -> ConnectError {

@@ -12,6 +12,7 @@
 //! master with `openssh`'s native mux client (no ssh process per command).
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -235,9 +236,18 @@ impl Session {
             .args(["-o", "ServerAliveCountMax=3"])
             .arg("--")
             .arg(host.address());
+        // ssh says some things only on stderr, before -E takes over (a user
+        // or host name it refuses): stderr appends to the same log, so the
+        // reason is there for `classify_ssh_failure` either way
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&spec.log)
+            .map_or_else(|_| Stdio::null(), Stdio::from);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -391,6 +401,18 @@ impl Session {
         args: &[&str],
         input: &[u8],
     ) -> Result<ScriptOutput, openssh::Error> {
+        self.run_script_from(script, name, args, input).await
+    }
+
+    /// [`Session::run_script`] with its input read from `input` as it goes
+    /// (a payload archive streamed from its file, never held whole).
+    pub async fn run_script_from(
+        &self,
+        script: &str,
+        name: &str,
+        args: &[&str],
+        mut input: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<ScriptOutput, openssh::Error> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let started = tokio::time::Instant::now();
         let mut child = self.spawn_script(script, name, args, &[]).await?;
@@ -400,7 +422,7 @@ impl Session {
         let write = async {
             if let Some(w) = stdin.as_mut() {
                 // A script that stops reading early (an error) is reported by its output.
-                let _ = w.write_all(input).await;
+                let _ = tokio::io::copy(&mut input, w).await;
                 let _ = w.shutdown().await;
             }
             drop(stdin.take());
@@ -517,6 +539,36 @@ impl Session {
             )
             .await;
         let _ = std::fs::remove_file(&ends.local);
+    }
+
+    /// Why the connection is gone, if it is: the master no longer answers
+    /// (the host or its sshd went away mid-run), in ssh's own words from its
+    /// log. `None` while the connection stands. A command the mux reports
+    /// ended without a status may have died with its connection or by a
+    /// signal; this tells the two apart. The master may still be closing
+    /// when the command's end arrives, so it is asked a few times.
+    pub async fn lost(&self) -> Option<String> {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if self.mux.check().await.is_err() {
+                // ssh writes its last word as it exits, maybe just after
+                // the control socket stopped answering: wait for it a little
+                let mut log = String::new();
+                for _ in 0..50 {
+                    log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    if failure::lost_reason(&log).is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Some(failure::lost_reason(&log).unwrap_or_else(|| {
+                    "the connection ended without a word from ssh".to_string()
+                }));
+            }
+        }
+        None
     }
 
     /// Whether the master outlives the run.

@@ -12,6 +12,7 @@ mod collector;
 mod connections;
 mod exec;
 mod harness;
+mod hostile;
 mod inventory;
 mod payload;
 mod relay;

@@ -1,0 +1,483 @@
+//! Hostile hosts, the initiator's side: whatever a host sends (results with
+//! setuid bits, terminal escapes, names that clash with pushrun's own files,
+//! a connection that dies mid-run) must not reach past its own results.
+//! Each host here is a real loopback sshd; the attacker is a payload or a
+//! command that sends what a compromised host would.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::common::{self, TestHosts, host_summary, summary};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes an executable payload dir whose entry point is `run`.
+fn payload(dir: &Path, run: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("run");
+    std::fs::write(&p, run).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A payload that plants what an attacker would want on the initiator: a
+/// setuid copy of a shell, a setgid and a world-writable file, a sticky
+/// world-writable dir, a symlink to a secret, a fifo.
+const PLANT: &str = r#"#!/bin/sh
+cd "$PUSHRUN_OUT" || exit 1
+cp /bin/sh suid && chmod 4755 suid
+printf 'g' > sgid && chmod 2755 sgid
+printf 'w' > world && chmod 666 world
+mkdir open && chmod 1777 open && printf 'in' > open/f && chmod 777 open/f
+ln -s /etc/passwd link
+mkfifo fifo
+printf '\000\001\377' > bin
+"#;
+
+#[test]
+fn results_are_unpacked_as_data_without_setuid_or_writable_bits() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    payload(&pl, PLANT);
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--payload", s(&pl), "--results", s(&res)],
+    );
+    let out = res.join("latest").join(hosts.addr(0)).join("out");
+    let mode = |p: &str| {
+        std::fs::symlink_metadata(out.join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}\n{}", run.all()))
+            .permissions()
+            .mode()
+    };
+    for f in ["suid", "sgid", "world", "open", "open/f", "bin"] {
+        let m = mode(f) & 0o7777;
+        assert_eq!(m & 0o7022, 0, "{f} kept mode {m:o}");
+    }
+    assert!(std::fs::metadata(out.join("open")).unwrap().is_dir());
+    assert_eq!(
+        std::fs::read(out.join("suid")).unwrap(),
+        std::fs::read("/bin/sh").unwrap()
+    );
+    assert_eq!(std::fs::read(out.join("bin")).unwrap(), b"\x00\x01\xff");
+    assert!(
+        std::fs::symlink_metadata(out.join("link")).is_err(),
+        "a symlink was made"
+    );
+    assert!(
+        std::fs::symlink_metadata(out.join("fifo")).is_err(),
+        "a fifo was made"
+    );
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
+    assert!(
+        run.stderr.contains("not regular files or dirs, left out"),
+        "{}\n{h}",
+        run.all()
+    );
+}
+
+#[test]
+fn control_characters_from_a_host_are_shown_escaped() {
+    let hosts = TestHosts::start(1);
+    let cmd = r"printf 'ok\rSPOOF host9: ok\n\033]0;title\007\n\302\233c\177tab\tend\n'; printf 'err\033[2J\n' >&2";
+    for mode in [&[][..], &["--gather"][..]] {
+        let mut args = mode.to_vec();
+        args.extend(["--", cmd]);
+        let run = common::exec(&hosts, &hosts.hosts_yaml(), &args);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let all = run.all();
+        assert!(
+            !all.contains(['\r', '\x1b', '\x07', '\u{9b}', '\x7f']),
+            "{all:?}"
+        );
+        assert!(all.contains(r"ok\x0dSPOOF host9: ok"), "{all}");
+        assert!(all.contains(r"\x1b]0;title\x07"), "{all}");
+        assert!(all.contains(r"\u{9b}c\x7ftab	end"), "{all}");
+        assert!(all.contains(r"err\x1b[2J"), "{all}");
+    }
+    // --json keeps the raw bytes
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--json", "--", cmd]);
+    assert!(
+        run.stdout.contains("\\r") || run.stdout.contains("DVNQT09G"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn host_folders_never_clash_with_each_other_or_with_pushrun_files() {
+    let hosts = TestHosts::start(1);
+    let addr = hosts.addr(0);
+    let names = ["summary.json", "run.log", "a/b", "a_b", ".hidden"];
+    let mut yaml = String::from("hosts:\n");
+    for n in names {
+        yaml.push_str(&format!("  \"{n}\":\n    address: {addr}\n"));
+    }
+    let inv = hosts.write_yaml("clash.yaml", &yaml);
+    let res = tempfile::tempdir().unwrap();
+    let run = common::exec(
+        &hosts,
+        &inv,
+        &["--results", s(res.path()), "--", "echo $PUSHRUN_HOST"],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let sum = summary(res.path());
+    let root = res.path().join("latest");
+    let mut folders = std::collections::HashSet::new();
+    for n in names {
+        let folder = host_summary(&sum, n)["folder"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            !folder.contains('/') && !folder.starts_with('.'),
+            "{folder}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join(&folder).join("exit_status")).unwrap(),
+            "0\n"
+        );
+        folders.insert(folder);
+    }
+    assert_eq!(folders.len(), names.len(), "{folders:?}");
+    assert!(root.join("summary.json").is_file());
+}
+
+#[test]
+fn a_large_range_is_listed_whole_and_in_order() {
+    let out = common::pushrun()
+        .args(["hosts", "-w", "node[1-200000]"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 200_000);
+    assert_eq!((lines[0], lines[199_999]), ("node1", "node200000"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("200000 hosts: node[1-200000]"));
+}
+
+#[test]
+fn ssh_keeps_its_own_reason_for_a_name_it_refuses_and_user_is_checked() {
+    let hosts = TestHosts::start(1);
+    let addr = hosts.addr(0);
+    let inv = hosts.write_yaml(
+        "bad-user.yaml",
+        &format!("hosts:\n  h1:\n    address: {addr}\n    user: \"a;b\"\n"),
+    );
+    let run = common::exec(&hosts, &inv, &["--", "true"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("h1: remote username contains invalid characters"),
+        "{}",
+        run.all()
+    );
+    // --user goes through the inventory's own check: no host is contacted
+    for bad in ["a b", "x@y", "-oProxyCommand=touch"] {
+        let run = common::exec(
+            &hosts,
+            &hosts.hosts_yaml(),
+            &[&format!("--user={bad}"), "--", "true"],
+        );
+        assert_eq!(run.code, 2, "{bad}: {}", run.all());
+        assert!(run.stderr.contains("bad user name"), "{bad}: {}", run.all());
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Kills host `i`'s sshd with SIGKILL: the listener and every process
+/// below it (the sessions pushrun is connected to), as a host that died.
+fn kill_sshd(hosts: &TestHosts, i: usize) {
+    let sshd = hosts.listener_pids()[i];
+    let mut doomed = vec![sshd];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let mut up = parent_of(pid);
+        while let Some(p) = up.filter(|&p| p > 1) {
+            if p == sshd {
+                doomed.push(pid);
+                break;
+            }
+            up = parent_of(p);
+        }
+    }
+    for pid in doomed {
+        // SAFETY: kill(2) on a process of this test's own fleet.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Starts pushrun, waits for `started` in its stdout, kills the host's
+/// sshd, and returns what pushrun said in the end.
+fn killed_mid_run(hosts: &TestHosts, args: &[&str]) -> common::Run {
+    use std::io::{BufRead, Read};
+    let mut child = common::spawn_exec(hosts, &hosts.hosts_yaml(), args);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("started") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("started"), "{seen}");
+    kill_sshd(hosts, 0);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: seen + &rest,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_host_whose_sshd_dies_mid_command_is_unreachable_with_a_reason() {
+    let hosts = TestHosts::start(1);
+    let run = killed_mid_run(&hosts, &["--", "echo started; sleep 60"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.stderr.contains("unreachable: "), "{}", run.all());
+    let said = format!(
+        "connection lost: Connection to {} closed by remote host",
+        hosts.addr(0)
+    );
+    assert!(run.stderr.contains(&said), "{}", run.all());
+}
+
+#[test]
+fn a_host_whose_sshd_dies_mid_payload_is_unreachable_with_a_reason() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    payload(&pl, "#!/bin/sh\necho started\nsleep 60\n");
+    let run = killed_mid_run(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
+    assert_eq!(h["status"], "unreachable", "{h}\n{}", run.all());
+    let reason = h["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("connection lost: ") && reason.len() > 20,
+        "{h}"
+    );
+}
+
+#[test]
+fn results_over_the_limit_fail_that_host_and_the_others_go_on() {
+    let hosts = TestHosts::start(2);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    // host 0 sends 64 MiB of zeros (a few hundred KB on the wire), host 1 a small file
+    payload(
+        &pl,
+        &format!(
+            "#!/bin/sh\nif [ \"$PUSHRUN_HOST\" = {} ]; then\n  head -c 67108864 /dev/zero > \"$PUSHRUN_OUT/zeros\"\nelse\n  echo small > \"$PUSHRUN_OUT/small\"\nfi\n",
+            hosts.addr(0)
+        ),
+    );
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &[
+            "--payload",
+            s(&pl),
+            "--results",
+            s(&res),
+            "--max-results",
+            "8M",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let sum = summary(&res);
+    let big = host_summary(&sum, &hosts.addr(0));
+    assert_eq!(big["status"], "failed", "{big}");
+    assert_eq!(
+        big["reason"],
+        "results over the --max-results limit of 8 MiB: not kept"
+    );
+    let root = res.join("latest");
+    let folder = root.join(hosts.addr(0));
+    assert!(!folder.join("out/zeros").exists());
+    assert!(!folder.join("out.tar.gz.part").exists());
+    assert_eq!(host_summary(&sum, &hosts.addr(1))["status"], "ok");
+    assert_eq!(
+        std::fs::read(root.join(hosts.addr(1)).join("out/small")).unwrap(),
+        b"small\n"
+    );
+    // the same results under the default limit come back whole
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &[
+            "--payload",
+            s(&pl),
+            "--results",
+            s(&res),
+            "-w",
+            &hosts.addr(0),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let zeros = std::fs::metadata(res.join("latest").join(hosts.addr(0)).join("out/zeros"));
+    assert_eq!(zeros.unwrap().len(), 64 << 20);
+}
+
+#[test]
+fn bad_sizes_for_max_results_are_refused() {
+    for bad in ["0", "12Q", "lots", "99999999999T"] {
+        let out = common::pushrun()
+            .args([
+                "exec",
+                "-w",
+                "127.0.0.1",
+                "--max-results",
+                bad,
+                "--",
+                "true",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--max-results"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn gather_keeps_a_sample_and_still_folds_hosts_with_the_same_output() {
+    let hosts = TestHosts::start(2);
+    // 1,000,000 lines (6.9 MB) from both hosts: the same output, one block
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--gather", "--", "seq 1 1000000"],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("(2 hosts, exit 0)"), "{}", run.stdout);
+    let shown: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        shown.contains(&"1") && shown.contains(&"3000"),
+        "{}",
+        run.stdout
+    );
+    assert!(!shown.contains(&"1000000"), "the whole output was kept");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with('[') && l.ends_with("bytes) not shown]")),
+        "{}",
+        run.stdout
+    );
+    // the last line differs on one host: two blocks
+    let cmd = format!(
+        "seq 1 1000000; case \"$SSH_CONNECTION\" in *' {} '*) echo odd;; esac",
+        hosts.addr(0)
+    );
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--gather", "--", &cmd]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(
+        run.stdout.matches("(1 host, exit 0)").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+}
+
+/// Host 0 a relay, hosts 1 and 2 leaves behind it.
+fn behind_a_relay(hosts: &TestHosts) -> std::path::PathBuf {
+    let env = std::fs::read_to_string(hosts.dir().join("fleet.env")).unwrap();
+    let runtime = env
+        .lines()
+        .find_map(|l| l.strip_prefix("RUNTIME_DIR="))
+        .expect("RUNTIME_DIR in fleet.env");
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8(me.stdout).unwrap();
+    let mut yaml = format!(
+        "defaults: {{port: 2022, user: {}}}\nhosts:\n  {}: {{}}\n",
+        me.trim(),
+        hosts.addr(0)
+    );
+    for i in 1..3 {
+        yaml.push_str(&format!(
+            "  {}: {{via: {}, identity_file: {runtime}/id_ed25519}}\n",
+            hosts.addr(i),
+            hosts.addr(0)
+        ));
+    }
+    hosts.write_yaml("relayed.yaml", &yaml)
+}
+
+#[test]
+fn results_through_a_relay_come_in_pieces_and_the_limit_fails_only_that_leaf() {
+    let hosts = TestHosts::start(3);
+    let inv = behind_a_relay(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    // leaf 1: 24 MiB that do not compress, and their digest as the host saw them
+    payload(
+        &pl,
+        &format!(
+            "#!/bin/sh\ncd \"$PUSHRUN_OUT\" || exit 1\nif [ \"$PUSHRUN_HOST\" = {} ]; then\n  head -c 25165824 /dev/urandom > big\n  sha256sum big | cut -c1-64 > big.sha\nelse\n  echo small > small\nfi\n",
+            hosts.addr(1)
+        ),
+    );
+    let leaves = format!("{},{}", hosts.addr(1), hosts.addr(2));
+    let args = [
+        "--payload",
+        s(&pl),
+        "--results",
+        s(&res),
+        "--limit",
+        &leaves,
+    ];
+    let run = common::exec(&hosts, &inv, &args);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let out = res.join("latest").join(hosts.addr(1)).join("out");
+    let big = std::fs::read(out.join("big")).unwrap();
+    assert_eq!(big.len(), 24 << 20);
+    let sha = std::process::Command::new("sha256sum")
+        .arg(out.join("big"))
+        .output()
+        .unwrap();
+    let want = std::fs::read_to_string(out.join("big.sha")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&sha.stdout)[..64], *want.trim());
+
+    let mut limited = args.to_vec();
+    limited.extend(["--max-results", "8M"]);
+    let run = common::exec(&hosts, &inv, &limited);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let sum = summary(&res);
+    let h = host_summary(&sum, &hosts.addr(1));
+    assert_eq!(h["status"], "failed", "{h}");
+    assert_eq!(
+        h["reason"],
+        "results over the --max-results limit of 8 MiB: not kept"
+    );
+    assert_eq!(host_summary(&sum, &hosts.addr(2))["status"], "ok");
+}
