@@ -94,7 +94,12 @@ pub(super) fn lost_reason(log: &str) -> Option<String> {
     log.lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
-        .map(|l| l.strip_prefix("ssh: ").unwrap_or(l).trim_end_matches('.').to_string())
+        .map(|l| {
+            l.strip_prefix("ssh: ")
+                .unwrap_or(l)
+                .trim_end_matches('.')
+                .to_string()
+        })
 }
 
 /// A changed host key, with ssh's warning: the key it got and where the
