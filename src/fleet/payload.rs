@@ -119,6 +119,7 @@ pub(crate) async fn stage(
                 "pushrun-receive",
                 &[&base, digest, &job.run_id, mode],
                 tokio::io::BufReader::with_capacity(64 * 1024, reader),
+                0,
             )
             .await
             .map_err(lost)?;

@@ -28,8 +28,10 @@ use crate::inventory::Host;
 use crate::session::SshOptions;
 
 /// The protocol's version; both ends must speak the same. 2: frames carry
-/// the domain types (events, hosts, access) as serde writes them.
-pub const VERSION: u32 = 2;
+/// the domain types (events, hosts, access) as serde writes them. 3:
+/// results come in pieces (`results_part`, then `collected`), and the plan
+/// carries `max_results`.
+pub const VERSION: u32 = 3;
 
 /// A relay sends `Up::Alive` this often when it has nothing else to say.
 pub const ALIVE_EVERY: Duration = Duration::from_secs(5);

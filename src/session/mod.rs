@@ -401,19 +401,27 @@ impl Session {
         args: &[&str],
         input: &[u8],
     ) -> Result<ScriptOutput, openssh::Error> {
-        self.run_script_from(script, name, args, input).await
+        self.run_script_from(script, name, args, input, input.len())
+            .await
     }
 
     /// [`Session::run_script`] with its input read from `input` as it goes
     /// (a payload archive streamed from its file, never held whole).
+    ///
+    /// A script's answer is about what it was asked (check.sh names files
+    /// of the manifest it got), so what is kept of its stdout is at most
+    /// `asked` bytes and [`ANSWER_MARGIN`] more, of its stderr the margin:
+    /// a host that sends more is read to its end but not kept, and the
+    /// answer's parser finds it cut short.
     pub async fn run_script_from(
         &self,
         script: &str,
         name: &str,
         args: &[&str],
         mut input: impl tokio::io::AsyncRead + Unpin,
+        asked: usize,
     ) -> Result<ScriptOutput, openssh::Error> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let started = tokio::time::Instant::now();
         let mut child = self.spawn_script(script, name, args, &[]).await?;
         let mut stdin = child.stdin().take();
@@ -428,18 +436,17 @@ impl Session {
             drop(stdin.take());
         };
         let read_out = async {
-            let mut buf = Vec::new();
-            if let Some(r) = stdout.as_mut() {
-                let _ = r.read_to_end(&mut buf).await;
-            }
+            let buf = match stdout.as_mut() {
+                Some(r) => read_at_most(r, asked.saturating_add(ANSWER_MARGIN)).await,
+                None => Vec::new(),
+            };
             (buf, started.elapsed())
         };
         let read_err = async {
-            let mut buf = Vec::new();
-            if let Some(r) = stderr.as_mut() {
-                let _ = r.read_to_end(&mut buf).await;
+            match stderr.as_mut() {
+                Some(r) => read_at_most(r, ANSWER_MARGIN).await,
+                None => Vec::new(),
             }
-            buf
         };
         let ((), (stdout, stdout_done), stderr) = tokio::join!(write, read_out, read_err);
         let code = exit_code(child.wait().await)?;
@@ -696,6 +703,26 @@ impl Closing {
     }
 }
 
+/// How much more than it was asked a script's answer may be (see
+/// [`Session::run_script_from`]).
+pub const ANSWER_MARGIN: usize = 1 << 20;
+
+/// Reads `r` to its end, keeping its first `max` bytes.
+async fn read_at_most(r: &mut (impl tokio::io::AsyncRead + Unpin), max: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+            }
+        }
+    }
+}
+
 /// The ssh arguments for `host` (everything but the mode and the
 /// destination): its own options first, since for ssh the first value
 /// given wins, then the run's.
@@ -765,11 +792,11 @@ impl Tunnel {
 pub struct ScriptOutput {
     /// Its exit code; None when it was killed.
     pub code: Option<i32>,
-    /// Everything it wrote to stdout.
+    /// What it wrote to stdout (at most what [`Session::run_script_from`] keeps).
     pub stdout: Vec<u8>,
     /// How long after it was started its stdout ended.
     pub stdout_done: Duration,
-    /// Everything it wrote to stderr.
+    /// What it wrote to stderr (its first [`ANSWER_MARGIN`] bytes).
     pub stderr: Vec<u8>,
 }
 
@@ -784,5 +811,20 @@ pub fn exit_code(
         Err(openssh::Error::Remote(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Some(127)),
         Err(openssh::Error::RemoteProcessTerminated) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_is_kept_up_to_its_bound_and_read_to_its_end() {
+        let sent = vec![7u8; 300 * 1024];
+        let mut r = &sent[..];
+        assert_eq!(read_at_most(&mut r, 100_000).await, vec![7u8; 100_000]);
+        assert!(r.is_empty(), "the rest was read too");
+        let mut r = &b"short"[..];
+        assert_eq!(read_at_most(&mut r, 100).await, b"short");
     }
 }
