@@ -98,3 +98,38 @@ pub(super) fn access_for(
     }
     Ok(access)
 }
+
+/// `--become`, `--become-user` and `--ask-become-pass` of `copy` and
+/// `fetch`: the same as `exec`'s `--become [USER]`, in two flags because
+/// their last arguments are paths.
+#[derive(Debug, clap::Args)]
+pub struct SudoArgs {
+    /// Go through sudo (as root, or --become-user), for files only root may
+    /// write or read. Per host: `become: true`.
+    #[arg(long = "become")]
+    pub become_: bool,
+    /// Whom --become becomes (default: the inventory's `become_user`, else root).
+    #[arg(long, value_name = "USER", requires = "become_")]
+    pub become_user: Option<String>,
+    /// Ask for sudo's password once; used where sudo wants one.
+    #[arg(long, short = 'K')]
+    pub ask_become_pass: bool,
+}
+
+impl SudoArgs {
+    /// Every host's passwords and sudo, the sudo password asked first where
+    /// `--ask-become-pass` says so.
+    pub(super) fn access(
+        &self,
+        hosts: &[Host],
+        login: Option<Arc<Secret>>,
+    ) -> Result<Vec<Access>, Error> {
+        let become_password = if self.ask_become_pass {
+            Some(ask("sudo password: ", "--ask-become-pass")?)
+        } else {
+            None
+        };
+        let flag = self.become_.then(|| self.become_user.clone());
+        access_for(hosts, login, flag.as_ref(), become_password, None)
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::access::{access_for, ask};
+use super::access::SudoArgs;
 use super::waves::WaveArgs;
 use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
@@ -30,16 +30,9 @@ pub struct CopyArgs {
     /// Rolling run: waves of hosts.
     #[command(flatten)]
     pub waves: WaveArgs,
-    /// Write through sudo (as root, or --become-user), e.g. to put files
-    /// where only root may. Per host: `become: true`.
-    #[arg(long = "become")]
-    pub become_: bool,
-    /// Whom --become becomes (default: the inventory's `become_user`, else root).
-    #[arg(long, value_name = "USER", requires = "become_")]
-    pub become_user: Option<String>,
-    /// Ask for sudo's password once; used where sudo wants one.
-    #[arg(long, short = 'K')]
-    pub ask_become_pass: bool,
+    /// Through sudo.
+    #[command(flatten)]
+    pub sudo: SudoArgs,
     /// Gather identical answers under one folded host list.
     #[arg(long, short = 'b', conflicts_with = "json")]
     pub gather: bool,
@@ -54,13 +47,6 @@ pub struct CopyArgs {
     /// kept, owners are not; each file is replaced atomically.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-}
-
-/// `--become` and `--become-user` as `exec`'s `--become [USER]`.
-impl CopyArgs {
-    fn become_flag(&self) -> Option<Option<String>> {
-        self.become_.then(|| self.become_user.clone())
-    }
 }
 
 /// Runs `pushrun copy`.
@@ -85,18 +71,7 @@ impl CopyArgs {
         let hosts = self.connect.apply(hosts);
         no_relays("copy", &hosts, &hops)?;
         let login = self.connect.login_password()?;
-        let become_password = if self.ask_become_pass {
-            Some(ask("sudo password: ", "--ask-become-pass")?)
-        } else {
-            None
-        };
-        let access = access_for(
-            &hosts,
-            login,
-            self.become_flag().as_ref(),
-            become_password,
-            None,
-        )?;
+        let access = self.sudo.access(&hosts, login)?;
         let waves = self.waves.waves(&hosts)?;
         let spec = RunSpec {
             max_results: crate::fleet::MAX_RESULTS,

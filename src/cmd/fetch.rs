@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::access::{access_for, ask};
+use super::access::SudoArgs;
 use super::copy::no_relays;
 use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
@@ -28,16 +28,9 @@ pub struct FetchArgs {
     /// How to reach them.
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Read through sudo (as root, or --become-user), e.g. files only root
-    /// may read. Per host: `become: true`.
-    #[arg(long = "become")]
-    pub become_: bool,
-    /// Whom --become becomes (default: the inventory's `become_user`, else root).
-    #[arg(long, value_name = "USER", requires = "become_")]
-    pub become_user: Option<String>,
-    /// Ask for sudo's password once; used where sudo wants one.
-    #[arg(long, short = 'K')]
-    pub ask_become_pass: bool,
+    /// Through sudo.
+    #[command(flatten)]
+    pub sudo: SudoArgs,
     /// The most one host may send, in bytes (suffixes K, M, G); a host
     /// sending more fails and what it sent is dropped.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
@@ -52,13 +45,6 @@ pub struct FetchArgs {
     /// to put them in: `LOCAL_DIR/<host>/<name>`.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<String>,
-}
-
-/// `--become` and `--become-user` as `exec`'s `--become [USER]`.
-impl FetchArgs {
-    fn become_flag(&self) -> Option<Option<String>> {
-        self.become_.then(|| self.become_user.clone())
-    }
 }
 
 /// Runs `pushrun fetch`.
@@ -99,18 +85,7 @@ impl FetchArgs {
             .map(|h| (h.name.clone(), local.join(folder_name(&h.name))))
             .collect();
         let login = self.connect.login_password()?;
-        let become_password = if self.ask_become_pass {
-            Some(ask("sudo password: ", "--ask-become-pass")?)
-        } else {
-            None
-        };
-        let access = access_for(
-            &hosts,
-            login,
-            self.become_flag().as_ref(),
-            become_password,
-            None,
-        )?;
+        let access = self.sudo.access(&hosts, login)?;
         let job = FetchJob {
             paths: remote.to_vec(),
             folders,
