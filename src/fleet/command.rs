@@ -251,8 +251,9 @@ impl HostTask<'_> {
             let _ = w.write_all(first).await;
             let _ = w.flush().await;
         }
-        let stdout = child.stdout().take();
-        let stderr = child.stderr().take();
+        // what the login files printed ahead of the script is not its output
+        let stdout = child.stdout().take().map(crate::remote::AfterFrame::new);
+        let stderr = child.stderr().take().map(crate::remote::AfterFrame::new);
         let hash = launch.hash;
         let work = async move {
             let out = async {
