@@ -11,6 +11,7 @@ mod access;
 mod collector;
 mod exec;
 mod harness;
+mod hosts;
 mod payload;
 mod relay;
 mod remote_scripts;
