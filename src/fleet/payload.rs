@@ -150,9 +150,27 @@ pub(super) async fn collect(
         .await
         .map_err(|e| error_chain(&e))?;
     if out.code != Some(0) {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(match out.code {
+            _ if !said.is_empty() => said,
+            Some(c) => format!("the collect script failed (exit {c})"),
+            None => "the collect script was killed".to_string(),
+        });
     }
+    check_archive(&out.stdout)?;
     Ok((out.stdout, out.stdout_done))
+}
+
+/// Reads a results archive through to its end: one that cannot be read
+/// whole is an error, never results quietly missing.
+fn check_archive(archive: &[u8]) -> Result<(), String> {
+    let unreadable = |e: std::io::Error| format!("the results archive could not be unpacked: {e}");
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    for entry in tar.entries().map_err(unreadable)? {
+        let mut entry = entry.map_err(unreadable)?;
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(unreadable)?;
+    }
+    Ok(())
 }
 
 /// Removes a run dir whose run never started (best effort).
@@ -473,4 +491,37 @@ pub(super) fn results_digest(archive: &[u8]) -> [u8; 32] {
         h.update(content);
     }
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_archive;
+    use std::io::Write;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_whole_archive_passes_and_a_cut_or_foreign_one_is_an_error() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5000);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "a.bin", &[7u8; 5000][..])
+            .unwrap();
+        let whole = gzip(&tar.into_inner().unwrap());
+        assert_eq!(check_archive(&whole), Ok(()));
+        assert_eq!(check_archive(&gzip(&[0u8; 1024])), Ok(()));
+        let cut = &whole[..whole.len() / 2];
+        assert!(
+            check_archive(cut)
+                .unwrap_err()
+                .contains("could not be unpacked")
+        );
+        let noisy = [b"Welcome to host000\n".as_slice(), &whole].concat();
+        assert!(check_archive(&noisy).is_err());
+    }
 }

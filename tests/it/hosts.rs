@@ -92,8 +92,6 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
     let n = hosts.len();
     let inv = inventory(&hosts);
     let scratch = tempfile::tempdir().unwrap();
-    let path = |name: &str| scratch.path().join(name);
-    let s = |p: &Path| p.to_str().unwrap().to_string();
 
     // a command, run by the login shell as ssh would
     let run = exec(&hosts, &inv, &["--", "hostname"]);
@@ -107,12 +105,25 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
         );
     }
 
-    // a cold payload, then a warm one: results byte for byte, no login noise
+    payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
+    collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+}
+
+/// A cold payload, then a warm one: results byte for byte, no login noise.
+fn payloads_cold_and_warm(
+    hosts: &TestHosts,
+    inv: &Path,
+    variants: &[(&str, HostOpts)],
+    scratch: &Path,
+) {
+    let n = hosts.len();
+    let path = |name: &str| scratch.join(name);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
     let pl = path("pl");
     make_payload(&pl, &[("run", RUN, true), ("lib/a.txt", b"alpha\n", false)]);
     for (round, warm) in [("cold", false), ("warm", true)] {
         let res = path(round);
-        let run = exec(&hosts, &inv, &["--payload", &s(&pl), "--results", &s(&res)]);
+        let run = exec(hosts, inv, &["--payload", &s(&pl), "--results", &s(&res)]);
         all_ok(&run, n);
         let sum = summary(&res);
         for (i, (what, _)) in variants.iter().enumerate() {
@@ -138,10 +149,21 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
             );
         }
     }
+}
 
-    // the built-in collector
+/// The built-in collector, a payload stopped by its timeout (what it wrote
+/// comes back, nothing is left), then `pushrun clean`.
+fn collector_timeout_and_clean(
+    hosts: &TestHosts,
+    inv: &Path,
+    variants: &[(&str, HostOpts)],
+    scratch: &Path,
+) {
+    let n = hosts.len();
+    let path = |name: &str| scratch.join(name);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
     let res = path("facts");
-    let run = exec(&hosts, &inv, &["--results", &s(&res)]);
+    let run = exec(hosts, inv, &["--results", &s(&res)]);
     all_ok(&run, n);
     for (i, (what, _)) in variants.iter().enumerate() {
         let facts = std::fs::read_to_string(
@@ -166,11 +188,7 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
         ],
     );
     let res = path("slow-res");
-    let run = exec(
-        &hosts,
-        &inv,
-        &["--payload", &s(&slow), "--results", &s(&res)],
-    );
+    let run = exec(hosts, inv, &["--payload", &s(&slow), "--results", &s(&res)]);
     assert_eq!(run.code, 3, "{}", run.all());
     for (i, (what, _)) in variants.iter().enumerate() {
         let dir = res.join("latest").join(hosts.addr(i));
@@ -189,17 +207,17 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
         processes_with(&marker).is_empty()
     });
     for (i, (what, _)) in variants.iter().enumerate() {
-        let runs = base(&hosts, i).join("runs");
+        let runs = base(hosts, i).join("runs");
         wait_until(Duration::from_secs(10), "run dirs removed", || {
             std::fs::read_dir(&runs).map_or(0, Iterator::count) == 0
         });
-        assert!(base(&hosts, i).join("cache").is_dir(), "{what}");
+        assert!(base(hosts, i).join("cache").is_dir(), "{what}");
     }
 
     // pushrun clean removes everything
     let out = pushrun()
         .args(["clean", "--hosts"])
-        .arg(&inv)
+        .arg(inv)
         .arg("--ssh-config")
         .arg(hosts.ssh_config())
         .stdin(std::process::Stdio::null())
@@ -215,6 +233,6 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
             "{what}: {}",
             run.all()
         );
-        assert!(!base(&hosts, i).exists(), "{what}");
+        assert!(!base(hosts, i).exists(), "{what}");
     }
 }
