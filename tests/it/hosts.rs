@@ -236,3 +236,54 @@ fn collector_timeout_and_clean(
         assert!(!base(hosts, i).exists(), "{what}");
     }
 }
+
+/// Two entries reaching one machine, and three hosts sharing one
+/// `remote_tmp` (an NFS home): each runs in and collects from its own run
+/// dir, while their runs overlap.
+#[test]
+fn entries_sharing_a_machine_or_a_remote_tmp_each_get_their_own_results() {
+    let hosts = TestHosts::start(3);
+    let scratch = tempfile::tempdir().unwrap();
+    let shared = hosts.fleet_env("RUNTIME_DIR") + "/shared";
+    std::fs::create_dir_all(hosts.dir().join("shared")).unwrap();
+    let mut text = String::from("hosts:\n");
+    for (name, i, tmp) in [
+        ("one-a", 0, None),
+        ("one-b", 0, None),
+        ("nfs-0", 0, Some(&shared)),
+        ("nfs-1", 1, Some(&shared)),
+        ("nfs-2", 2, Some(&shared)),
+    ] {
+        text.push_str(&format!("  {name}:\n    address: {}\n", hosts.addr(i)));
+        if let Some(tmp) = tmp {
+            text.push_str(&format!("    remote_tmp: {tmp}\n"));
+        }
+    }
+    let inv = hosts.write_yaml("shared.yaml", &text);
+    let pl = scratch.path().join("pl");
+    make_payload(
+        &pl,
+        &[(
+            "run",
+            b"#!/bin/sh\nsleep 1\nprintf '%s' \"$PUSHRUN_HOST\" > \"$PUSHRUN_OUT/who.txt\"\n",
+            true,
+        )],
+    );
+    let res = scratch.path().join("res");
+    let run = exec(
+        &hosts,
+        &inv,
+        &[
+            "--payload",
+            pl.to_str().unwrap(),
+            "--results",
+            res.to_str().unwrap(),
+        ],
+    );
+    all_ok(&run, 5);
+    for name in ["one-a", "one-b", "nfs-0", "nfs-1", "nfs-2"] {
+        let who = std::fs::read_to_string(res.join("latest").join(name).join("out/who.txt"))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()));
+        assert_eq!(who, name);
+    }
+}
