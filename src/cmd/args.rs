@@ -59,6 +59,20 @@ pub struct ConnectArgs {
     /// need another build than this one (another OS or architecture).
     #[arg(long, value_name = "PATH")]
     pub relay_binary: Option<PathBuf>,
+    /// The directory on hosts that holds pushrun's dir, for hosts whose
+    /// inventory sets no `remote_tmp`. Default: the first of /tmp, /var/tmp,
+    /// /dev/shm and ~/.cache where a file can be written and executed.
+    #[arg(long, value_name = "PATH", value_parser = parse_remote_tmp)]
+    pub remote_tmp: Option<String>,
+}
+
+/// `--remote-tmp`: an absolute path.
+fn parse_remote_tmp(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        Ok(text.to_string())
+    } else {
+        Err("must be an absolute path".into())
+    }
 }
 
 /// `--kex`, as clap parses it; the variants' docs are its help.
@@ -136,6 +150,11 @@ impl ConnectArgs {
         if let Some(user) = &self.user {
             for h in hosts.iter_mut().filter(|h| h.settings.user.is_none()) {
                 h.settings.user = Some(user.clone());
+            }
+        }
+        if let Some(tmp) = &self.remote_tmp {
+            for h in hosts.iter_mut().filter(|h| h.settings.remote_tmp.is_none()) {
+                h.settings.remote_tmp = Some(tmp.clone());
             }
         }
         hosts

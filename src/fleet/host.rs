@@ -269,7 +269,8 @@ impl HostTask<'_> {
     pub(super) async fn clean(&self, mut timings: Timings) -> HostOutcome {
         let (id, host, session, events) = (self.id, self.host, self.session, self.events);
         let started = Instant::now();
-        let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+        // "auto": every temp dir that a check may have picked (see lib.sh)
+        let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("auto");
         let out = session
             .run_script(remote::CLEAN, "pushrun-clean", &[remote_tmp], b"")
             .await;

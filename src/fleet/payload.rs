@@ -73,7 +73,8 @@ pub(crate) async fn stage(
     job: &Arc<PayloadJob>,
     stats: &mut StageStats,
 ) -> Result<(String, String), StageError> {
-    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+    // "auto": the first usable of a list of temp dirs (see lib.sh: pick_tmp)
+    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("auto");
     let digest = job.payload.digest();
     let mode = if job.cache { "cache" } else { "nocache" };
     let manifest = job.payload.manifest();

@@ -53,6 +53,10 @@ pub(crate) struct HostOpts {
     pub(crate) chatty_login: bool,
     /// A dropbear server instead of sshd; log in as the test user (only when root).
     pub(crate) dropbear: bool,
+    /// The host's /tmp is mounted noexec; its /var/tmp is its own (only when root).
+    pub(crate) noexec_tmp: bool,
+    /// The host's /tmp is read-only; its /var/tmp is its own (only when root).
+    pub(crate) readonly_tmp: bool,
 }
 
 /// The test user's sudo rights on one host. Every host has its own `/etc/sudoers` with
@@ -121,6 +125,8 @@ impl TestHosts {
             ("--sudo-requiretty", list(|o| o.sudo == Sudo::RequireTty)),
             ("--chatty-login", list(|o| o.chatty_login)),
             ("--dropbear", list(|o| o.dropbear)),
+            ("--noexec-tmp", list(|o| o.noexec_tmp)),
+            ("--readonly-tmp", list(|o| o.readonly_tmp)),
             (
                 "--login-shell",
                 opts.iter()

@@ -73,11 +73,16 @@ fn all_ok(run: &Run, n: usize) {
     );
 }
 
-/// Host i's pushrun dir, seen from outside (its /tmp is a dir of the fleet).
+/// Host i's pushrun dir, seen from outside (its /tmp, or its own /var/tmp
+/// where /tmp is noexec or read-only, is a dir of the fleet).
 fn base(hosts: &TestHosts, i: usize) -> std::path::PathBuf {
-    hosts
-        .tmp_dir(i)
-        .join(format!(".pushrun-{}", hosts.test_user()))
+    let var_tmp = hosts.dir().join(format!("h{i}/vartmp"));
+    let tmp = if var_tmp.is_dir() {
+        var_tmp
+    } else {
+        hosts.tmp_dir(i)
+    };
+    tmp.join(format!(".pushrun-{}", hosts.test_user()))
 }
 
 #[test]
@@ -285,5 +290,61 @@ fn entries_sharing_a_machine_or_a_remote_tmp_each_get_their_own_results() {
         let who = std::fs::read_to_string(res.join("latest").join(name).join("out/who.txt"))
             .unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()));
         assert_eq!(who, name);
+    }
+}
+
+/// A noexec /tmp and a read-only /tmp: pushrun falls back to /var/tmp, where
+/// a warm run is a cache hit; a `remote_tmp` that cannot be used is one line
+/// naming the host, the path and why.
+#[test]
+fn a_noexec_or_read_only_tmp_falls_back_to_var_tmp() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let variants = vec![
+        (
+            "noexec /tmp",
+            HostOpts {
+                noexec_tmp: true,
+                ..HostOpts::default()
+            },
+        ),
+        (
+            "read-only /tmp",
+            HostOpts {
+                readonly_tmp: true,
+                ..HostOpts::default()
+            },
+        ),
+    ];
+    let opts: Vec<HostOpts> = variants.iter().map(|(_, o)| *o).collect();
+    let hosts = TestHosts::start_with(&opts);
+    let inv = inventory(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+    let run = exec(&hosts, &inv, &["--", "hostname"]);
+    all_ok(&run, 2);
+    payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
+    for i in 0..2 {
+        assert!(base(&hosts, i).join("cache").is_dir(), "host {i}");
+    }
+    collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+
+    let pl = scratch.path().join("pl");
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--remote-tmp", "/tmp", "--payload", pl.to_str().unwrap()],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    for (i, why) in [
+        (0, "files in /tmp cannot be executed (mounted noexec?)"),
+        (
+            1,
+            "cannot create /tmp/.pushrun-pushrun-test: Read-only file system",
+        ),
+    ] {
+        let line = format!("failed: {}: stage: {why}", hosts.addr(i));
+        assert!(run.stderr.contains(&line), "{line}\n{}", run.all());
     }
 }
