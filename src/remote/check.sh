@@ -2,7 +2,8 @@
 # pushrun check: prepare this host's pushrun directory for one run and say
 # which payload files must be uploaded.
 #
-# Invoked as: exec sh -c "$(cat check.sh)" pushrun-check REMOTE_TMP DIGEST RUN_ID MODE
+# Invoked as: pushrun-check REMOTE_TMP DIGEST RUN_ID MODE
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
 #   REMOTE_TMP  absolute directory that holds BASE = REMOTE_TMP/.pushrun-<login user>,
 #               or "auto": the first of /tmp, /var/tmp, /dev/shm, ~/.cache where
 #               BASE can be made and a file in it executed (lib.sh: pick_tmp)

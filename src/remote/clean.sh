@@ -1,7 +1,8 @@
 #!/bin/sh
 # pushrun clean: remove this host's whole pushrun directory (cache and runs).
 #
-# Invoked as: exec sh -c "$(cat clean.sh)" pushrun-clean REMOTE_TMP
+# Invoked as: pushrun-clean REMOTE_TMP
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
 #   REMOTE_TMP  absolute directory that holds BASE = REMOTE_TMP/.pushrun-<login user>,
 #               or "auto": every BASE of check.sh's list (/tmp, /var/tmp,
 #               /dev/shm, ~/.cache) that exists

@@ -110,6 +110,17 @@ fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_a
         );
     }
 
+    // bash read its login file once for that command, as under plain ssh
+    for i in [5, 6] {
+        let reads = hosts.tmp_dir(i).join("home-pushrun-test/.login-reads");
+        assert_eq!(
+            std::fs::read_to_string(&reads).unwrap(),
+            ".bashrc\n",
+            "{}",
+            variants[i].0
+        );
+    }
+
     payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
     collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
 }
