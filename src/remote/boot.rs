@@ -35,6 +35,15 @@ const BOOT: &str = concat!(
     "eval \"$pushrun_script\""
 );
 
+/// The `/bin/sh -c` word for a script whose input waits for its frame
+/// marker ([`start_gated`]): nothing follows the script on stdin until the
+/// script has been read, so `head -c` (one read, not one per byte) is exact.
+const BOOT_GATED: &str = concat!(
+    "IFS= read -r pushrun_n && pushrun_script=$(head -c \"$pushrun_n\") && ",
+    "echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && ",
+    "eval \"$pushrun_script\""
+);
+
 /// A script ready to start: the line for sshd and what goes on stdin first.
 #[derive(Debug, Clone)]
 pub struct Start {
@@ -54,6 +63,22 @@ impl Start {
 
 /// Prepares `script` to run as `NAME ARGS...` with `vars` exported.
 pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
+    start_with(BOOT, script, name, args, vars)
+}
+
+/// As [`start`], for a caller that writes nothing after the preamble until
+/// the script's stdout has shown [`FRAME_START`] (see [`AfterFrame::framed`]).
+pub fn start_gated(script: &str, name: &str, args: &[&str]) -> Start {
+    start_with(BOOT_GATED, script, name, args, &[])
+}
+
+fn start_with(
+    boot: &str,
+    script: &str,
+    name: &str,
+    args: &[&str],
+    vars: &[(String, String)],
+) -> Start {
     let mut text = String::new();
     for (k, v) in vars {
         text.push_str(&format!("export {k}={}\n", sh_quote(v)));
@@ -68,7 +93,7 @@ pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)])
     let mut preamble = format!("{}\n", text.len()).into_bytes();
     preamble.extend_from_slice(text.as_bytes());
     Start {
-        boot: format!("/bin/sh -c {} {}", sh_quote(BOOT), safe_name(name)),
+        boot: format!("/bin/sh -c {} {}", sh_quote(boot), safe_name(name)),
         preamble,
     }
 }
@@ -115,6 +140,8 @@ const HOLD_LIMIT: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct AfterFrame<R> {
     inner: R,
+    /// Told once the marker came (or the stream ended without it).
+    framed: Option<tokio::sync::watch::Sender<bool>>,
     /// `Some` while still looking for the marker.
     held: Option<Vec<u8>>,
     /// Bytes after the marker not yet handed out.
@@ -126,9 +153,18 @@ impl<R> AfterFrame<R> {
     pub fn new(inner: R) -> AfterFrame<R> {
         AfterFrame {
             inner,
+            framed: None,
             held: Some(Vec::new()),
             rest: Vec::new(),
         }
+    }
+
+    /// A receiver that turns true once the marker has come (the script has
+    /// been read) or the stream has ended without one.
+    pub fn framed(&mut self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.framed = Some(tx);
+        rx
     }
 }
 
@@ -161,6 +197,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
                 // the end without a marker: show what there was
                 this.rest = std::mem::take(held);
                 this.held = None;
+                if let Some(tx) = this.framed.take() {
+                    let _ = tx.send(true);
+                }
                 if this.rest.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -174,6 +213,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
                 }
                 this.rest = held.split_off(at);
                 this.held = None;
+                if let Some(tx) = this.framed.take() {
+                    let _ = tx.send(true);
+                }
                 continue;
             }
             if held.len() > HOLD_LIMIT {
@@ -198,6 +240,9 @@ mod tests {
         assert!(!line.contains('\\') && !line.contains('!') && !line.contains('\n'));
         assert_eq!(line, start("echo", "pushrun-check", &[], &[]).line());
         assert_eq!(BOOT.matches(FRAME_START).count(), 2);
+        assert_eq!(BOOT_GATED.matches(FRAME_START).count(), 2);
+        let gated = start_gated(&big, "pushrun-check", &[]).line();
+        assert!(gated.len() < 300 && !gated.contains('\\') && !gated.contains('!'));
         let text = String::from_utf8(s.preamble).unwrap();
         let (len, script) = text.split_once('\n').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), script.len());

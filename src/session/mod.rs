@@ -283,13 +283,22 @@ impl Session {
     ) -> Result<ScriptOutput, openssh::Error> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let started = tokio::time::Instant::now();
-        let mut child = self.spawn_script(script, name, args, &[]).await?;
+        // the input waits until the script has been read (its frame marker
+        // on stdout), so the bootstrap reads the script in one go
+        let start = remote::start_gated(script, name, args);
+        let mut child = self.spawn_line(start.line()).await?;
         let mut stdin = child.stdin().take();
         let mut stdout = child.stdout().take().map(remote::AfterFrame::new);
         let mut stderr = child.stderr().take().map(remote::AfterFrame::new);
+        let framed = stdout.as_mut().map(remote::AfterFrame::framed);
         let write = async {
             if let Some(w) = stdin.as_mut() {
                 // A script that stops reading early (an error) is reported by its output.
+                let _ = w.write_all(&start.preamble).await;
+                let _ = w.flush().await;
+                if let Some(mut framed) = framed {
+                    let _ = framed.wait_for(|done| *done).await;
+                }
                 let _ = w.write_all(input).await;
                 let _ = w.shutdown().await;
             }
