@@ -169,8 +169,10 @@ impl HostTask<'_> {
     ) -> Result<Launch, String> {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         // Without a PTY the script travels on stdin behind a fixed line; on
-        // a PTY (whose stdin is a terminal) it is in the line.
-        let start = remote::start(script, name, &refs, vars);
+        // a PTY (whose stdin is a terminal) it is in the line. Nothing is
+        // written after it before its frame marker (run_streamed), so it is
+        // read in one go.
+        let start = remote::start_gated(script, name, &refs, vars);
         let inner = remote_line(script, name, &refs, vars);
         let Some((become_, how)) = &self.sudo else {
             let (line, stdin_first) = if pty {

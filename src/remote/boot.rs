@@ -68,8 +68,8 @@ pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)])
 
 /// As [`start`], for a caller that writes nothing after the preamble until
 /// the script's stdout has shown [`FRAME_START`] (see [`AfterFrame::framed`]).
-pub fn start_gated(script: &str, name: &str, args: &[&str]) -> Start {
-    start_with(BOOT_GATED, script, name, args, &[])
+pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
+    start_with(BOOT_GATED, script, name, args, vars)
 }
 
 fn start_with(
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(line, start("echo", "pushrun-check", &[], &[]).line());
         assert_eq!(BOOT.matches(FRAME_START).count(), 2);
         assert_eq!(BOOT_GATED.matches(FRAME_START).count(), 2);
-        let gated = start_gated(&big, "pushrun-check", &[]).line();
+        let gated = start_gated(&big, "pushrun-check", &[], &[]).line();
         assert!(gated.len() < 300 && !gated.contains('\\') && !gated.contains('!'));
         let text = String::from_utf8(s.preamble).unwrap();
         let (len, script) = text.split_once('\n').unwrap();

@@ -285,7 +285,7 @@ impl Session {
         let started = tokio::time::Instant::now();
         // the input waits until the script has been read (its frame marker
         // on stdout), so the bootstrap reads the script in one go
-        let start = remote::start_gated(script, name, args);
+        let start = remote::start_gated(script, name, args, &[]);
         let mut child = self.spawn_line(start.line()).await?;
         let mut stdin = child.stdin().take();
         let mut stdout = child.stdout().take().map(remote::AfterFrame::new);
