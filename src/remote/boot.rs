@@ -8,9 +8,12 @@
 //! word for `/bin/sh -c`. It never grows with the script (dropbear refuses
 //! lines over 9000 bytes, and argv shows in `ps` on the host): the script,
 //! its arguments and its exports are sent first on stdin as a length line
-//! and that many bytes, which the line reads with `dd bs=1` (exact: dash and
-//! busybox sh read a piped script ahead in blocks and would swallow the data
-//! after it). Whatever stdin carries next is the script's own input.
+//! and that many bytes. Whatever stdin carries next is the script's own
+//! input, so the read must be exact (dash and busybox sh read a piped script
+//! ahead in blocks and would swallow the data after it): where pushrun
+//! writes nothing more until the script's frame marker shows it was read
+//! ([`start_gated`]: every script but the relay's start) one `head -c` does
+//! it; where data follows at once ([`start`]), `dd bs=1`, a read per byte.
 //!
 //! Login files (a chatty `.bashrc`) print before the line runs. The line
 //! writes [`FRAME_START`] on stdout and on stderr before the script starts;
