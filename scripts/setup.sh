@@ -23,6 +23,12 @@ if ! have ps; then missing+=(procps); fi
 if ! [ -x /usr/bin/busybox ]; then missing+=(busybox); fi
 # the test hosts' sudo (loopback-hosts --sudo-nopasswd, --sudo-password, ...)
 if ! have sudo; then missing+=(sudo); fi
+# the real-host variants (loopback-hosts --login-shell, --dropbear): other login shells
+# and another SSH server
+for sh in dash zsh csh tcsh fish; do
+  if ! have "$sh"; then missing+=("$sh"); fi
+done
+if ! have dropbear || ! have dropbearconvert; then missing+=(dropbear-bin); fi
 # scripts/test.sh's lint step
 if ! have shellcheck; then missing+=(shellcheck); fi
 # ClusterShell, whose NodeSet expansion the inventory tests compare pushrun's with

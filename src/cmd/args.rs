@@ -82,6 +82,20 @@ pub struct ConnectArgs {
     /// need another build than this one (another OS or architecture).
     #[arg(long, value_name = "PATH")]
     pub relay_binary: Option<PathBuf>,
+    /// The directory on hosts that holds pushrun's dir, for hosts whose
+    /// inventory sets no `remote_tmp`. Default: the first of /tmp, /var/tmp,
+    /// /dev/shm and ~/.cache where a file can be written and executed.
+    #[arg(long, value_name = "PATH", value_parser = parse_remote_tmp)]
+    pub remote_tmp: Option<String>,
+}
+
+/// `--remote-tmp`: an absolute path.
+fn parse_remote_tmp(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        Ok(text.to_string())
+    } else {
+        Err("must be an absolute path".into())
+    }
 }
 
 /// A `--persist` duration: `0`, seconds, or a number with `s`, `m` or `h`.
@@ -284,6 +298,11 @@ impl ConnectArgs {
             for h in &mut hosts {
                 let options = &mut std::sync::Arc::make_mut(&mut h.settings).ssh_options;
                 options.extend(self.ssh_option.iter().cloned());
+            }
+        }
+        if let Some(tmp) = &self.remote_tmp {
+            for h in hosts.iter_mut().filter(|h| h.settings.remote_tmp.is_none()) {
+                std::sync::Arc::make_mut(&mut h.settings).remote_tmp = Some(tmp.clone());
             }
         }
         hosts

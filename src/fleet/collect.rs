@@ -59,8 +59,9 @@ pub(super) async fn collect(
         .await
         .map_err(|e| CollectError::Failed(error_chain(&e)))?;
     drop(child.stdin().take());
-    let stdout = child.stdout().take();
-    let stderr = child.stderr().take();
+    // what the login files print ahead of the script is not the archive
+    let stdout = child.stdout().take().map(remote::AfterFrame::new);
+    let stderr = child.stderr().take().map(remote::AfterFrame::new);
     let stop = Notify::new();
     let read_out = async {
         let got = match stdout {

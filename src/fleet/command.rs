@@ -262,8 +262,11 @@ impl HostTask<'_> {
             let _ = w.write_all(first).await;
             let _ = w.flush().await;
         }
-        let stdout = child.stdout().take();
-        let stderr = child.stderr().take();
+        // what the login files printed ahead of the script is not its output
+        let mut stdout = child.stdout().take().map(crate::remote::AfterFrame::new);
+        let stderr = child.stderr().take().map(crate::remote::AfterFrame::new);
+        // "stop" waits until the script has been read (remote::start_gated)
+        let framed = stdout.as_mut().map(crate::remote::AfterFrame::framed);
         let hash = launch.hash;
         let work = async move {
             let out = async {
@@ -294,6 +297,10 @@ impl HostTask<'_> {
                 // alone: the wrapper ends the whole process group.
                 if let (true, Some(mut w)) = (keep, stdin) {
                     use tokio::io::AsyncWriteExt;
+                    if let Some(mut framed) = framed {
+                        let read = framed.wait_for(|done| *done);
+                        let _ = tokio::time::timeout(STOP_GRACE, read).await;
+                    }
                     let _ = w.write_all(b"stop\n").await;
                     let _ = w.flush().await;
                 }

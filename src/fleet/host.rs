@@ -13,7 +13,7 @@ use crate::auth::{Become, Secret};
 use crate::events::{Event, HostId, HostOutcome, Status, Stream, Timings};
 use crate::inventory::Host;
 use crate::remote::{
-    self, SudoCheck, SudoVia, parse_sudo_check, remote_line, sudo_line, without_echo,
+    self, SudoCheck, SudoVia, parse_sudo_check, remote_line, sudo_boot, sudo_line, without_echo,
 };
 use sha2::Sha256;
 
@@ -137,7 +137,8 @@ pub(super) async fn check_sudo(
 pub(super) struct Launch {
     /// The remote command line.
     pub(super) line: String,
-    /// Written to its stdin first (sudo's password for `sudo -S`).
+    /// Written to its stdin first: sudo's password for `sudo -S`, then the
+    /// script (see `remote::start`).
     pub(super) stdin_first: Option<Vec<u8>>,
     /// Through a PTY (sudo's requiretty).
     pub(super) pty: bool,
@@ -169,11 +170,21 @@ impl HostTask<'_> {
         pty_ok: bool,
     ) -> Result<Launch, String> {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Without a PTY the script travels on stdin behind a fixed line; on
+        // a PTY (whose stdin is a terminal) it is in the line. Nothing is
+        // written after it before its frame marker (run_streamed), so it is
+        // read in one go.
+        let start = remote::start_gated(script, name, &refs, vars);
         let inner = remote_line(script, name, &refs, vars);
         let Some((become_, how)) = &self.sudo else {
+            let (line, stdin_first) = if pty {
+                (inner, None)
+            } else {
+                (start.line(), Some(start.preamble))
+            };
             return Ok(Launch {
-                line: inner,
-                stdin_first: None,
+                line,
+                stdin_first,
                 pty,
                 answer: None,
                 hash: None,
@@ -194,18 +205,25 @@ impl HostTask<'_> {
             (_, true) => SudoVia::Prompt,
             (_, false) => SudoVia::Stdin,
         };
-        // A payload's run under a PTY: the terminal must not echo the "stop" line.
-        let inner = if pty && script == remote::RUN {
-            without_echo(&inner)
+        let mut first = match (via, &password) {
+            (SudoVia::Stdin, Some(p)) => format!("{}\n", p.expose()).into_bytes(),
+            _ => Vec::new(),
+        };
+        let line = if pty {
+            // A payload's run under a PTY: the terminal must not echo the "stop" line.
+            let inner = if script == remote::RUN {
+                without_echo(&inner)
+            } else {
+                inner
+            };
+            sudo_line(&inner, &become_.user, via)
         } else {
-            inner
+            first.extend_from_slice(&start.preamble);
+            sudo_boot(&start.boot, &become_.user, via)
         };
         Ok(Launch {
-            line: sudo_line(&inner, &become_.user, via),
-            stdin_first: match (via, &password) {
-                (SudoVia::Stdin, Some(p)) => Some(format!("{}\n", p.expose()).into_bytes()),
-                _ => None,
-            },
+            line,
+            stdin_first: (!first.is_empty()).then_some(first),
             pty,
             answer: if via == SudoVia::Prompt {
                 password
@@ -255,7 +273,8 @@ impl HostTask<'_> {
     pub(super) async fn clean(&self, mut timings: Timings) -> HostOutcome {
         let (id, host, session, events) = (self.id, self.host, self.session, self.events);
         let started = Instant::now();
-        let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+        // "auto": every temp dir that a check may have picked (see lib.sh)
+        let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("auto");
         let out = session
             .run_script(remote::CLEAN, "pushrun-clean", &[remote_tmp], b"")
             .await;

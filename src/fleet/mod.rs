@@ -28,7 +28,7 @@ pub(crate) use converge::busy;
 pub use converge::converge;
 use converge::watch_payload;
 use host::run_host;
-pub(crate) use payload::{StageError, clean_run_dir, stage};
+pub(crate) use payload::{StageError, clean_run_dir, host_run_id, stage};
 pub use transfer::{CopyJob, FetchJob};
 pub use waves::Waves;
 

@@ -75,16 +75,18 @@ pub(crate) async fn stage(
     job: &Arc<PayloadJob>,
     stats: &mut StageStats,
 ) -> Result<(String, String), StageError> {
-    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("/tmp");
+    // "auto": the first usable of a list of temp dirs (see lib.sh: pick_tmp)
+    let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("auto");
     let digest = job.payload.digest();
     let mode = if job.cache { "cache" } else { "nocache" };
     let manifest = job.payload.manifest();
     let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
+    let run_id = host_run_id(&job.run_id, host);
     let out = session
         .run_script(
             remote::CHECK,
             "pushrun-check",
-            &[remote_tmp, digest, &job.run_id, mode],
+            &[remote_tmp, digest, &run_id, mode],
             manifest.as_bytes(),
         )
         .await
@@ -117,7 +119,7 @@ pub(crate) async fn stage(
             .run_script_from(
                 remote::RECEIVE,
                 "pushrun-receive",
-                &[&base, digest, &job.run_id, mode],
+                &[&base, digest, &run_id, mode],
                 tokio::io::BufReader::with_capacity(64 * 1024, reader),
                 0,
             )
@@ -145,9 +147,18 @@ pub(crate) async fn stage(
     let payload_dir = if job.cache {
         format!("{base}/cache/{digest}")
     } else {
-        format!("{base}/runs/{}/payload", job.run_id)
+        format!("{base}/runs/{run_id}/payload")
     };
     Ok((base, payload_dir))
+}
+
+/// The name of one inventory entry's run dir on its host: the run's id and
+/// a digest of the entry's name, so that entries reaching one machine, or
+/// hosts sharing a `remote_tmp` (an NFS home), never share a run dir.
+pub(crate) fn host_run_id(run_id: &str, host: &Host) -> String {
+    let digest = Sha256::digest(host.name.as_bytes());
+    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{run_id}-{tag}")
 }
 
 /// Removes a run dir whose run never started (best effort).
@@ -287,7 +298,7 @@ impl HostTask<'_> {
                     base: Some(base), ..
                 } = &e
                 {
-                    clean_run_dir(session, base, &job.run_id).await;
+                    clean_run_dir(session, base, &host_run_id(&job.run_id, host)).await;
                 }
                 let (status, reason) = e.status_reason(None, "payload");
                 let mut outcome = HostOutcome::without_exit(status, reason, timings);
@@ -302,7 +313,8 @@ impl HostTask<'_> {
 
         let mut env = self.payload_env(job);
         let mut notes = Vec::new();
-        let remote_socket = format!("{base}/runs/{}/tunnel.sock", job.run_id);
+        let run_id = host_run_id(&job.run_id, host);
+        let remote_socket = format!("{base}/runs/{run_id}/tunnel.sock");
         let tunnel = match session.open_tunnel(&remote_socket).await {
             Ok(tunnel) => {
                 env.push(("PUSHRUN_TUNNEL".into(), remote_socket));
@@ -316,7 +328,7 @@ impl HostTask<'_> {
         let mut args = vec![
             base.clone(),
             payload_dir,
-            job.run_id.clone(),
+            run_id.clone(),
             host.name.clone(),
             job.payload.entry().to_string(),
         ];
@@ -338,7 +350,7 @@ impl HostTask<'_> {
                 self.run_launch(launch, true, timeout).await
             }
             Err(why) => {
-                clean_run_dir(session, &base, &job.run_id).await;
+                clean_run_dir(session, &base, &run_id).await;
                 CommandEnd::Refused(why)
             }
         };
@@ -418,7 +430,14 @@ impl HostTask<'_> {
             max,
             digest: hash.is_some(),
         };
-        match collect(self.session, base, &job.run_id, Some(sink)).await {
+        match collect(
+            self.session,
+            base,
+            &host_run_id(&job.run_id, self.host),
+            Some(sink),
+        )
+        .await
+        {
             Ok(got) => {
                 timings.collect = got.streamed;
                 timings.clean = collect_started.elapsed().saturating_sub(got.streamed);

@@ -22,6 +22,7 @@ use super::host::HostTask;
 use super::{error_chain, raised};
 use crate::events::{HostOutcome, Status, Timings};
 use crate::remote;
+use crate::remote::AfterFrame;
 
 /// The mode bits a fetched file or directory may keep.
 const KEPT_MODE: u32 = 0o755;
@@ -223,16 +224,21 @@ impl HostTask<'_> {
             .spawn_line(launch.line)
             .await
             .map_err(|e| Cut::Lost(format!("connection lost: {}", error_chain(&e))))?;
-        let (mut stdin, stdout, stderr) = (
-            child.stdin().take(),
-            child.stdout().take(),
-            child.stderr().take(),
-        );
+        // what the login files print ahead of the script is not its answer
+        let mut stdin = child.stdin().take();
+        let mut stdout = child.stdout().take().map(AfterFrame::new);
+        let stderr = child.stderr().take().map(AfterFrame::new);
+        // the input waits until the script has been read (remote::start_gated)
+        let framed = stdout.as_mut().map(AfterFrame::framed);
         let first = launch.stdin_first.unwrap_or_default();
         let write = async {
             if let Some(w) = stdin.as_mut() {
                 // a script that stops reading early says why on its own
                 let _ = w.write_all(&first).await;
+                let _ = w.flush().await;
+                if let Some(mut framed) = framed {
+                    let _ = framed.wait_for(|done| *done).await;
+                }
                 let _ = w.write_all(input).await;
                 let _ = w.shutdown().await;
             }

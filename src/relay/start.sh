@@ -3,7 +3,7 @@
 # then remove the run directories its staging made.
 #
 # Invoked as:
-#   exec sh -c "$(cat lib.sh start.sh)" pushrun-relay BASE BINARY RUN_ID...
+#   pushrun-relay BASE BINARY RUN_ID...  (behind the bootstrap line, src/remote/boot.rs)
 #   BASE     the absolute BASE that check.sh printed
 #   BINARY   the staged pushrun, absolute (under BASE/cache or BASE/runs)
 #   RUN_ID   each run directory (BASE/runs/RUN_ID) that staging the binary

@@ -23,6 +23,7 @@ use super::{BinaryError, Relaying, known_hosts, renumber, tree::Subtree};
 use crate::events::{Event, HostId, HostOutcome, Status, Timings};
 use crate::fleet::{self, Job, RunSpec, error_chain, raised as cancelled};
 use crate::inventory::Host;
+use crate::remote::AfterFrame;
 use crate::session::{ControlDir, Session};
 
 mod staging;
@@ -315,7 +316,7 @@ impl RelayTask {
         let staged = staged?;
         let plan = self.plan(staged.payload_dir.clone(), known_hosts);
         let started = Instant::now();
-        let mut process = RelayProcess::start(session, agent, &staged, &relay)?;
+        let mut process = RelayProcess::start(session, agent, &staged, &relay).await?;
         process
             .send(&Down::Plan(Box::new(plan)), &mut tally.report)
             .await;
@@ -470,7 +471,7 @@ struct RelayProcess {
 
 impl RelayProcess {
     /// Starts the staged pushrun as a relay on `session`.
-    fn start(
+    async fn start(
         session: &Session,
         agent: bool,
         staged: &Staged,
@@ -485,13 +486,15 @@ impl RelayProcess {
         args.extend(staged.run_dirs.iter().map(String::as_str));
         let mut child = session
             .spawn_client(opts, START, "pushrun-relay", &args)
+            .await
             .map_err(|source| RelayError::Spawn {
                 relay: relay.to_string(),
                 source,
             })?;
         let stdin = child.stdin.take();
-        let log = tokio::spawn(log_tail(child.stderr.take()));
-        let Some(stdout) = child.stdout.take() else {
+        // the relay's frames and log start after the login's noise
+        let log = tokio::spawn(log_tail(child.stderr.take().map(AfterFrame::new)));
+        let Some(stdout) = child.stdout.take().map(AfterFrame::new) else {
             return Err(RelayError::NoOutput {
                 relay: relay.to_string(),
             });
@@ -557,7 +560,7 @@ impl RelayProcess {
 /// Reads frames from a relay's stdout into `frames` until the stream ends,
 /// a frame is bad or nobody listens.
 async fn read_frames(
-    stdout: ChildStdout,
+    stdout: AfterFrame<ChildStdout>,
     frames: mpsc::Sender<Result<Option<(Up, u64)>, FrameError>>,
 ) {
     let mut input = tokio::io::BufReader::with_capacity(256 * 1024, stdout);
@@ -571,7 +574,7 @@ async fn read_frames(
 }
 
 /// The last [`LOG_LINES`] lines of a relay's stderr.
-async fn log_tail(stderr: Option<tokio::process::ChildStderr>) -> Vec<String> {
+async fn log_tail(stderr: Option<AfterFrame<tokio::process::ChildStderr>>) -> Vec<String> {
     let mut tail: Vec<String> = Vec::new();
     if let Some(err) = stderr {
         let mut lines = tokio::io::BufReader::new(err).lines();

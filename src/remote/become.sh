@@ -2,7 +2,8 @@
 # pushrun become check: can the login user run commands as USER with sudo,
 # and how? Run once per host before a run that goes through sudo.
 #
-# Invoked as: exec sh -c "$(cat become.sh)" pushrun-become USER MODE
+# Invoked as: pushrun-become USER MODE
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
 #   MODE  "password" when the initiator has a sudo password for this host;
 #         then the first line of stdin is that password.
 # stdout: one line "result nopasswd|password|failed|missing".

@@ -2,8 +2,11 @@
 # pushrun check: prepare this host's pushrun directory for one run and say
 # which payload files must be uploaded.
 #
-# Invoked as: exec sh -c "$(cat check.sh)" pushrun-check REMOTE_TMP DIGEST RUN_ID MODE
-#   REMOTE_TMP  absolute directory that holds BASE = REMOTE_TMP/.pushrun-<login user>
+# Invoked as: pushrun-check REMOTE_TMP DIGEST RUN_ID MODE
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
+#   REMOTE_TMP  absolute directory that holds BASE = REMOTE_TMP/.pushrun-<login user>,
+#               or "auto": the first of /tmp, /var/tmp, /dev/shm, ~/.cache where
+#               BASE can be made and a file in it executed (lib.sh: pick_tmp)
 #   DIGEST      the payload's digest (lowercase hex)
 #   RUN_ID      this run's id ([A-Za-z0-9][A-Za-z0-9._-]*)
 #   MODE        cache: the payload lives in BASE/cache/DIGEST and is reused
@@ -64,7 +67,7 @@ for tool in sha256sum tar gzip awk; do
 done
 
 case $tmp in
-    /*) ;;
+    /* | auto) ;;
     *) fail 3 "remote_tmp must be an absolute path, not '$tmp'" ;;
 esac
 valid_digest "$digest" || fail 3 "bad payload digest '$digest'"
@@ -80,19 +83,7 @@ IFS= read -r header
 [ "$header" = 'pushrun-manifest 1' ] || fail 3 "unexpected manifest header '$header'"
 
 # ---------------------------------------------------------------- BASE
-base_of "$tmp"
-
-if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
-    # another check may create it at the same moment: then validate theirs
-    if ! err=$(mkdir "$BASE" 2>&1); then
-        if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
-            fail 3 "cannot create $BASE: $(reason "$err")"
-        fi
-    else
-        chmod 700 "$BASE" || fail 3 "cannot set the mode of $BASE"
-    fi
-fi
-base_check
+pick_tmp "$tmp"
 
 # ---------------------------------------------------------------- lock
 # BASE/lock (see lib.sh) is held only for the housekeeping below

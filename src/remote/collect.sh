@@ -2,7 +2,8 @@
 # pushrun collect: send back what a run left in its out directory, then
 # remove the run's directory.
 #
-# Invoked as: exec sh -c "$(cat collect.sh)" pushrun-collect BASE RUN_ID
+# Invoked as: pushrun-collect BASE RUN_ID
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
 #   BASE    the absolute BASE that check.sh printed
 #   RUN_ID  the run's id
 # stdin: not read.

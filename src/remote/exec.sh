@@ -2,7 +2,7 @@
 # pushrun exec wrapper: run one command on a host, and end every process it
 # started when the initiator goes away.
 #
-# Invoked as: exec sh -c "$(cat exec.sh)" pushrun-exec 'COMMAND'
+# Invoked as: pushrun-exec 'COMMAND' (behind the bootstrap line: src/remote/boot.rs)
 #
 # sshd makes every non-PTY session its own process group (it calls setsid()),
 # and the `exec` above makes this shell that group's leader, so $$ is the
@@ -21,6 +21,15 @@ exec 3<&0
 ) >/dev/null 2>&1 &
 watcher=$!
 exec 3<&-
+# The login shell already read its login files (sshd started it): bash
+# would read ~/.bashrc a second time for a shell started by sshd's session
+# at level 1 (bash's exec, which started this script, took SHLVL back to 0).
+# Level 1 here makes the command's bash level 2, which reads none; what the
+# login files exported is inherited all the same.
+if [ "${SHLVL:-0}" = 0 ]; then
+    SHLVL=1
+    export SHLVL
+fi
 "${SHELL:-/bin/sh}" -c "$1" </dev/null
 rc=$?
 kill -KILL "$watcher" 2>/dev/null

@@ -83,6 +83,59 @@ base_of() { # REMOTE_TMP
     BASE=${base_tmp%/}/.pushrun-$user
 }
 
+# sets BASE for TMP and makes it (0700) when missing; 0 when it is there
+# and a file in it can be executed, else 1 with the reason in why. A BASE
+# that is not ours or not safe is refused outright (base_check: fail 3).
+try_tmp() { # TMP
+    base_of "$1"
+    if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
+        if ! err=$(mkdir "$BASE" 2>&1); then
+            if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
+                why="cannot create $BASE: $(reason "$err")"
+                return 1
+            fi
+        else
+            chmod 700 "$BASE" || fail 3 "cannot set the mode of $BASE"
+        fi
+    fi
+    base_check
+    probe=$BASE/.exec-probe.$$
+    if ! printf '#!/bin/sh\nexit 0\n' 2>/dev/null >"$probe"; then
+        rm -f "$probe"
+        why="cannot write in $BASE (read-only or full?)"
+        return 1
+    fi
+    chmod 700 "$probe"
+    if "$probe" 2>/dev/null; then
+        rm -f "$probe"
+        return 0
+    fi
+    rm -f "$probe"
+    why="files in $1 cannot be executed (mounted noexec?)"
+    return 1
+}
+
+# sets BASE to the first usable temp dir: TMP itself, or with "auto" the
+# first of /tmp, /var/tmp, /dev/shm and ~/.cache (the list clean.sh also
+# goes through); fails (3) naming each dir and why not
+pick_tmp() { # TMP
+    if [ "$1" != auto ]; then
+        try_tmp "$1" || fail 3 "$why"
+        return 0
+    fi
+    whys=
+    for cand in /tmp /var/tmp /dev/shm "${HOME:-/nonexistent}/.cache"; do
+        case $cand in
+            */.cache) mkdir -p "$cand" 2>/dev/null ;;
+        esac
+        if try_tmp "$cand"; then
+            return 0
+        fi
+        whys="$whys${whys:+; }$why"
+    done
+    fail 3 "no usable temp dir: $whys"
+}
+
 # refuses (fail 3) a BASE that is a symlink, not a directory, not owned by
 # uid or not of mode 700: in a shared /tmp any of those may be an attack
 base_check() {

@@ -9,7 +9,10 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The remote command line: exports, then `exec sh -c SCRIPT NAME ARGS...`.
+/// The remote command line with the script in it: exports, then `exec sh
+/// -c SCRIPT NAME ARGS...`. Only for a PTY, whose stdin is a terminal that
+/// would echo a script sent on it; everything else starts through
+/// `remote::start`, whose line is fixed.
 ///
 /// `exec` makes the script the session's process group leader (see exec.sh).
 pub fn remote_line(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> String {
@@ -41,7 +44,6 @@ pub enum SudoVia {
     Prompt,
 }
 
-/// The command line that runs `inner` (a remote shell line) through sudo.
 /// `inner` with the terminal's echo turned off first: a payload's run under
 /// a PTY must not show the "stop" line pushrun writes to it.
 pub fn without_echo(inner: &str) -> String {
@@ -57,6 +59,17 @@ pub fn sudo_line(inner: &str, user: &str, via: SudoVia) -> String {
         SudoVia::Prompt => format!("-p {}", q(SUDO_PROMPT)),
     };
     format!("exec sudo {flags} -u {} -- sh -c {}", q(user), q(inner))
+}
+
+/// The command line that starts a bootstrap (`remote::Start::boot`) through
+/// sudo: a fixed line, as the bootstrap's own.
+pub fn sudo_boot(boot: &str, user: &str, via: SudoVia) -> String {
+    let flags = match via {
+        SudoVia::Nothing => "-n".to_string(),
+        SudoVia::Stdin => "-S -p ''".to_string(),
+        SudoVia::Prompt => format!("-p {}", sh_quote(SUDO_PROMPT)),
+    };
+    format!("exec sudo {flags} -u {} -- {boot}", sh_quote(user))
 }
 
 #[cfg(test)]

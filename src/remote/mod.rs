@@ -1,15 +1,18 @@
 //! The POSIX sh that runs on hosts, and the lines it answers with.
 //!
 //! Every byte pushrun runs on a host is one of the `.sh` files beside this
-//! module, included at build time and sent as `sh -c SCRIPT NAME ARGS...`.
+//! module, included at build time and sent over the channel behind a short
+//! fixed command line (`boot`).
 //! Each script's header documents its arguments and its answer; this module
 //! only reads those answers. The functions those scripts share are in
 //! `remote/lib.sh`, which is prepended to each of them here.
 
+mod boot;
 mod line;
 mod sudo;
 
-pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_line, without_echo};
+pub use boot::{AfterFrame, FRAME_START, Start, skip_login, start, start_gated};
+pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_boot, sudo_line, without_echo};
 pub use sudo::{SudoCheck, parse_sudo_check};
 
 /// Runs a plain command; ends its process group when stdin closes.

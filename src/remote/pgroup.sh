@@ -14,3 +14,16 @@ if read -r st 2>/dev/null </proc/$$/stat; then
     st=${st#* }
     pg=${st%% *}
 fi
+# Dropbear does not make a session its own process group: the group is the
+# server's connection process, which the wrappers must never signal. Then
+# the script starts again in a session of its own (setsid(1) does not fork
+# for a process that leads no group, so $$ and stdin stay), from the text
+# that the bootstrap line read (pushrun_script; see src/remote/boot.rs). Under
+# sudo the group is sudo's own and is kept.
+if [ "$pg" != "$$" ] && [ -n "${pushrun_script:-}" ]; then
+    leader=
+    read -r leader 2>/dev/null <"/proc/$pg/comm"
+    if [ "$leader" != sudo ] && command -v setsid >/dev/null 2>&1; then
+        exec setsid /bin/sh -c "$pushrun_script" "$0"
+    fi
+fi

@@ -2,7 +2,8 @@
 # pushrun receive: take an upload of payload files, verify it, and install
 # it into the cache (or into the run's own payload directory).
 #
-# Invoked as: exec sh -c "$(cat receive.sh)" pushrun-receive BASE DIGEST RUN_ID MODE
+# Invoked as: pushrun-receive BASE DIGEST RUN_ID MODE
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
 #   BASE    the absolute BASE that check.sh printed
 #   DIGEST  the payload's digest (lowercase hex)
 #   RUN_ID  the run's id, as given to check.sh

@@ -3,7 +3,8 @@
 # (and drop the run's directory) when the initiator goes away.
 #
 # Invoked as:
-#   exec sh -c "$(cat run.sh)" pushrun-run BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]
+#   pushrun-run BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]  (behind the
+#   bootstrap line, src/remote/boot.rs; on a PTY, as sh -c SCRIPT ARGS)
 #   BASE         the absolute BASE that check.sh printed
 #   PAYLOAD_DIR  absolute: BASE/cache/DIGEST or BASE/runs/RUN_ID/payload
 #   RUN_ID       the run's id, as given to check.sh

@@ -189,9 +189,18 @@ impl Reporter {
     }
 
     /// Takes one event.
-    pub fn handle(&mut self, event: Event) -> io::Result<()> {
+    pub fn handle(&mut self, mut event: Event) -> io::Result<()> {
         if let Some(r) = &mut self.results {
             r.keep(&event)?;
+            // results that could not all be kept fail the host: never an
+            // `ok` with results missing
+            if let Event::Finished(id, outcome) = &mut event
+                && let Some(problem) = r.problem(*id)
+                && outcome.status == Status::Ok
+            {
+                outcome.status = Status::Failed;
+                outcome.reason = Some(problem.to_string());
+            }
         }
         self.render.show(&mut self.screen, &self.hosts, &event)?;
         match event {

@@ -155,9 +155,13 @@ impl ResultsDir {
         let archive = io::BufReader::new(File::open(&spool)?);
         let unpacked = unpack(flate2::read::GzDecoder::new(archive), &out);
         std::fs::remove_file(&spool)?;
-        if let Err(e) = unpacked {
-            self.problems
-                .insert(id, format!("results archive could not be unpacked: {e}"));
+        match unpacked {
+            Err(e) => {
+                let why = format!("results archive could not be unpacked: {e}");
+                self.problems.insert(id, why);
+            }
+            // a repeated run's whole results replace an earlier run's problem
+            Ok(()) => drop(self.problems.remove(&id)),
         }
         Ok(())
     }
@@ -288,7 +292,7 @@ const OWN_FILES: [&str; 2] = ["summary.json", "run.log"];
 /// one of pushrun's own files, and one name per host. Bytes that cannot
 /// stand in a file name or that a terminal would act on (`/`, `\`, NUL,
 /// controls, DEL), `%` itself, a leading `.` and the first byte of a
-/// name pushrun uses become `%XX`, so [`host_name`] gives the name back.
+/// name pushrun uses become `%XX`, so `host_name` gives the name back.
 pub fn folder_name(name: &str) -> String {
     let reserved = OWN_FILES.contains(&name);
     let mut folder = String::with_capacity(name.len());

@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::auth::{self, Secret};
 use crate::inventory::Host;
-use crate::remote::remote_line;
+use crate::remote;
 
 mod budget;
 mod control;
@@ -362,8 +362,10 @@ impl Session {
         self
     }
 
-    /// Starts one of pushrun's remote scripts as `sh -c SCRIPT NAME ARGS...`,
-    /// with `vars` exported and all three streams piped.
+    /// Starts one of pushrun's remote scripts as `NAME ARGS...` with `vars`
+    /// exported and all three streams piped: the fixed bootstrap line (see
+    /// `remote::start`), the script written to stdin first. What the script
+    /// reads from stdin is written after it.
     ///
     /// The wrappers (exec.sh, run.sh) keep the command alive while the
     /// child's stdin stays open: drop it to end the command's whole process
@@ -375,10 +377,17 @@ impl Session {
         args: &[&str],
         vars: &[(String, String)],
     ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
-        self.spawn_line(remote_line(script, name, args, vars)).await
+        let start = remote::start(script, name, args, vars);
+        let mut child = self.spawn_line(start.line()).await?;
+        if let Some(w) = child.stdin().as_mut() {
+            use tokio::io::AsyncWriteExt;
+            // a script that cannot be sent shows in its output and exit code
+            let _ = w.write_all(&start.preamble).await;
+        }
+        Ok(child)
     }
 
-    /// Starts a remote command line (see [`remote_line`]) with all three streams piped.
+    /// Starts a remote command line (see `remote::start`) with all three streams piped.
     pub async fn spawn_line(
         &self,
         line: String,
@@ -393,7 +402,8 @@ impl Session {
     }
 
     /// Runs a remote script to its end, feeding it `input`; returns its
-    /// exit code (None if killed), stdout and stderr.
+    /// exit code (None if killed), stdout and stderr, without what the
+    /// login files printed ahead of the script (`remote::AfterFrame`).
     pub async fn run_script(
         &self,
         script: &str,
@@ -423,13 +433,22 @@ impl Session {
     ) -> Result<ScriptOutput, openssh::Error> {
         use tokio::io::AsyncWriteExt;
         let started = tokio::time::Instant::now();
-        let mut child = self.spawn_script(script, name, args, &[]).await?;
+        // the input waits until the script has been read (its frame marker
+        // on stdout), so the bootstrap reads the script in one go
+        let start = remote::start_gated(script, name, args, &[]);
+        let mut child = self.spawn_line(start.line()).await?;
         let mut stdin = child.stdin().take();
-        let mut stdout = child.stdout().take();
-        let mut stderr = child.stderr().take();
+        let mut stdout = child.stdout().take().map(remote::AfterFrame::new);
+        let mut stderr = child.stderr().take().map(remote::AfterFrame::new);
+        let framed = stdout.as_mut().map(remote::AfterFrame::framed);
         let write = async {
             if let Some(w) = stdin.as_mut() {
                 // A script that stops reading early (an error) is reported by its output.
+                let _ = w.write_all(&start.preamble).await;
+                let _ = w.flush().await;
+                if let Some(mut framed) = framed {
+                    let _ = framed.wait_for(|done| *done).await;
+                }
                 let _ = tokio::io::copy(&mut input, w).await;
                 let _ = w.shutdown().await;
             }
@@ -458,7 +477,7 @@ impl Session {
         })
     }
 
-    /// Starts a remote command line (see [`remote_line`]) with a PTY, through
+    /// Starts a remote command line (see `remote::remote_line`) with a PTY, through
     /// the master (`ssh -S ctl -tt`).
     ///
     /// stdout and stderr arrive merged on the child's stdout, as on any
@@ -470,17 +489,26 @@ impl Session {
 
     /// Starts one of pushrun's remote scripts through the master with a
     /// plain `ssh -S` client, for what the mux client cannot ask for (agent
-    /// forwarding: `opts` = `["-o", "ForwardAgent=yes"]`).
-    pub fn spawn_client(
+    /// forwarding: `opts` = `["-o", "ForwardAgent=yes"]`). The script is
+    /// written to its stdin first, as in [`Session::spawn_script`]; its
+    /// stdout and stderr still start with the login's noise and the frame
+    /// marker (read them through `remote::AfterFrame`).
+    pub async fn spawn_client(
         &self,
         opts: &[&str],
         script: &str,
         name: &str,
         args: &[&str],
     ) -> io::Result<Child> {
+        use tokio::io::AsyncWriteExt;
         let mut all = vec!["-T"];
         all.extend_from_slice(opts);
-        self.spawn_through_master(&all, remote_line(script, name, args, &[]))
+        let start = remote::start(script, name, args, &[]);
+        let mut child = self.spawn_through_master(&all, start.line())?;
+        if let Some(w) = child.stdin.as_mut() {
+            w.write_all(&start.preamble).await?;
+        }
+        Ok(child)
     }
 
     /// `ssh -S <control socket> OPTS -- DESTINATION REMOTE`, quiet, all

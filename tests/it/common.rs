@@ -45,6 +45,18 @@ pub(crate) struct HostOpts {
     /// `server_request_direct_tcpip: originator 127.0.0.1 port 65535, target ADDR port
     /// 2022` for each connection it forwards). Works as any user.
     pub(crate) debug_log: bool,
+    /// The test user's login shell on this host (a name on PATH: "dash", "csh",
+    /// "fish"...; only when root; ignored otherwise).
+    pub(crate) login_shell: Option<&'static str>,
+    /// The test user's login files print a banner to stdout and stderr and call stty
+    /// (only when root).
+    pub(crate) chatty_login: bool,
+    /// A dropbear server instead of sshd; log in as the test user (only when root).
+    pub(crate) dropbear: bool,
+    /// The host's /tmp is mounted noexec; its /var/tmp is its own (only when root).
+    pub(crate) noexec_tmp: bool,
+    /// The host's /tmp is read-only; its /var/tmp is its own (only when root).
+    pub(crate) readonly_tmp: bool,
 }
 
 /// The test user's sudo rights on one host. Every host has its own `/etc/sudoers` with
@@ -111,6 +123,18 @@ impl TestHosts {
             ("--sudo-nopasswd", list(|o| o.sudo == Sudo::NoPasswd)),
             ("--sudo-password", list(|o| o.sudo == Sudo::Password)),
             ("--sudo-requiretty", list(|o| o.sudo == Sudo::RequireTty)),
+            ("--chatty-login", list(|o| o.chatty_login)),
+            ("--dropbear", list(|o| o.dropbear)),
+            ("--noexec-tmp", list(|o| o.noexec_tmp)),
+            ("--readonly-tmp", list(|o| o.readonly_tmp)),
+            (
+                "--login-shell",
+                opts.iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| o.login_shell.map(|sh| format!("{i}:{sh}")))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ] {
             if !hosts.is_empty() {
                 cmd.arg(flag).arg(hosts);

@@ -13,6 +13,7 @@ mod connections;
 mod exec;
 mod harness;
 mod hostile;
+mod hosts;
 mod inventory;
 mod payload;
 mod relay;

@@ -55,11 +55,11 @@ impl RelayTask {
         report.bytes_received += stats.bytes_received;
         let (base, bin_dir) =
             staged.map_err(|e| stage_failure(e, &relay.name, "pushrun binary"))?;
-        let mut run_dirs = vec![binary.run_id.clone()];
+        let mut run_dirs = vec![fleet::host_run_id(&binary.run_id, relay)];
         let payload_dir = match &self.spec.job {
             Job::Payload(job) => {
                 let job = self.relaying.payload_job(job).await;
-                run_dirs.push(job.run_id.clone());
+                run_dirs.push(fleet::host_run_id(&job.run_id, relay));
                 let mut stats = StageStats::default();
                 let staged = fleet::stage(session, relay, &job, &mut stats).await;
                 report.payload = Some(stats);

@@ -1,0 +1,282 @@
+//! How a script reaches a host: a short fixed command line, the script over
+//! the channel, and a frame marker that separates the login's noise from the
+//! script's own bytes.
+//!
+//! sshd runs every command as `$SHELL -c LINE` with the login user's shell,
+//! so the line must mean the same to sh, bash, dash, zsh, busybox ash, csh,
+//! tcsh and fish: one line, no backslash, no `!`, nothing but a single-quoted
+//! word for `/bin/sh -c`. It never grows with the script (dropbear refuses
+//! lines over 9000 bytes, and argv shows in `ps` on the host): the script,
+//! its arguments and its exports are sent first on stdin as a length line
+//! and that many bytes. Whatever stdin carries next is the script's own
+//! input, so the read must be exact (dash and busybox sh read a piped script
+//! ahead in blocks and would swallow the data after it): where pushrun
+//! writes nothing more until the script's frame marker shows it was read
+//! ([`start_gated`]: every script but the relay's start) one `head -c` does
+//! it; where data follows at once ([`start`]), `dd bs=1`, a read per byte.
+//!
+//! Login files (a chatty `.bashrc`) print before the line runs. The line
+//! writes [`FRAME_START`] on stdout and on stderr before the script starts;
+//! everything ahead of it is the login's, and is dropped ([`AfterFrame`]).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::line::sh_quote;
+
+/// The line each script's output starts with, on stdout and on stderr,
+/// once the login shell has handed over to `/bin/sh`.
+pub const FRAME_START: &str = "pushrun-frame-start-5e1f";
+
+/// The fixed `/bin/sh -c` word: read the length line, that many bytes of
+/// script, mark the start of our output, run the script.
+const BOOT: &str = concat!(
+    "IFS= read -r pushrun_n && pushrun_script=$(dd bs=1 count=\"$pushrun_n\" 2>/dev/null) && ",
+    "echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && ",
+    "eval \"$pushrun_script\""
+);
+
+/// The `/bin/sh -c` word for a script whose input waits for its frame
+/// marker ([`start_gated`]): nothing follows the script on stdin until the
+/// script has been read, so `head -c` (one read, not one per byte) is exact.
+const BOOT_GATED: &str = concat!(
+    "IFS= read -r pushrun_n && pushrun_script=$(head -c \"$pushrun_n\") && ",
+    "echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && ",
+    "eval \"$pushrun_script\""
+);
+
+/// A script ready to start: the line for sshd and what goes on stdin first.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// The command line, without a leading `exec` (see [`Start::line`]).
+    pub boot: String,
+    /// The length line and the script (with its arguments and exports).
+    pub preamble: Vec<u8>,
+}
+
+impl Start {
+    /// The whole command line: the login shell replaced by `/bin/sh`, which
+    /// stays the session's process group leader (see exec.sh).
+    pub fn line(&self) -> String {
+        format!("exec {}", self.boot)
+    }
+}
+
+/// Prepares `script` to run as `NAME ARGS...` with `vars` exported.
+pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
+    start_with(BOOT, script, name, args, vars)
+}
+
+/// As [`start`], for a caller that writes nothing after the preamble until
+/// the script's stdout has shown [`FRAME_START`] (see [`AfterFrame::framed`]).
+pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
+    start_with(BOOT_GATED, script, name, args, vars)
+}
+
+fn start_with(
+    boot: &str,
+    script: &str,
+    name: &str,
+    args: &[&str],
+    vars: &[(String, String)],
+) -> Start {
+    let mut text = String::new();
+    for (k, v) in vars {
+        text.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    text.push_str("set --");
+    for a in args {
+        text.push(' ');
+        text.push_str(&sh_quote(a));
+    }
+    text.push('\n');
+    text.push_str(script);
+    let mut preamble = format!("{}\n", text.len()).into_bytes();
+    preamble.extend_from_slice(text.as_bytes());
+    Start {
+        boot: format!("/bin/sh -c {} {}", sh_quote(boot), safe_name(name)),
+        preamble,
+    }
+}
+
+/// A script's name as `$0`: letters, digits and dashes only, so it needs
+/// no quoting in any shell.
+fn safe_name(name: &str) -> String {
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    if n.is_empty() { "pushrun".into() } else { n }
+}
+
+/// Drops what comes before [`FRAME_START`]'s line; passes the rest. When
+/// the marker never comes (the login shell failed before the line ran), it
+/// passes what it held at the end, so that the error is seen.
+pub fn skip_login(bytes: &[u8]) -> &[u8] {
+    match find_frame(bytes) {
+        Some(at) => &bytes[at..],
+        None => bytes,
+    }
+}
+
+/// Where the bytes after the marker line start, if the marker is there.
+fn find_frame(bytes: &[u8]) -> Option<usize> {
+    let marker = FRAME_START.as_bytes();
+    let at = bytes.windows(marker.len()).position(|w| w == marker)?;
+    let mut end = at + marker.len();
+    if bytes.get(end) == Some(&b'\r') {
+        end += 1;
+    }
+    if bytes.get(end) == Some(&b'\n') {
+        end += 1;
+    }
+    Some(end)
+}
+
+/// How much login noise is held while waiting for the marker: more is
+/// dropped from the front (it is noise either way).
+const HOLD_LIMIT: usize = 256 * 1024;
+
+/// A reader that drops the login's bytes ahead of [`FRAME_START`].
+#[derive(Debug)]
+pub struct AfterFrame<R> {
+    inner: R,
+    /// Told once the marker came (or the stream ended without it).
+    framed: Option<tokio::sync::watch::Sender<bool>>,
+    /// `Some` while still looking for the marker.
+    held: Option<Vec<u8>>,
+    /// Bytes after the marker not yet handed out.
+    rest: Vec<u8>,
+}
+
+impl<R> AfterFrame<R> {
+    /// Wraps a script's stdout or stderr.
+    pub fn new(inner: R) -> AfterFrame<R> {
+        AfterFrame {
+            inner,
+            framed: None,
+            held: Some(Vec::new()),
+            rest: Vec::new(),
+        }
+    }
+
+    /// A receiver that turns true once the marker has come (the script has
+    /// been read) or the stream has ended without one.
+    pub fn framed(&mut self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.framed = Some(tx);
+        rx
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.rest.is_empty() {
+                let n = this.rest.len().min(buf.remaining());
+                buf.put_slice(&this.rest[..n]);
+                this.rest.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let Some(held) = this.held.as_mut() else {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            };
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let got = rb.filled();
+            if got.is_empty() {
+                // the end without a marker: show what there was
+                this.rest = std::mem::take(held);
+                this.held = None;
+                if let Some(tx) = this.framed.take() {
+                    let _ = tx.send(true);
+                }
+                if this.rest.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            held.extend_from_slice(got);
+            if let Some(at) = find_frame(held) {
+                // a marker cut right after its text may still have its newline coming
+                if at == held.len() && !held.ends_with(b"\n") {
+                    continue;
+                }
+                this.rest = held.split_off(at);
+                this.held = None;
+                if let Some(tx) = this.framed.take() {
+                    let _ = tx.send(true);
+                }
+                continue;
+            }
+            if held.len() > HOLD_LIMIT {
+                let cut = held.len() - HOLD_LIMIT / 2;
+                held.drain(..cut);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn the_line_is_fixed_and_free_of_what_csh_and_fish_choke_on() {
+        let big = "x".repeat(50_000);
+        let s = start(&big, "pushrun-check", &["it's", "a!b\nc"], &[]);
+        let line = s.line();
+        assert!(line.len() < 300, "{line}");
+        assert!(!line.contains('\\') && !line.contains('!') && !line.contains('\n'));
+        assert_eq!(line, start("echo", "pushrun-check", &[], &[]).line());
+        assert_eq!(BOOT.matches(FRAME_START).count(), 2);
+        assert_eq!(BOOT_GATED.matches(FRAME_START).count(), 2);
+        let gated = start_gated(&big, "pushrun-check", &[], &[]).line();
+        assert!(gated.len() < 300 && !gated.contains('\\') && !gated.contains('!'));
+        let text = String::from_utf8(s.preamble).unwrap();
+        let (len, script) = text.split_once('\n').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), script.len());
+        assert!(script.starts_with("set -- 'it'\\''s' 'a!b\nc'\n"));
+    }
+
+    #[test]
+    fn login_noise_before_the_marker_is_dropped() {
+        let out = b"Welcome\r\npushrun-frame-start-5e1f\nbase /x\n";
+        assert_eq!(skip_login(out), b"base /x\n");
+        assert_eq!(skip_login(b"sh: not found\n"), b"sh: not found\n");
+    }
+
+    #[tokio::test]
+    async fn the_reader_skips_noise_split_across_reads() {
+        let data = b"motd line\npushrun-frame-start-5e1f\npayload\n".to_vec();
+        let (a, b) = data.split_at(15);
+        let r = tokio_test_reader(a.to_vec(), b.to_vec());
+        let mut out = Vec::new();
+        AfterFrame::new(r).read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"payload\n");
+        let mut out = Vec::new();
+        AfterFrame::new(&b"no marker\n"[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"no marker\n");
+    }
+
+    fn tokio_test_reader(a: Vec<u8>, b: Vec<u8>) -> impl AsyncRead + Unpin {
+        use tokio::io::AsyncReadExt as _;
+        std::io::Cursor::new(a).chain(std::io::Cursor::new(b))
+    }
+}

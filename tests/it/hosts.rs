@@ -1,0 +1,361 @@
+//! Hosts shaped like real fleets rather than like the plain test hosts: other
+//! login shells (dash, zsh, csh, tcsh, fish), login files that print and call
+//! stty, a dropbear server. On each: a command, a cold and a warm payload, the
+//! built-in collector, a payload stopped by its timeout, and `pushrun clean`,
+//! with results checked byte for byte.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{
+    HostOpts, Run, TestHosts, exec, host_summary, is_root, processes_with, pushrun, summary,
+    to_run, wait_until,
+};
+
+/// Writes a payload dir: (path, content, executable).
+fn make_payload(dir: &Path, files: &[(&str, &[u8], bool)]) {
+    for (path, content, exec) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        let mode = if *exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+const RUN: &[u8] = b"#!/bin/sh
+echo \"hello from $PUSHRUN_HOST\"
+printf '\\000\\001\\377binary' > \"$PUSHRUN_OUT/bin.dat\"
+mkdir -p \"$PUSHRUN_OUT/sub dir\" && cat \"$PUSHRUN_PAYLOAD/lib/a.txt\" > \"$PUSHRUN_OUT/sub dir/a.txt\"
+";
+
+/// The variants, one host each; the test user logs in on all of them.
+fn variants() -> Vec<(&'static str, HostOpts)> {
+    let shell = |sh: &'static str, chatty: bool| HostOpts {
+        login_shell: Some(sh),
+        chatty_login: chatty,
+        ..HostOpts::default()
+    };
+    vec![
+        ("dash", shell("dash", false)),
+        ("zsh, chatty", shell("zsh", true)),
+        ("csh, chatty", shell("csh", true)),
+        ("tcsh, chatty", shell("tcsh", true)),
+        ("fish, chatty", shell("fish", true)),
+        ("bash, chatty", shell("bash", true)),
+        (
+            "dropbear, bash, chatty",
+            HostOpts {
+                dropbear: true,
+                ..shell("bash", true)
+            },
+        ),
+    ]
+}
+
+fn inventory(hosts: &TestHosts) -> std::path::PathBuf {
+    let mut text = format!("defaults:\n  user: {}\nhosts:\n", hosts.test_user());
+    for i in 0..hosts.len() {
+        text.push_str(&format!("  - {}\n", hosts.addr(i)));
+    }
+    hosts.write_yaml("variants.yaml", &text)
+}
+
+fn all_ok(run: &Run, n: usize) {
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("{n} hosts")) && run.stderr.contains(&format!("{n} ok")),
+        "{}",
+        run.all()
+    );
+}
+
+/// Host i's pushrun dir, seen from outside (its /tmp, or its own /var/tmp
+/// where /tmp is noexec or read-only, is a dir of the fleet).
+fn base(hosts: &TestHosts, i: usize) -> std::path::PathBuf {
+    let var_tmp = hosts.dir().join(format!("h{i}/vartmp"));
+    let tmp = if var_tmp.is_dir() {
+        var_tmp
+    } else {
+        hosts.tmp_dir(i)
+    };
+    tmp.join(format!(".pushrun-{}", hosts.test_user()))
+}
+
+#[test]
+fn every_login_shell_and_dropbear_run_commands_payloads_the_collector_timeouts_and_clean() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let variants = variants();
+    let opts: Vec<HostOpts> = variants.iter().map(|(_, o)| *o).collect();
+    let hosts = TestHosts::start_with(&opts);
+    let n = hosts.len();
+    let inv = inventory(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+
+    // a command, run by the login shell as ssh would
+    let run = exec(&hosts, &inv, &["--", "hostname"]);
+    all_ok(&run, n);
+    for (i, (what, _)) in variants.iter().enumerate() {
+        let lines = run.lines_of(&hosts.addr(i));
+        assert!(
+            lines.contains(&hosts.hostname(i).as_str()),
+            "{what}: {lines:?}\n{}",
+            run.all()
+        );
+    }
+
+    // bash read its login file once for that command, as under plain ssh
+    for i in [5, 6] {
+        let reads = hosts.tmp_dir(i).join("home-pushrun-test/.login-reads");
+        assert_eq!(
+            std::fs::read_to_string(&reads).unwrap(),
+            ".bashrc\n",
+            "{}",
+            variants[i].0
+        );
+    }
+
+    payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
+    collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+}
+
+/// A cold payload, then a warm one: results byte for byte, no login noise.
+fn payloads_cold_and_warm(
+    hosts: &TestHosts,
+    inv: &Path,
+    variants: &[(&str, HostOpts)],
+    scratch: &Path,
+) {
+    let n = hosts.len();
+    let path = |name: &str| scratch.join(name);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let pl = path("pl");
+    make_payload(&pl, &[("run", RUN, true), ("lib/a.txt", b"alpha\n", false)]);
+    for (round, warm) in [("cold", false), ("warm", true)] {
+        let res = path(round);
+        let run = exec(hosts, inv, &["--payload", &s(&pl), "--results", &s(&res)]);
+        all_ok(&run, n);
+        let sum = summary(&res);
+        for (i, (what, _)) in variants.iter().enumerate() {
+            let addr = hosts.addr(i);
+            let h = host_summary(&sum, &addr);
+            assert_eq!(h["status"], "ok", "{what} {round}: {h}");
+            assert_eq!(h["cache_hit"], warm, "{what} {round}: {h}");
+            let dir = res.join("latest").join(&addr);
+            assert_eq!(
+                std::fs::read_to_string(dir.join("stdout")).unwrap(),
+                format!("hello from {addr}\n"),
+                "{what} {round}"
+            );
+            assert_eq!(
+                std::fs::read(dir.join("out/bin.dat")).unwrap(),
+                b"\x00\x01\xffbinary",
+                "{what} {round}"
+            );
+            assert_eq!(
+                std::fs::read(dir.join("out/sub dir/a.txt")).unwrap(),
+                b"alpha\n",
+                "{what} {round}"
+            );
+        }
+    }
+}
+
+/// The built-in collector, a payload stopped by its timeout (what it wrote
+/// comes back, nothing is left), then `pushrun clean`.
+fn collector_timeout_and_clean(
+    hosts: &TestHosts,
+    inv: &Path,
+    variants: &[(&str, HostOpts)],
+    scratch: &Path,
+) {
+    let n = hosts.len();
+    let path = |name: &str| scratch.join(name);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let res = path("facts");
+    let run = exec(hosts, inv, &["--results", &s(&res)]);
+    all_ok(&run, n);
+    for (i, (what, _)) in variants.iter().enumerate() {
+        let facts = std::fs::read_to_string(
+            res.join("latest")
+                .join(hosts.addr(i))
+                .join("out/facts.json"),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", run.all()));
+        let facts: Value = serde_json::from_str(&facts).unwrap();
+        assert_eq!(facts["hostname"], hosts.hostname(i).as_str(), "{what}");
+    }
+
+    // a payload stopped by its timeout: what it wrote comes back, nothing is left
+    let marker = format!("sleep 4{}", std::process::id());
+    let slow = path("slow");
+    let script = format!("#!/bin/sh\necho partial > \"$PUSHRUN_OUT/partial.txt\"\n{marker}\n");
+    make_payload(
+        &slow,
+        &[
+            ("run", script.as_bytes(), true),
+            ("pushrun.yaml", b"timeout: 1\n", false),
+        ],
+    );
+    let res = path("slow-res");
+    let run = exec(hosts, inv, &["--payload", &s(&slow), "--results", &s(&res)]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    for (i, (what, _)) in variants.iter().enumerate() {
+        let dir = res.join("latest").join(hosts.addr(i));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("exit_status")).unwrap(),
+            "timed out: killed after the 1s timeout\n",
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out/partial.txt")).unwrap(),
+            "partial\n",
+            "{what}"
+        );
+    }
+    wait_until(Duration::from_secs(10), "timed-out payloads gone", || {
+        processes_with(&marker).is_empty()
+    });
+    for (i, (what, _)) in variants.iter().enumerate() {
+        let runs = base(hosts, i).join("runs");
+        wait_until(Duration::from_secs(10), "run dirs removed", || {
+            std::fs::read_dir(&runs).map_or(0, Iterator::count) == 0
+        });
+        assert!(base(hosts, i).join("cache").is_dir(), "{what}");
+    }
+
+    // pushrun clean removes everything
+    let out = pushrun()
+        .args(["clean", "--hosts"])
+        .arg(inv)
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let run = to_run(out);
+    all_ok(&run, n);
+    for (i, (what, _)) in variants.iter().enumerate() {
+        assert!(
+            run.lines_of(&hosts.addr(i))
+                .iter()
+                .any(|l| l.starts_with("removed ")),
+            "{what}: {}",
+            run.all()
+        );
+        assert!(!base(hosts, i).exists(), "{what}");
+    }
+}
+
+/// Two entries reaching one machine, and three hosts sharing one
+/// `remote_tmp` (an NFS home): each runs in and collects from its own run
+/// dir, while their runs overlap.
+#[test]
+fn entries_sharing_a_machine_or_a_remote_tmp_each_get_their_own_results() {
+    let hosts = TestHosts::start(3);
+    let scratch = tempfile::tempdir().unwrap();
+    let shared = hosts.fleet_env("RUNTIME_DIR") + "/shared";
+    std::fs::create_dir_all(hosts.dir().join("shared")).unwrap();
+    let mut text = String::from("hosts:\n");
+    for (name, i, tmp) in [
+        ("one-a", 0, None),
+        ("one-b", 0, None),
+        ("nfs-0", 0, Some(&shared)),
+        ("nfs-1", 1, Some(&shared)),
+        ("nfs-2", 2, Some(&shared)),
+    ] {
+        text.push_str(&format!("  {name}:\n    address: {}\n", hosts.addr(i)));
+        if let Some(tmp) = tmp {
+            text.push_str(&format!("    remote_tmp: {tmp}\n"));
+        }
+    }
+    let inv = hosts.write_yaml("shared.yaml", &text);
+    let pl = scratch.path().join("pl");
+    make_payload(
+        &pl,
+        &[(
+            "run",
+            b"#!/bin/sh\nsleep 1\nprintf '%s' \"$PUSHRUN_HOST\" > \"$PUSHRUN_OUT/who.txt\"\n",
+            true,
+        )],
+    );
+    let res = scratch.path().join("res");
+    let run = exec(
+        &hosts,
+        &inv,
+        &[
+            "--payload",
+            pl.to_str().unwrap(),
+            "--results",
+            res.to_str().unwrap(),
+        ],
+    );
+    all_ok(&run, 5);
+    for name in ["one-a", "one-b", "nfs-0", "nfs-1", "nfs-2"] {
+        let who = std::fs::read_to_string(res.join("latest").join(name).join("out/who.txt"))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()));
+        assert_eq!(who, name);
+    }
+}
+
+/// A noexec /tmp and a read-only /tmp: pushrun falls back to /var/tmp, where
+/// a warm run is a cache hit; a `remote_tmp` that cannot be used is one line
+/// naming the host, the path and why.
+#[test]
+fn a_noexec_or_read_only_tmp_falls_back_to_var_tmp() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let variants = vec![
+        (
+            "noexec /tmp",
+            HostOpts {
+                noexec_tmp: true,
+                ..HostOpts::default()
+            },
+        ),
+        (
+            "read-only /tmp",
+            HostOpts {
+                readonly_tmp: true,
+                ..HostOpts::default()
+            },
+        ),
+    ];
+    let opts: Vec<HostOpts> = variants.iter().map(|(_, o)| *o).collect();
+    let hosts = TestHosts::start_with(&opts);
+    let inv = inventory(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+    let run = exec(&hosts, &inv, &["--", "hostname"]);
+    all_ok(&run, 2);
+    payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
+    for i in 0..2 {
+        assert!(base(&hosts, i).join("cache").is_dir(), "host {i}");
+    }
+    collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+
+    let pl = scratch.path().join("pl");
+    let run = exec(
+        &hosts,
+        &inv,
+        &["--remote-tmp", "/tmp", "--payload", pl.to_str().unwrap()],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    for (i, why) in [
+        (0, "files in /tmp cannot be executed (mounted noexec?)"),
+        (
+            1,
+            "cannot create /tmp/.pushrun-pushrun-test: Read-only file system",
+        ),
+    ] {
+        let line = format!("failed: {}: stage: {why}", hosts.addr(i));
+        assert!(run.stderr.contains(&line), "{line}\n{}", run.all());
+    }
+}
