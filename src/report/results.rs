@@ -224,6 +224,13 @@ fn unpack(archive: impl io::Read, out: &Path) -> io::Result<()> {
     for entry in tar.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
+        // the archive's own top (`./`) is `out` itself
+        let top = path
+            .components()
+            .all(|c| matches!(c, std::path::Component::CurDir));
+        if top && entry.header().entry_type() == tar::EntryType::Directory {
+            continue;
+        }
         let Some(rel) = inside(&path) else {
             skipped.push(path.display().to_string());
             continue;
@@ -392,6 +399,30 @@ mod tests {
             b"\x00\x01binary"
         );
         assert!(!dir.join("fifo").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_archives_own_top_dir_is_the_results_dir_and_no_problem() {
+        // collect.sh archives `.`: its first entry is `./`
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in [
+            ("./", tar::EntryType::Directory, &b""[..]),
+            ("./f", tar::EntryType::Regular, &b"data"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let dir = std::env::temp_dir().join(format!("pushrun-top-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        unpack(&tar[..], &dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"data");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
