@@ -57,6 +57,9 @@ pub(crate) struct HostOpts {
     pub(crate) noexec_tmp: bool,
     /// The host's /tmp is read-only; its /var/tmp is its own (only when root).
     pub(crate) readonly_tmp: bool,
+    /// The test user's PATH lacks tar and gzip (sshd's `SetEnv PATH=`, a dir of links
+    /// to every other program; only when root, not with `dropbear`).
+    pub(crate) no_tar: bool,
 }
 
 /// The test user's sudo rights on one host. Every host has its own `/etc/sudoers` with
@@ -127,6 +130,7 @@ impl TestHosts {
             ("--dropbear", list(|o| o.dropbear)),
             ("--noexec-tmp", list(|o| o.noexec_tmp)),
             ("--readonly-tmp", list(|o| o.readonly_tmp)),
+            ("--no-tar", list(|o| o.no_tar)),
             (
                 "--login-shell",
                 opts.iter()

@@ -359,3 +359,81 @@ fn a_noexec_or_read_only_tmp_falls_back_to_var_tmp() {
         assert!(run.stderr.contains(&line), "{line}\n{}", run.all());
     }
 }
+
+/// A user whose PATH lacks tar and gzip (the harness's `--no-tar`): commands
+/// and `pushrun clean` work, as they need neither; a payload fails the host
+/// with one line naming it and the missing tool, and leaves no run dir. (The
+/// transfer without tar, item 6 of the real-hosts issue, is not built yet:
+/// this pins where it stands.)
+#[test]
+fn a_host_without_tar_or_gzip_runs_commands_and_names_the_missing_tool() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            no_tar: true,
+            ..HostOpts::default()
+        },
+        HostOpts::default(),
+    ]);
+    let inv = inventory(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+
+    let run = exec(&hosts, &inv, &["--", "command -v tar || echo no-tar-here"]);
+    all_ok(&run, 2);
+    assert_eq!(
+        run.lines_of(&hosts.addr(0)),
+        ["no-tar-here"],
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.lines_of(&hosts.addr(1))
+            .iter()
+            .any(|l| l.ends_with("/tar")),
+        "{}",
+        run.all()
+    );
+
+    let pl = scratch.path().join("pl");
+    make_payload(&pl, &[("run", RUN, true), ("lib/a.txt", b"a\n", false)]);
+    let res = scratch.path().join("res");
+    let run = exec(
+        &hosts,
+        &inv,
+        &[
+            "--payload",
+            pl.to_str().unwrap(),
+            "--results",
+            res.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let line = format!(
+        "failed: {}: stage: this host has no tar (pushrun needs coreutils or busybox)",
+        hosts.addr(0)
+    );
+    assert!(run.stderr.contains(&line), "{line}\n{}", run.all());
+    assert_eq!(
+        std::fs::read(res.join("latest").join(hosts.addr(1)).join("out/bin.dat")).unwrap(),
+        b"\x00\x01\xffbinary",
+        "{}",
+        run.all()
+    );
+    let runs = base(&hosts, 0).join("runs");
+    assert_eq!(std::fs::read_dir(&runs).map_or(0, Iterator::count), 0);
+
+    let out = pushrun()
+        .args(["clean", "--hosts"])
+        .arg(&inv)
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let run = to_run(out);
+    all_ok(&run, 2);
+    assert!(!base(&hosts, 0).exists(), "{}", run.all());
+}
