@@ -11,7 +11,8 @@ use std::io;
 
 use similar::TextDiff;
 
-use super::lines::{self, escape};
+use super::escape;
+use super::lines;
 use super::summary::Ended;
 use super::{Hosts, Render, Screen};
 use crate::events::{Event, HostOutcome, Status, Stream};

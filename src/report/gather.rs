@@ -17,7 +17,8 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use super::lines::{self, escape};
+use super::escape;
+use super::lines;
 use super::summary::Ended;
 use super::{Hosts, Render, Screen};
 use crate::events::{Event, HostId, HostOutcome, Status, Stream};

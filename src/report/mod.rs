@@ -26,10 +26,10 @@ use diff::Diff;
 use gather::Gather;
 use json::Json;
 use lines::Lines;
-pub use lines::escape;
 use results::ResultsDir;
 pub use results::folder_name;
 use screen::Screen;
+pub use screen::escape;
 use summary::Ended;
 pub use summary::Summary;
 

@@ -125,7 +125,7 @@ impl Ended<'_> {
             } else {
                 format!("{}: ", status.label())
             };
-            let reason = super::lines::escape(reason.as_bytes());
+            let reason = super::escape(reason.as_bytes());
             let _ = writeln!(s, "  {label}{}: {reason}", hostlist::fold(&hosts));
         }
         if let Some(r) = self.results {
