@@ -120,7 +120,11 @@ stage=$BASE/cache/.stage-$run_id
 expect=$stage.expect # beside the stage, so that it can be renamed whole
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
+    rc=$?
     rm -rf "$stage" "$expect"
+    # an upload that did not finish (full disk, a signal, a lost connection)
+    # leaves no run dir behind to pin the cache
+    [ "$rc" = 0 ] || rm -rf "$BASE/runs/$run_id"
     lock_release
 }
 trap_cleanup
