@@ -481,3 +481,106 @@ fn results_through_a_relay_come_in_pieces_and_the_limit_fails_only_that_leaf() {
     );
     assert_eq!(host_summary(&sum, &hosts.addr(2))["status"], "ok");
 }
+
+/// Runs `cmd` on host `i` as the login user; its stdout, trimmed.
+fn on_host(hosts: &TestHosts, i: usize, cmd: &str) -> String {
+    let out = hosts.ssh(i, cmd);
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_remote_tmp_anyone_may_write_to_without_the_sticky_bit_is_refused() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // this test's own dir (its pid in the name): other tests share the host's /tmp
+    let shared = format!("/tmp/open-{}", std::process::id());
+    on_host(
+        &hosts,
+        0,
+        &format!("rm -rf {shared}; mkdir -m 777 {shared}"),
+    );
+    let yaml = format!(
+        "hosts:\n  h:\n    address: {}\n    remote_tmp: {shared}\n",
+        hosts.addr(0)
+    );
+    let inv = hosts.write_yaml("open.yaml", &yaml);
+    on_host(&hosts, 0, &format!("chmod 777 {shared}"));
+    let run = common::exec(&hosts, &inv, &["--payload", s(&pl)]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(!run.stdout.contains("payload-ran"), "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!(
+            "{shared} is writable by anyone and not sticky (mode 777)"
+        )),
+        "{}",
+        run.all()
+    );
+    // nothing was made in it for another user to swap
+    assert_eq!(on_host(&hosts, 0, &format!("ls -A {shared} | wc -l")), "0");
+    // sticky, as /tmp is: used
+    on_host(&hosts, 0, &format!("chmod 1777 {shared}"));
+    let run = common::exec(&hosts, &inv, &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("payload-ran"), "{}", run.all());
+    on_host(&hosts, 0, &format!("rm -rf {shared}"));
+}
+
+#[test]
+fn a_symlink_inside_the_cache_is_damage_and_never_written_through() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    payload(&pl, "#!/bin/sh\ncat \"$PUSHRUN_PAYLOAD/sub/f\"\n");
+    std::fs::create_dir_all(pl.join("sub")).unwrap();
+    std::fs::write(pl.join("sub/f"), "genuine\n").unwrap();
+    let yaml = hosts.hosts_yaml();
+    let run = common::exec(&hosts, &yaml, &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let elsewhere = format!("/tmp/elsewhere-{}", std::process::id());
+    // the cached payload's sub dir, swapped for a symlink to a copy elsewhere
+    let base = "/tmp/.pushrun-$(id -un)";
+    let dir = on_host(
+        &hosts,
+        0,
+        &format!("grep -l sub/f {base}/manifests/* | head -n 1 | sed 's,/manifests/,/cache/,'"),
+    );
+    assert!(dir.contains("/cache/"), "{dir}");
+    for (round, content) in [(0, "genuine"), (1, "planted")] {
+        on_host(
+            &hosts,
+            0,
+            &format!(
+                "rm -rf {elsewhere} {dir}/sub && mkdir {elsewhere} && \
+                 printf '{content}\\n' > {elsewhere}/f && ln -s {elsewhere} {dir}/sub"
+            ),
+        );
+        let run = common::exec(&hosts, &yaml, &["--payload", s(&pl), "--results", s(&res)]);
+        assert_eq!(run.code, 0, "{round}: {}", run.all());
+        assert!(run.stdout.contains("genuine"), "{round}: {}", run.all());
+        let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
+        assert_eq!(h["cache_hit"], false, "{round}: {h}");
+        // the cache holds a real dir again; the symlink's target is as planted
+        assert_eq!(
+            on_host(
+                &hosts,
+                0,
+                &format!("[ -L {dir}/sub ] || [ ! -d {dir}/sub ] && echo link || cat {dir}/sub/f")
+            ),
+            "genuine",
+            "{round}"
+        );
+        assert_eq!(
+            on_host(&hosts, 0, &format!("cat {elsewhere}/f")),
+            content,
+            "{round}: written through the symlink"
+        );
+    }
+    on_host(&hosts, 0, &format!("rm -rf {elsewhere}"));
+}
