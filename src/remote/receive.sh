@@ -122,9 +122,12 @@ expect=$stage.expect # beside the stage, so that it can be renamed whole
 cleanup() {
     rc=$?
     rm -rf "$stage" "$expect"
-    # an upload that did not finish (full disk, a signal, a lost connection)
-    # leaves no run dir behind to pin the cache
-    [ "$rc" = 0 ] || rm -rf "$BASE/runs/$run_id"
+    # an upload cut short by a full disk, a signal or a lost connection
+    # (SIGPIPE on the answer) leaves no run dir behind to pin the cache
+    # (after any other failure the initiator, still there, collects it)
+    if [ "$rc" = 6 ] || [ "$rc" -gt 128 ]; then
+        rm -rf "$BASE/runs/$run_id"
+    fi
     lock_release
 }
 trap_cleanup
