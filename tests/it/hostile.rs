@@ -584,3 +584,67 @@ fn a_symlink_inside_the_cache_is_damage_and_never_written_through() {
     }
     on_host(&hosts, 0, &format!("rm -rf {elsewhere}"));
 }
+
+/// Bytes that do not compress: building the upload takes a while.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn staging_cut_short_by_a_signal_leaves_no_run_dir() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let runs = "/tmp/.pushrun-$(id -un)/runs";
+    for (round, signal) in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let pl = scratch.path().join(format!("pl{round}"));
+        payload(&pl, "#!/bin/sh\necho payload-ran\n");
+        // new content each round, so that each is uploaded
+        std::fs::write(pl.join("big.bin"), noise(96 << 20, 7 + round as u64)).unwrap();
+        let mut child = common::spawn_exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+        // the check has made the run dir; the upload is being built or sent
+        let start = std::time::Instant::now();
+        while on_host(&hosts, 0, &format!("ls -A {runs} 2>/dev/null | wc -l")) == "0" {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "{round}: no run dir"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{round}: pushrun ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("payload-ran"),
+            "{round}: staged first: {text}"
+        );
+        let start = std::time::Instant::now();
+        loop {
+            let left = on_host(&hosts, 0, &format!("ls -A {runs} | wc -l"));
+            if left == "0" {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{round}: run dir left: {}\n{text}",
+                on_host(&hosts, 0, &format!("ls -laR {runs}"))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
