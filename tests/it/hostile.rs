@@ -648,3 +648,44 @@ fn staging_cut_short_by_a_signal_leaves_no_run_dir() {
         }
     }
 }
+
+#[test]
+fn a_check_failing_on_a_full_disk_leaves_no_run_dir() {
+    if !common::is_root() {
+        eprintln!("skipped: a small /tmp needs root (mount namespaces)");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[common::HostOpts {
+        small_tmp: true,
+        ..common::HostOpts::default()
+    }]);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    let base = "/tmp/.pushrun-$(id -un)";
+    // BASE is there, and one page is left: enough for the check's probe and
+    // lock, not for the run's digest file (dirs take no pages on tmpfs)
+    on_host(
+        &hosts,
+        0,
+        &format!(
+            "umask 077; mkdir -p {base}/runs {base}/cache {base}/manifests; \
+             dd if=/dev/zero of=/tmp/fill bs=4k 2>/dev/null; truncate -s -4096 /tmp/fill"
+        ),
+    );
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--payload", s(&pl), "--remote-tmp", "/tmp"],
+    );
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(!run.stdout.contains("payload-ran"), "{}", run.all());
+    assert!(
+        run.stderr.contains("digest"),
+        "not the check's digest write: {}",
+        run.all()
+    );
+    let listing = on_host(&hosts, 0, &format!("ls -laR {base} 2>&1"));
+    let left = on_host(&hosts, 0, &format!("ls -A {base}/runs | wc -l"));
+    assert_eq!(left, "0", "run dir left behind: {listing}\n{}", run.all());
+}
