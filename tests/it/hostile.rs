@@ -689,3 +689,75 @@ fn a_check_failing_on_a_full_disk_leaves_no_run_dir() {
     let left = on_host(&hosts, 0, &format!("ls -A {base}/runs | wc -l"));
     assert_eq!(left, "0", "run dir left behind: {listing}\n{}", run.all());
 }
+
+#[test]
+fn run_sh_checks_the_base_dir_again_where_it_enters_it() {
+    if !common::is_root() {
+        eprintln!("skipped: changes BASE in the host's own /tmp, which needs root");
+        return;
+    }
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // a real run makes BASE, as a check would have
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let script = format!("/tmp/run-{}.sh", std::process::id());
+    let mut ssh = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(hosts.ssh_config())
+        .arg(hosts.addr(0))
+        .arg(format!("cat > {script}"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(ssh.stdin.as_mut().unwrap(), pushrun::remote::RUN.as_bytes())
+        .unwrap();
+    drop(ssh.stdin.take());
+    assert!(ssh.wait().unwrap().success());
+    let base = "/tmp/.pushrun-root";
+    let aside = format!("/tmp/aside-{}", std::process::id());
+    // what another user could do between the check and the run where the
+    // checks were not kept: loosen BASE, or swap it for a symlink
+    for (what, swap, undo, says) in [
+        (
+            "loosened",
+            format!("chmod 755 {base}"),
+            format!("chmod 700 {base}"),
+            "has mode 755, not 700",
+        ),
+        (
+            "symlinked",
+            format!("mv {base} {aside} && ln -s {aside} {base}"),
+            format!("rm {base} && mv {aside} {base}"),
+            "is a symlink",
+        ),
+    ] {
+        on_host(
+            &hosts,
+            0,
+            &format!(
+                "umask 077; mkdir -p {base}/runs/r1 {base}/p && \
+                 printf '#!/bin/sh\\necho entered\\n' > {base}/p/run && chmod 700 {base}/p/run && {swap}"
+            ),
+        );
+        let out = hosts.ssh(
+            0,
+            &format!("sh {script} {base} {base}/p r1 h run </dev/null"),
+        );
+        on_host(&hosts, 0, &undo);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!stdout.contains("entered"), "{what}: {stdout}{stderr}");
+        assert_eq!(out.status.code(), Some(125), "{what}: {stdout}{stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+    }
+    on_host(
+        &hosts,
+        0,
+        &format!("rm -rf {script} {base}/runs/r1 {base}/p"),
+    );
+}
