@@ -17,7 +17,11 @@
 #
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
-# attack); creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest;
+# attack), and refuses a REMOTE_TMP anyone may write to without the sticky
+# bit (another user could swap BASE after this check); removes symlinks
+# where BASE's own dirs belong and, in cache mode, anything but files and
+# dirs inside BASE/cache/DIGEST (damage: never trusted nor written through);
+# a check that does not finish removes the run dir it made; creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest;
 # under BASE/lock does the housekeeping: drops uploads abandoned for over an
 # hour, run directories older than 24 hours, and all but the 3 most recently
 # used cached payloads (never one that a run directory names, nor one that a
