@@ -75,6 +75,19 @@ pub(crate) async fn stage(
     job: &Arc<PayloadJob>,
     stats: &mut StageStats,
 ) -> Result<(String, String), StageError> {
+    stage_noting_base(session, host, job, stats, &mut None).await
+}
+
+/// [`stage`], noting the host's pushrun dir in `seen` as soon as the check
+/// has made the run dir: staging cut short (Ctrl-C, a signal) then knows
+/// what to remove.
+async fn stage_noting_base(
+    session: &Session,
+    host: &Host,
+    job: &Arc<PayloadJob>,
+    stats: &mut StageStats,
+    seen: &mut Option<String>,
+) -> Result<(String, String), StageError> {
     // "auto": the first usable of a list of temp dirs (see lib.sh: pick_tmp)
     let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("auto");
     let digest = job.payload.digest();
@@ -98,6 +111,7 @@ pub(crate) async fn stage(
         base: None,
     })?;
     let base = report.base;
+    *seen = Some(base.clone());
     if !report.needed.is_empty() {
         let archive = job
             .archive(&report.needed)
@@ -285,8 +299,9 @@ impl HostTask<'_> {
         let started = Instant::now();
         let mut stats = StageStats::default();
         let t = &mut self.triggers;
+        let mut seen = None;
         let staged = tokio::select! {
-            r = busy(stage(session, host, job, &mut stats), id, events) => r,
+            r = busy(stage_noting_base(session, host, job, &mut stats, &mut seen), id, events) => r,
             _ = raised(&mut t.cancel) => Err(StageError::Cancelled),
             _ = raised(&mut t.converged) => Err(StageError::Converged),
         };
@@ -294,10 +309,13 @@ impl HostTask<'_> {
         let (base, payload_dir) = match staged {
             Ok(s) => s,
             Err(e) => {
-                if let StageError::Failed {
-                    base: Some(base), ..
-                } = &e
-                {
+                let base = match &e {
+                    StageError::Failed { base, .. } => base.as_ref(),
+                    // cut short after the check made the run dir
+                    StageError::Cancelled | StageError::Converged => seen.as_ref(),
+                    _ => None,
+                };
+                if let Some(base) = base {
                     clean_run_dir(session, base, &host_run_id(&job.run_id, host)).await;
                 }
                 let (status, reason) = e.status_reason(None, "payload");

@@ -17,7 +17,11 @@
 #
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
-# attack); creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest;
+# attack), and refuses a REMOTE_TMP anyone may write to without the sticky
+# bit (another user could swap BASE after this check); removes symlinks
+# where BASE's own dirs belong and, in cache mode, anything but files and
+# dirs inside BASE/cache/DIGEST (damage: never trusted nor written through);
+# a check that does not finish removes the run dir it made; creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest;
 # under BASE/lock does the housekeeping: drops uploads abandoned for over an
 # hour, run directories older than 24 hours, and all but the 3 most recently
 # used cached payloads (never one that a run directory names, nor one that a
@@ -94,6 +98,12 @@ rundir=$BASE/runs/$run_id
 work=$rundir/.check
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
+    rc=$?
+    # a check that did not finish (full disk, a signal, a lost connection)
+    # leaves no run dir behind to pin the cache
+    if [ "$rc" != 0 ] && [ -n "${made_rundir:-}" ]; then
+        rm -rf "$rundir"
+    fi
     rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
     [ -z "${seed:-}" ] || rm -rf "$seed"
     lock_release
@@ -109,8 +119,17 @@ else
 fi
 
 lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
-err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" 2>&1) ||
+# nothing under BASE is followed: a symlink where a dir of ours belongs goes
+for d in "$BASE/cache" "$BASE/runs" "$BASE/manifests" "$rundir"; do
+    [ ! -L "$d" ] || rm -f "$d"
+done
+made_rundir=
+[ -e "$rundir" ] || made_rundir=1
+err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" 2>&1) || {
+    made_rundir=1
     fail 3 "cannot write under $BASE: $(reason "$err")"
+}
+made_rundir=1
 # the digest file is written under the lock, so that no eviction running
 # now can take the payload this run is about to use
 printf '%s\n' "$digest" >"$rundir/digest" ||
@@ -122,6 +141,10 @@ if [ "$mode" = cache ]; then
     # the directory's mtime records its last use (for eviction)
     err=$({ mkdir -p "$target" "$BASE/manifests" && touch "$target"; } 2>&1) ||
         fail 3 "cannot write under $BASE: $(reason "$err")"
+    # anything but files and dirs in the cached payload is damage: a
+    # symlinked dir would make files elsewhere pass as cached, and a repair
+    # write through it (gone, what was under it is needed again)
+    find "$target" -mindepth 1 ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
 fi
 
 # uploads abandoned for over an hour, runs that crashed over a day ago

@@ -27,6 +27,16 @@ valid_base "$base" || die 3 "bad BASE '$base'"
 valid_run_id "$run_id" || die 3 "bad run id '$run_id'"
 rundir=$base/runs/$run_id
 out=$rundir/out
+# BASE again: check.sh's checks held then, they must still hold now
+# shellcheck disable=SC2034 # read by base_recheck (lib.sh)
+BASE=$base
+why=$(base_recheck) || die 3 "${why#error }"
+for d in "$base/runs" "$rundir" "$out"; do
+    if [ -L "$d" ]; then
+        rm -f "$d"
+        die 3 "$d was a symlink: refusing to follow it"
+    fi
+done
 
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {

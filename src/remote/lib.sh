@@ -88,8 +88,22 @@ base_of() { # REMOTE_TMP
 # that is not ours or not safe is refused outright (base_check: fail 3).
 try_tmp() { # TMP
     base_of "$1"
+    # a parent anyone may write to without the sticky bit lets any local
+    # user rename our BASE away and put their own in its place
+    pst=$(stat -L -c '%a' "${base_tmp:-/}/" 2>/dev/null) || pst=
+    case $pst in
+        *[2367])
+            case $pst in
+                [1357]???) ;;
+                *)
+                    why="${base_tmp:-/} is writable by anyone and not sticky (mode $pst): refusing to use it"
+                    return 1
+                    ;;
+            esac
+            ;;
+    esac
     if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
-        if ! err=$(mkdir "$BASE" 2>&1); then
+        if ! err=$(mkdir -m 700 "$BASE" 2>&1); then
             if [ ! -e "$BASE" ] && [ ! -L "$BASE" ]; then
                 why="cannot create $BASE: $(reason "$err")"
                 return 1
@@ -134,6 +148,21 @@ pick_tmp() { # TMP
         whys="$whys${whys:+; }$why"
     done
     fail 3 "no usable temp dir: $whys"
+}
+
+# base_check for a script that may run as root through sudo (run.sh): the
+# BASE is then the login user's (SUDO_UID); prints base_check's reason and
+# returns 1 instead of exiting
+base_recheck() {
+    uid=$(id -u) || uid=
+    if [ "$uid" = 0 ] && [ -n "${SUDO_UID:-}" ]; then
+        uid=$SUDO_UID
+    elif [ "$uid" = 0 ]; then
+        # root without sudo's word may be any user's become: the owner is
+        # not checked
+        uid=$(stat -c '%u' "$BASE" 2>/dev/null) || uid=0
+    fi
+    (base_check)
 }
 
 # refuses (fail 3) a BASE that is a symlink, not a directory, not owned by

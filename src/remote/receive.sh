@@ -120,7 +120,14 @@ stage=$BASE/cache/.stage-$run_id
 expect=$stage.expect # beside the stage, so that it can be renamed whole
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
+    rc=$?
     rm -rf "$stage" "$expect"
+    # an upload cut short by a full disk, a signal or a lost connection
+    # (SIGPIPE on the answer) leaves no run dir behind to pin the cache
+    # (after any other failure the initiator, still there, collects it)
+    if [ "$rc" = 6 ] || [ "$rc" -gt 128 ]; then
+        rm -rf "$BASE/runs/$run_id"
+    fi
     lock_release
 }
 trap_cleanup

@@ -51,6 +51,14 @@ valid_run_id "$run_id" || die "bad run id '$run_id'"
 case /$entry/ in
     // | //* | */../*) die "bad entry point '$entry'" ;;
 esac
+# BASE again, where the payload is entered: check.sh's checks held then,
+# they must still hold now
+# shellcheck disable=SC2034 # read by base_recheck (lib.sh)
+BASE=$base
+why=$(base_recheck) || die "${why#error }"
+for d in "$base/runs" "$base/runs/$run_id"; do
+    [ ! -L "$d" ] || die "$d is a symlink: refusing to use it"
+done
 rundir=$base/runs/$run_id
 cd "$rundir" 2>/dev/null || die "no run directory $rundir"
 

@@ -481,3 +481,283 @@ fn results_through_a_relay_come_in_pieces_and_the_limit_fails_only_that_leaf() {
     );
     assert_eq!(host_summary(&sum, &hosts.addr(2))["status"], "ok");
 }
+
+/// Runs `cmd` on host `i` as the login user; its stdout, trimmed.
+fn on_host(hosts: &TestHosts, i: usize, cmd: &str) -> String {
+    let out = hosts.ssh(i, cmd);
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_remote_tmp_anyone_may_write_to_without_the_sticky_bit_is_refused() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // this test's own dir (its pid in the name): other tests share the host's /tmp
+    let shared = format!("/tmp/open-{}", std::process::id());
+    on_host(
+        &hosts,
+        0,
+        &format!("rm -rf {shared}; mkdir -m 777 {shared}"),
+    );
+    let yaml = format!(
+        "hosts:\n  h:\n    address: {}\n    remote_tmp: {shared}\n",
+        hosts.addr(0)
+    );
+    let inv = hosts.write_yaml("open.yaml", &yaml);
+    on_host(&hosts, 0, &format!("chmod 777 {shared}"));
+    let run = common::exec(&hosts, &inv, &["--payload", s(&pl)]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(!run.stdout.contains("payload-ran"), "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!(
+            "{shared} is writable by anyone and not sticky (mode 777)"
+        )),
+        "{}",
+        run.all()
+    );
+    // nothing was made in it for another user to swap
+    assert_eq!(on_host(&hosts, 0, &format!("ls -A {shared} | wc -l")), "0");
+    // sticky, as /tmp is: used
+    on_host(&hosts, 0, &format!("chmod 1777 {shared}"));
+    let run = common::exec(&hosts, &inv, &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("payload-ran"), "{}", run.all());
+    on_host(&hosts, 0, &format!("rm -rf {shared}"));
+}
+
+#[test]
+fn a_symlink_inside_the_cache_is_damage_and_never_written_through() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pl, res) = (scratch.path().join("pl"), scratch.path().join("res"));
+    payload(&pl, "#!/bin/sh\ncat \"$PUSHRUN_PAYLOAD/sub/f\"\n");
+    std::fs::create_dir_all(pl.join("sub")).unwrap();
+    std::fs::write(pl.join("sub/f"), "genuine\n").unwrap();
+    let yaml = hosts.hosts_yaml();
+    let run = common::exec(&hosts, &yaml, &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let elsewhere = format!("/tmp/elsewhere-{}", std::process::id());
+    // the cached payload's sub dir, swapped for a symlink to a copy elsewhere
+    let base = "/tmp/.pushrun-$(id -un)";
+    let dir = on_host(
+        &hosts,
+        0,
+        &format!("grep -l sub/f {base}/manifests/* | head -n 1 | sed 's,/manifests/,/cache/,'"),
+    );
+    assert!(dir.contains("/cache/"), "{dir}");
+    for (round, content) in [(0, "genuine"), (1, "planted")] {
+        on_host(
+            &hosts,
+            0,
+            &format!(
+                "rm -rf {elsewhere} {dir}/sub && mkdir {elsewhere} && \
+                 printf '{content}\\n' > {elsewhere}/f && ln -s {elsewhere} {dir}/sub"
+            ),
+        );
+        let run = common::exec(&hosts, &yaml, &["--payload", s(&pl), "--results", s(&res)]);
+        assert_eq!(run.code, 0, "{round}: {}", run.all());
+        assert!(run.stdout.contains("genuine"), "{round}: {}", run.all());
+        let h = host_summary(&summary(&res), &hosts.addr(0)).clone();
+        assert_eq!(h["cache_hit"], false, "{round}: {h}");
+        // the cache holds a real dir again; the symlink's target is as planted
+        assert_eq!(
+            on_host(
+                &hosts,
+                0,
+                &format!("[ -L {dir}/sub ] || [ ! -d {dir}/sub ] && echo link || cat {dir}/sub/f")
+            ),
+            "genuine",
+            "{round}"
+        );
+        assert_eq!(
+            on_host(&hosts, 0, &format!("cat {elsewhere}/f")),
+            content,
+            "{round}: written through the symlink"
+        );
+    }
+    on_host(&hosts, 0, &format!("rm -rf {elsewhere}"));
+}
+
+/// Bytes that do not compress: building the upload takes a while.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn staging_cut_short_by_a_signal_leaves_no_run_dir() {
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let runs = "/tmp/.pushrun-$(id -un)/runs";
+    for (round, signal) in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let pl = scratch.path().join(format!("pl{round}"));
+        payload(&pl, "#!/bin/sh\necho payload-ran\n");
+        // new content each round, so that each is uploaded
+        std::fs::write(pl.join("big.bin"), noise(96 << 20, 7 + round as u64)).unwrap();
+        let mut child = common::spawn_exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+        // the check has made the run dir; the upload is being built or sent
+        let start = std::time::Instant::now();
+        while on_host(&hosts, 0, &format!("ls -A {runs} 2>/dev/null | wc -l")) == "0" {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "{round}: no run dir"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{round}: pushrun ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("payload-ran"),
+            "{round}: staged first: {text}"
+        );
+        let start = std::time::Instant::now();
+        loop {
+            let left = on_host(&hosts, 0, &format!("ls -A {runs} | wc -l"));
+            if left == "0" {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{round}: run dir left: {}\n{text}",
+                on_host(&hosts, 0, &format!("ls -laR {runs}"))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_check_failing_on_a_full_disk_leaves_no_run_dir() {
+    if !common::is_root() {
+        eprintln!("skipped: a small /tmp needs root (mount namespaces)");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[common::HostOpts {
+        small_tmp: true,
+        ..common::HostOpts::default()
+    }]);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    let base = "/tmp/.pushrun-$(id -un)";
+    // BASE is there, and one page is left: enough for the check's probe and
+    // lock, not for the run's digest file (dirs take no pages on tmpfs)
+    on_host(
+        &hosts,
+        0,
+        &format!(
+            "umask 077; mkdir -p {base}/runs {base}/cache {base}/manifests; \
+             dd if=/dev/zero of=/tmp/fill bs=4k 2>/dev/null; truncate -s -4096 /tmp/fill"
+        ),
+    );
+    let run = common::exec(
+        &hosts,
+        &hosts.hosts_yaml(),
+        &["--payload", s(&pl), "--remote-tmp", "/tmp"],
+    );
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(!run.stdout.contains("payload-ran"), "{}", run.all());
+    assert!(
+        run.stderr.contains("digest"),
+        "not the check's digest write: {}",
+        run.all()
+    );
+    let listing = on_host(&hosts, 0, &format!("ls -laR {base} 2>&1"));
+    let left = on_host(&hosts, 0, &format!("ls -A {base}/runs | wc -l"));
+    assert_eq!(left, "0", "run dir left behind: {listing}\n{}", run.all());
+}
+
+#[test]
+fn run_sh_checks_the_base_dir_again_where_it_enters_it() {
+    if !common::is_root() {
+        eprintln!("skipped: changes BASE in the host's own /tmp, which needs root");
+        return;
+    }
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // a real run makes BASE, as a check would have
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let script = format!("/tmp/run-{}.sh", std::process::id());
+    let mut ssh = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(hosts.ssh_config())
+        .arg(hosts.addr(0))
+        .arg(format!("cat > {script}"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(ssh.stdin.as_mut().unwrap(), pushrun::remote::RUN.as_bytes())
+        .unwrap();
+    drop(ssh.stdin.take());
+    assert!(ssh.wait().unwrap().success());
+    let base = "/tmp/.pushrun-root";
+    let aside = format!("/tmp/aside-{}", std::process::id());
+    // what another user could do between the check and the run where the
+    // checks were not kept: loosen BASE, or swap it for a symlink
+    for (what, swap, undo, says) in [
+        (
+            "loosened",
+            format!("chmod 755 {base}"),
+            format!("chmod 700 {base}"),
+            "has mode 755, not 700",
+        ),
+        (
+            "symlinked",
+            format!("mv {base} {aside} && ln -s {aside} {base}"),
+            format!("rm {base} && mv {aside} {base}"),
+            "is a symlink",
+        ),
+    ] {
+        on_host(
+            &hosts,
+            0,
+            &format!(
+                "umask 077; mkdir -p {base}/runs/r1 {base}/p && \
+                 printf '#!/bin/sh\\necho entered\\n' > {base}/p/run && chmod 700 {base}/p/run && {swap}"
+            ),
+        );
+        let out = hosts.ssh(
+            0,
+            &format!("sh {script} {base} {base}/p r1 h run </dev/null"),
+        );
+        on_host(&hosts, 0, &undo);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!stdout.contains("entered"), "{what}: {stdout}{stderr}");
+        assert_eq!(out.status.code(), Some(125), "{what}: {stdout}{stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+    }
+    on_host(
+        &hosts,
+        0,
+        &format!("rm -rf {script} {base}/runs/r1 {base}/p"),
+    );
+}
