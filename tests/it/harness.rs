@@ -749,3 +749,29 @@ fn debug_log_shows_a_jump_through_the_host() {
     // host 1 logs at the usual level: no debug lines
     assert!(!hosts.log(1).contains("debug1:"), "{}", hosts.log(1));
 }
+
+#[test]
+fn drop_stops_a_dropbear_host_too() {
+    if !is_root() {
+        eprintln!("skipped: dropbear hosts need root");
+        return;
+    }
+    // dropbear forks into the background like sshd, but its command line
+    // names its pid file, not an sshd_config: it was once left running
+    let hosts = TestHosts::start_with(&[
+        HostOpts::default(),
+        HostOpts {
+            dropbear: true,
+            ..HostOpts::default()
+        },
+    ]);
+    let pids = hosts.listener_pids();
+    assert_eq!(pids.len(), 2);
+    for &pid in &pids {
+        assert!(pid_alive(pid), "listener {pid} should run");
+    }
+    drop(hosts);
+    for &pid in &pids {
+        assert!(!pid_alive(pid), "listener {pid} still runs after drop");
+    }
+}
