@@ -27,6 +27,7 @@ mod exec;
 mod failure;
 mod mux;
 pub mod persist;
+mod spawn;
 
 pub use exec::{ANSWER_MARGIN, ScriptOutput, exit_code};
 
@@ -258,7 +259,9 @@ impl Session {
             });
         }
         let pass_file = spec.pass_file.clone();
-        let result = match cmd.spawn() {
+        // off the runtime's thread (see spawn.rs)
+        let spawned = spawn::spawn(cmd).await;
+        let result = match spawned {
             Ok(master) => {
                 let started = Master(Some(master));
                 Self::finish_connect(started, spec, host, config_file, opts, share).await

@@ -3,7 +3,8 @@
 //! instead of connecting again.
 //!
 //! Persisted masters live in one private 0700 directory per user (under
-//! `$XDG_RUNTIME_DIR` when set, else `$TMPDIR` or /tmp). A socket's name is
+//! `$XDG_RUNTIME_DIR` when set, else `$TMPDIR`, /dev/shm or /tmp: see
+//! `control::scratch_base`). A socket's name is
 //! a digest of everything that shapes the connection (the ssh arguments of
 //! the host: user, port, jump, identity, ssh options, host key policy, and
 //! the run's ssh config with the content of the files it includes), so a
@@ -216,9 +217,5 @@ fn persist_base() -> PathBuf {
     }
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
-    let base = match std::env::var_os("TMPDIR") {
-        Some(t) if !t.is_empty() && t.len() < 48 => PathBuf::from(t),
-        _ => PathBuf::from("/tmp"),
-    };
-    base.join(format!("pushrun-persist-{uid}"))
+    super::control::scratch_base().join(format!("pushrun-persist-{uid}"))
 }

@@ -9,10 +9,13 @@ use crate::common::{
     processes_with, pushrun, to_run, unused_addr, wait_until,
 };
 
+/// The control dirs of pushrun `pid`, wherever pushrun puts them (a tmpfs
+/// /dev/shm, else /tmp; the tests set no `TMPDIR` or `XDG_RUNTIME_DIR`).
 fn control_dirs_of(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
+    ["/dev/shm", "/tmp"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|d| d.flatten())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&format!("pushrun-{pid}-")))
         .collect()
@@ -445,6 +448,11 @@ fn ctrl_c_stops_remote_commands_and_removes_the_control_dir() {
     assert!(
         !processes_with("sleep 41414").is_empty(),
         "the remote command is not running"
+    );
+    // the check below is only worth something if it looks where pushrun is
+    assert!(
+        !control_dirs_of(pid).is_empty(),
+        "no control dir of the running pushrun found"
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
