@@ -33,6 +33,8 @@ if ! have dropbear || ! have dropbearconvert; then missing+=(dropbear-bin); fi
 if ! have shellcheck; then missing+=(shellcheck); fi
 # ClusterShell, whose NodeSet expansion the inventory tests compare pushrun's with
 if ! /usr/bin/python3 -c 'import ClusterShell.NodeSet' > /dev/null 2>&1; then missing+=(clustershell); fi
+# the remote scripts hash big payloads with openssl where a host has it (tested)
+if ! have openssl; then missing+=(openssl); fi
 # `pushrun man | man -l -` is rendered by a test
 if ! have man; then missing+=(man-db); fi
 

@@ -68,7 +68,8 @@ impl Payload {
         }
         let expect: String = selected.iter().map(|&i| self.entries[i].line()).collect();
 
-        let mut tar = tar::Builder::new(GzEncoder::new(out, Compression::fast()));
+        let level = self.level(&selected);
+        let mut tar = tar::Builder::new(GzEncoder::new(out, level));
         let mut header = tar_header(tar::EntryType::Regular, 0o644, expect.len() as u64);
         tar.append_data(&mut header, EXPECT_NAME, expect.as_bytes())
             .map_err(PayloadError::Write)?;
@@ -108,6 +109,47 @@ impl Payload {
         }
         let gz = tar.into_inner().map_err(PayloadError::Write)?;
         gz.finish().map_err(PayloadError::Write)
+    }
+
+    /// The gzip level for the files `selected`: the fastest, or none at all
+    /// (stored blocks) when a sample of the biggest files does not shrink by
+    /// a tenth. Compressing what does not compress costs the initiator once
+    /// and every host again on `gzip -d`; stored blocks are a copy and a
+    /// checksum on both ends, and the host's scripts stay the same.
+    fn level(&self, selected: &BTreeSet<usize>) -> Compression {
+        const PER_FILE: u64 = 64 * 1024;
+        const SAMPLE: usize = 1024 * 1024;
+        let mut biggest: Vec<usize> = selected.iter().copied().collect();
+        biggest.sort_by_key(|&i| std::cmp::Reverse(self.entries[i].size));
+        let mut sample = Vec::new();
+        for i in biggest {
+            if sample.len() >= SAMPLE {
+                break;
+            }
+            match &self.sources[i] {
+                Source::Embedded(bytes) => {
+                    sample.extend_from_slice(&bytes[..bytes.len().min(PER_FILE as usize)]);
+                }
+                Source::Disk(path) => {
+                    if let Ok(file) = File::open(path) {
+                        let _ = file.take(PER_FILE).read_to_end(&mut sample);
+                    }
+                }
+            }
+        }
+        if sample.len() < 4096 {
+            return Compression::fast();
+        }
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        let packed = gz
+            .write_all(&sample)
+            .and_then(|()| gz.finish())
+            .map_or(0, |v| v.len());
+        if packed * 10 > sample.len() * 9 {
+            Compression::none()
+        } else {
+            Compression::fast()
+        }
     }
 }
 
@@ -229,6 +271,39 @@ mod tests {
     use super::*;
     use crate::payload::fixtures::*;
     use crate::payload::parse_manifest;
+
+    #[test]
+    fn incompressible_files_are_stored_not_compressed() {
+        let t = sample();
+        // bytes of a linear congruential sequence: nothing for deflate to find
+        let mut x: u32 = 12345;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 23) as u8
+            })
+            .collect();
+        put(t.path(), "lib/noise.bin", &noise, false);
+        let p = Payload::load(t.path()).unwrap();
+        let gz = p.tar_gz_all().unwrap();
+        assert_eq!((gz[0], gz[1]), (0x1f, 0x8b), "still gzip");
+        assert!(
+            gz.len() > noise.len(),
+            "stored, not compressed: {}",
+            gz.len()
+        );
+        assert!(untar(&gz).contains(&file("lib/noise.bin", 0o644, &noise)));
+        // the same files but text compress
+        let t = sample();
+        put(
+            t.path(),
+            "lib/text.txt",
+            "all work and no play\n".repeat(10_000).as_bytes(),
+            false,
+        );
+        let gz = Payload::load(t.path()).unwrap().tar_gz_all().unwrap();
+        assert!(gz.len() < 50_000, "compressed: {}", gz.len());
+    }
 
     #[test]
     fn tar_gz_all_members() {

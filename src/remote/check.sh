@@ -211,6 +211,7 @@ lock_release
 #   bad       0, or the number of the first malformed line; then badline is
 #             that line and entries is empty
 #   entries   "<sha256> <755|644> <path>" per line, in order
+#   bytes     the files' sizes added up
 #   derived=1 last: the output is complete
 # shellcheck disable=SC2016 # an awk program
 validate=$(manifest_awk)'
@@ -223,6 +224,7 @@ BEGIN { n = 0; bad = 0 }
         exit 0
     }
     ent[n] = sum " " fmode " " path
+    bytes += size
 }
 END {
     if (bad) {
@@ -232,13 +234,14 @@ END {
         for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? "\n" : ""), esc(ent[i])
         printf "%s\n", sq
     }
+    printf "bytes=%.0f\n", bytes
     print "derived=1"
 }'
 # .list gets "N path" (needed) or "C path" (present, to be hashed) for each
 # file; .sums gets a check line for sha256sum -c for each candidate
 # (tried in a subshell first: a failed redirection of exec ends the shell)
 (: >"$work.list" && : >"$work.sums") 2>/dev/null || fail 3 "cannot write under $rundir"
-n=0 bad=0 badline='' entries='' derived=
+n=0 bad=0 badline='' entries='' bytes=0 derived=
 vars=$(awk -v "sq='" "$validate")
 eval "$vars"
 [ "$derived" = 1 ] || fail 3 "cannot read the manifest"
@@ -421,11 +424,11 @@ set +f
 IFS=$saved_ifs
 exec 6>&- 7>&-
 
-# one sha256sum for every candidate; it prints "path: OK" per intact file,
-# one result line per check line, in order
+# one sha256sum (lib.sh: sums_check) for every candidate; it prints
+# "path: OK" per intact file, one result line per check line, in order
 (: >"$work.result") 2>/dev/null || fail 3 "cannot write under $rundir"
 if [ -s "$work.sums" ]; then
-    (cd "$target" && sha256sum -c "$work.sums") >"$work.result" 2>/dev/null
+    sums_check "$target" "$bytes" <"$work.sums" >"$work.result" 2>/dev/null
 fi
 
 # a short .list (disk full) must not pass for "nothing needed"

@@ -261,3 +261,54 @@ trap_cleanup() {
     trap 'exit 141' PIPE
     trap 'exit 143' TERM
 }
+
+# sha256sum -c, run in DIR, on the check lines ("<sha256>  <path>") on
+# stdin; prints "<path>: OK" for each intact file (and something else for
+# the rest), one line per check line, in order. When the files add up to
+# at least 4 MiB (BYTES) and the host has a working openssl, OpenSSL's
+# sha256 hashes them instead: it uses the CPU's SHA instructions, a
+# quarter of coreutils' CPU time on the same files (measured: 2 GB/s
+# against 530 MB/s), which is most of a warm run's work on the host.
+# Names sha256sum would escape (a newline or backslash in them) always go
+# through sha256sum.
+sums_check() { # DIR BYTES
+    if [ "$2" -lt 4194304 ] || ! command -v openssl >/dev/null 2>&1 ||
+        [ "$(printf '' | openssl dgst -sha256 -r 2>/dev/null | cut -c1-16)" != e3b0c44298fc1c14 ]; then
+        (cd "$1" && sha256sum -c 2>/dev/null)
+        return
+    fi
+    sums_lines=$(cat)
+    case $sums_lines in
+        *\\*)
+            printf '%s\n' "$sums_lines" | (cd "$1" && sha256sum -c 2>/dev/null)
+            return
+            ;;
+    esac
+    # shellcheck disable=SC2016 # an awk program
+    printf '%s\n' "$sums_lines" | (cd "$1" && awk -v "sq='" '
+    # PATH as one single-quoted sh word
+    function shq(s,   n, i, out, parts) {
+        n = split(s, parts, sq)
+        out = sq parts[1]
+        for (i = 2; i <= n; i++) out = out sq "\\" sq sq parts[i]
+        return out sq
+    }
+    function run(cmd,   line) {
+        while ((cmd | getline line) > 0) {
+            # "<sha256> *./<path>"
+            got[substr(line, 69)] = substr(line, 1, 64)
+        }
+        close(cmd)
+    }
+    {
+        want[NR] = substr($0, 1, 64); path[NR] = substr($0, 67)
+        if (length(cmd) > 65536) { run(cmd); cmd = "" }
+        if (cmd == "") cmd = "openssl dgst -sha256 -r 2>/dev/null"
+        cmd = cmd " " shq("./" path[NR])
+    }
+    END {
+        if (cmd != "") run(cmd)
+        for (i = 1; i <= NR; i++)
+            print path[i] ((path[i] in got && got[path[i]] == want[i]) ? ": OK" : ": FAILED")
+    }')
+}

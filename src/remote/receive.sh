@@ -198,6 +198,7 @@ err=$(mv -f "$stage/.pushrun-expect" "$list" 2>&1) || write_fail "$BASE" "$err"
 #   ldirs       the target and the parent of every listed file in it, as
 #               target_dirs did (for mkdir -p)
 #   lpaths      the paths, in order
+#   bytes       the files' sizes added up
 #   derived=1   last: the output is complete
 # shellcheck disable=SC2016 # an awk program
 derive=$(manifest_awk)'
@@ -239,6 +240,7 @@ phase == 2 {
     sums[n] = sum "  " path
     oks[n] = path ": OK"
     paths[n] = path
+    bytes += size
     d = path
     sub(/\/[^\/]*$/, "", d)
     if (index(path, "/") && d != last) dirs[++nd] = target "/" d
@@ -246,7 +248,7 @@ phase == 2 {
 }
 END {
     if (bad || odd || files != n) fast = 0
-    printf "n=%d n755=%d bad=%d fast=%d\n", n, n755, bad, fast
+    printf "n=%d n755=%d bad=%d fast=%d bytes=%.0f\n", n, n755, bad, fast, bytes
     if (!bad) {
         emit("l755", l755, n755); emit("l644", l644, n644)
         emit("sums", sums, n); emit("oks", oks, n)
@@ -254,7 +256,7 @@ END {
     }
     print "derived=1"
 }'
-n=0 n755=0 bad=0 fast=0 l755='' l644='' sums='' oks='' ldirs='' lpaths='' derived=
+n=0 n755=0 bad=0 fast=0 bytes=0 l755='' l644='' sums='' oks='' ldirs='' lpaths='' derived=
 vars=$(find "$stage" -type f -print -o ! -type d -exec echo pushrun-odd \; 2>/dev/null |
     PUSHRUN_STAGE=$stage PUSHRUN_TARGET=$target awk -v "sq='" "$derive" phase=1 - phase=2 "$list")
 eval "$vars"
@@ -291,14 +293,15 @@ if [ "$n755" -lt "$n" ]; then
     on_lines "$l644" chmod 644 -- || write_fail "$BASE" "$err"
 fi
 
-# one sha256sum for all files: intact when it prints "path: OK" for each
+# one sha256sum (lib.sh: sums_check) for all files: intact when it prints
+# "path: OK" for each
 # line, in order; else the results are read in step with .pushrun-expect
 # and the first file that is not plainly OK is named
 if [ "$n" -gt 0 ]; then
-    res=$(printf '%s\n' "$sums" | (cd "$stage" && sha256sum -c 2>/dev/null))
+    res=$(printf '%s\n' "$sums" | sums_check "$stage" "$bytes")
     if [ "$res" != "$oks" ]; then
         bad=$(
-            printf '%s\n' "$sums" | (cd "$stage" && sha256sum -c 2>/dev/null) | {
+            printf '%s\n' "$sums" | sums_check "$stage" "$bytes" | {
                 while IFS= read -r line <&5 || [ -n "$line" ]; do
                     parse "$line"
                     res=

@@ -610,6 +610,51 @@ fn a_deleted_cached_file_is_needed_alone() {
     assert_eq!(c.checked, 4);
 }
 
+/// Files adding up to 4 MiB or more are hashed with openssl where the host
+/// has it (lib.sh: sums_check); damage is found all the same, in a name
+/// with a quote and a space too.
+#[test]
+fn a_big_payload_is_verified_through_openssl_and_damage_is_still_found() {
+    assert!(
+        Command::new("openssl").arg("version").output().is_ok(),
+        "the test hosts need openssl (scripts/setup.sh installs it)"
+    );
+    let host = Host::start();
+    let mut p = Payload::standard();
+    for (i, path) in ["lib/big.bin", "lib/it's big.bin"].iter().enumerate() {
+        p.files.push(File {
+            path: (*path).into(),
+            data: noise(3 << 20, 11 + i as u64),
+            exec: false,
+        });
+    }
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    let c = host.check(&p, "r2");
+    assert!(c.needed.is_empty(), "{c:?}");
+    assert_eq!(c.checked, 6);
+
+    // one byte changed, size kept
+    let path = host.cached(&p, "lib/it's big.bin");
+    let mut data = std::fs::read(&path).unwrap();
+    data[1 << 20] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+    let c = host.check(&p, "r3");
+    assert_eq!(c.needed, ["lib/it's big.bin"]);
+    assert_eq!(c.checked, 5);
+
+    // an upload of it that arrives damaged is refused
+    let a = host.receive_bytes(
+        &p,
+        "r3",
+        "cache",
+        &p.upload_tampered(&["lib/it's big.bin"], Some("lib/it's big.bin")),
+    );
+    a.assert_error(5, "upload of lib/it's big.bin arrived corrupt");
+    host.receive(&p, "r3", &["lib/it's big.bin"]);
+    assert!(host.check(&p, "r4").needed.is_empty());
+}
+
 #[test]
 fn a_file_changed_with_the_same_size_and_mtime_is_needed() {
     let host = Host::start();
