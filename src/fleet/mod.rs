@@ -30,6 +30,7 @@ use converge::watch_payload;
 use host::run_host;
 pub(crate) use payload::{StageError, clean_run_dir, host_run_id, stage};
 pub use transfer::{CopyJob, FetchJob};
+pub(crate) use transfer::{fetched_outcome, too_big, unpack_untrusted};
 pub use waves::Waves;
 
 use crate::auth::Access;

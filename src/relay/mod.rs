@@ -20,6 +20,7 @@
 //! them in [`wire`]; `tree` says which hosts go through which relay.
 
 mod known_hosts;
+mod landing;
 mod serve;
 mod tree;
 mod upstream;
@@ -33,7 +34,7 @@ use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::events::{Event, HostId, HostOutcome, Status, Timings};
-use crate::fleet::{self, PayloadJob, RunSpec};
+use crate::fleet::{self, CopyJob, PayloadJob, RunSpec};
 use crate::inventory::Host;
 use crate::payload::{Payload, PayloadError};
 use crate::session::{ControlDir, write_ssh_config};
@@ -67,6 +68,8 @@ pub struct Relaying {
     binary_job: OnceCell<Result<Arc<PayloadJob>, Arc<BinaryError>>>,
     /// The payload again, under a run id of its own on relays.
     payload_job: OnceCell<Arc<PayloadJob>>,
+    /// A copy's archive as a one-file payload, hashed once for all relays.
+    copy_job: OnceCell<Result<Arc<PayloadJob>, String>>,
 }
 
 impl Relaying {
@@ -84,6 +87,7 @@ impl Relaying {
             known_hosts,
             binary_job: OnceCell::new(),
             payload_job: OnceCell::new(),
+            copy_job: OnceCell::new(),
         }
     }
 
@@ -128,6 +132,34 @@ impl Relaying {
                     job.cache,
                     run_id,
                 ))
+            })
+            .await
+            .clone()
+    }
+}
+
+impl Relaying {
+    /// A copy's archive, staged on relays as a one-file payload (so that it
+    /// crosses to each relay once, checked like any payload). It is kept in
+    /// the relays' caches when `cache` (a rolling run reaches a relay once
+    /// per wave), else in the run dir its relay removes at the end.
+    async fn copy_job(&self, job: &CopyJob, cache: bool) -> Result<Arc<PayloadJob>, String> {
+        let run_id = format!("{}.relay-copy", self.run_id);
+        let path = job.archive_path();
+        self.copy_job
+            .get_or_init(|| async move {
+                let payload = tokio::task::spawn_blocking(move || {
+                    Payload::single_file(&path, wire::COPY_ARCHIVE)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| fleet::error_chain(&e))?;
+                Ok(Arc::new(PayloadJob::new(
+                    payload,
+                    Vec::new(),
+                    cache,
+                    run_id,
+                )))
             })
             .await
             .clone()

@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::landing::Landing;
 use super::wire::{self, Down, FrameError, PlannedJob, RelayReport, Up};
 use super::{BinaryError, Relaying, known_hosts, renumber, tree::Subtree};
 use crate::events::{Event, HostId, HostOutcome, Status, Timings};
@@ -68,6 +69,8 @@ struct Tally {
     finished: Vec<bool>,
     /// The relays below it, as it reported them.
     nested: Vec<RelayReport>,
+    /// Where a fetch's files from its hosts land.
+    landing: Option<Landing>,
 }
 
 /// Why a relay could not serve (the rest of) its subtree.
@@ -100,6 +103,9 @@ enum RelayError {
         /// The binary's OS and machine, in Rust's words.
         built_for: String,
     },
+    /// A copy's archive cannot be read to stage it.
+    #[error("relay {relay}: the copy's archive: {reason}")]
+    Archive { relay: String, reason: String },
     /// The pushrun binary for relays cannot be had.
     #[error("relay {relay}")]
     Binary {
@@ -135,7 +141,9 @@ impl RelayError {
         match self {
             RelayError::Shown { status, .. } => *status,
             RelayError::InterruptedConnecting { .. } => Status::Cancelled,
-            RelayError::WrongMachine { .. } | RelayError::Binary { .. } => Status::Failed,
+            RelayError::WrongMachine { .. }
+            | RelayError::Binary { .. }
+            | RelayError::Archive { .. } => Status::Failed,
             RelayError::Lost { .. } | RelayError::Spawn { .. } | RelayError::NoOutput { .. } => {
                 Status::Unreachable
             }
@@ -211,6 +219,7 @@ impl RelayTask {
             },
             finished: vec![false; self.subtree.hosts.len()],
             nested: Vec::new(),
+            landing: Landing::of(&self.spec),
         };
         if let Err(e) = self.serve(&mut tally).await {
             let (status, reason) = (e.status(), error_chain(&e));
@@ -367,11 +376,12 @@ impl RelayTask {
                         None | Some(Ok(None)) => return Close::Ended,
                         Some(Err(e)) => return Close::Broken(Ending::Frame(e)),
                     };
-                    heard = tokio::time::Instant::now();
                     tally.report.bytes_received += size;
                     if let Some(close) = self.on_frame(frame, &mut hello, tally).await {
                         return close;
                     }
+                    // after the frame: landing a fetch's files can take a while
+                    heard = tokio::time::Instant::now();
                 }
                 _ = cancelled(&mut cancel), if deadline.is_none() => {
                     process.cancel(&mut tally.report).await;
@@ -403,9 +413,24 @@ impl RelayTask {
             Up::Event { mut event } => {
                 // The relay numbers its hosts from 0; here they have ids of this level.
                 let local = *event.host_mut();
-                let Some((id, _)) = self.subtree.hosts.get(local) else {
+                let Some((id, host)) = self.subtree.hosts.get(local) else {
                     return Some(Close::Broken(Ending::UnknownHost(local)));
                 };
+                if let Some(landing) = tally.landing.as_mut() {
+                    // a fetch's files land here, not with the reporter
+                    match event {
+                        Event::ResultsPart(_, part) => {
+                            landing.part(local, &part);
+                            return None;
+                        }
+                        Event::Collected(_) => return None,
+                        Event::Finished(_, outcome) => {
+                            let outcome = landing.finish(local, host, outcome).await;
+                            event = Event::Finished(local, outcome);
+                        }
+                        _ => {}
+                    }
+                }
                 if let Event::Finished(..) = event {
                     tally.finished[local] = true;
                 }
@@ -416,14 +441,24 @@ impl RelayTask {
     }
 
     /// The relay's plan.
-    fn plan(&self, payload_dir: Option<String>, known_hosts: String) -> wire::Plan {
+    fn plan(&self, payload_dir: Option<(String, String)>, known_hosts: String) -> wire::Plan {
         let spec = &self.spec;
         let job = match (&spec.job, payload_dir) {
-            (Job::Payload(j), Some(dir)) => PlannedJob::Payload {
+            (Job::Payload(j), Some((dir, digest))) => PlannedJob::Payload {
                 dir,
-                digest: j.payload.digest().to_string(),
+                digest,
                 args: j.args.clone(),
                 cache: j.cache,
+            },
+            (Job::Copy(c), Some((dir, digest))) => PlannedJob::Copy {
+                dir,
+                digest,
+                dest: c.dest.clone(),
+                names: c.names.clone(),
+            },
+            (Job::Fetch(f), _) => PlannedJob::Fetch {
+                paths: f.paths.clone(),
+                max_bytes: f.max_bytes,
             },
             (Job::Command(c), _) => PlannedJob::Command { command: c.clone() },
             _ => PlannedJob::Clean,
