@@ -24,6 +24,7 @@ mod landing;
 mod serve;
 mod tree;
 mod upstream;
+mod waves;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -187,7 +188,9 @@ pub(crate) enum BinaryError {
 /// Runs `spec` on every host: direct hosts through [`fleet::run`], the others
 /// through their relays. Events carry the ids of `hosts`. Returns what each
 /// relay did (nested relays included), once every host is done. When
-/// `converged` is raised, it is passed down to the relays too.
+/// `converged` is raised, it is passed down to the relays too. A rolling
+/// run (`--batch`) with hosts behind relays goes wave by wave here (see
+/// `waves`); one of direct hosts only, in [`fleet::run`].
 pub async fn run(
     hosts: Arc<Vec<Host>>,
     relaying: Arc<Relaying>,
@@ -197,82 +200,114 @@ pub async fn run(
     cancel: watch::Receiver<bool>,
     converged: watch::Receiver<bool>,
 ) -> Vec<RelayReport> {
-    let (direct, subtrees) = split(&hosts, &relaying.hops);
-    if subtrees.is_empty() {
-        fleet::run(hosts, spec, dir, events, cancel, converged).await;
-        return Vec::new();
+    let wiring = Wiring {
+        relaying,
+        spec,
+        dir,
+        cancel,
+        converged,
+    };
+    let relayed = !split(&hosts, &wiring.relaying.hops).1.is_empty();
+    match wiring.spec.waves {
+        Some(w) if relayed => waves::in_waves(w, hosts, &wiring, events).await,
+        _ => wiring.once(hosts, events).await,
     }
-    let fail_all = async |why: String, subtrees: Vec<Subtree>| {
-        let behind = subtrees
-            .into_iter()
-            .flat_map(|s| s.hosts.into_iter().map(|(id, _)| id));
-        for id in direct.iter().copied().chain(behind) {
-            let o = HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
-            let _ = events.send(Event::Finished(id, o)).await;
-        }
-    };
-    // The relays' sockets and ssh config live apart from the direct hosts'.
-    let relay_dir = match ControlDir::create() {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            fail_all(format!("cannot create a control directory: {e}"), subtrees).await;
-            return Vec::new();
-        }
-    };
-    let config = match write_ssh_config(&relay_dir, &spec.ssh) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            fail_all(format!("cannot write the run's ssh config: {e}"), subtrees).await;
-            return Vec::new();
-        }
-    };
+}
 
-    let mut tasks = JoinSet::new();
-    if !direct.is_empty() {
-        let direct_hosts: Vec<Host> = direct.iter().map(|&i| hosts[i].clone()).collect();
-        let (tx, mut rx) = mpsc::channel(1024);
-        let (spec, dir, cancel, events, converged) = (
-            spec.clone(),
-            dir.clone(),
-            cancel.clone(),
-            events.clone(),
-            converged.clone(),
-        );
-        tasks.spawn(async move {
-            let forward = async {
-                while let Some(ev) = rx.recv().await {
-                    let _ = events.send(renumber(ev, |i| direct[i])).await;
-                }
-            };
-            tokio::join!(
-                fleet::run(Arc::new(direct_hosts), spec, dir, tx, cancel, converged),
-                forward
-            );
-            Vec::new()
-        });
-    }
-    for (slot, subtree) in subtrees.into_iter().enumerate() {
-        let task = RelayTask {
-            slot: RELAY_SLOTS + slot,
-            subtree,
-            relaying: relaying.clone(),
-            spec: spec.clone(),
-            dir: relay_dir.clone(),
-            config: config.clone(),
-            events: events.clone(),
-            cancel: cancel.clone(),
-            converged: converged.clone(),
-        };
-        tasks.spawn(task.run());
-    }
-    let mut reports = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(r) = done {
-            reports.extend(r);
+/// What every part of a run shares, whichever hosts it runs.
+struct Wiring {
+    relaying: Arc<Relaying>,
+    spec: Arc<RunSpec>,
+    dir: Arc<ControlDir>,
+    cancel: watch::Receiver<bool>,
+    converged: watch::Receiver<bool>,
+}
+
+impl Wiring {
+    /// Runs the job on `hosts` at once (direct ones `--forks` at a time,
+    /// the others through their relays); returns what the relays did.
+    async fn once(&self, hosts: Arc<Vec<Host>>, events: mpsc::Sender<Event>) -> Vec<RelayReport> {
+        let (relaying, spec, dir) = (&self.relaying, &self.spec, &self.dir);
+        let (cancel, converged) = (&self.cancel, &self.converged);
+        let (direct, subtrees) = split(&hosts, &relaying.hops);
+        if subtrees.is_empty() {
+            let (spec, dir) = (spec.clone(), dir.clone());
+            fleet::run(hosts, spec, dir, events, cancel.clone(), converged.clone()).await;
+            return Vec::new();
         }
+        let fail_all = async |why: String, subtrees: Vec<Subtree>| {
+            let behind = subtrees
+                .into_iter()
+                .flat_map(|s| s.hosts.into_iter().map(|(id, _)| id));
+            for id in direct.iter().copied().chain(behind) {
+                let o =
+                    HostOutcome::without_exit(Status::Unreachable, why.clone(), Timings::default());
+                let _ = events.send(Event::Finished(id, o)).await;
+            }
+        };
+        // The relays' sockets and ssh config live apart from the direct hosts'.
+        let relay_dir = match ControlDir::create() {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                fail_all(format!("cannot create a control directory: {e}"), subtrees).await;
+                return Vec::new();
+            }
+        };
+        let config = match write_ssh_config(&relay_dir, &spec.ssh) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                fail_all(format!("cannot write the run's ssh config: {e}"), subtrees).await;
+                return Vec::new();
+            }
+        };
+
+        let mut tasks = JoinSet::new();
+        if !direct.is_empty() {
+            let direct_hosts: Vec<Host> = direct.iter().map(|&i| hosts[i].clone()).collect();
+            let (tx, mut rx) = mpsc::channel(1024);
+            let (spec, dir, cancel, events, converged) = (
+                spec.clone(),
+                dir.clone(),
+                cancel.clone(),
+                events.clone(),
+                converged.clone(),
+            );
+            tasks.spawn(async move {
+                let forward = async {
+                    while let Some(ev) = rx.recv().await {
+                        let _ = events.send(renumber(ev, |i| direct[i])).await;
+                    }
+                };
+                tokio::join!(
+                    fleet::run(Arc::new(direct_hosts), spec, dir, tx, cancel, converged),
+                    forward
+                );
+                Vec::new()
+            });
+        }
+        for (slot, subtree) in subtrees.into_iter().enumerate() {
+            let task = RelayTask {
+                slot: RELAY_SLOTS + slot,
+                subtree,
+                relaying: relaying.clone(),
+                spec: spec.clone(),
+                dir: relay_dir.clone(),
+                config: config.clone(),
+                events: events.clone(),
+                cancel: cancel.clone(),
+                converged: converged.clone(),
+            };
+            tasks.spawn(task.run());
+        }
+        let mut reports = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(r) = done {
+                reports.extend(r);
+            }
+        }
+        reports.sort_by(|a, b| a.path.cmp(&b.path));
+        reports
     }
-    reports.sort_by(|a, b| a.path.cmp(&b.path));
-    reports
 }
 
 /// The same event for host `map(id)`.

@@ -1111,6 +1111,36 @@ fn copy_goes_through_a_relay_once_and_lands_byte_exact_with_modes_on_every_leaf(
     // and the relay removed it after the run
     assert_eq!(run_dirs(&hosts, 0), Vec::<String>::new());
 
+    // In waves of one leaf, the relay is asked three times; its cache keeps
+    // the archive, which still crosses once.
+    let args = [
+        "--limit",
+        &limit,
+        "--batch",
+        "1",
+        "--json",
+        big_s,
+        "/tmp/dest/again",
+    ];
+    let out = subcommand(&hosts, &inv, "copy", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let s = json_summary(&out.stdout);
+    let relays = s["relays"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(relays.len(), 3, "{s}");
+    let crossed: u64 = relays
+        .iter()
+        .map(|r| r["payload"]["bytes_sent"].as_u64().unwrap())
+        .sum();
+    assert!(
+        (2_000_000..3_000_000).contains(&crossed),
+        "the archive crossed {crossed} bytes to the relay in three waves: {s}"
+    );
+    assert_eq!(relays[2]["payload"]["cache_hit"], true, "{s}");
+    for i in 1..4 {
+        let again = std::fs::read(hosts.tmp_dir(i).join("dest/again")).unwrap();
+        assert_eq!(again, std::fs::read(&big).unwrap(), "host {i}");
+    }
+
     // A leaf that cannot take the files fails, named; the others do not.
     std::fs::remove_dir_all(hosts.tmp_dir(3).join("dest")).unwrap();
     std::fs::write(hosts.tmp_dir(3).join("dest"), "x").unwrap();
@@ -1199,4 +1229,85 @@ fn fetch_goes_through_a_relay_and_lands_one_right_file_per_leaf_folder() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn waves_span_direct_and_relayed_hosts_and_skipped_leaves_are_never_contacted() {
+    let hosts = TestHosts::start_with(&vec![
+        HostOpts {
+            debug_log: true,
+            ..HostOpts::default()
+        };
+        7
+    ]);
+    // Host 0 a relay (a hop) for hosts 1 to 4; 5 and 6 direct. In inventory
+    // order: 1 5 | 2 3 | 6 4, in waves of 2; host 1 fails.
+    let relay = hosts.addr(0);
+    let code = |i: usize| format!("vars: {{CODE: {}}}", if i == 1 { 3 } else { 0 });
+    let mut nodes = vec![node(relay.clone(), None)];
+    for i in [1, 5, 2, 3, 6, 4] {
+        let via = (i <= 4).then_some(relay.as_str());
+        let mut n = node(hosts.addr(i), via);
+        n.extra = code(i);
+        nodes.push(n);
+    }
+    let inv = write_tree(&hosts, "waves.yaml", &nodes, false);
+    let limit = format!("!{relay}");
+    let marker = format!("relay-waves-{}", std::process::id());
+    let command = format!("echo {marker}; exit $CODE");
+    let args = [
+        "--limit",
+        &limit,
+        "--batch",
+        "2",
+        "--max-fail",
+        "0",
+        "--",
+        &command,
+    ];
+    let out = exec(&hosts, &inv, &args);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains("1 ok, 1 failed, 4 skipped"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("not started: --max-fail 0 exceeded (1 failed in earlier waves)"),
+        "{}",
+        out.stderr
+    );
+    for i in 1..7 {
+        let said = out.lines_of(&hosts.addr(i));
+        let log = hosts.log(i);
+        if i == 1 || i == 5 {
+            assert_eq!(said, vec![marker.as_str()], "host {i}");
+            assert!(log.contains("Accepted publickey"), "host {i}: {log}");
+        } else {
+            assert!(said.is_empty(), "host {i}: {said:?}");
+            // never contacted, behind the relay or not: no login in its sshd's log
+            assert!(!log.contains("Accepted"), "host {i}: {log}");
+        }
+    }
+
+    // Without --max-fail every wave runs; the relay is asked once per wave
+    // it has hosts in (all three here).
+    let args = ["--limit", &limit, "--batch", "2", "--json", "--", &command];
+    let out = exec(&hosts, &inv, &args);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let s = json_summary(&out.stdout);
+    assert_eq!(
+        (s["ok"].as_u64(), s["failed"].as_u64()),
+        (Some(5), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["skipped"], 0, "{s}");
+    let relays = s["relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 3, "{s}");
+    let served: Vec<u64> = relays
+        .iter()
+        .map(|r| r["hosts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(served, vec![1, 2, 1], "{s}");
 }
