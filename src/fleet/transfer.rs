@@ -214,11 +214,12 @@ impl HostTask<'_> {
     ) -> HostOutcome {
         let started = Instant::now();
         let answer = self
-            .transfer(
+            .transfer_to(
                 (remote::FETCH, "pushrun-fetch", &job.paths),
                 tokio::io::empty(),
                 job.max_bytes,
                 timeout,
+                job.forward,
             )
             .await;
         timings.run = started.elapsed();
@@ -230,12 +231,7 @@ impl HostTask<'_> {
             return HostOutcome::without_exit(Status::Failed, failure("fetch", &answer), timings);
         }
         if job.forward {
-            for part in answer.stdout.chunks(RESULTS_PART) {
-                let _ = self
-                    .events
-                    .send(Event::ResultsPart(self.id, part.to_vec()))
-                    .await;
-            }
+            // every piece went on up as it came
             let _ = self.events.send(Event::Collected(self.id)).await;
             return ok(timings, Vec::new());
         }
@@ -258,10 +254,24 @@ impl HostTask<'_> {
     async fn transfer(
         &mut self,
         script: (&str, &str, &[String]),
-        mut input: impl tokio::io::AsyncRead + Unpin,
+        input: impl tokio::io::AsyncRead + Unpin,
         limit: u64,
         timeout: Option<Duration>,
     ) -> Result<Answer, Cut> {
+        self.transfer_to(script, input, limit, timeout, false).await
+    }
+
+    /// [`Self::transfer`]; with `pass_on`, stdout is not kept but sent on
+    /// as it comes, in [`Event::ResultsPart`]s (a relay's fetch).
+    async fn transfer_to(
+        &mut self,
+        script: (&str, &str, &[String]),
+        mut input: impl tokio::io::AsyncRead + Unpin,
+        limit: u64,
+        timeout: Option<Duration>,
+        pass_on: bool,
+    ) -> Result<Answer, Cut> {
+        let (id, events) = (self.id, self.events);
         let launch = self.launch(script, &[], false, false).map_err(Cut::Lost)?;
         let mut child = self
             .session
@@ -292,6 +302,10 @@ impl HostTask<'_> {
         let read_out = async {
             let mut buf = Vec::new();
             if let Some(r) = stdout {
+                if pass_on {
+                    pass_pieces_on(r, limit, id, events).await?;
+                    return Ok(buf);
+                }
                 let _ = r.take(limit + 1).read_to_end(&mut buf).await;
             }
             if buf.len() as u64 > limit {
@@ -334,6 +348,32 @@ impl HostTask<'_> {
             stdout,
             stderr,
         })
+    }
+}
+
+/// Sends what `from` says on as [`Event::ResultsPart`]s of host `id`, in
+/// pieces of [`RESULTS_PART`] bytes, none of it kept; more than `limit`
+/// bytes is cut. A read error ends it, as the end of the stream does: the
+/// script's exit status then says how it went.
+async fn pass_pieces_on(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    limit: u64,
+    id: crate::events::HostId,
+    events: &tokio::sync::mpsc::Sender<Event>,
+) -> Result<(), Cut> {
+    let mut total = 0u64;
+    loop {
+        let mut part = Vec::with_capacity(RESULTS_PART);
+        let mut piece = (&mut from).take(RESULTS_PART as u64);
+        let n = piece.read_to_end(&mut part).await.unwrap_or(0);
+        if n == 0 {
+            return Ok(());
+        }
+        total += n as u64;
+        if total > limit {
+            return Err(Cut::TooBig(limit));
+        }
+        let _ = events.send(Event::ResultsPart(id, part)).await;
     }
 }
 
