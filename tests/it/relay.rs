@@ -1311,3 +1311,36 @@ fn waves_span_direct_and_relayed_hosts_and_skipped_leaves_are_never_contacted() 
         .collect();
     assert_eq!(served, vec![1, 2, 1], "{s}");
 }
+
+#[test]
+fn copy_and_fetch_go_through_two_levels_of_relays() {
+    if !is_root() {
+        eprintln!("skipped: the hosts have their own /tmp only when root");
+        return;
+    }
+    let hosts = TestHosts::start(5);
+    let (r1, r2, inv) = depth_two(&hosts);
+    let limit = format!("!{r1},!{r2}");
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("blob");
+    std::fs::write(&file, crate::common::noise(300_000, 3)).unwrap();
+    let args = ["--limit", &limit, file.to_str().unwrap(), "/tmp/blob"];
+    let out = subcommand(&hosts, &inv, "copy", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stderr.contains("3 hosts in"), "{}", out.stderr);
+    for i in 2..5 {
+        let there = std::fs::read(hosts.tmp_dir(i).join("blob")).unwrap();
+        assert_eq!(there, std::fs::read(&file).unwrap(), "host {i}");
+    }
+    assert!(!hosts.tmp_dir(0).join("blob").exists() && !hosts.tmp_dir(1).join("blob").exists());
+    // and back, each leaf into its own folder
+    let into = local.path().join("back");
+    let args = ["--limit", &limit, "/tmp/blob", into.to_str().unwrap()];
+    let out = subcommand(&hosts, &inv, "fetch", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    for i in 2..5 {
+        let back = std::fs::read(into.join(hosts.addr(i)).join("blob")).unwrap();
+        assert_eq!(back, std::fs::read(&file).unwrap(), "host {i}");
+    }
+    assert_eq!(std::fs::read_dir(&into).unwrap().count(), 3);
+}
