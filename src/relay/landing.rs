@@ -110,3 +110,90 @@ impl Landing {
         fetched_outcome(unpacked, timings)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::events::Timings;
+
+    fn tar_of(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn host(name: &str) -> Host {
+        Host {
+            name: name.into(),
+            settings: Arc::default(),
+            groups: Vec::new(),
+        }
+    }
+
+    fn ended_well() -> HostOutcome {
+        HostOutcome {
+            status: Status::Ok,
+            exit_code: Some(0),
+            reason: None,
+            notes: Vec::new(),
+            timings: Timings::default(),
+            stage: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_land_only_for_a_host_that_ended_well_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = |h: &str| dir.path().join(h);
+        let folders: HashMap<String, PathBuf> = ["a", "b", "c"]
+            .iter()
+            .map(|h| (h.to_string(), folder(h)))
+            .collect();
+        let job = FetchJob {
+            paths: vec!["/f".into()],
+            folders,
+            max_bytes: 16 * 1024,
+            forward: false,
+        };
+        let mut landing = Landing {
+            job: Arc::new(job),
+            spools: HashMap::new(),
+        };
+        let data = tar_of("f", 0o4777, b"fetched\n");
+        for piece in data.chunks(1000) {
+            landing.part(0, piece);
+            landing.part(1, piece);
+        }
+        let a = landing.finish(0, &host("a"), ended_well()).await;
+        assert_eq!(a.status, Status::Ok, "{a:?}");
+        assert_eq!(std::fs::read(folder("a").join("f")).unwrap(), b"fetched\n");
+        let mode = std::fs::metadata(folder("a").join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "setuid and o+w masked");
+
+        // a host that failed keeps what it ended with, and nothing lands
+        let failed = HostOutcome::without_exit(Status::Failed, "exit 2", Timings::default());
+        let b = landing.finish(1, &host("b"), failed).await;
+        assert_eq!(b.reason.as_deref(), Some("exit 2"));
+        assert!(!folder("b").exists());
+
+        // more than --max-bytes fails the host, whatever it said
+        for _ in 0..20 {
+            landing.part(2, &[0u8; 1024]);
+        }
+        let c = landing.finish(2, &host("c"), ended_well()).await;
+        assert_eq!(c.status, Status::Failed);
+        let why = c.reason.unwrap();
+        assert!(why.contains("more than 16384 bytes"), "{why}");
+        assert!(!folder("c").exists());
+    }
+}

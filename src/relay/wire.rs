@@ -391,6 +391,35 @@ mod tests {
     }
 
     #[test]
+    fn copy_and_fetch_jobs_name_the_staged_archive_and_the_limit() {
+        let copy = PlannedJob::Copy {
+            dir: "/var/tmp/.pushrun-me/runs/r1/payload".into(),
+            digest: "abc".into(),
+            dest: "/opt/app".into(),
+            names: vec!["bin".into(), "conf".into()],
+        };
+        let fetch = PlannedJob::Fetch {
+            paths: vec!["/etc/hostname".into()],
+            max_bytes: 1 << 20,
+        };
+        let text = serde_json::to_string(&[copy, fetch]).unwrap();
+        assert!(text.contains(r#""kind":"copy""#), "{text}");
+        assert!(text.contains(r#""kind":"fetch""#), "{text}");
+        let back: Vec<PlannedJob> = serde_json::from_str(&text).unwrap();
+        let [
+            PlannedJob::Copy { dest, names, .. },
+            PlannedJob::Fetch { max_bytes, .. },
+        ] = &back[..]
+        else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            (dest.as_str(), names.len(), *max_bytes),
+            ("/opt/app", 2, 1 << 20)
+        );
+    }
+
+    #[test]
     fn a_relay_report_keeps_its_summary_shape() {
         let report = RelayReport {
             path: "r1".into(),
