@@ -2,12 +2,14 @@
 //! the host's one connection, through `remote/copy.sh` and
 //! `remote/fetch.sh`.
 //!
-//! Copy sends one archive, built once for every host, which the host
-//! unpacks beside the destination and renames into place file by file.
-//! Fetch reads what the host sends as untrusted: at most `max_bytes`,
-//! regular files and directories only (no symlink is made or followed),
-//! modes masked (no setuid, setgid or sticky bit, nothing group- or
-//! world-writable), names that stay inside the host's folder.
+//! Copy sends one archive, built once for every host into a file with no
+//! name (never held in memory: a copy can be hundreds of MB) and streamed
+//! from there by each host, which unpacks it beside the destination and
+//! renames into place file by file. Fetch reads what the host sends as
+//! untrusted: at most `max_bytes`, regular files and directories only (no
+//! symlink is made or followed), modes masked (no setuid, setgid or sticky
+//! bit, nothing group- or world-writable), names that stay inside the
+//! host's folder. On a relay, fetch passes it on up unopened instead.
 
 use std::collections::HashMap;
 use std::fs;
