@@ -15,6 +15,12 @@
 //! ends with that reason. Cancelling closes the relay's stdin; it then
 //! stops its hosts' commands, cleans up and says so before it exits.
 //!
+//! `copy` and `fetch` go the same way: a copy's archive is staged on each
+//! relay once, like a payload, and the relay copies it to its hosts; what
+//! hosts send for a fetch comes back up unopened and lands on the
+//! initiator (`landing`). A rolling run (`--batch`) with hosts behind relays
+//! runs wave by wave at this level (`waves`).
+//!
 //! The initiator's side of one relay is in `upstream` (staging on it in
 //! `upstream::staging`), the relay's own side in `serve`, the frames between
 //! them in [`wire`]; `tree` says which hosts go through which relay.
