@@ -323,7 +323,12 @@ impl RelayTask {
         };
         tally.report.stage_ms = started.elapsed().as_millis() as u64;
         let staged = staged?;
-        let plan = self.plan(staged.payload_dir.clone(), known_hosts);
+        let Some(plan) = self.plan(staged.payload_dir.clone(), known_hosts) else {
+            return Err(RelayError::Shown {
+                status: Status::Failed,
+                reason: format!("relay {relay}: nothing was staged for the job"),
+            });
+        };
         let started = Instant::now();
         let mut process = RelayProcess::start(session, agent, &staged, &relay).await?;
         process
@@ -440,8 +445,12 @@ impl RelayTask {
         None
     }
 
-    /// The relay's plan.
-    fn plan(&self, payload_dir: Option<(String, String)>, known_hosts: String) -> wire::Plan {
+    /// The relay's plan (none for a job whose files were not staged).
+    fn plan(
+        &self,
+        payload_dir: Option<(String, String)>,
+        known_hosts: String,
+    ) -> Option<wire::Plan> {
         let spec = &self.spec;
         let job = match (&spec.job, payload_dir) {
             (Job::Payload(j), Some((dir, digest))) => PlannedJob::Payload {
@@ -461,9 +470,11 @@ impl RelayTask {
                 max_bytes: f.max_bytes,
             },
             (Job::Command(c), _) => PlannedJob::Command { command: c.clone() },
-            _ => PlannedJob::Clean,
+            (Job::Clean, _) => PlannedJob::Clean,
+            // staging gives these a dir, always
+            (Job::Payload(_) | Job::Copy(_), None) => return None,
         };
-        wire::Plan {
+        Some(wire::Plan {
             version: wire::VERSION,
             run_id: self.relaying.run_id.clone(),
             path: self.subtree.relay.name.clone(),
@@ -484,7 +495,7 @@ impl RelayTask {
             converge: spec.converge,
             repeat: spec.repeat,
             max_results: spec.max_results,
-        }
+        })
     }
 }
 
