@@ -205,7 +205,9 @@ pub enum Event {
     /// sends, as it arrives (at most [`RESULTS_PART`] bytes). The pieces of
     /// one collect come in order, then [`Event::Collected`]; a collect that
     /// failed (a lost host, results over `--max-results`) ends at the host's
-    /// [`Event::Finished`] instead, and its pieces are dropped.
+    /// [`Event::Finished`] instead, and its pieces are dropped. From a
+    /// relay in a `fetch`, the pieces are the tar the host sent, which the
+    /// initiator unpacks (they never reach the reporter).
     ResultsPart(
         HostId,
         #[serde(with = "crate::encoding::bytes_base64")] Vec<u8>,

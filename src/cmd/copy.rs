@@ -1,8 +1,10 @@
 //! `pushrun copy`: files and directories to every selected host, over each
 //! host's one connection.
 //!
-//! The sources are read into one archive before any host is contacted, so
-//! every host gets the same bytes and a missing source costs nothing.
+//! The sources are read into one archive (on disk, in a file with no name)
+//! before any host is contacted, so every host gets the same bytes and a
+//! missing source costs nothing. Hosts behind a relay get it from their
+//! relay, to which it is sent once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +17,6 @@ use super::waves::WaveArgs;
 use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
 use crate::fleet::{CopyJob, Job, PtyMode, RunSpec};
-use crate::inventory::Host;
 use crate::run::{self, Plan};
 
 /// Flags of `pushrun copy`.
@@ -68,8 +69,7 @@ impl CopyArgs {
         let job = CopyJob::new(sources, dest.to_string())
             .map_err(|e| Error::Usage(format!("copy: {e}")))?;
         let (hosts, hops) = self.select.select_with_hops()?;
-        let hosts = self.connect.apply(hosts);
-        no_relays("copy", &hosts, &hops)?;
+        let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         let login = self.connect.login_password()?;
         let access = self.sudo.access(&hosts, login)?;
         let waves = self.waves.waves(&hosts)?;
@@ -93,22 +93,8 @@ impl CopyArgs {
             output: output_mode(self.gather, self.json),
             results: None,
             run_id: run::new_run_id(),
-            hops: Vec::new(),
-            relay_binary: None,
+            hops,
+            relay_binary: self.connect.relay_binary.clone(),
         })
-    }
-}
-
-/// Refuses hosts behind relays, which file transfers do not go through yet.
-pub(super) fn no_relays(what: &str, hosts: &[Host], hops: &[Host]) -> Result<(), Error> {
-    match hosts.iter().find(|h| h.settings.via.is_some()) {
-        Some(h) => Err(Error::Usage(format!(
-            "host {}: {what} does not go through relays (via:) yet",
-            h.name
-        ))),
-        None if !hops.is_empty() => Err(Error::Usage(format!(
-            "{what} does not go through relays (via:) yet"
-        ))),
-        None => Ok(()),
     }
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use clap::Args;
 
 use super::access::SudoArgs;
-use super::copy::no_relays;
 use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
 use crate::fleet::{FetchJob, Job, PtyMode, RunSpec};
@@ -75,8 +74,7 @@ impl FetchArgs {
             names.push(name);
         }
         let (hosts, hops) = self.select.select_with_hops()?;
-        let hosts = self.connect.apply(hosts);
-        no_relays("fetch", &hosts, &hops)?;
+        let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         let local = PathBuf::from(local);
         std::fs::create_dir_all(&local)
             .map_err(|e| Error::Usage(format!("{}: {e}", local.display())))?;
@@ -90,6 +88,7 @@ impl FetchArgs {
             paths: remote.to_vec(),
             folders,
             max_bytes: self.max_bytes,
+            forward: false,
         };
         let spec = RunSpec {
             max_results: crate::fleet::MAX_RESULTS,
@@ -111,8 +110,8 @@ impl FetchArgs {
             output: output_mode(false, self.json),
             results: None,
             run_id: run::new_run_id(),
-            hops: Vec::new(),
-            relay_binary: None,
+            hops,
+            relay_binary: self.connect.relay_binary.clone(),
         })
     }
 }

@@ -64,12 +64,6 @@ impl WaveArgs {
         if batch == Count::Hosts(0) {
             return Err(Error::Usage("--batch must be at least 1 host".into()));
         }
-        if let Some(h) = hosts.iter().find(|h| h.settings.via.is_some()) {
-            return Err(Error::Usage(format!(
-                "host {}: --batch does not go through relays (via:) yet: roll out direct hosts",
-                h.name
-            )));
-        }
         Ok(Some(Waves {
             size: batch.of(hosts.len(), 1),
             max_fail: self.max_fail.map(|m| m.of(hosts.len(), 0)),

@@ -30,6 +30,7 @@ use converge::watch_payload;
 use host::run_host;
 pub(crate) use payload::{StageError, clean_run_dir, host_run_id, stage};
 pub use transfer::{CopyJob, FetchJob};
+pub(crate) use transfer::{fetched_outcome, too_big, unpack_untrusted};
 pub use waves::Waves;
 
 use crate::auth::Access;
@@ -214,19 +215,13 @@ pub async fn run(
         _ => None,
     };
     let slots = Arc::new(Semaphore::new(spec.forks.max(1)));
-    let ids: Vec<HostId> = (0..hosts.len()).collect();
     let waves = match &spec.waves {
-        Some(w) => ids.chunks(w.size.max(1)).map(<[HostId]>::to_vec).collect(),
-        None => vec![ids],
+        Some(w) => w.cut(hosts.len()),
+        None => vec![(0..hosts.len()).collect()],
     };
     let mut failed = 0;
     for (n, wave) in waves.iter().enumerate() {
-        if let Some(limit) = spec.waves.as_ref().and_then(|w| w.max_fail)
-            && failed > limit
-        {
-            let why = format!(
-                "not started: --max-fail {limit} exceeded ({failed} failed in earlier waves)"
-            );
+        if let Some(why) = spec.waves.as_ref().and_then(|w| w.stop(failed)) {
             for &id in waves[n..].iter().flatten() {
                 let o = HostOutcome::without_exit(Status::Skipped, why.clone(), Timings::default());
                 let _ = events.send(Event::Finished(id, o)).await;

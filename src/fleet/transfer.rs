@@ -2,16 +2,19 @@
 //! the host's one connection, through `remote/copy.sh` and
 //! `remote/fetch.sh`.
 //!
-//! Copy sends one archive, built once for every host, which the host
-//! unpacks beside the destination and renames into place file by file.
-//! Fetch reads what the host sends as untrusted: at most `max_bytes`,
-//! regular files and directories only (no symlink is made or followed),
-//! modes masked (no setuid, setgid or sticky bit, nothing group- or
-//! world-writable), names that stay inside the host's folder.
+//! Copy sends one archive, built once for every host into a file with no
+//! name (never held in memory: a copy can be hundreds of MB) and streamed
+//! from there by each host, which unpacks it beside the destination and
+//! renames into place file by file. Fetch reads what the host sends as
+//! untrusted: at most `max_bytes`, regular files and directories only (no
+//! symlink is made or followed), modes masked (no setuid, setgid or sticky
+//! bit, nothing group- or world-writable), names that stay inside the
+//! host's folder. On a relay, fetch passes it on up unopened instead.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::host::HostTask;
 use super::{error_chain, raised};
-use crate::events::{HostOutcome, Status, Timings};
+use crate::events::{Event, HostOutcome, RESULTS_PART, Status, Timings};
+use crate::payload::unnamed_file;
 use crate::remote;
 use crate::remote::AfterFrame;
 
@@ -33,8 +37,11 @@ const STDERR_KEPT: u64 = 64 * 1024;
 /// Files and directories to put on every host.
 #[derive(Debug)]
 pub struct CopyJob {
-    /// Their tar (modes kept, symlinks as symlinks), built once.
-    archive: Vec<u8>,
+    /// Their tar (modes kept, symlinks as symlinks), built once into a file
+    /// with no name; each host reads it through an opening of its own.
+    archive: fs::File,
+    /// The archive's size in bytes.
+    size: u64,
     /// Where they go on the host.
     pub dest: String,
     /// The archive's top-level names, one per source.
@@ -45,9 +52,11 @@ pub struct CopyJob {
 
 impl CopyJob {
     /// Reads `sources` (files or directories, each under its own name) into
-    /// one archive for `dest`.
+    /// one archive for `dest`, on disk: the sources are never held in
+    /// memory whole.
     pub fn new(sources: &[PathBuf], dest: String) -> io::Result<CopyJob> {
-        let mut tar = tar::Builder::new(Vec::new());
+        let spool = io::BufWriter::with_capacity(256 * 1024, unnamed_file()?);
+        let mut tar = tar::Builder::new(spool);
         tar.follow_symlinks(false);
         tar.mode(tar::HeaderMode::Complete);
         let mut names: Vec<String> = Vec::new();
@@ -68,13 +77,29 @@ impl CopyJob {
             }
             names.push(name);
         }
-        let archive = tar.into_inner()?;
-        let files = tar::Archive::new(&archive[..])
-            .entries()?
-            .filter(|e| e.as_ref().is_ok_and(|e| e.header().entry_type().is_file()))
-            .count();
+        let archive = tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+        CopyJob::from_archive(archive, dest, names)
+    }
+
+    /// A copy of the tar in `archive` (read from its start) to `dest`;
+    /// `names` are its top-level names.
+    pub(crate) fn from_archive(
+        mut archive: fs::File,
+        dest: String,
+        names: Vec<String>,
+    ) -> io::Result<CopyJob> {
+        use std::io::{Seek, SeekFrom};
+        archive.seek(SeekFrom::Start(0))?;
+        let mut files = 0;
+        for entry in tar::Archive::new(io::BufReader::new(&archive)).entries()? {
+            if entry?.header().entry_type().is_file() {
+                files += 1;
+            }
+        }
+        let size = archive.metadata()?.len();
         Ok(CopyJob {
             archive,
+            size,
             dest,
             names,
             files,
@@ -82,8 +107,14 @@ impl CopyJob {
     }
 
     /// The archive's size in bytes.
-    pub fn bytes(&self) -> usize {
-        self.archive.len()
+    pub fn bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// The archive's path for this process: a new opening of it reads it
+    /// from its start, whoever else is reading it.
+    pub(crate) fn archive_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.archive.as_raw_fd()))
     }
 }
 
@@ -110,6 +141,10 @@ pub struct FetchJob {
     pub folders: HashMap<String, PathBuf>,
     /// The most bytes one host may send.
     pub max_bytes: u64,
+    /// On a relay: what a host sends is not unpacked here but passed on up,
+    /// as it came, in [`Event::ResultsPart`]s then [`Event::Collected`];
+    /// the initiator unpacks it (see `relay::landing`).
+    pub forward: bool,
 }
 
 /// How a transfer ended, short of a clean exit.
@@ -142,10 +177,18 @@ impl HostTask<'_> {
         let started = Instant::now();
         let mut args = vec![job.dest.clone()];
         args.extend(job.names.iter().cloned());
+        // an opening of its own: hosts read the shared archive each from its start
+        let archive = match tokio::fs::File::open(job.archive_path()).await {
+            Ok(f) => tokio::io::BufReader::with_capacity(64 * 1024, f),
+            Err(e) => {
+                let why = format!("cannot read the copy's archive: {e}");
+                return HostOutcome::without_exit(Status::Failed, why, timings);
+            }
+        };
         let answer = self
             .transfer(
                 (remote::COPY, "pushrun-copy", &args),
-                &job.archive,
+                archive,
                 4096,
                 timeout,
             )
@@ -173,11 +216,12 @@ impl HostTask<'_> {
     ) -> HostOutcome {
         let started = Instant::now();
         let answer = self
-            .transfer(
+            .transfer_to(
                 (remote::FETCH, "pushrun-fetch", &job.paths),
-                &[],
+                tokio::io::empty(),
                 job.max_bytes,
                 timeout,
+                job.forward,
             )
             .await;
         timings.run = started.elapsed();
@@ -188,23 +232,21 @@ impl HostTask<'_> {
         if answer.code != Some(0) {
             return HostOutcome::without_exit(Status::Failed, failure("fetch", &answer), timings);
         }
+        if job.forward {
+            // every piece went on up as it came
+            let _ = self.events.send(Event::Collected(self.id)).await;
+            return ok(timings, Vec::new());
+        }
         let Some(folder) = job.folders.get(&self.host.name).cloned() else {
             return HostOutcome::without_exit(Status::Failed, "no folder for host", timings);
         };
         let started = Instant::now();
         let unpacked =
-            tokio::task::spawn_blocking(move || unpack_untrusted(&answer.stdout, &folder)).await;
+            tokio::task::spawn_blocking(move || unpack_untrusted(&answer.stdout[..], &folder))
+                .await;
         timings.collect = started.elapsed();
         match unpacked {
-            Ok(Ok(skipped)) if skipped.is_empty() => ok(timings, Vec::new()),
-            Ok(Ok(skipped)) => ok(
-                timings,
-                vec![format!(
-                    "not kept (neither file nor directory): {}",
-                    skipped.join(", ")
-                )],
-            ),
-            Ok(Err(e)) => HostOutcome::without_exit(Status::Failed, e.to_string(), timings),
+            Ok(unpacked) => fetched_outcome(unpacked, timings),
             Err(e) => HostOutcome::without_exit(Status::Failed, e.to_string(), timings),
         }
     }
@@ -214,10 +256,24 @@ impl HostTask<'_> {
     async fn transfer(
         &mut self,
         script: (&str, &str, &[String]),
-        input: &[u8],
+        input: impl tokio::io::AsyncRead + Unpin,
         limit: u64,
         timeout: Option<Duration>,
     ) -> Result<Answer, Cut> {
+        self.transfer_to(script, input, limit, timeout, false).await
+    }
+
+    /// [`Self::transfer`]; with `pass_on`, stdout is not kept but sent on
+    /// as it comes, in [`Event::ResultsPart`]s (a relay's fetch).
+    async fn transfer_to(
+        &mut self,
+        script: (&str, &str, &[String]),
+        mut input: impl tokio::io::AsyncRead + Unpin,
+        limit: u64,
+        timeout: Option<Duration>,
+        pass_on: bool,
+    ) -> Result<Answer, Cut> {
+        let (id, events) = (self.id, self.events);
         let launch = self.launch(script, &[], false, false).map_err(Cut::Lost)?;
         let mut child = self
             .session
@@ -239,7 +295,7 @@ impl HostTask<'_> {
                 if let Some(mut framed) = framed {
                     let _ = framed.wait_for(|done| *done).await;
                 }
-                let _ = w.write_all(input).await;
+                let _ = tokio::io::copy(&mut input, w).await;
                 let _ = w.shutdown().await;
             }
             drop(stdin.take());
@@ -248,6 +304,10 @@ impl HostTask<'_> {
         let read_out = async {
             let mut buf = Vec::new();
             if let Some(r) = stdout {
+                if pass_on {
+                    pass_pieces_on(r, limit, id, events).await?;
+                    return Ok(buf);
+                }
                 let _ = r.take(limit + 1).read_to_end(&mut buf).await;
             }
             if buf.len() as u64 > limit {
@@ -293,6 +353,32 @@ impl HostTask<'_> {
     }
 }
 
+/// Sends what `from` says on as [`Event::ResultsPart`]s of host `id`, in
+/// pieces of [`RESULTS_PART`] bytes, none of it kept; more than `limit`
+/// bytes is cut. A read error ends it, as the end of the stream does: the
+/// script's exit status then says how it went.
+async fn pass_pieces_on(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    limit: u64,
+    id: crate::events::HostId,
+    events: &tokio::sync::mpsc::Sender<Event>,
+) -> Result<(), Cut> {
+    let mut total = 0u64;
+    loop {
+        let mut part = Vec::with_capacity(RESULTS_PART);
+        let mut piece = (&mut from).take(RESULTS_PART as u64);
+        let n = piece.read_to_end(&mut part).await.unwrap_or(0);
+        if n == 0 {
+            return Ok(());
+        }
+        total += n as u64;
+        if total > limit {
+            return Err(Cut::TooBig(limit));
+        }
+        let _ = events.send(Event::ResultsPart(id, part)).await;
+    }
+}
+
 /// A host that ended well, with `notes`.
 fn ok(timings: Timings, notes: Vec<String>) -> HostOutcome {
     HostOutcome {
@@ -303,6 +389,26 @@ fn ok(timings: Timings, notes: Vec<String>) -> HostOutcome {
         timings,
         stage: None,
     }
+}
+
+/// A fetch's outcome, once what the host sent was unpacked (or not).
+pub(crate) fn fetched_outcome(unpacked: io::Result<Vec<String>>, timings: Timings) -> HostOutcome {
+    match unpacked {
+        Ok(skipped) if skipped.is_empty() => ok(timings, Vec::new()),
+        Ok(skipped) => ok(
+            timings,
+            vec![format!(
+                "not kept (neither file nor directory): {}",
+                skipped.join(", ")
+            )],
+        ),
+        Err(e) => HostOutcome::without_exit(Status::Failed, e.to_string(), timings),
+    }
+}
+
+/// The outcome of a fetch whose host sent more than `limit` bytes.
+pub(crate) fn too_big(limit: u64, timings: Timings) -> HostOutcome {
+    cut_outcome(Cut::TooBig(limit), timings)
 }
 
 /// The outcome of a transfer cut short.
@@ -340,7 +446,7 @@ fn failure(what: &str, answer: &Answer) -> String {
 /// Unpacks the host's archives (one after the other in `data`) into
 /// `folder`, keeping only regular files and directories, with masked
 /// modes. Returns the names of entries left out.
-fn unpack_untrusted(data: &[u8], folder: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn unpack_untrusted(data: impl Read, folder: &Path) -> io::Result<Vec<String>> {
     real_dir(folder)?;
     let mut archive = tar::Archive::new(data);
     // one archive per fetched path, back to back
@@ -473,7 +579,7 @@ mod tests {
         ]);
         // a second archive after the first, as fetch.sh sends them
         data.extend(archive(&[("f", tar::EntryType::Regular, 0o666, b"x")]));
-        let skipped = unpack_untrusted(&data, dir.path()).unwrap();
+        let skipped = unpack_untrusted(&data[..], dir.path()).unwrap();
         assert_eq!(skipped, vec!["d/link".to_string()]);
         let mode = |p: &str| {
             fs::metadata(dir.path().join(p))
@@ -493,7 +599,7 @@ mod tests {
     fn names_leaving_the_folder_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let data = archive(&[("../evil", tar::EntryType::Regular, 0o644, b"x")]);
-        let err = unpack_untrusted(&data, &dir.path().join("h")).unwrap_err();
+        let err = unpack_untrusted(&data[..], &dir.path().join("h")).unwrap_err();
         assert!(err.to_string().contains("unsafe name"), "{err}");
         assert!(!dir.path().join("evil").exists());
     }
@@ -503,6 +609,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/tmp", dir.path().join("h")).unwrap();
         let data = archive(&[("f", tar::EntryType::Regular, 0o644, b"x")]);
-        assert!(unpack_untrusted(&data, &dir.path().join("h")).is_err());
+        assert!(unpack_untrusted(&data[..], &dir.path().join("h")).is_err());
     }
 }

@@ -155,7 +155,7 @@ impl Payload {
 
 /// A new file readable and writable by this user only, with no name: Linux's
 /// `O_TMPFILE` in the temp dir, or else a file made there and unlinked at once.
-fn unnamed_file() -> io::Result<File> {
+pub(crate) fn unnamed_file() -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = std::env::temp_dir();
     let unnamed = std::fs::OpenOptions::new()

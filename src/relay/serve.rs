@@ -6,6 +6,7 @@
 //! protocol. What the relay has to say goes to stderr, whose last lines the
 //! initiator keeps for the summary.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::wire::{self, Down, FrameError, Plan, PlannedJob, RelayReport, Up};
 use super::{KnownHostsSource, Relaying, run};
 use crate::events::{Event, HostOutcome, Status, Timings};
-use crate::fleet::{Job, PayloadJob, RunSpec, error_chain};
+use crate::fleet::{CopyJob, FetchJob, Job, PayloadJob, RunSpec, error_chain};
 use crate::inventory::Host;
 use crate::payload::{Payload, PayloadError};
 use crate::session::{ControlDir, HostKeyChecking};
@@ -66,6 +67,13 @@ enum PlanError {
         dir: String,
         found: String,
         expected: String,
+    },
+    /// The staged copy archive cannot be opened.
+    #[error("the staged copy archive {}", path.display())]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     /// Preparing was cut short.
     #[error(transparent)]
@@ -214,6 +222,27 @@ async fn send_events(mut events: mpsc::Receiver<Event>, output: &mut BufWriter<S
     ok
 }
 
+/// The copy the initiator staged here, hashed again (it must be what the
+/// initiator sent), its archive opened once for all hosts.
+fn staged_copy(
+    dir: &str,
+    digest: &str,
+    dest: String,
+    names: Vec<String>,
+) -> Result<CopyJob, PlanError> {
+    let path = std::path::Path::new(dir).join(wire::COPY_ARCHIVE);
+    let payload = Payload::single_file(&path, wire::COPY_ARCHIVE).map_err(PlanError::Payload)?;
+    if payload.digest() != digest {
+        return Err(PlanError::Digest {
+            found: payload.digest().to_string(),
+            dir: dir.to_string(),
+            expected: digest.to_string(),
+        });
+    }
+    let opened = std::fs::File::open(&path).and_then(|f| CopyJob::from_archive(f, dest, names));
+    opened.map_err(|source| PlanError::Archive { path, source })
+}
+
 /// The plan's hosts, relay settings and run spec, as this relay uses them.
 fn prepare(plan: Plan, known: PathBuf) -> Result<Prepared, PlanError> {
     std::fs::write(&known, &plan.known_hosts).map_err(|source| PlanError::KnownHosts {
@@ -251,6 +280,18 @@ fn prepare(plan: Plan, known: PathBuf) -> Result<Prepared, PlanError> {
             let job = PayloadJob::new(payload, args, cache, plan.run_id.clone());
             Job::Payload(Arc::new(job))
         }
+        PlannedJob::Copy {
+            dir,
+            digest,
+            dest,
+            names,
+        } => Job::Copy(Arc::new(staged_copy(&dir, &digest, dest, names)?)),
+        PlannedJob::Fetch { paths, max_bytes } => Job::Fetch(Arc::new(FetchJob {
+            paths,
+            folders: HashMap::new(),
+            max_bytes,
+            forward: true,
+        })),
     };
     let mut ssh = plan.ssh;
     // Strict: the lines that came with the plan are all there is to trust.

@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::landing::Landing;
 use super::wire::{self, Down, FrameError, PlannedJob, RelayReport, Up};
 use super::{BinaryError, Relaying, known_hosts, renumber, tree::Subtree};
 use crate::events::{Event, HostId, HostOutcome, Status, Timings};
@@ -68,6 +69,8 @@ struct Tally {
     finished: Vec<bool>,
     /// The relays below it, as it reported them.
     nested: Vec<RelayReport>,
+    /// Where a fetch's files from its hosts land.
+    landing: Option<Landing>,
 }
 
 /// Why a relay could not serve (the rest of) its subtree.
@@ -100,6 +103,9 @@ enum RelayError {
         /// The binary's OS and machine, in Rust's words.
         built_for: String,
     },
+    /// A copy's archive cannot be read to stage it.
+    #[error("relay {relay}: the copy's archive: {reason}")]
+    Archive { relay: String, reason: String },
     /// The pushrun binary for relays cannot be had.
     #[error("relay {relay}")]
     Binary {
@@ -135,7 +141,9 @@ impl RelayError {
         match self {
             RelayError::Shown { status, .. } => *status,
             RelayError::InterruptedConnecting { .. } => Status::Cancelled,
-            RelayError::WrongMachine { .. } | RelayError::Binary { .. } => Status::Failed,
+            RelayError::WrongMachine { .. }
+            | RelayError::Binary { .. }
+            | RelayError::Archive { .. } => Status::Failed,
             RelayError::Lost { .. } | RelayError::Spawn { .. } | RelayError::NoOutput { .. } => {
                 Status::Unreachable
             }
@@ -211,6 +219,7 @@ impl RelayTask {
             },
             finished: vec![false; self.subtree.hosts.len()],
             nested: Vec::new(),
+            landing: Landing::of(&self.spec),
         };
         if let Err(e) = self.serve(&mut tally).await {
             let (status, reason) = (e.status(), error_chain(&e));
@@ -314,7 +323,12 @@ impl RelayTask {
         };
         tally.report.stage_ms = started.elapsed().as_millis() as u64;
         let staged = staged?;
-        let plan = self.plan(staged.payload_dir.clone(), known_hosts);
+        let Some(plan) = self.plan(staged.payload_dir.clone(), known_hosts) else {
+            return Err(RelayError::Shown {
+                status: Status::Failed,
+                reason: format!("relay {relay}: nothing was staged for the job"),
+            });
+        };
         let started = Instant::now();
         let mut process = RelayProcess::start(session, agent, &staged, &relay).await?;
         process
@@ -367,11 +381,12 @@ impl RelayTask {
                         None | Some(Ok(None)) => return Close::Ended,
                         Some(Err(e)) => return Close::Broken(Ending::Frame(e)),
                     };
-                    heard = tokio::time::Instant::now();
                     tally.report.bytes_received += size;
                     if let Some(close) = self.on_frame(frame, &mut hello, tally).await {
                         return close;
                     }
+                    // after the frame: landing a fetch's files can take a while
+                    heard = tokio::time::Instant::now();
                 }
                 _ = cancelled(&mut cancel), if deadline.is_none() => {
                     process.cancel(&mut tally.report).await;
@@ -403,9 +418,24 @@ impl RelayTask {
             Up::Event { mut event } => {
                 // The relay numbers its hosts from 0; here they have ids of this level.
                 let local = *event.host_mut();
-                let Some((id, _)) = self.subtree.hosts.get(local) else {
+                let Some((id, host)) = self.subtree.hosts.get(local) else {
                     return Some(Close::Broken(Ending::UnknownHost(local)));
                 };
+                if let Some(landing) = tally.landing.as_mut() {
+                    // a fetch's files land here, not with the reporter
+                    match event {
+                        Event::ResultsPart(_, part) => {
+                            landing.part(local, &part);
+                            return None;
+                        }
+                        Event::Collected(_) => return None,
+                        Event::Finished(_, outcome) => {
+                            let outcome = landing.finish(local, host, outcome).await;
+                            event = Event::Finished(local, outcome);
+                        }
+                        _ => {}
+                    }
+                }
                 if let Event::Finished(..) = event {
                     tally.finished[local] = true;
                 }
@@ -415,20 +445,36 @@ impl RelayTask {
         None
     }
 
-    /// The relay's plan.
-    fn plan(&self, payload_dir: Option<String>, known_hosts: String) -> wire::Plan {
+    /// The relay's plan (none for a job whose files were not staged).
+    fn plan(
+        &self,
+        payload_dir: Option<(String, String)>,
+        known_hosts: String,
+    ) -> Option<wire::Plan> {
         let spec = &self.spec;
         let job = match (&spec.job, payload_dir) {
-            (Job::Payload(j), Some(dir)) => PlannedJob::Payload {
+            (Job::Payload(j), Some((dir, digest))) => PlannedJob::Payload {
                 dir,
-                digest: j.payload.digest().to_string(),
+                digest,
                 args: j.args.clone(),
                 cache: j.cache,
             },
+            (Job::Copy(c), Some((dir, digest))) => PlannedJob::Copy {
+                dir,
+                digest,
+                dest: c.dest.clone(),
+                names: c.names.clone(),
+            },
+            (Job::Fetch(f), _) => PlannedJob::Fetch {
+                paths: f.paths.clone(),
+                max_bytes: f.max_bytes,
+            },
             (Job::Command(c), _) => PlannedJob::Command { command: c.clone() },
-            _ => PlannedJob::Clean,
+            (Job::Clean, _) => PlannedJob::Clean,
+            // staging gives these a dir, always
+            (Job::Payload(_) | Job::Copy(_), None) => return None,
         };
-        wire::Plan {
+        Some(wire::Plan {
             version: wire::VERSION,
             run_id: self.relaying.run_id.clone(),
             path: self.subtree.relay.name.clone(),
@@ -449,7 +495,7 @@ impl RelayTask {
             converge: spec.converge,
             repeat: spec.repeat,
             max_results: spec.max_results,
-        }
+        })
     }
 }
 

@@ -30,8 +30,9 @@ use crate::session::SshOptions;
 /// The protocol's version; both ends must speak the same. 2: frames carry
 /// the domain types (events, hosts, access) as serde writes them. 3:
 /// results come in pieces (`results_part`, then `collected`), and the plan
-/// carries `max_results`.
-pub const VERSION: u32 = 3;
+/// carries `max_results`. 4: copy and fetch go through relays (the
+/// `copy` and `fetch` jobs; a fetched tar comes up as `results_part`s).
+pub const VERSION: u32 = 4;
 
 /// A relay sends `Up::Alive` this often when it has nothing else to say.
 pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -138,7 +139,29 @@ pub(crate) enum PlannedJob {
     },
     /// `pushrun clean`.
     Clean,
+    /// `pushrun copy`: the archive the initiator staged on the relay, as a
+    /// one-file payload named [`COPY_ARCHIVE`].
+    Copy {
+        /// Where the archive's payload was staged on the relay.
+        dir: String,
+        /// That payload's digest on the initiator.
+        digest: String,
+        /// Where the files go on the hosts.
+        dest: String,
+        /// The archive's top-level names.
+        names: Vec<String>,
+    },
+    /// `pushrun fetch`: what the hosts send comes back up unopened.
+    Fetch {
+        /// Paths on the hosts.
+        paths: Vec<String>,
+        /// The most bytes one host may send.
+        max_bytes: u64,
+    },
 }
+
+/// The copy's archive's name in the one-file payload staged on a relay.
+pub(crate) const COPY_ARCHIVE: &str = "copy.tar";
 
 /// What one relay did, for `summary.json` (`relays`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -364,6 +387,35 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("s3cret"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn copy_and_fetch_jobs_name_the_staged_archive_and_the_limit() {
+        let copy = PlannedJob::Copy {
+            dir: "/var/tmp/.pushrun-me/runs/r1/payload".into(),
+            digest: "abc".into(),
+            dest: "/opt/app".into(),
+            names: vec!["bin".into(), "conf".into()],
+        };
+        let fetch = PlannedJob::Fetch {
+            paths: vec!["/etc/hostname".into()],
+            max_bytes: 1 << 20,
+        };
+        let text = serde_json::to_string(&[copy, fetch]).unwrap();
+        assert!(text.contains(r#""kind":"copy""#), "{text}");
+        assert!(text.contains(r#""kind":"fetch""#), "{text}");
+        let back: Vec<PlannedJob> = serde_json::from_str(&text).unwrap();
+        let [
+            PlannedJob::Copy { dest, names, .. },
+            PlannedJob::Fetch { max_bytes, .. },
+        ] = &back[..]
+        else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            (dest.as_str(), names.len(), *max_bytes),
+            ("/opt/app", 2, 1 << 20)
         );
     }
 

@@ -93,6 +93,9 @@ impl Render for Json {
             obj[key] = json!(summary.count(status));
             obj["hosts_by_status"][key] = json!(ended.folded(status));
         }
+        if !ended.relays.is_empty() {
+            obj["relays"] = json!(ended.relays);
+        }
         screen.json(&obj)?;
         screen.flush_out()
     }

@@ -263,6 +263,7 @@ impl Reporter {
             summary: &summary,
             elapsed: self.started.elapsed(),
             results: self.results.as_ref(),
+            relays: &self.relays,
         };
         if let Some(r) = &self.results {
             let mut document = ended.document(&self.run_id, &self.job, &self.relays);

@@ -87,6 +87,8 @@ pub(super) struct Ended<'a> {
     pub(super) elapsed: Duration,
     /// The results dir, if results were kept.
     pub(super) results: Option<&'a ResultsDir>,
+    /// What the relays did (as in summary.json).
+    pub(super) relays: &'a [Value],
 }
 
 impl Ended<'_> {

@@ -1017,3 +1017,330 @@ fn an_unattended_run_tries_a_relay_again_until_it_is_up() {
         );
     }
 }
+
+/// `pushrun SUBCOMMAND --hosts INVENTORY --ssh-config … ARGS`, to its end.
+fn subcommand(hosts: &TestHosts, inventory: &Path, sub: &str, args: &[&str]) -> crate::common::Run {
+    let out = pushrun()
+        .arg(sub)
+        .arg("--hosts")
+        .arg(inventory)
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run pushrun");
+    crate::common::to_run(out)
+}
+
+/// The `summary` object of a `--json` run.
+fn json_summary(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in\n{stdout}"))
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn copy_goes_through_a_relay_once_and_lands_byte_exact_with_modes_on_every_leaf() {
+    if !is_root() {
+        eprintln!("skipped: the hosts have their own /tmp only when root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let hosts = TestHosts::start(4);
+    let leaves: Vec<String> = (1..4).map(|i| hosts.addr(i)).collect();
+    let (relay, inv) = star(&hosts, &leaves);
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big.bin");
+    std::fs::write(&big, crate::common::noise(2_000_000, 5)).unwrap();
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("run"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(tree.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(tree.join("sub/data"), crate::common::noise(5000, 9)).unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/data"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    for i in 1..4 {
+        std::fs::create_dir(hosts.tmp_dir(i).join("dest")).unwrap();
+    }
+    let limit = format!("!{relay}");
+    let (big_s, tree_s) = (big.to_str().unwrap(), tree.to_str().unwrap());
+    let args = ["--limit", &limit, "--json", big_s, tree_s, "/tmp/dest"];
+    let out = subcommand(&hosts, &inv, "copy", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let s = json_summary(&out.stdout);
+    assert_eq!(s["ok"], 3, "{s}");
+    for i in 1..4 {
+        let dest = hosts.tmp_dir(i).join("dest");
+        assert_eq!(
+            std::fs::read(dest.join("big.bin")).unwrap(),
+            std::fs::read(&big).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(dest.join("tree/sub/data")).unwrap(),
+            std::fs::read(tree.join("sub/data")).unwrap()
+        );
+        assert_eq!(mode_of(&dest.join("tree/run")), 0o755, "host {i}");
+        assert_eq!(mode_of(&dest.join("tree/sub/data")), 0o600, "host {i}");
+    }
+    // the relay was a hop: nothing was copied onto it
+    assert!(!hosts.tmp_dir(0).join("dest").exists());
+    // The archive (a little over 2 MB) crossed to the relay once, not once per leaf.
+    let relays = s["relays"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(relays.len(), 1, "{s}");
+    let archive = relays[0]["payload"]["bytes_sent"].as_u64().unwrap();
+    assert!(
+        (2_000_000..3_000_000).contains(&archive),
+        "the archive crossed {archive} bytes to the relay: {s}"
+    );
+    assert_eq!(relays[0]["payload"]["files_sent"], 1, "{s}");
+    // and the relay removed it after the run
+    assert_eq!(run_dirs(&hosts, 0), Vec::<String>::new());
+
+    // In waves of one leaf, the relay is asked three times; its cache keeps
+    // the archive, which still crosses once.
+    let args = [
+        "--limit",
+        &limit,
+        "--batch",
+        "1",
+        "--json",
+        big_s,
+        "/tmp/dest/again",
+    ];
+    let out = subcommand(&hosts, &inv, "copy", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let s = json_summary(&out.stdout);
+    let relays = s["relays"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(relays.len(), 3, "{s}");
+    let crossed: u64 = relays
+        .iter()
+        .map(|r| r["payload"]["bytes_sent"].as_u64().unwrap())
+        .sum();
+    assert!(
+        (2_000_000..3_000_000).contains(&crossed),
+        "the archive crossed {crossed} bytes to the relay in three waves: {s}"
+    );
+    assert_eq!(relays[2]["payload"]["cache_hit"], true, "{s}");
+    for i in 1..4 {
+        let again = std::fs::read(hosts.tmp_dir(i).join("dest/again")).unwrap();
+        assert_eq!(again, std::fs::read(&big).unwrap(), "host {i}");
+    }
+
+    // A leaf that cannot take the files fails, named; the others do not.
+    std::fs::remove_dir_all(hosts.tmp_dir(3).join("dest")).unwrap();
+    std::fs::write(hosts.tmp_dir(3).join("dest"), "x").unwrap();
+    let args = ["--limit", &limit, big_s, tree_s, "/tmp/dest"];
+    let out = subcommand(&hosts, &inv, "copy", &args);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("2 ok, 1 failed"), "{}", out.stderr);
+    let failed = format!("failed: {}: ", hosts.addr(3));
+    assert!(out.stderr.contains(&failed), "{}", out.stderr);
+}
+
+#[test]
+fn fetch_goes_through_a_relay_and_lands_one_right_file_per_leaf_folder() {
+    if !is_root() {
+        eprintln!("skipped: the hosts have their own /tmp only when root");
+        return;
+    }
+    let hosts = TestHosts::start(4);
+    let leaves: Vec<String> = (1..4).map(|i| hosts.addr(i)).collect();
+    let (relay, inv) = star(&hosts, &leaves);
+    let limit = format!("!{relay}");
+    let setup = exec(
+        &hosts,
+        &inv,
+        &[
+            "--limit",
+            &limit,
+            "--",
+            "hostname > /tmp/name; mkdir -p /tmp/d; head -c 300000 /dev/urandom > /tmp/d/blob; \
+             echo x > /tmp/d/suid; chmod 4777 /tmp/d/suid; ln -s /etc/passwd /tmp/d/pw",
+        ],
+    );
+    assert_eq!(setup.code, 0, "{}", setup.all());
+    let local = tempfile::tempdir().unwrap();
+    let into = local.path().join("got");
+    let into_s = into.to_str().unwrap();
+    let out = subcommand(
+        &hosts,
+        &inv,
+        "fetch",
+        &["--limit", &limit, "/tmp/name", "/tmp/d", into_s],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("not kept (neither file nor directory): d/pw"),
+        "{}",
+        out.stderr
+    );
+    let mut folders: Vec<String> = std::fs::read_dir(&into)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    let mut want = leaves.clone();
+    want.sort();
+    assert_eq!(folders, want, "one folder per leaf, none for the relay");
+    for i in 1..4 {
+        let mine = into.join(hosts.addr(i));
+        let name = std::fs::read_to_string(mine.join("name")).unwrap();
+        assert_eq!(name.trim(), hosts.hostname(i));
+        assert_eq!(
+            std::fs::read(mine.join("d/blob")).unwrap(),
+            std::fs::read(hosts.tmp_dir(i).join("d/blob")).unwrap()
+        );
+        assert_eq!(
+            mode_of(&mine.join("d/suid")),
+            0o755,
+            "setuid and o+w masked"
+        );
+        assert!(std::fs::symlink_metadata(mine.join("d/pw")).is_err());
+    }
+
+    // the size limit holds behind the relay too
+    let out = subcommand(
+        &hosts,
+        &inv,
+        "fetch",
+        &["--limit", &limit, "--max-bytes", "100K", "/tmp/d", into_s],
+    );
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("the host sent more than 102400 bytes (--max-bytes): stopped"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn waves_span_direct_and_relayed_hosts_and_skipped_leaves_are_never_contacted() {
+    let hosts = TestHosts::start_with(&vec![
+        HostOpts {
+            debug_log: true,
+            ..HostOpts::default()
+        };
+        7
+    ]);
+    // Host 0 a relay (a hop) for hosts 1 to 4; 5 and 6 direct. In inventory
+    // order: 1 5 | 2 3 | 6 4, in waves of 2; host 1 fails.
+    let relay = hosts.addr(0);
+    let code = |i: usize| format!("vars: {{CODE: {}}}", if i == 1 { 3 } else { 0 });
+    let mut nodes = vec![node(relay.clone(), None)];
+    for i in [1, 5, 2, 3, 6, 4] {
+        let via = (i <= 4).then_some(relay.as_str());
+        let mut n = node(hosts.addr(i), via);
+        n.extra = code(i);
+        nodes.push(n);
+    }
+    let inv = write_tree(&hosts, "waves.yaml", &nodes, false);
+    let limit = format!("!{relay}");
+    let marker = format!("relay-waves-{}", std::process::id());
+    let command = format!("echo {marker}; exit $CODE");
+    let args = [
+        "--limit",
+        &limit,
+        "--batch",
+        "2",
+        "--max-fail",
+        "0",
+        "--",
+        &command,
+    ];
+    let out = exec(&hosts, &inv, &args);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains("1 ok, 1 failed, 4 skipped"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("not started: --max-fail 0 exceeded (1 failed in earlier waves)"),
+        "{}",
+        out.stderr
+    );
+    for i in 1..7 {
+        let said = out.lines_of(&hosts.addr(i));
+        let log = hosts.log(i);
+        if i == 1 || i == 5 {
+            assert_eq!(said, vec![marker.as_str()], "host {i}");
+            assert!(log.contains("Accepted publickey"), "host {i}: {log}");
+        } else {
+            assert!(said.is_empty(), "host {i}: {said:?}");
+            // never contacted, behind the relay or not: no login in its sshd's log
+            assert!(!log.contains("Accepted"), "host {i}: {log}");
+        }
+    }
+
+    // Without --max-fail every wave runs; the relay is asked once per wave
+    // it has hosts in (all three here).
+    let args = ["--limit", &limit, "--batch", "2", "--json", "--", &command];
+    let out = exec(&hosts, &inv, &args);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let s = json_summary(&out.stdout);
+    assert_eq!(
+        (s["ok"].as_u64(), s["failed"].as_u64()),
+        (Some(5), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["skipped"], 0, "{s}");
+    let relays = s["relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 3, "{s}");
+    let served: Vec<u64> = relays
+        .iter()
+        .map(|r| r["hosts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(served, vec![1, 2, 1], "{s}");
+}
+
+#[test]
+fn copy_and_fetch_go_through_two_levels_of_relays() {
+    if !is_root() {
+        eprintln!("skipped: the hosts have their own /tmp only when root");
+        return;
+    }
+    let hosts = TestHosts::start(5);
+    let (r1, r2, inv) = depth_two(&hosts);
+    let limit = format!("!{r1},!{r2}");
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("blob");
+    std::fs::write(&file, crate::common::noise(300_000, 3)).unwrap();
+    let args = ["--limit", &limit, file.to_str().unwrap(), "/tmp/blob"];
+    let out = subcommand(&hosts, &inv, "copy", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stderr.contains("3 hosts in"), "{}", out.stderr);
+    for i in 2..5 {
+        let there = std::fs::read(hosts.tmp_dir(i).join("blob")).unwrap();
+        assert_eq!(there, std::fs::read(&file).unwrap(), "host {i}");
+    }
+    assert!(!hosts.tmp_dir(0).join("blob").exists() && !hosts.tmp_dir(1).join("blob").exists());
+    // and back, each leaf into its own folder
+    let into = local.path().join("back");
+    let args = ["--limit", &limit, "/tmp/blob", into.to_str().unwrap()];
+    let out = subcommand(&hosts, &inv, "fetch", &args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    for i in 2..5 {
+        let back = std::fs::read(into.join(hosts.addr(i)).join("blob")).unwrap();
+        assert_eq!(back, std::fs::read(&file).unwrap(), "host {i}");
+    }
+    assert_eq!(std::fs::read_dir(&into).unwrap().count(), 3);
+}

@@ -20,8 +20,9 @@ pub(super) struct Staged {
     pub(super) base: String,
     /// The staged pushrun there.
     pub(super) binary: String,
-    /// The staged payload's dir there (payload runs).
-    pub(super) payload_dir: Option<String>,
+    /// The staged payload's dir there (payload runs; a copy's archive in
+    /// copy runs), and its digest.
+    pub(super) payload_dir: Option<(String, String)>,
     /// Run dirs staging made, for the start script to remove.
     pub(super) run_dirs: Vec<String>,
 }
@@ -56,9 +57,26 @@ impl RelayTask {
         let (base, bin_dir) =
             staged.map_err(|e| stage_failure(e, &relay.name, "pushrun binary"))?;
         let mut run_dirs = vec![fleet::host_run_id(&binary.run_id, relay)];
-        let payload_dir = match &self.spec.job {
-            Job::Payload(job) => {
-                let job = self.relaying.payload_job(job).await;
+        let job = match &self.spec.job {
+            Job::Payload(job) => Some(self.relaying.payload_job(job).await),
+            Job::Copy(job) => {
+                let cache = self.spec.waves.is_some();
+                let staged = self.relaying.copy_job(job, cache).await;
+                match staged {
+                    Ok(job) => Some(job),
+                    Err(reason) => {
+                        remove_run_dirs(session, &base, &run_dirs).await;
+                        return Err(RelayError::Archive {
+                            relay: relay.name.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
+        let payload_dir = match job {
+            Some(job) => {
                 run_dirs.push(fleet::host_run_id(&job.run_id, relay));
                 let mut stats = StageStats::default();
                 let staged = fleet::stage(session, relay, &job, &mut stats).await;
@@ -66,14 +84,18 @@ impl RelayTask {
                 report.bytes_sent += stats.bytes_sent;
                 report.bytes_received += stats.bytes_received;
                 match staged {
-                    Ok((_, dir)) => Some(dir),
+                    Ok((_, dir)) => Some((dir, job.payload.digest().to_string())),
                     Err(e) => {
                         remove_run_dirs(session, &base, &run_dirs).await;
-                        return Err(stage_failure(e, &relay.name, "payload"));
+                        let what = match &self.spec.job {
+                            Job::Copy(_) => "copy's archive",
+                            _ => "payload",
+                        };
+                        return Err(stage_failure(e, &relay.name, what));
                     }
                 }
             }
-            _ => None,
+            None => None,
         };
         Ok(Staged {
             binary: format!("{bin_dir}/{BINARY_NAME}"),
