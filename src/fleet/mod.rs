@@ -20,6 +20,7 @@ mod converge;
 mod host;
 mod output;
 mod payload;
+mod plain;
 mod transfer;
 mod waves;
 

@@ -31,6 +31,7 @@ mod fixtures;
 mod manifest;
 mod walk;
 
+pub use archive::FileSource;
 pub use manifest::{ManifestEntry, parse_manifest};
 
 use config::{CONFIG_NAME, Settings, settle};
