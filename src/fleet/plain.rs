@@ -178,9 +178,7 @@ fn rebuild(mut input: impl BufRead, out: impl Write) -> Result<(), String> {
     loop {
         let line = read_line(&mut input)?;
         let fields: Vec<&str> = line.split(' ').collect();
-        let (kind, rest) = fields
-            .split_first()
-            .ok_or("unexpected results stream")?;
+        let (kind, rest) = fields.split_first().ok_or("unexpected results stream")?;
         let num = |s: &str, radix| u64::from_str_radix(s, radix).ok();
         let (mode, size, len) = match (*kind, rest) {
             ("end", []) => break,
