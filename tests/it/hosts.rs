@@ -408,7 +408,68 @@ fn a_host_without_tar_or_gzip_runs_payloads_file_by_file() {
     a_damaged_cache_file_is_sent_again(&hosts, &inv, scratch.path());
     results_come_back_byte_for_byte(&hosts, &inv, scratch.path());
     payload_with_become(&hosts, &inv, scratch.path());
+    over_the_limit_or_changing_results_fail(&hosts, &inv, scratch.path());
     collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+}
+
+/// Plain results are bounded by `--max-results` like any other (host 0:
+/// 64 MiB of zeros), and a file that changes while it is collected (host
+/// 1: a process left behind keeps writing to it) fails the host, never an
+/// `ok` with wrong results.
+fn over_the_limit_or_changing_results_fail(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let marker = format!("grows{}", std::process::id());
+    let script = format!(
+        "#!/bin/sh
+if [ \"$PUSHRUN_HOST\" = {} ]; then
+  head -c 67108864 /dev/zero > \"$PUSHRUN_OUT/zeros\"
+else
+  head -c 100000 /dev/zero > \"$PUSHRUN_OUT/grows\"
+  setsid sh -c 'while [ -f \"$1/grows\" ]; do echo x >> \"$1/grows\"; done' {marker} \"$PUSHRUN_OUT\" </dev/null >/dev/null 2>&1 &
+  # the writer is under way before the run ends
+  while [ \"$(wc -c < \"$PUSHRUN_OUT/grows\")\" -le 100000 ]; do sleep 0.01; done
+fi
+",
+        hosts.addr(0)
+    );
+    let pl = scratch.join("limits");
+    make_payload(&pl, &[("run", script.as_bytes(), true)]);
+    let res = scratch.join("limits-res");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = exec(
+        hosts,
+        inv,
+        &[
+            "--payload",
+            &s(&pl),
+            "--results",
+            &s(&res),
+            "--max-results",
+            "8M",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let sum = summary(&res);
+    let big = host_summary(&sum, &hosts.addr(0));
+    assert_eq!(big["status"], "failed", "{big}");
+    assert_eq!(
+        big["reason"],
+        "results over the --max-results limit of 8 MiB: not kept"
+    );
+    let grows = host_summary(&sum, &hosts.addr(1));
+    assert_eq!(grows["status"], "failed", "{grows}");
+    assert_eq!(
+        grows["reason"], "collect: grows changed while it was collected",
+        "{grows}"
+    );
+    wait_until(Duration::from_secs(10), "the writer gone", || {
+        processes_with(&marker).is_empty()
+    });
+    for i in 0..2 {
+        let runs = base(hosts, i).join("runs");
+        wait_until(Duration::from_secs(10), "run dirs removed", || {
+            std::fs::read_dir(&runs).map_or(0, Iterator::count) == 0
+        });
+    }
 }
 
 /// The cached file of the last payload run on host 0 named `name`.
