@@ -172,8 +172,34 @@ pub(super) async fn stream_any(
 
 /// Reads the plain stream after its first line from `input` and writes the
 /// tar.gz of its entries to `out`; `Err` says what was wrong.
-fn rebuild(mut input: impl BufRead, out: impl Write) -> Result<(), String> {
+fn rebuild(input: impl BufRead, out: impl Write) -> Result<(), String> {
     let mut tar = tar::Builder::new(GzEncoder::new(out, Compression::fast()));
+    append_entries(input, &mut tar)?;
+    tar.into_inner()
+        .and_then(GzEncoder::finish)
+        .map_err(|e| format!("cannot rebuild the results: {e}"))?;
+    Ok(())
+}
+
+/// What `pushrun fetch` got from a host: its tar archives as they are,
+/// or, from a host without tar, its plain stream checked and rebuilt as
+/// one tar of the same entries.
+pub(super) fn fetched_as_tar(data: Vec<u8>) -> Result<Vec<u8>, String> {
+    let Some(plain) = data.strip_prefix(PLAIN_HEADER) else {
+        return Ok(data);
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    append_entries(plain, &mut tar)?;
+    tar.into_inner()
+        .map_err(|e| format!("cannot rebuild what the host sent: {e}"))
+}
+
+/// Reads the plain stream's entries, up to and including its `end` line,
+/// into `tar`, checking every file's size and digest.
+fn append_entries<W: Write>(
+    mut input: impl BufRead,
+    tar: &mut tar::Builder<W>,
+) -> Result<(), String> {
     let write = |e: io::Error| format!("cannot rebuild the results: {e}");
     loop {
         let line = read_line(&mut input)?;
@@ -229,9 +255,6 @@ fn rebuild(mut input: impl BufRead, out: impl Write) -> Result<(), String> {
             return Err(format!("{shown} changed while it was collected"));
         }
     }
-    tar.into_inner()
-        .and_then(GzEncoder::finish)
-        .map_err(write)?;
     Ok(())
 }
 
@@ -340,6 +363,24 @@ mod tests {
             ("empty".into(), tar::EntryType::Regular, 0o600, vec![])
         );
         assert_eq!(got[3].1, tar::EntryType::Symlink);
+    }
+
+    #[test]
+    fn fetched_tars_pass_as_they_are_and_a_plain_stream_becomes_a_tar() {
+        assert_eq!(fetched_as_tar(b"any tar".to_vec()).unwrap(), b"any tar");
+        let plain = format!(
+            "pushrun-plain 1\nf 644 2 4\nname\nhisum {}\nend\n",
+            sum(b"hi")
+        );
+        let tar = fetched_as_tar(plain.into_bytes()).unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        let mut content = String::new();
+        e.read_to_string(&mut content).unwrap();
+        assert_eq!(
+            (e.path_bytes().as_ref(), content.as_str()),
+            (&b"name"[..], "hi")
+        );
     }
 
     #[test]

@@ -192,8 +192,12 @@ impl HostTask<'_> {
             return HostOutcome::without_exit(Status::Failed, "no folder for host", timings);
         };
         let started = Instant::now();
-        let unpacked =
-            tokio::task::spawn_blocking(move || unpack_untrusted(&answer.stdout, &folder)).await;
+        let unpacked = tokio::task::spawn_blocking(move || {
+            // a host without tar sends plain entries (see plain.rs)
+            let data = super::plain::fetched_as_tar(answer.stdout).map_err(io::Error::other)?;
+            unpack_untrusted(&data, &folder)
+        })
+        .await;
         timings.collect = started.elapsed();
         match unpacked {
             Ok(Ok(skipped)) if skipped.is_empty() => ok(timings, Vec::new()),

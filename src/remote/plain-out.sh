@@ -1,12 +1,12 @@
 #!/bin/sh
 # pushrun's results without tar or gzip: collect.sh sends a run's out
-# directory this way where the host has neither (or lacks one of them). It
-# is prepended to collect.sh (after lib.sh) and holds function definitions
-# only. The initiator reads exact counts, checks every digest and rebuilds
+# directory this way where the host lacks either, and fetch.sh its paths
+# where the host has no tar. It is prepended to collect.sh (after lib.sh)
+# and to fetch.sh, and holds function definitions only. The initiator reads exact counts, checks every digest and rebuilds
 # the tar.gz that tar and gzip would have sent (src/fleet/plain.rs).
 #
 # The stream: the line "pushrun-plain 1", then one entry per file, dir or
-# other thing under the out directory (a dir before what it holds), each a
+# other thing under the out directory, or fetched (a dir before what it holds), each a
 # header line then the entry's name, NAMELEN bytes (any byte but / and NUL,
 # newlines included), and a newline:
 #   d MODE NAMELEN            a directory
@@ -17,7 +17,7 @@
 #                             it out, as it does one sent by tar)
 #   o NAMELEN                 anything else (a fifo, a socket, a device)
 # and last the line "end". MODE is octal (stat's %a), NAME the path below
-# the out directory. A file that changes while it is sent gives a SIZE its
+# the out directory (for fetch.sh: below the fetched path's parent). A file that changes while it is sent gives a SIZE its
 # content or "sum" line does not match: the initiator fails the host.
 
 # sends entry NAME (KIND d, f, l or o) of the out directory, file FILE
@@ -40,22 +40,26 @@ plain_entry() { # KIND FILE NAME
     esac
 }
 
-# sends every entry of directory DIR, whose names below the out directory
-# start with PREFIX (empty, or ending in /); subdirectories in subshells
+# sends FILE as entry NAME and, for a directory, all it holds (in a
+# subshell: the walk's variables are its own)
+plain_path() { # FILE NAME
+    if [ -L "$1" ]; then
+        plain_entry l "$1" "$2"
+    elif [ -d "$1" ]; then
+        plain_entry d "$1" "$2" && (plain_walk "$1" "$2/")
+    elif [ -f "$1" ]; then
+        plain_entry f "$1" "$2"
+    else
+        plain_entry o "$1" "$2"
+    fi
+}
+
+# sends every entry of directory DIR, whose names start with PREFIX (empty,
+# or ending in /)
 plain_walk() { # DIR PREFIX
     for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
         [ -e "$f" ] || [ -L "$f" ] || continue # a pattern that matched nothing
-        name=$2${f##*/}
-        if [ -L "$f" ]; then
-            plain_entry l "$f" "$name" || return 1
-        elif [ -d "$f" ]; then
-            plain_entry d "$f" "$name" || return 1
-            (plain_walk "$f" "$name/") || return 1
-        elif [ -f "$f" ]; then
-            plain_entry f "$f" "$name" || return 1
-        else
-            plain_entry o "$f" "$name" || return 1
-        fi
+        plain_path "$f" "$2${f##*/}" || return 1
     done
 }
 

@@ -409,13 +409,58 @@ fn a_host_without_tar_or_gzip_runs_payloads_file_by_file() {
     results_come_back_byte_for_byte(&hosts, &inv, scratch.path());
     payload_with_become(&hosts, &inv, scratch.path());
     over_the_limit_or_changing_results_fail(&hosts, &inv, scratch.path());
+    fetch_without_tar(&hosts, &inv, scratch.path());
     collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+}
+
+/// `pushrun fetch` from hosts without tar: files and dirs byte for byte,
+/// whatever their names.
+fn fetch_without_tar(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let setup = exec(
+        hosts,
+        inv,
+        &[
+            "--",
+            "rm -rf /tmp/fx && mkdir -p /tmp/fx/sub/deeper && printf one > /tmp/fx/one && \
+             : > /tmp/fx/empty && printf '\\000\\377' > \"/tmp/fx/sub/b in$(printf '\\nx')\" && \
+             hostname > /tmp/name",
+        ],
+    );
+    all_ok(&setup, 2);
+    let into = scratch.join("fetched");
+    let out = pushrun()
+        .args(["fetch", "--hosts"])
+        .arg(inv)
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(["/tmp/fx", "/tmp/name"])
+        .arg(&into)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let run = to_run(out);
+    all_ok(&run, 2);
+    for i in 0..2 {
+        let mine = into.join(hosts.addr(i));
+        let read = |name: &str| {
+            std::fs::read(mine.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()))
+        };
+        assert_eq!(read("fx/one"), b"one");
+        assert_eq!(read("fx/empty"), b"");
+        assert_eq!(read("fx/sub/b in\nx"), b"\x00\xff");
+        assert!(mine.join("fx/sub/deeper").is_dir());
+        assert_eq!(
+            String::from_utf8(read("name")).unwrap().trim(),
+            hosts.hostname(i)
+        );
+    }
 }
 
 /// Plain results are bounded by `--max-results` like any other (host 0:
 /// 64 MiB of zeros), and a file that changes while it is collected (host
 /// 1: a process left behind keeps writing to it) fails the host, never an
-/// `ok` with wrong results.
+/// `ok` with wrong results. (The file is big enough that sending it takes
+/// a while, so the writer appends while it is sent even on a busy machine.)
 fn over_the_limit_or_changing_results_fail(hosts: &TestHosts, inv: &Path, scratch: &Path) {
     let marker = format!("grows{}", std::process::id());
     let script = format!(
@@ -423,10 +468,10 @@ fn over_the_limit_or_changing_results_fail(hosts: &TestHosts, inv: &Path, scratc
 if [ \"$PUSHRUN_HOST\" = {} ]; then
   head -c 67108864 /dev/zero > \"$PUSHRUN_OUT/zeros\"
 else
-  head -c 100000 /dev/zero > \"$PUSHRUN_OUT/grows\"
+  head -c 4000000 /dev/zero > \"$PUSHRUN_OUT/grows\"
   setsid sh -c 'while [ -f \"$1/grows\" ]; do echo x >> \"$1/grows\"; done' {marker} \"$PUSHRUN_OUT\" </dev/null >/dev/null 2>&1 &
   # the writer is under way before the run ends
-  while [ \"$(wc -c < \"$PUSHRUN_OUT/grows\")\" -le 100000 ]; do sleep 0.01; done
+  while [ \"$(wc -c < \"$PUSHRUN_OUT/grows\")\" -le 4000000 ]; do sleep 0.01; done
 fi
 ",
         hosts.addr(0)
