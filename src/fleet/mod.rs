@@ -21,6 +21,7 @@ mod host;
 mod output;
 mod payload;
 mod plain;
+mod plain_copy;
 mod transfer;
 mod waves;
 

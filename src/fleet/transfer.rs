@@ -85,6 +85,11 @@ impl CopyJob {
     pub fn bytes(&self) -> usize {
         self.archive.len()
     }
+
+    /// The archive (taken apart for a host without tar: plain_copy.rs).
+    pub(super) fn archive(&self) -> &[u8] {
+        &self.archive
+    }
 }
 
 /// A source's name on the host: its last component (`dir/` and `dir/.`
@@ -155,6 +160,12 @@ impl HostTask<'_> {
             Ok(a) => a,
             Err(cut) => return cut_outcome(cut, timings),
         };
+        if answer
+            .stdout
+            .starts_with(super::plain_copy::LACKS_TAR.as_bytes())
+        {
+            return self.copy_plain(job, timeout, timings).await;
+        }
         if let Some(reason) = remote::error_line(&answer.stdout) {
             return HostOutcome::without_exit(Status::Failed, reason, timings);
         }

@@ -410,7 +410,90 @@ fn a_host_without_tar_or_gzip_runs_payloads_file_by_file() {
     payload_with_become(&hosts, &inv, scratch.path());
     over_the_limit_or_changing_results_fail(&hosts, &inv, scratch.path());
     fetch_without_tar(&hosts, &inv, scratch.path());
+    copy_without_tar(&hosts, &inv, scratch.path());
     collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+}
+
+/// `pushrun copy` to hosts without tar: files, dirs and symlinks with their
+/// modes, merged into what is there, nothing left behind.
+fn copy_without_tar(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let tree = scratch.join("copy/tree");
+    make_payload(
+        &tree,
+        &[
+            ("f1", b"one\n", false),
+            ("run", b"#!/bin/sh\n", true),
+            ("sub/b in\nx", b"\x00\xff\n", false),
+            ("sub/deep/e", b"", false),
+        ],
+    );
+    std::os::unix::fs::symlink("f1", tree.join("link")).unwrap();
+    std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let solo = scratch.join("copy/solo.bin");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&solo, &big).unwrap();
+    let setup = exec(
+        hosts,
+        inv,
+        &[
+            "--",
+            "rm -rf /tmp/cpd /tmp/cpd-new && mkdir -p /tmp/cpd/tree && echo old > /tmp/cpd/tree/old",
+        ],
+    );
+    all_ok(&setup, 2);
+    let copy = |args: &[&Path]| {
+        let out = pushrun()
+            .args(["copy", "--hosts"])
+            .arg(inv)
+            .arg("--ssh-config")
+            .arg(hosts.ssh_config())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        to_run(out)
+    };
+    let run = copy(&[&tree, &solo, Path::new("/tmp/cpd")]);
+    all_ok(&run, 2);
+    let run = copy(&[&solo, Path::new("/tmp/cpd-new")]);
+    all_ok(&run, 2);
+    for i in 0..2 {
+        let dest = hosts.tmp_dir(i).join("cpd");
+        let read = |name: &str| {
+            std::fs::read(dest.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()))
+        };
+        assert_eq!(read("tree/f1"), b"one\n");
+        assert_eq!(read("tree/run"), b"#!/bin/sh\n");
+        assert_eq!(read("tree/sub/b in\nx"), b"\x00\xff\n");
+        assert_eq!(read("tree/sub/deep/e"), b"");
+        assert_eq!(read("tree/old"), b"old\n", "merged into what was there");
+        assert_eq!(read("solo.bin"), big);
+        let mode = |name: &str| {
+            std::fs::symlink_metadata(dest.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("tree/run"), 0o755);
+        assert_eq!(mode("tree/f1"), 0o644);
+        assert_eq!(mode("tree/sub"), 0o750);
+        assert_eq!(
+            std::fs::read_link(dest.join("tree/link")).unwrap(),
+            Path::new("f1")
+        );
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".pushrun-copy"))
+            .collect();
+        assert!(left.is_empty(), "stage dir left behind: {left:?}");
+        assert_eq!(
+            std::fs::read(hosts.tmp_dir(i).join("cpd-new")).unwrap(),
+            big
+        );
+    }
 }
 
 /// `pushrun fetch` from hosts without tar: files and dirs byte for byte,
