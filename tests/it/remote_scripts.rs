@@ -19,7 +19,7 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 // exactly the text pushrun sends: lib.sh followed by the script
-use pushrun::remote::{CHECK, CLEAN, COLLECT, PUT, RECEIVE, RUN};
+use pushrun::remote::{CHECK, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RUN};
 
 /// BASE inside a host (the login user is root).
 const BASE: &str = "/tmp/.pushrun-root";
@@ -1791,4 +1791,70 @@ fn without_tar_collect_sends_plain_entries_byte_exact_and_removes_the_run() {
     let a = host.collect("never");
     assert_eq!(a.code, 0, "{}", a.describe());
     assert_eq!(a.text(), "pushrun-plain 1\nend\n");
+}
+
+#[test]
+fn without_tar_fetch_sends_plain_entries_and_copy_goes_in_steps() {
+    let host = Host::busybox_without_tar();
+    let dir = host.local("/tmp/src");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/f"), b"\x00x\n").unwrap();
+    std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(dir.join("sub/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = host.script(FETCH, "pushrun-fetch", &["/tmp/src/"], b"");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    let want = format!(
+        "pushrun-plain 1\nd 755 3\nsrc\nd 750 7\nsrc/sub\nf 600 3 9\nsrc/sub/f\n\x00x\nsum {}\nend\n",
+        sha256_hex(b"\x00x\n")
+    );
+    assert_eq!(a.text(), want, "{}", a.describe());
+    // nothing is sent unless every path is there
+    let a = host.script(FETCH, "pushrun-fetch", &["/tmp/src", "/tmp/nope"], b"");
+    assert_eq!((a.code, a.text()), (1, String::new()), "{}", a.describe());
+
+    // copy: begin, a file, finish, into a dest that has a file already
+    std::fs::create_dir(host.local("/tmp/dest")).unwrap();
+    std::fs::write(host.local("/tmp/dest/old"), b"old").unwrap();
+    let step = |args: &[&str], input: &[u8]| {
+        let a = host.script(COPY_PLAIN, "pushrun-copy-plain", args, input);
+        assert_eq!((a.code, a.text()), (0, String::new()), "{}", a.describe());
+    };
+    let head = ["/tmp/dest", "1", "t1"];
+    let with = |step: &str, rest: &[&str]| -> Vec<String> {
+        let mut v = vec![step.to_string()];
+        v.extend(head.iter().chain(rest).map(|s| s.to_string()));
+        v
+    };
+    let begin = with(
+        "begin",
+        &["d", "700", "t", "d", "700", "t/s", "l", "x", "t/link"],
+    );
+    step(&refs(&begin), b"");
+    let sum = sha256_hex(b"data\n");
+    let file = with("file", &["640", &sum, "t/s/f"]);
+    // a corrupt file is refused
+    let a = host.script(COPY_PLAIN, "pushrun-copy-plain", &refs(&file), b"dat\n");
+    assert_eq!(
+        (a.code, a.text()),
+        (1, "error t/s/f arrived corrupt\n".to_string()),
+        "{}",
+        a.describe()
+    );
+    step(&refs(&file), b"data\n");
+    let finish = with("finish", &["d", "711", "t/s", "d", "755", "t", "--", "t"]);
+    step(&refs(&finish), b"");
+    let dest = host.local("/tmp/dest");
+    assert_eq!(std::fs::read(dest.join("t/s/f")).unwrap(), b"data\n");
+    assert_eq!(file_mode(&dest.join("t/s/f")), 0o640);
+    assert_eq!(file_mode(&dest.join("t/s")), 0o711);
+    assert_eq!(
+        std::fs::read_link(dest.join("t/link")).unwrap(),
+        PathBuf::from("x")
+    );
+    assert_eq!(names_in(&dest), ["old", "t"], "the stage dir is gone");
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
