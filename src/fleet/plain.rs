@@ -161,12 +161,13 @@ pub(super) async fn stream_any(
         let input = io::BufReader::with_capacity(64 * 1024, SyncIoBridge::new(r));
         rebuild(input, SyncIoBridge::new(rebuilt))
     });
-    let streamed = stream(packed, sink).await;
-    let rebuilt = rebuilding
+    // stopped early (--max-results): the rebuild ends by itself once its
+    // output or the host's stream breaks
+    let got = stream(packed, sink).await?;
+    rebuilding
         .await
-        .map_err(|e| CollectError::Failed(e.to_string()))?;
-    let got = streamed?;
-    rebuilt.map_err(CollectError::Failed)?;
+        .map_err(|e| CollectError::Failed(e.to_string()))?
+        .map_err(CollectError::Failed)?;
     Ok(got)
 }
 

@@ -1,6 +1,6 @@
 //! Hosts shaped like real fleets rather than like the plain test hosts: other
 //! login shells (dash, zsh, csh, tcsh, fish), login files that print and call
-//! stty, a dropbear server. On each: a command, a cold and a warm payload, the
+//! stty, a dropbear server, a user without tar or gzip. On each: a command, a cold and a warm payload, the
 //! built-in collector, a payload stopped by its timeout, and `pushrun clean`,
 //! with results checked byte for byte.
 
@@ -406,6 +406,7 @@ fn a_host_without_tar_or_gzip_runs_payloads_file_by_file() {
 
     payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
     a_damaged_cache_file_is_sent_again(&hosts, &inv, scratch.path());
+    without_the_cache(&hosts, &inv, scratch.path());
     results_come_back_byte_for_byte(&hosts, &inv, scratch.path());
     payload_with_become(&hosts, &inv, scratch.path());
     over_the_limit_or_changing_results_fail(&hosts, &inv, scratch.path());
@@ -632,6 +633,38 @@ fn a_damaged_cache_file_is_sent_again(hosts: &TestHosts, inv: &Path, scratch: &P
         std::fs::read(out.join("sub dir/a.txt")).unwrap(),
         b"alpha\n"
     );
+}
+
+/// `--no-cache`: every file sent into the run dir, nothing kept.
+fn without_the_cache(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let res = scratch.join("nocache");
+    let pl = scratch.join("pl");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cached = std::fs::read_dir(base(hosts, 0).join("cache"))
+        .unwrap()
+        .count();
+    let run = exec(
+        hosts,
+        inv,
+        &["--no-cache", "--payload", &s(&pl), "--results", &s(&res)],
+    );
+    all_ok(&run, 2);
+    let sum = summary(&res);
+    for i in 0..2 {
+        let h = host_summary(&sum, &hosts.addr(i));
+        assert_eq!(h["files_sent"], 2, "{h}");
+        let out = res.join("latest").join(hosts.addr(i)).join("out");
+        assert_eq!(
+            std::fs::read(out.join("sub dir/a.txt")).unwrap(),
+            b"alpha\n"
+        );
+        let runs = base(hosts, i).join("runs");
+        assert_eq!(std::fs::read_dir(&runs).map_or(0, Iterator::count), 0);
+    }
+    let now = std::fs::read_dir(base(hosts, 0).join("cache"))
+        .unwrap()
+        .count();
+    assert_eq!(now, cached, "nothing added to the cache");
 }
 
 /// Files named with a newline, a space, a leading dot or a glob character,
