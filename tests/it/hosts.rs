@@ -553,7 +553,9 @@ if [ \"$PUSHRUN_HOST\" = {} ]; then
   head -c 67108864 /dev/zero > \"$PUSHRUN_OUT/zeros\"
 else
   head -c 4000000 /dev/zero > \"$PUSHRUN_OUT/grows\"
-  setsid sh -c 'while [ -f \"$1/grows\" ]; do echo x >> \"$1/grows\"; done' {marker} \"$PUSHRUN_OUT\" </dev/null >/dev/null 2>&1 &
+  # through an open descriptor: once collect removes the file, no write
+  # makes it again (which would keep the run dir from being removed)
+  setsid sh -c 'exec 3>>\"$1/grows\"; while [ -f \"$1/grows\" ]; do echo x >&3; done' {marker} \"$PUSHRUN_OUT\" </dev/null >/dev/null 2>&1 &
   # the writer is under way before the run ends
   while [ \"$(wc -c < \"$PUSHRUN_OUT/grows\")\" -le 4000000 ]; do sleep 0.01; done
 fi
