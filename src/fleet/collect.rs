@@ -65,7 +65,8 @@ pub(super) async fn collect(
     let stop = Notify::new();
     let read_out = async {
         let got = match stdout {
-            Some(r) => stream(r, sink.as_ref()).await,
+            // a tar.gz, or plain entries from a host without tar or gzip
+            Some(r) => super::plain::stream_any(r, sink.as_ref()).await,
             None => Ok((0, None)),
         };
         if got.is_err() {
@@ -108,7 +109,7 @@ pub(super) async fn collect(
 
 /// Reads the archive to its end, passing it on in pieces; returns its
 /// length and the content's digest (when asked for).
-async fn stream(
+pub(super) async fn stream(
     mut r: impl tokio::io::AsyncRead + Unpin,
     sink: Option<&Sink<'_>>,
 ) -> Result<(u64, Option<[u8; 32]>), CollectError> {

@@ -20,6 +20,8 @@ mod converge;
 mod host;
 mod output;
 mod payload;
+mod plain;
+mod plain_copy;
 mod transfer;
 mod waves;
 

@@ -112,7 +112,10 @@ async fn stage_noting_base(
     })?;
     let base = report.base;
     *seen = Some(base.clone());
-    if !report.needed.is_empty() {
+    if !report.needed.is_empty() && !report.lacks.is_empty() {
+        // no tar or gzip on the host: file by file
+        super::plain::put_files(session, job, (&base, &run_id), &report.needed, stats).await?;
+    } else if !report.needed.is_empty() {
         let archive = job
             .archive(&report.needed)
             .await

@@ -198,6 +198,12 @@ impl HostTask<'_> {
             Ok(a) => a,
             Err(cut) => return cut_outcome(cut, timings),
         };
+        if answer
+            .stdout
+            .starts_with(super::plain_copy::LACKS_TAR.as_bytes())
+        {
+            return self.copy_plain(job, timeout, timings).await;
+        }
         if let Some(reason) = remote::error_line(&answer.stdout) {
             return HostOutcome::without_exit(Status::Failed, reason, timings);
         }
@@ -241,9 +247,12 @@ impl HostTask<'_> {
             return HostOutcome::without_exit(Status::Failed, "no folder for host", timings);
         };
         let started = Instant::now();
-        let unpacked =
-            tokio::task::spawn_blocking(move || unpack_untrusted(&answer.stdout[..], &folder))
-                .await;
+        let unpacked = tokio::task::spawn_blocking(move || {
+            // a host without tar sends plain entries (see plain.rs)
+            let data = super::plain::fetched_as_tar(answer.stdout).map_err(io::Error::other)?;
+            unpack_untrusted(&data[..], &folder)
+        })
+        .await;
         timings.collect = started.elapsed();
         match unpacked {
             Ok(unpacked) => fetched_outcome(unpacked, timings),

@@ -153,6 +153,32 @@ impl Payload {
     }
 }
 
+/// Where one payload file's bytes are read from, to send it alone (to a
+/// host without tar, file by file; the host checks its sha256).
+#[derive(Debug, Clone, Copy)]
+pub enum FileSource<'a> {
+    /// A file on disk.
+    Disk(&'a Path),
+    /// Bytes embedded in the binary (the builtin payload).
+    Embedded(&'static [u8]),
+}
+
+impl Payload {
+    /// The manifest entry of `path` and where its bytes are, if the
+    /// payload has that file.
+    pub fn file_source(&self, path: &str) -> Option<(&ManifestEntry, FileSource<'_>)> {
+        let i = self
+            .entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()?;
+        let source = match &self.sources[i] {
+            Source::Disk(p) => FileSource::Disk(p),
+            Source::Embedded(b) => FileSource::Embedded(b),
+        };
+        Some((&self.entries[i], source))
+    }
+}
+
 /// A new file readable and writable by this user only, with no name: Linux's
 /// `O_TMPFILE` in the temp dir, or else a file made there and unlinked at once.
 pub(crate) fn unnamed_file() -> io::Result<File> {

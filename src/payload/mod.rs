@@ -31,6 +31,7 @@ mod fixtures;
 mod manifest;
 mod walk;
 
+pub use archive::FileSource;
 pub(crate) use archive::unnamed_file;
 pub use manifest::{ManifestEntry, parse_manifest};
 

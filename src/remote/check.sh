@@ -49,12 +49,14 @@
 #
 # stdout, one item a line:
 #   base <absolute BASE>
+#   lacks <tar|gzip>          (a tool this host has not: upload with put.sh)
 #   need <path>               (a file to upload, in manifest order)
 #   checked <n>               (last line: how many files were found intact)
 # or, on failure, the single line
 #   error <message>
 # Exit codes: 0 done; 3 error (refused BASE, bad arguments or manifest, lock
-# timeout, cannot write); 4 a tool pushrun needs is missing on this host.
+# timeout, cannot write); 4 a tool pushrun needs (sha256sum, awk) is missing
+# on this host.
 
 umask 077
 LC_ALL=C
@@ -65,9 +67,15 @@ nl='
 [ $# -eq 4 ] || fail 3 "usage: check.sh REMOTE_TMP DIGEST RUN_ID MODE (got $# arguments)"
 tmp=$1 digest=$2 run_id=$3 mode=$4
 
-for tool in sha256sum tar gzip awk; do
+for tool in sha256sum awk; do
     command -v "$tool" >/dev/null 2>&1 ||
         fail 4 "this host has no $tool (pushrun needs coreutils or busybox)"
+done
+# tar and gzip are used where present; without them files travel one by
+# one (put.sh) and results as plain entries (plain-out.sh)
+lacks=
+for tool in tar gzip; do
+    command -v "$tool" >/dev/null 2>&1 || lacks="$lacks $tool"
 done
 
 case $tmp in
@@ -190,6 +198,8 @@ srcs=$(ls -t "$BASE/cache" 2>/dev/null | {
     done
 })
 srcs=${srcs% }
+# seeding copies through tar
+[ -z "$lacks" ] || srcs=
 # the manifests of payloads no longer cached
 for f in "$BASE"/manifests/*; do
     [ -e "$f" ] || continue
@@ -438,6 +448,9 @@ listed=$(wc -l <"$work.list")
 # one awk reads .list and the results in step; anything not plainly OK is
 # needed
 printf 'base %s\n' "$BASE"
+for tool in $lacks; do
+    printf 'lacks %s\n' "$tool"
+done
 # shellcheck disable=SC2016 # an awk program
 awk '
 BEGIN { ok = 0 }

@@ -10,7 +10,8 @@
 # stdout: a gzip'ed tar of BASE/runs/RUN_ID/out ("tar -cf - ." inside it,
 #   through "gzip -1 -c"): names as they are (spaces, unicode), contents as
 #   they are, empty directories, symlinks as symlinks. When there is no out
-#   directory, an empty but valid tar.gz.
+#   directory, an empty but valid tar.gz. On a host without tar or gzip,
+#   the plain stream of plain-out.sh instead.
 # stderr: a message when something failed.
 # Exit codes: 0 sent; 3 bad arguments; 7 tar or gzip failed (what was sent
 # is then incomplete). BASE/runs/RUN_ID is removed on every outcome.
@@ -57,6 +58,12 @@ while [ -e "$rundir/.stopping" ] && [ "$waited" -lt 100 ]; do
     # shellcheck disable=SC2154 # nap (lib.sh, prepended to this) sets nap_tenths
     waited=$((waited + nap_tenths))
 done
+
+if ! command -v tar >/dev/null 2>&1 || ! command -v gzip >/dev/null 2>&1; then
+    # no tar or gzip here: plain entries (plain-out.sh, prepended to this)
+    plain_out "$out" || die 7 "cannot send $out"
+    exit 0
+fi
 
 if [ ! -d "$out" ] || [ -L "$out" ]; then
     # an empty archive: two zero blocks

@@ -7,7 +7,8 @@
 #
 # NAME... are the archive's top-level entries. DEST is a directory to put
 # them in, or, for a single NAME, the new name (as cp does). Answers
-# nothing on success; `error REASON` and exit 1 otherwise.
+# nothing on success; `error REASON` and exit 1 otherwise; `lacks tar` and
+# exit 1, before reading anything, on a host without tar.
 fail() {
     echo "error $*"
     exit 1
@@ -24,6 +25,11 @@ why() {
         printf '%s\n' "${first##*: }"
         ;;
     esac
+}
+# a host without tar: pushrun copies in steps instead (copy-plain.sh)
+command -v tar >/dev/null 2>&1 || {
+    echo 'lacks tar'
+    exit 1
 }
 dest=$1
 shift

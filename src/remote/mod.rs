@@ -31,14 +31,25 @@ pub const RUN: &str = concat!(
     include_str!("pgroup.sh"),
     include_str!("run.sh")
 );
-/// Sends `$PUSHRUN_OUT` back as a tar.gz and removes the run dir.
-pub const COLLECT: &str = concat!(include_str!("lib.sh"), include_str!("collect.sh"));
+/// Receives one payload file, verifies and installs it: the upload where
+/// a host has no tar or gzip (check.sh's `lacks`).
+pub const PUT: &str = concat!(include_str!("lib.sh"), include_str!("put.sh"));
+/// Sends `$PUSHRUN_OUT` back as a tar.gz (or, where the host has no tar or
+/// gzip, as plain entries: `plain-out.sh`) and removes the run dir.
+pub const COLLECT: &str = concat!(
+    include_str!("lib.sh"),
+    include_str!("plain-out.sh"),
+    include_str!("collect.sh")
+);
 /// Removes pushrun's whole directory from a host.
 pub const CLEAN: &str = concat!(include_str!("lib.sh"), include_str!("clean.sh"));
 /// Puts files and directories, sent as a tar, at a destination (`pushrun copy`).
 pub const COPY: &str = include_str!("copy.sh");
-/// Sends files and directories back as tar archives (`pushrun fetch`).
-pub const FETCH: &str = include_str!("fetch.sh");
+/// `pushrun copy` in steps, on a host without tar (copy.sh: `lacks tar`).
+pub const COPY_PLAIN: &str = include_str!("copy-plain.sh");
+/// Sends files and directories back as tar archives (`pushrun fetch`), or
+/// as plain entries where the host has no tar.
+pub const FETCH: &str = concat!(include_str!("plain-out.sh"), include_str!("fetch.sh"));
 
 /// What `check.sh` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +60,8 @@ pub struct CheckReport {
     pub needed: Vec<String>,
     /// How many files were present and right.
     pub checked: usize,
+    /// The tools the host has not (`tar`, `gzip`): files go one by one.
+    pub lacks: Vec<String>,
 }
 
 /// The `error …` line of a script's answer, if there is one.
@@ -67,11 +80,14 @@ pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
     let mut base = None;
     let mut needed = Vec::new();
     let mut checked = None;
+    let mut lacks = Vec::new();
     for line in text.lines() {
         if let Some(b) = line.strip_prefix("base ") {
             base = Some(b.to_string());
         } else if let Some(p) = line.strip_prefix("need ") {
             needed.push(p.to_string());
+        } else if let Some(t) = line.strip_prefix("lacks ") {
+            lacks.push(t.to_string());
         } else if let Some(n) = line.strip_prefix("checked ") {
             checked = n.trim().parse().ok();
         }
@@ -81,6 +97,7 @@ pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
             base,
             needed,
             checked,
+            lacks,
         }),
         _ => Err(format!("check: unexpected answer: {}", text.trim())),
     }
@@ -99,9 +116,12 @@ mod tests {
             CheckReport {
                 base: "/tmp/.pushrun-ops".into(),
                 needed: vec!["lib/a b.bin".into(), "run".into()],
-                checked: 3
+                checked: 3,
+                lacks: vec![],
             }
         );
+        let r = parse_check(b"base /b\nlacks tar\nlacks gzip\nneed run\nchecked 0\n").unwrap();
+        assert_eq!(r.lacks, ["tar", "gzip"]);
     }
 
     #[test]

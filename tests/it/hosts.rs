@@ -1,6 +1,6 @@
 //! Hosts shaped like real fleets rather than like the plain test hosts: other
 //! login shells (dash, zsh, csh, tcsh, fish), login files that print and call
-//! stty, a dropbear server. On each: a command, a cold and a warm payload, the
+//! stty, a dropbear server, a user without tar or gzip. On each: a command, a cold and a warm payload, the
 //! built-in collector, a payload stopped by its timeout, and `pushrun clean`,
 //! with results checked byte for byte.
 
@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use sha2::Digest;
+
 use crate::common::{
-    HostOpts, Run, TestHosts, exec, host_summary, is_root, processes_with, pushrun, summary,
+    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, processes_with, pushrun, summary,
     to_run, wait_until,
 };
 
@@ -360,80 +362,408 @@ fn a_noexec_or_read_only_tmp_falls_back_to_var_tmp() {
     }
 }
 
-/// A user whose PATH lacks tar and gzip (the harness's `--no-tar`): commands
-/// and `pushrun clean` work, as they need neither; a payload fails the host
-/// with one line naming it and the missing tool, and leaves no run dir. (The
-/// transfer without tar, item 6 of the real-hosts issue, is not built yet:
-/// this pins where it stands.)
+/// A user whose PATH lacks tar and gzip (the harness's `--no-tar`), with
+/// bash and with dash as the login shell: commands, cold and warm payloads
+/// (files sent one per channel, results as plain entries rebuilt as a
+/// tar.gz), a damaged cache file repaired, results byte for byte whatever
+/// their names, `--become`, the collector, a timeout and `pushrun clean`.
 #[test]
-fn a_host_without_tar_or_gzip_runs_commands_and_names_the_missing_tool() {
+fn a_host_without_tar_or_gzip_runs_payloads_file_by_file() {
     if !is_root() {
         eprintln!("skipped: the host variants need root");
         return;
     }
-    let hosts = TestHosts::start_with(&[
-        HostOpts {
-            no_tar: true,
-            ..HostOpts::default()
-        },
-        HostOpts::default(),
-    ]);
+    let no_tar = HostOpts {
+        no_tar: true,
+        sudo: Sudo::NoPasswd,
+        ..HostOpts::default()
+    };
+    let variants = vec![
+        ("no tar, bash", no_tar),
+        (
+            "no tar, dash",
+            HostOpts {
+                login_shell: Some("dash"),
+                ..no_tar
+            },
+        ),
+    ];
+    let opts: Vec<HostOpts> = variants.iter().map(|(_, o)| *o).collect();
+    let hosts = TestHosts::start_with(&opts);
     let inv = inventory(&hosts);
     let scratch = tempfile::tempdir().unwrap();
 
     let run = exec(&hosts, &inv, &["--", "command -v tar || echo no-tar-here"]);
     all_ok(&run, 2);
-    assert_eq!(
-        run.lines_of(&hosts.addr(0)),
-        ["no-tar-here"],
-        "{}",
-        run.all()
-    );
-    assert!(
-        run.lines_of(&hosts.addr(1))
-            .iter()
-            .any(|l| l.ends_with("/tar")),
-        "{}",
-        run.all()
-    );
+    for i in 0..2 {
+        assert_eq!(
+            run.lines_of(&hosts.addr(i)),
+            ["no-tar-here"],
+            "{}",
+            run.all()
+        );
+    }
 
-    let pl = scratch.path().join("pl");
-    make_payload(&pl, &[("run", RUN, true), ("lib/a.txt", b"a\n", false)]);
-    let res = scratch.path().join("res");
-    let run = exec(
-        &hosts,
-        &inv,
+    payloads_cold_and_warm(&hosts, &inv, &variants, scratch.path());
+    a_damaged_cache_file_is_sent_again(&hosts, &inv, scratch.path());
+    without_the_cache(&hosts, &inv, scratch.path());
+    results_come_back_byte_for_byte(&hosts, &inv, scratch.path());
+    payload_with_become(&hosts, &inv, scratch.path());
+    over_the_limit_or_changing_results_fail(&hosts, &inv, scratch.path());
+    fetch_without_tar(&hosts, &inv, scratch.path());
+    copy_without_tar(&hosts, &inv, scratch.path());
+    collector_timeout_and_clean(&hosts, &inv, &variants, scratch.path());
+}
+
+/// `pushrun copy` to hosts without tar: files, dirs and symlinks with their
+/// modes, merged into what is there, nothing left behind.
+fn copy_without_tar(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let tree = scratch.join("copy/tree");
+    make_payload(
+        &tree,
         &[
-            "--payload",
-            pl.to_str().unwrap(),
-            "--results",
-            res.to_str().unwrap(),
+            ("f1", b"one\n", false),
+            ("run", b"#!/bin/sh\n", true),
+            ("sub/b in\nx", b"\x00\xff\n", false),
+            ("sub/deep/e", b"", false),
         ],
     );
-    assert_eq!(run.code, 1, "{}", run.all());
-    let line = format!(
-        "failed: {}: stage: this host has no tar (pushrun needs coreutils or busybox)",
-        hosts.addr(0)
+    std::os::unix::fs::symlink("f1", tree.join("link")).unwrap();
+    std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let solo = scratch.join("copy/solo.bin");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&solo, &big).unwrap();
+    let setup = exec(
+        hosts,
+        inv,
+        &[
+            "--",
+            "rm -rf /tmp/cpd /tmp/cpd-new && mkdir -p /tmp/cpd/tree && echo old > /tmp/cpd/tree/old",
+        ],
     );
-    assert!(run.stderr.contains(&line), "{line}\n{}", run.all());
-    assert_eq!(
-        std::fs::read(res.join("latest").join(hosts.addr(1)).join("out/bin.dat")).unwrap(),
-        b"\x00\x01\xffbinary",
-        "{}",
-        run.all()
-    );
-    let runs = base(&hosts, 0).join("runs");
-    assert_eq!(std::fs::read_dir(&runs).map_or(0, Iterator::count), 0);
+    all_ok(&setup, 2);
+    let copy = |args: &[&Path]| {
+        let out = pushrun()
+            .args(["copy", "--hosts"])
+            .arg(inv)
+            .arg("--ssh-config")
+            .arg(hosts.ssh_config())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        to_run(out)
+    };
+    let run = copy(&[&tree, &solo, Path::new("/tmp/cpd")]);
+    all_ok(&run, 2);
+    let run = copy(&[&solo, Path::new("/tmp/cpd-new")]);
+    all_ok(&run, 2);
+    for i in 0..2 {
+        let dest = hosts.tmp_dir(i).join("cpd");
+        let read = |name: &str| {
+            std::fs::read(dest.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()))
+        };
+        assert_eq!(read("tree/f1"), b"one\n");
+        assert_eq!(read("tree/run"), b"#!/bin/sh\n");
+        assert_eq!(read("tree/sub/b in\nx"), b"\x00\xff\n");
+        assert_eq!(read("tree/sub/deep/e"), b"");
+        assert_eq!(read("tree/old"), b"old\n", "merged into what was there");
+        assert_eq!(read("solo.bin"), big);
+        let mode = |name: &str| {
+            std::fs::symlink_metadata(dest.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("tree/run"), 0o755);
+        assert_eq!(mode("tree/f1"), 0o644);
+        assert_eq!(mode("tree/sub"), 0o750);
+        assert_eq!(
+            std::fs::read_link(dest.join("tree/link")).unwrap(),
+            Path::new("f1")
+        );
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".pushrun-copy"))
+            .collect();
+        assert!(left.is_empty(), "stage dir left behind: {left:?}");
+        assert_eq!(
+            std::fs::read(hosts.tmp_dir(i).join("cpd-new")).unwrap(),
+            big
+        );
+    }
+}
 
+/// `pushrun fetch` from hosts without tar: files and dirs byte for byte,
+/// whatever their names.
+fn fetch_without_tar(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let setup = exec(
+        hosts,
+        inv,
+        &[
+            "--",
+            "rm -rf /tmp/fx && mkdir -p /tmp/fx/sub/deeper && printf one > /tmp/fx/one && \
+             : > /tmp/fx/empty && printf '\\000\\377' > \"/tmp/fx/sub/b in$(printf '\\nx')\" && \
+             hostname > /tmp/name",
+        ],
+    );
+    all_ok(&setup, 2);
+    let into = scratch.join("fetched");
     let out = pushrun()
-        .args(["clean", "--hosts"])
-        .arg(&inv)
+        .args(["fetch", "--hosts"])
+        .arg(inv)
         .arg("--ssh-config")
         .arg(hosts.ssh_config())
+        .args(["/tmp/fx", "/tmp/name"])
+        .arg(&into)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let run = to_run(out);
     all_ok(&run, 2);
-    assert!(!base(&hosts, 0).exists(), "{}", run.all());
+    for i in 0..2 {
+        let mine = into.join(hosts.addr(i));
+        let read = |name: &str| {
+            std::fs::read(mine.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()))
+        };
+        assert_eq!(read("fx/one"), b"one");
+        assert_eq!(read("fx/empty"), b"");
+        assert_eq!(read("fx/sub/b in\nx"), b"\x00\xff");
+        assert!(mine.join("fx/sub/deeper").is_dir());
+        assert_eq!(
+            String::from_utf8(read("name")).unwrap().trim(),
+            hosts.hostname(i)
+        );
+    }
+}
+
+/// Plain results are bounded by `--max-results` like any other (host 0:
+/// 64 MiB of zeros), and a file that changes while it is collected (host
+/// 1: a process left behind keeps writing to it) fails the host, never an
+/// `ok` with wrong results. (The file is big enough that sending it takes
+/// a while, so the writer appends while it is sent even on a busy machine.)
+fn over_the_limit_or_changing_results_fail(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let marker = format!("grows{}", std::process::id());
+    let script = format!(
+        "#!/bin/sh
+if [ \"$PUSHRUN_HOST\" = {} ]; then
+  head -c 67108864 /dev/zero > \"$PUSHRUN_OUT/zeros\"
+else
+  head -c 4000000 /dev/zero > \"$PUSHRUN_OUT/grows\"
+  # through an open descriptor: once collect removes the file, no write
+  # makes it again (which would keep the run dir from being removed)
+  setsid sh -c 'exec 3>>\"$1/grows\"; while [ -f \"$1/grows\" ]; do echo x >&3; done' {marker} \"$PUSHRUN_OUT\" </dev/null >/dev/null 2>&1 &
+  # the writer is under way before the run ends
+  while [ \"$(wc -c < \"$PUSHRUN_OUT/grows\")\" -le 4000000 ]; do sleep 0.01; done
+fi
+",
+        hosts.addr(0)
+    );
+    let pl = scratch.join("limits");
+    make_payload(&pl, &[("run", script.as_bytes(), true)]);
+    let res = scratch.join("limits-res");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = exec(
+        hosts,
+        inv,
+        &[
+            "--payload",
+            &s(&pl),
+            "--results",
+            &s(&res),
+            "--max-results",
+            "8M",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let sum = summary(&res);
+    let big = host_summary(&sum, &hosts.addr(0));
+    assert_eq!(big["status"], "failed", "{big}");
+    assert_eq!(
+        big["reason"],
+        "results over the --max-results limit of 8 MiB: not kept"
+    );
+    let grows = host_summary(&sum, &hosts.addr(1));
+    assert_eq!(grows["status"], "failed", "{grows}");
+    assert_eq!(
+        grows["reason"], "collect: grows changed while it was collected",
+        "{grows}"
+    );
+    wait_until(Duration::from_secs(10), "the writer gone", || {
+        processes_with(&marker).is_empty()
+    });
+    for i in 0..2 {
+        let runs = base(hosts, i).join("runs");
+        wait_until(Duration::from_secs(10), "run dirs removed", || {
+            std::fs::read_dir(&runs).map_or(0, Iterator::count) == 0
+        });
+    }
+}
+
+/// The cached file of the last payload run on host 0 named `name`.
+fn cached(hosts: &TestHosts, name: &str) -> std::path::PathBuf {
+    let cache = base(hosts, 0).join("cache");
+    std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path().join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no cached {name} under {}", cache.display()))
+}
+
+/// A cached file changed behind pushrun's back is found by its sha256 and
+/// sent again (one file), and the results are right.
+fn a_damaged_cache_file_is_sent_again(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let damaged = cached(hosts, "lib/a.txt");
+    std::fs::write(&damaged, b"damaged\n").unwrap();
+    let res = scratch.join("repaired");
+    let pl = scratch.join("pl");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = exec(hosts, inv, &["--payload", &s(&pl), "--results", &s(&res)]);
+    all_ok(&run, 2);
+    let sum = summary(&res);
+    let h = host_summary(&sum, &hosts.addr(0));
+    assert_eq!(h["cache_hit"], false, "{h}");
+    assert_eq!(h["files_sent"], 1, "{h}");
+    let h = host_summary(&sum, &hosts.addr(1));
+    assert_eq!(h["cache_hit"], true, "{h}");
+    assert_eq!(std::fs::read(&damaged).unwrap(), b"alpha\n");
+    let out = res.join("latest").join(hosts.addr(0)).join("out");
+    assert_eq!(
+        std::fs::read(out.join("sub dir/a.txt")).unwrap(),
+        b"alpha\n"
+    );
+}
+
+/// `--no-cache`: every file sent into the run dir, nothing kept.
+fn without_the_cache(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let res = scratch.join("nocache");
+    let pl = scratch.join("pl");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cached = std::fs::read_dir(base(hosts, 0).join("cache"))
+        .unwrap()
+        .count();
+    let run = exec(
+        hosts,
+        inv,
+        &["--no-cache", "--payload", &s(&pl), "--results", &s(&res)],
+    );
+    all_ok(&run, 2);
+    let sum = summary(&res);
+    for i in 0..2 {
+        let h = host_summary(&sum, &hosts.addr(i));
+        assert_eq!(h["files_sent"], 2, "{h}");
+        let out = res.join("latest").join(hosts.addr(i)).join("out");
+        assert_eq!(
+            std::fs::read(out.join("sub dir/a.txt")).unwrap(),
+            b"alpha\n"
+        );
+        let runs = base(hosts, i).join("runs");
+        assert_eq!(std::fs::read_dir(&runs).map_or(0, Iterator::count), 0);
+    }
+    let now = std::fs::read_dir(base(hosts, 0).join("cache"))
+        .unwrap()
+        .count();
+    assert_eq!(now, cached, "nothing added to the cache");
+}
+
+/// Files named with a newline, a space, a leading dot or a glob character,
+/// an empty file, a binary one, a big one, nested and empty dirs: all come
+/// back as they were, from hosts with no tar to send them; a symlink is
+/// left out and said so.
+fn results_come_back_byte_for_byte(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let script = b"#!/bin/sh
+cd \"$PUSHRUN_OUT\" || exit 1
+printf 'one\\ntwo\\n' > 'new
+line'
+printf 'spaced' > 'a b'
+: > empty
+printf '\\000\\001\\377\\n\\r' > bin.dat
+printf 'dot' > .hidden
+printf 'star' > '*'
+mkdir -p 'd 1/d2/d3' empty-dir
+printf 'deep' > 'd 1/d2/d3/deep.txt'
+head -c 300000 /dev/urandom > 'd 1/big.bin'
+sha256sum 'd 1/big.bin' > big.sum
+";
+    let pl = scratch.join("names");
+    make_payload(&pl, &[("run", script, true)]);
+    let res = scratch.join("names-res");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = exec(hosts, inv, &["--payload", &s(&pl), "--results", &s(&res)]);
+    all_ok(&run, 2);
+    for i in 0..2 {
+        let out = res.join("latest").join(hosts.addr(i)).join("out");
+        let read = |name: &str| {
+            std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.all()))
+        };
+        assert_eq!(read("new\nline"), b"one\ntwo\n");
+        assert_eq!(read("a b"), b"spaced");
+        assert_eq!(read("empty"), b"");
+        assert_eq!(read("bin.dat"), b"\x00\x01\xff\n\r");
+        assert_eq!(read(".hidden"), b"dot");
+        assert_eq!(read("*"), b"star");
+        assert_eq!(read("d 1/d2/d3/deep.txt"), b"deep");
+        assert!(out.join("empty-dir").is_dir());
+        let big = read("d 1/big.bin");
+        assert_eq!(big.len(), 300_000);
+        let sum: String = sha2::Sha256::digest(&big)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            String::from_utf8(read("big.sum")).unwrap(),
+            format!("{sum}  d 1/big.bin\n")
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "*",
+                ".hidden",
+                "a b",
+                "big.sum",
+                "bin.dat",
+                "d 1",
+                "empty",
+                "empty-dir",
+                "new\nline"
+            ]
+        );
+    }
+}
+
+/// `--become`: staged and collected by the login user without tar, run as
+/// root; nothing left behind.
+fn payload_with_become(hosts: &TestHosts, inv: &Path, scratch: &Path) {
+    let pl = scratch.join("become");
+    make_payload(
+        &pl,
+        &[(
+            "run",
+            b"#!/bin/sh\nid -u > \"$PUSHRUN_OUT/uid\"\nid -un\n",
+            true,
+        )],
+    );
+    let res = scratch.join("become-res");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = exec(
+        hosts,
+        inv,
+        &["--become", "--payload", &s(&pl), "--results", &s(&res)],
+    );
+    all_ok(&run, 2);
+    for i in 0..2 {
+        let dir = res.join("latest").join(hosts.addr(i));
+        assert_eq!(std::fs::read(dir.join("out/uid")).unwrap(), b"0\n");
+        assert_eq!(std::fs::read(dir.join("stdout")).unwrap(), b"root\n");
+        let runs = base(hosts, i).join("runs");
+        assert_eq!(std::fs::read_dir(&runs).map_or(0, Iterator::count), 0);
+    }
 }

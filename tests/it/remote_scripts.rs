@@ -19,7 +19,7 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 // exactly the text pushrun sends: lib.sh followed by the script
-use pushrun::remote::{CHECK, CLEAN, COLLECT, RECEIVE, RUN};
+use pushrun::remote::{CHECK, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RUN};
 
 /// BASE inside a host (the login user is root).
 const BASE: &str = "/tmp/.pushrun-root";
@@ -1708,4 +1708,198 @@ fn closing_stdin_under_busybox_kills_the_run_too() {
     wait_until(Duration::from_secs(3), "the watcher is gone", || {
         processes_with("bbstop1").is_empty()
     });
+}
+
+// ------------------------------------------------------- no tar, no gzip
+
+impl Host {
+    /// A host where the scripts run under `busybox sh` with busybox's applets
+    /// on PATH but for tar and gzip (a minimal image).
+    fn busybox_without_tar() -> Host {
+        let mut host = Host::start();
+        host.shell(
+            "mkdir /tmp/nt && /usr/bin/busybox --install -s /tmp/nt && \
+             rm -f /tmp/nt/tar /tmp/nt/gzip /tmp/nt/gunzip /tmp/nt/zcat && test -x /tmp/nt/sha256sum",
+        );
+        host.launcher = "PATH=/tmp/nt exec /tmp/nt/sh -c".into();
+        host
+    }
+
+    /// put.sh for one file of `p`, its content `data`.
+    fn put(&self, p: &Payload, run_id: &str, path: &str, data: &[u8]) -> Answer {
+        let f = p.file(path);
+        let mode = if f.exec { "755" } else { "644" };
+        let digest = p.digest();
+        let sum = sha256_hex(&f.data);
+        self.script(
+            PUT,
+            "pushrun-put",
+            &[BASE, &digest, run_id, "cache", &sum, mode, path],
+            data,
+        )
+    }
+}
+
+#[test]
+fn without_tar_check_says_so_and_put_installs_verified_files_one_by_one() {
+    let host = Host::busybox_without_tar();
+    let p = Payload::standard();
+    let a = host.check_mode(&p, "r1", "cache");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    let mut want = format!("base {BASE}\nlacks tar\nlacks gzip\n");
+    for path in p.paths() {
+        want.push_str(&format!("need {path}\n"));
+    }
+    want.push_str("checked 0\n");
+    assert_eq!(a.text(), want, "{}", a.describe());
+
+    // a file that arrives changed (same size) is not installed
+    let mut bad = p.file("lib/data file.bin").data.clone();
+    bad[7] ^= 1;
+    let a = host.put(&p, "r1", "lib/data file.bin", &bad);
+    a.assert_error(5, "upload of lib/data file.bin arrived corrupt");
+    assert!(!host.cached(&p, "lib/data file.bin").exists());
+    // nor one cut short
+    let a = host.put(&p, "r1", "run", &p.file("run").data[..10]);
+    a.assert_error(5, "upload of run arrived corrupt");
+
+    // a symlink where one of the file's dirs belongs is not followed
+    let elsewhere = host.local("/tmp/elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink("/tmp/elsewhere", host.cached(&p, "lib")).unwrap();
+
+    for f in &p.files {
+        let a = host.put(&p, "r1", &f.path, &f.data);
+        assert_eq!(
+            (a.code, a.text()),
+            (0, "installed 1\n".to_string()),
+            "{}",
+            a.describe()
+        );
+        let cached = host.cached(&p, &f.path);
+        assert_eq!(std::fs::read(&cached).unwrap(), f.data, "{}", f.path);
+        let mode = if f.exec { 0o755 } else { 0o644 };
+        assert_eq!(file_mode(&cached), mode, "{}", f.path);
+    }
+    assert!(
+        names_in(&elsewhere).is_empty(),
+        "nothing went through the link"
+    );
+    assert!(!host.cached(&p, "lib").is_symlink());
+    // no temp file left beside the stage dirs
+    assert_eq!(host.cache_entries(), [p.digest()]);
+
+    let a = host.check_mode(&p, "r2", "cache");
+    assert_eq!(
+        a.text(),
+        format!("base {BASE}\nlacks tar\nlacks gzip\nchecked 4\n"),
+        "{}",
+        a.describe()
+    );
+}
+
+#[test]
+fn without_tar_collect_sends_plain_entries_byte_exact_and_removes_the_run() {
+    let host = Host::busybox_without_tar();
+    let p = Payload::standard();
+    host.check_mode(&p, "r1", "cache");
+    let out = host.run_dir("r1").join("out");
+    let binary: Vec<u8> = (0..=255u8).chain(noise(5000, 3)).collect();
+    std::fs::create_dir_all(out.join("d/e")).unwrap();
+    std::fs::write(out.join("d/e/b in\nary"), &binary).unwrap();
+    std::fs::write(out.join(".empty"), "").unwrap();
+    std::os::unix::fs::symlink("d", out.join("link")).unwrap();
+    for (f, mode) in [("d", 0o755), ("d/e", 0o700), ("d/e/b in\nary", 0o640)] {
+        std::fs::set_permissions(out.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(out.join(".empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let a = host.collect("r1");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    let mut want = b"pushrun-plain 1\n".to_vec();
+    want.extend_from_slice(b"d 755 1\nd\nd 700 3\nd/e\n");
+    want.extend_from_slice(format!("f 640 {} 12\nd/e/b in\nary\n", binary.len()).as_bytes());
+    want.extend_from_slice(&binary);
+    want.extend_from_slice(format!("sum {}\n", sha256_hex(&binary)).as_bytes());
+    want.extend_from_slice(b"l 4\nlink\n");
+    want.extend_from_slice(format!("f 600 0 6\n.empty\nsum {}\n", sha256_hex(b"")).as_bytes());
+    want.extend_from_slice(b"end\n");
+    assert!(
+        a.stdout == want,
+        "{}\nwanted:\n{}",
+        a.describe(),
+        String::from_utf8_lossy(&want)
+    );
+    assert!(!host.run_dir("r1").exists());
+
+    // a run that is gone: no entries
+    let a = host.collect("never");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    assert_eq!(a.text(), "pushrun-plain 1\nend\n");
+}
+
+#[test]
+fn without_tar_fetch_sends_plain_entries_and_copy_goes_in_steps() {
+    let host = Host::busybox_without_tar();
+    let dir = host.local("/tmp/src");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/f"), b"\x00x\n").unwrap();
+    std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(dir.join("sub/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = host.script(FETCH, "pushrun-fetch", &["/tmp/src/"], b"");
+    assert_eq!(a.code, 0, "{}", a.describe());
+    let want = format!(
+        "pushrun-plain 1\nd 755 3\nsrc\nd 750 7\nsrc/sub\nf 600 3 9\nsrc/sub/f\n\x00x\nsum {}\nend\n",
+        sha256_hex(b"\x00x\n")
+    );
+    assert_eq!(a.text(), want, "{}", a.describe());
+    // nothing is sent unless every path is there
+    let a = host.script(FETCH, "pushrun-fetch", &["/tmp/src", "/tmp/nope"], b"");
+    assert_eq!((a.code, a.text()), (1, String::new()), "{}", a.describe());
+
+    // copy: begin, a file, finish, into a dest that has a file already
+    std::fs::create_dir(host.local("/tmp/dest")).unwrap();
+    std::fs::write(host.local("/tmp/dest/old"), b"old").unwrap();
+    let step = |args: &[&str], input: &[u8]| {
+        let a = host.script(COPY_PLAIN, "pushrun-copy-plain", args, input);
+        assert_eq!((a.code, a.text()), (0, String::new()), "{}", a.describe());
+    };
+    let head = ["/tmp/dest", "1", "t1"];
+    let with = |step: &str, rest: &[&str]| -> Vec<String> {
+        let mut v = vec![step.to_string()];
+        v.extend(head.iter().chain(rest).map(|s| s.to_string()));
+        v
+    };
+    let begin = with(
+        "begin",
+        &["d", "700", "t", "d", "700", "t/s", "l", "x", "t/link"],
+    );
+    step(&refs(&begin), b"");
+    let sum = sha256_hex(b"data\n");
+    let file = with("file", &["640", &sum, "t/s/f"]);
+    // a corrupt file is refused
+    let a = host.script(COPY_PLAIN, "pushrun-copy-plain", &refs(&file), b"dat\n");
+    assert_eq!(
+        (a.code, a.text()),
+        (1, "error t/s/f arrived corrupt\n".to_string()),
+        "{}",
+        a.describe()
+    );
+    step(&refs(&file), b"data\n");
+    let finish = with("finish", &["d", "711", "t/s", "d", "755", "t", "--", "t"]);
+    step(&refs(&finish), b"");
+    let dest = host.local("/tmp/dest");
+    assert_eq!(std::fs::read(dest.join("t/s/f")).unwrap(), b"data\n");
+    assert_eq!(file_mode(&dest.join("t/s/f")), 0o640);
+    assert_eq!(file_mode(&dest.join("t/s")), 0o711);
+    assert_eq!(
+        std::fs::read_link(dest.join("t/link")).unwrap(),
+        PathBuf::from("x")
+    );
+    assert_eq!(names_in(&dest), ["old", "t"], "the stage dir is gone");
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
