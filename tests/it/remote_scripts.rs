@@ -1347,22 +1347,26 @@ fn run_sets_the_environment_and_passes_the_exit_status_through() {
 #[test]
 fn closing_stdin_kills_the_whole_run_and_removes_its_directory() {
     let host = Host::start();
+    // this process's own markers: another suite on the machine must not count
+    let sleep = format!("sleep 1{}", std::process::id());
+    let run_id = format!("stoprun{}", std::process::id());
     // everything ignores TERM: only the watcher's KILLs end it
     let p = Payload {
         files: vec![File {
             path: "stubborn".into(),
-            data: b"#!/bin/sh\ntrap '' TERM\nsleep 73731 &\necho started\nsleep 73732\n".to_vec(),
+            data: format!("#!/bin/sh\ntrap '' TERM\n{sleep}1 &\necho started\n{sleep}2\n")
+                .into_bytes(),
             exec: true,
         }],
     };
-    host.check(&p, "stoprun1");
-    host.receive_all(&p, "stoprun1");
+    host.check(&p, &run_id);
+    host.receive_all(&p, &run_id);
     let payload = format!("{BASE}/cache/{}", p.digest());
     let mut child = host.spawn_with(
         &host.launcher,
         RUN,
         "pushrun-run",
-        &[BASE, &payload, "stoprun1", "web-1", "stubborn"],
+        &[BASE, &payload, &run_id, "web-1", "stubborn"],
     );
     let stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -1370,27 +1374,27 @@ fn closing_stdin_kills_the_whole_run_and_removes_its_directory() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "started\n");
     wait_until(Duration::from_secs(3), "both sleeps run", || {
-        processes_with("sleep 7373").len() == 2
+        processes_with(&sleep).len() == 2
     });
     let dropped = Instant::now();
     drop(stdin);
     wait_until(
         Duration::from_secs(8),
         "the run's processes are gone",
-        || processes_with("sleep 7373").is_empty(),
+        || processes_with(&sleep).is_empty(),
     );
     assert!(
         dropped.elapsed() >= Duration::from_millis(1500),
         "TERM was ignored: the KILLs came after the grace"
     );
     wait_until(Duration::from_secs(8), "the run dir is removed", || {
-        !host.run_dir("stoprun1").exists()
+        !host.run_dir(&run_id).exists()
     });
     let status = child.wait().unwrap();
     assert!(!status.success());
     // the ssh client is gone: what is left with the run id is on the host (the watcher)
     wait_until(Duration::from_secs(3), "the watcher is gone", || {
-        processes_with("stoprun1").is_empty()
+        processes_with(&run_id).is_empty()
     });
     // the cached payload is untouched
     assert!(host.cached(&p, "stubborn").is_file());
@@ -1671,21 +1675,25 @@ fn a_damaged_file_in_an_older_cache_is_not_trusted_under_busybox_either() {
 #[test]
 fn closing_stdin_under_busybox_kills_the_run_too() {
     let host = Host::busybox();
+    // this process's own markers: another suite on the machine must not count
+    let sleep = format!("sleep 1{}", std::process::id());
+    let run_id = format!("bbstop{}", std::process::id());
     let p = Payload {
         files: vec![File {
             path: "stubborn".into(),
-            data: b"#!/bin/sh\ntrap '' TERM\nsleep 74741 &\necho started\nsleep 74742\n".to_vec(),
+            data: format!("#!/bin/sh\ntrap '' TERM\n{sleep}1 &\necho started\n{sleep}2\n")
+                .into_bytes(),
             exec: true,
         }],
     };
-    host.check(&p, "bbstop1");
-    host.receive_all(&p, "bbstop1");
+    host.check(&p, &run_id);
+    host.receive_all(&p, &run_id);
     let payload = format!("{BASE}/cache/{}", p.digest());
     let mut child = host.spawn_with(
         &host.launcher,
         RUN,
         "pushrun-run",
-        &[BASE, &payload, "bbstop1", "web-1", "stubborn"],
+        &[BASE, &payload, &run_id, "web-1", "stubborn"],
     );
     let stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -1693,20 +1701,20 @@ fn closing_stdin_under_busybox_kills_the_run_too() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "started\n");
     wait_until(Duration::from_secs(3), "both sleeps run", || {
-        processes_with("sleep 7474").len() == 2
+        processes_with(&sleep).len() == 2
     });
     drop(stdin);
     wait_until(
         Duration::from_secs(8),
         "the run's processes are gone",
-        || processes_with("sleep 7474").is_empty(),
+        || processes_with(&sleep).is_empty(),
     );
     wait_until(Duration::from_secs(8), "the run dir is removed", || {
-        !host.run_dir("bbstop1").exists()
+        !host.run_dir(&run_id).exists()
     });
     let _ = child.wait();
     wait_until(Duration::from_secs(3), "the watcher is gone", || {
-        processes_with("bbstop1").is_empty()
+        processes_with(&run_id).is_empty()
     });
 }
 
