@@ -34,13 +34,19 @@ if [ -z "${PUSHRUN:-}" ]; then
   PUSHRUN=${CARGO_TARGET_DIR:-$PWD/target}/release/pushrun
 fi
 DIR=$(mktemp -d /tmp/pushrun-bench.XXXXXX)
-# pushrun-warm's masters live here, and end with the benchmark.
-export XDG_RUNTIME_DIR=$DIR/run
-mkdir -m 700 "$XDG_RUNTIME_DIR"
+# pushrun-warm's masters live here, and end with the benchmark: on a tmpfs where there is
+# one, as pushrun's own default would be (a disk-backed /tmp costs an inode per socket)
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+  XDG_RUNTIME_DIR=$(mktemp -d /dev/shm/pushrun-bench.XXXXXX)
+else
+  XDG_RUNTIME_DIR=$DIR/run
+  mkdir -m 700 "$XDG_RUNTIME_DIR"
+fi
+export XDG_RUNTIME_DIR
 cleanup() {
   "$PUSHRUN" disconnect >/dev/null 2>&1 || true
   scripts/loopback-hosts down "$DIR" >/dev/null 2>&1 || true
-  rm -rf "$DIR"
+  rm -rf "$DIR" "$XDG_RUNTIME_DIR"
 }
 trap cleanup EXIT
 scripts/loopback-hosts up "$DIR" "$HOSTS" >&2
