@@ -53,7 +53,7 @@ pub struct ExecArgs {
     /// The most results a payload may bring back from one host, packed or
     /// unpacked (bytes, or with K, M, G, T: 1024 based); a host that sends
     /// more fails, the others go on.
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
     pub max_results: u64,
     /// Do not keep the payload cached on the hosts: it lives in the run dir and goes with it.
     #[arg(long)]
@@ -321,33 +321,6 @@ impl ExecArgs {
 /// Where results go when `--results` does not say.
 fn default_results() -> PathBuf {
     "pushrun-results".into()
-}
-
-/// A size: bytes, or a number with K, M, G or T (optionally KiB, MB, …),
-/// each 1024 times the one before.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let text = s.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (like 500M or 2G)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("`{s}`: unknown unit (K, M, G or T)")),
-    };
-    match number.checked_mul(1 << shift) {
-        Some(0) | None => Err(format!(
-            "`{s}`: a size must be more than 0 and less than 16 EiB"
-        )),
-        Some(n) => Ok(n),
-    }
 }
 
 #[cfg(test)]

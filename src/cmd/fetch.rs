@@ -32,7 +32,7 @@ pub struct FetchArgs {
     pub sudo: SudoArgs,
     /// The most one host may send, in bytes (suffixes K, M, G); a host
     /// sending more fails and what it sent is dropped.
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
     pub max_bytes: u64,
     /// One JSON object per event on stdout, and a final summary object.
     #[arg(long)]
@@ -116,29 +116,9 @@ impl FetchArgs {
     }
 }
 
-/// A size in bytes: a number with an optional K, M or G (powers of 1024).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
-        _ => (s, 'B'),
-    };
-    let shift = match unit {
-        'B' => 0,
-        'K' => 10,
-        'M' => 20,
-        'G' => 30,
-        _ => return Err(format!("`{s}`: sizes end in K, M or G")),
-    };
-    num.parse::<u64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| format!("`{s}` is not a size (e.g. 500M)"))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::args::parse_size;
 
     #[test]
     fn sizes_take_binary_suffixes() {
@@ -146,6 +126,7 @@ mod tests {
         assert_eq!(parse_size("2k"), Ok(2048));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("0").is_err());
-        assert!(parse_size("1T").is_err());
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("1X").is_err());
     }
 }
