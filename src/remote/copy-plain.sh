@@ -25,23 +25,7 @@
 #   abort  removes the stage directory
 # NAME is a path in the stage directory (relative, no .. component).
 # Answers nothing on success; `error REASON` and exit 1 otherwise.
-fail() {
-    echo "error $*"
-    exit 1
-}
-# Why a tool failed, from what it said: the usual causes by name, else the
-# end of its first line.
-why() {
-    case $1 in
-    *"No space left"*) echo "no space left on device" ;;
-    *"Permission denied"*) echo "permission denied" ;;
-    *"Read-only file system"*) echo "read-only file system" ;;
-    *)
-        first=$(printf '%s\n' "$1" | sed -n '1p')
-        printf '%s\n' "${first##*: }"
-        ;;
-    esac
-}
+# (fail, why, merge and place come first: copylib.sh)
 # Fails unless NAME is a relative path with no .. component.
 safe_name() { # NAME
     case $1 in
@@ -104,37 +88,7 @@ finish)
     done
     [ "${1:-}" = -- ] || fail "finish: no top-level names"
     shift
-    # Whether $1 is a directory, not a symlink to one.
-    isdir() { [ -d "$1" ] && [ ! -L "$1" ]; }
-    # Whether $1 is there at all (a dangling symlink is).
-    there() { [ -e "$1" ] || [ -L "$1" ]; }
-    # Moves what directory $1 holds into directory $2: directories that
-    # are there on both sides are merged, everything else goes by one
-    # rename each, all in one `mv` per directory.
-    merge() (
-        src=$1 dst=$2
-        set --
-        for c in "$src"/* "$src"/.[!.]* "$src"/..?*; do
-            there "$c" || continue
-            t=$dst/${c##*/}
-            if isdir "$c" && isdir "$t"; then
-                merge "$c" "$t" || exit 1
-                continue
-            fi
-            if isdir "$c" && there "$t"; then fail "$t: not a directory"; fi
-            if isdir "$t"; then fail "$t: is a directory"; fi
-            set -- "$@" "$c"
-        done
-        [ "$#" -eq 0 ] && exit 0
-        err=$(mv -f -- "$@" "$dst/" 2>&1) || fail "$dst: $(why "$err")"
-    )
-    if [ "$into" = "$dest" ]; then
-        merge "$tmp" "$dest" || exit 1
-    elif isdir "$tmp/$1" && there "$dest"; then
-        fail "$dest: not a directory"
-    else
-        err=$(mv -f -- "$tmp/$1" "$dest" 2>&1) || fail "$dest: $(why "$err")"
-    fi
+    place "$1"
     ;;
 abort) rm -rf "$tmp" ;;
 *) fail "bad step '$step'" ;;

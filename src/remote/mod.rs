@@ -44,9 +44,9 @@ pub const COLLECT: &str = concat!(
 /// Removes pushrun's whole directory from a host.
 pub const CLEAN: &str = concat!(include_str!("lib.sh"), include_str!("clean.sh"));
 /// Puts files and directories, sent as a tar, at a destination (`pushrun copy`).
-pub const COPY: &str = include_str!("copy.sh");
+pub const COPY: &str = concat!(include_str!("copylib.sh"), include_str!("copy.sh"));
 /// `pushrun copy` in steps, on a host without tar (copy.sh: `lacks tar`).
-pub const COPY_PLAIN: &str = include_str!("copy-plain.sh");
+pub const COPY_PLAIN: &str = concat!(include_str!("copylib.sh"), include_str!("copy-plain.sh"));
 /// Sends files and directories back as tar archives (`pushrun fetch`), or
 /// as plain entries where the host has no tar.
 pub const FETCH: &str = concat!(include_str!("plain-out.sh"), include_str!("fetch.sh"));

@@ -287,8 +287,9 @@ fn fetch_brings_each_hosts_files_into_its_folder_untrusted() {
 /// applets on PATH (its tar, mv, mkdir), as on minimal hosts.
 #[test]
 fn the_transfer_scripts_work_under_dash_and_busybox() {
-    let copy_sh = include_str!("../../src/remote/copy.sh");
-    let fetch_sh = include_str!("../../src/remote/fetch.sh");
+    // exactly the text pushrun sends
+    let copy_sh = pushrun::remote::COPY;
+    let fetch_sh = pushrun::remote::FETCH;
     let work = tempfile::tempdir().unwrap();
     let (_, tree) = sources(work.path());
     let archive = std::process::Command::new("tar")
