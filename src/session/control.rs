@@ -11,7 +11,7 @@ use super::{Kex, SshOptions};
 
 /// A private directory for control sockets and ssh logs, removed on drop.
 ///
-/// Kept short (`/dev/shm/pushrun-PID-N/`, see [`scratch_base`]): Unix
+/// Kept short (`/dev/shm/pushrun-PID-N/`, see `scratch_base`): Unix
 /// socket paths are limited to 108 bytes. The pid in the name lets a later run remove directories left by a
 /// pushrun that was killed.
 #[derive(Debug)]

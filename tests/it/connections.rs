@@ -253,3 +253,44 @@ fn more_forks_than_open_files_allow_still_reach_every_host() {
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(run.stdout.matches(": done").count(), 8, "{}", run.all());
 }
+
+/// `pushrun exec` on every host of `hosts` with `ulimit -n` at `limit`,
+/// masters ending with the run.
+fn exec_under_open_files_limit(hosts: &TestHosts, limit: u32, args: &[&str]) -> crate::common::Run {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_pushrun"))
+        .args(["exec", "--hosts"])
+        .arg(hosts.hosts_yaml())
+        .arg("--ssh-config")
+        .arg(hosts.ssh_config())
+        .args(args)
+        .env("PUSHRUN_PERSIST", "0")
+        .stdin(std::process::Stdio::null());
+    crate::common::to_run(cmd.output().unwrap())
+}
+
+#[test]
+fn an_open_files_limit_too_low_for_one_host_is_named_for_every_host() {
+    let hosts = TestHosts::start(3);
+    let run = exec_under_open_files_limit(&hosts, 16, &["--", "echo done"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(!run.stdout.contains("done"), "{}", run.all());
+    let named = "too many open files: ulimit -n is 16, pushrun needs at least 24";
+    assert_eq!(run.stderr.matches(named).count(), 1, "{}", run.all());
+    assert!(run.stderr.contains("3 unreachable"), "{}", run.all());
+}
+
+#[test]
+fn hosts_waiting_for_open_files_wait_as_long_as_others_close() {
+    // 60 descriptors hold one host at a time: the last of 7 hosts waits
+    // for six 11 s commands, more than the 60 s a host waits with no
+    // other host closing, and still runs.
+    let hosts = TestHosts::start(7);
+    let run =
+        exec_under_open_files_limit(&hosts, 60, &["--forks", "7", "--", "sleep 11; echo done"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.stdout.matches(": done").count(), 7, "{}", run.all());
+}
