@@ -437,3 +437,59 @@ fn a_host_without_tar_or_gzip_runs_commands_and_names_the_missing_tool() {
     all_ok(&run, 2);
     assert!(!base(&hosts, 0).exists(), "{}", run.all());
 }
+
+/// Each login shell reads its own start-up file once per command, as under
+/// plain ssh: sshd's `$SHELL -c` reads it, the command's shell (exec.sh
+/// starts the login shell again for the user's command) does not read it a
+/// second time; what the file exported is seen by the command all the same.
+#[test]
+fn every_login_shell_reads_its_login_file_once_per_command_and_keeps_its_exports() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let shells = [
+        ("zsh", ".zshenv", "export PUSHRUN_RC_VAR=from-zsh"),
+        ("csh", ".cshrc", "setenv PUSHRUN_RC_VAR from-csh"),
+        ("tcsh", ".tcshrc", "setenv PUSHRUN_RC_VAR from-tcsh"),
+        (
+            "fish",
+            ".config/fish/config.fish",
+            "set -gx PUSHRUN_RC_VAR from-fish",
+        ),
+        ("bash", ".bashrc", "export PUSHRUN_RC_VAR=from-bash"),
+    ];
+    let opts: Vec<HostOpts> = shells
+        .iter()
+        .map(|(sh, _, _)| HostOpts {
+            login_shell: Some(sh),
+            chatty_login: true,
+            ..HostOpts::default()
+        })
+        .collect();
+    let hosts = TestHosts::start_with(&opts);
+    let inv = inventory(&hosts);
+    let home = |i: usize| hosts.tmp_dir(i).join("home-pushrun-test");
+    for (i, (_, file, export)) in shells.iter().enumerate() {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(home(i).join(file))
+            .unwrap();
+        std::io::Write::write_all(&mut f, format!("{export}\n").as_bytes()).unwrap();
+    }
+    for (i, _) in shells.iter().enumerate() {
+        let _ = std::fs::remove_file(home(i).join(".login-reads"));
+    }
+    let run = exec(&hosts, &inv, &["--", "echo \"rc=$PUSHRUN_RC_VAR\""]);
+    all_ok(&run, shells.len());
+    for (i, (sh, file, _)) in shells.iter().enumerate() {
+        assert_eq!(
+            run.lines_of(&hosts.addr(i)),
+            [format!("rc=from-{sh}")],
+            "{sh}: {}",
+            run.all()
+        );
+        let reads = std::fs::read_to_string(home(i).join(".login-reads")).unwrap();
+        assert_eq!(reads, format!("{file}\n"), "{sh}: {}", run.all());
+    }
+}
