@@ -263,8 +263,8 @@ impl HostTask<'_> {
             let _ = w.flush().await;
         }
         // what the login files printed ahead of the script is not its output
-        let mut stdout = child.stdout().take().map(crate::remote::AfterFrame::new);
-        let stderr = child.stderr().take().map(crate::remote::AfterFrame::new);
+        let mut stdout = child.stdout().take().map(|r| session.after_frame(r, false));
+        let stderr = child.stderr().take().map(|r| session.after_frame(r, true));
         // "stop" waits until the script has been read (remote::start_gated)
         let framed = stdout.as_mut().map(crate::remote::AfterFrame::framed);
         let hash = launch.hash;

@@ -78,13 +78,15 @@ pub(super) async fn run_host(
         sudo,
         pty_auto: access.pty_auto,
     };
-    let outcome = match &spec.job {
+    let mut outcome = match &spec.job {
         Job::Command(command) => task.run_command(command, spec, timings).await,
         Job::Payload(job) => task.run_payloads(job, spec, timings).await,
         Job::Clean => task.clean(timings).await,
         Job::Copy(job) => task.copy(job, spec.timeout, timings).await,
         Job::Fetch(job) => task.fetch(job, spec.timeout, timings).await,
     };
+    // once per host and run, however many channels dropped it
+    outcome.notes.extend(session.login_noise_note());
     session.close().await;
     outcome
 }

@@ -17,9 +17,13 @@
 //!
 //! Login files (a chatty `.bashrc`) print before the line runs. The line
 //! writes [`FRAME_START`] on stdout and on stderr before the script starts;
-//! everything ahead of it is the login's, and is dropped ([`AfterFrame`]).
+//! everything ahead of it is the login's, and is dropped ([`AfterFrame`]);
+//! how much was dropped is counted ([`LoginNoise`]) so that the host's
+//! outcome says so once, instead of the bytes vanishing without a word.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
@@ -135,14 +139,62 @@ fn find_frame(bytes: &[u8]) -> Option<usize> {
     Some(end)
 }
 
+/// How many bytes of `upto_frame` (what [`find_frame`] ends) come before
+/// the marker's line.
+fn before_marker(upto_frame: &[u8]) -> usize {
+    let mut n = upto_frame.len();
+    for end in [b'\n', b'\r'] {
+        if n > 0 && upto_frame[n - 1] == end {
+            n -= 1;
+        }
+    }
+    n.saturating_sub(FRAME_START.len())
+}
+
 /// How much login noise is held while waiting for the marker: more is
 /// dropped from the front (it is noise either way).
 const HOLD_LIMIT: usize = 256 * 1024;
+
+/// What one host's login files printed ahead of pushrun's frames, over
+/// every channel of its connection: each channel starts the login shell
+/// again, so the most any one channel's stdout (and stderr) dropped is what
+/// the login files print once.
+#[derive(Debug, Default)]
+pub struct LoginNoise {
+    stdout: AtomicUsize,
+    stderr: AtomicUsize,
+}
+
+impl LoginNoise {
+    /// What the login files print once, in bytes (stdout and stderr).
+    pub fn bytes(&self) -> usize {
+        self.stdout.load(Ordering::Relaxed) + self.stderr.load(Ordering::Relaxed)
+    }
+
+    /// The host's note about it, when there was any.
+    pub fn note(&self) -> Option<String> {
+        match self.bytes() {
+            0 => None,
+            n => Some(format!(
+                "login files printed {n} bytes before pushrun's output (not shown)"
+            )),
+        }
+    }
+
+    fn record(&self, stderr: bool, dropped: usize) {
+        let which = if stderr { &self.stderr } else { &self.stdout };
+        which.fetch_max(dropped, Ordering::Relaxed);
+    }
+}
 
 /// A reader that drops the login's bytes ahead of [`FRAME_START`].
 #[derive(Debug)]
 pub struct AfterFrame<R> {
     inner: R,
+    /// Where the dropped bytes are counted, and whether this is stderr.
+    noise: Option<(Arc<LoginNoise>, bool)>,
+    /// Bytes dropped from the front while holding more than the limit.
+    dropped: usize,
     /// Told once the marker came (or the stream ended without it).
     framed: Option<tokio::sync::watch::Sender<bool>>,
     /// `Some` while still looking for the marker.
@@ -156,10 +208,19 @@ impl<R> AfterFrame<R> {
     pub fn new(inner: R) -> AfterFrame<R> {
         AfterFrame {
             inner,
+            noise: None,
+            dropped: 0,
             framed: None,
             held: Some(Vec::new()),
             rest: Vec::new(),
         }
+    }
+
+    /// Counts what it drops into `noise` (as stderr when `stderr`).
+    #[must_use]
+    pub fn counted(mut self, noise: &Arc<LoginNoise>, stderr: bool) -> AfterFrame<R> {
+        self.noise = Some((Arc::clone(noise), stderr));
+        self
     }
 
     /// A receiver that turns true once the marker has come (the script has
@@ -215,6 +276,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
                     continue;
                 }
                 this.rest = held.split_off(at);
+                if let Some((noise, stderr)) = &this.noise {
+                    noise.record(*stderr, this.dropped + before_marker(held));
+                }
                 this.held = None;
                 if let Some(tx) = this.framed.take() {
                     let _ = tx.send(true);
@@ -224,6 +288,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
             if held.len() > HOLD_LIMIT {
                 let cut = held.len() - HOLD_LIMIT / 2;
                 held.drain(..cut);
+                this.dropped += cut;
             }
         }
     }
@@ -273,6 +338,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, b"no marker\n");
+    }
+
+    #[tokio::test]
+    async fn dropped_noise_is_counted_once_per_stream_not_per_channel() {
+        let noise = Arc::new(LoginNoise::default());
+        for _channel in 0..3 {
+            let data = b"Welcome to host0\r\npushrun-frame-start-5e1f\r\nanswer\n".to_vec();
+            let (a, b) = data.split_at(20);
+            let r = tokio_test_reader(a.to_vec(), b.to_vec());
+            let mut out = Vec::new();
+            let mut r = AfterFrame::new(r).counted(&noise, false);
+            r.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, b"answer\n");
+            let mut err =
+                AfterFrame::new(&b"motd\npushrun-frame-start-5e1f\n"[..]).counted(&noise, true);
+            err.read_to_end(&mut Vec::new()).await.unwrap();
+        }
+        assert_eq!(noise.bytes(), 18 + 5);
+        assert_eq!(
+            noise.note().unwrap(),
+            "login files printed 23 bytes before pushrun's output (not shown)"
+        );
+        let quiet = Arc::new(LoginNoise::default());
+        let mut r = AfterFrame::new(&b"pushrun-frame-start-5e1f\nx"[..]).counted(&quiet, false);
+        r.read_to_end(&mut Vec::new()).await.unwrap();
+        assert_eq!(quiet.note(), None);
     }
 
     fn tokio_test_reader(a: Vec<u8>, b: Vec<u8>) -> impl AsyncRead + Unpin {

@@ -11,7 +11,7 @@ mod boot;
 mod line;
 mod sudo;
 
-pub use boot::{AfterFrame, FRAME_START, Start, skip_login, start, start_gated};
+pub use boot::{AfterFrame, FRAME_START, LoginNoise, Start, skip_login, start, start_gated};
 pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_boot, sudo_line, without_echo};
 pub use sudo::{SudoCheck, parse_sudo_check};
 

@@ -12,6 +12,18 @@ use super::Session;
 use crate::remote;
 
 impl Session {
+    /// Reads a script's stdout (or its stderr, `stderr`) after its frame
+    /// marker, counting what the login files printed ahead of it.
+    pub fn after_frame<R>(&self, stream: R, stderr: bool) -> remote::AfterFrame<R> {
+        remote::AfterFrame::new(stream).counted(&self.login_noise, stderr)
+    }
+
+    /// The host's note about what its login files printed ahead of
+    /// pushrun's output on any channel of this connection, if anything.
+    pub fn login_noise_note(&self) -> Option<String> {
+        self.login_noise.note()
+    }
+
     /// Starts one of pushrun's remote scripts as `NAME ARGS...` with `vars`
     /// exported and all three streams piped: the fixed bootstrap line (see
     /// `remote::start`), the script written to stdin first. What the script
@@ -88,8 +100,8 @@ impl Session {
         let start = remote::start_gated(script, name, args, &[]);
         let mut child = self.spawn_line(start.line()).await?;
         let mut stdin = child.stdin().take();
-        let mut stdout = child.stdout().take().map(remote::AfterFrame::new);
-        let mut stderr = child.stderr().take().map(remote::AfterFrame::new);
+        let mut stdout = child.stdout().take().map(|r| self.after_frame(r, false));
+        let mut stderr = child.stderr().take().map(|r| self.after_frame(r, true));
         let framed = stdout.as_mut().map(remote::AfterFrame::framed);
         let write = async {
             if let Some(w) = stdin.as_mut() {
