@@ -224,7 +224,8 @@ if [ -n "$owner" ]; then
     # session's with this script its leader; otherwise this script alone,
     # whose trap then waits for the command it is in) and removes the run
     # dir and its owner file. It looks once a second; its streams are not
-    # the channel's, so it keeps no channel open.
+    # the channel's, so it keeps no channel open (nor do the copies of them
+    # that csh leaves open on fds 3 to 5 across its exec).
     {
         printf '%s\n' "$owner_fns"
         cat <<'GUARD'
@@ -250,7 +251,7 @@ while sleep 1; do
 done
 GUARD
     } 2>/dev/null | check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host me_boot=$me_boot \
-        /bin/sh -s pushrun-guard >/dev/null 2>&1 &
+        /bin/sh -s pushrun-guard >/dev/null 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 fi
 if [ "$mode" = cache ]; then
     if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then
