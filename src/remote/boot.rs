@@ -51,6 +51,20 @@ const BOOT_GATED: &str = concat!(
     "eval \"$pushrun_script\""
 );
 
+/// The `/bin/sh -c` word for a script run on a terminal (`--pty`, sudo
+/// prompting on one): the terminal made raw and silent (its settings saved)
+/// before the marker, so that the script pushrun sends once it sees the
+/// marker passes the line discipline unaltered and unechoed, whatever its
+/// length (no canonical line limit); then the settings restored, and the
+/// script run on the terminal as it was.
+const BOOT_PTY: &str = concat!(
+    "pushrun_tty=$(stty -g 2>/dev/null); stty raw -echo 2>/dev/null; ",
+    "echo pushrun-frame-start-5e1f && IFS= read -r pushrun_n && ",
+    "pushrun_script=$(head -c \"$pushrun_n\") && ",
+    "{ [ -z \"$pushrun_tty\" ] || stty \"$pushrun_tty\" 2>/dev/null; true; } && ",
+    "eval \"$pushrun_script\""
+);
+
 /// A script ready to start: the line for sshd and what goes on stdin first.
 #[derive(Debug, Clone)]
 pub struct Start {
@@ -77,6 +91,25 @@ pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)])
 /// the script's stdout has shown [`FRAME_START`] (see [`AfterFrame::framed`]).
 pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
     start_with(BOOT_GATED, script, name, args, vars)
+}
+
+/// As [`start_gated`], on a terminal: the preamble is written once the
+/// terminal's output has shown [`FRAME_START`] (see [`FrameScan`]), and
+/// with `quiet` the terminal's echo stays off while the script runs (a
+/// payload's run, to which pushrun may write "stop").
+pub fn start_pty(
+    script: &str,
+    name: &str,
+    args: &[&str],
+    vars: &[(String, String)],
+    quiet: bool,
+) -> Start {
+    if quiet {
+        let script = format!("stty -echo 2>/dev/null\n{script}");
+        start_with(BOOT_PTY, &script, name, args, vars)
+    } else {
+        start_with(BOOT_PTY, script, name, args, vars)
+    }
 }
 
 fn start_with(
@@ -181,9 +214,65 @@ impl LoginNoise {
         }
     }
 
-    fn record(&self, stderr: bool, dropped: usize) {
+    /// Counts `dropped` bytes of one channel's stdout (or stderr).
+    pub fn record(&self, stderr: bool, dropped: usize) {
         let which = if stderr { &self.stderr } else { &self.stdout };
         which.fetch_max(dropped, Ordering::Relaxed);
+    }
+}
+
+/// [`AfterFrame`]'s work on bytes handed to it, for a terminal's output
+/// that is read by hand (sudo's prompt answered first).
+#[derive(Debug)]
+pub struct FrameScan {
+    /// `Some` while still looking for the marker.
+    held: Option<Vec<u8>>,
+    dropped: usize,
+}
+
+impl Default for FrameScan {
+    fn default() -> FrameScan {
+        FrameScan {
+            held: Some(Vec::new()),
+            dropped: 0,
+        }
+    }
+}
+
+impl FrameScan {
+    /// The bytes of `bytes` to pass on, and whether the marker came with them.
+    pub fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let Some(held) = self.held.as_mut() else {
+            return (bytes.to_vec(), false);
+        };
+        held.extend_from_slice(bytes);
+        if let Some(at) = find_frame(held) {
+            // a marker cut right after its text may still have its newline coming
+            if at == held.len() && !held.ends_with(b"\n") {
+                return (Vec::new(), false);
+            }
+            let rest = held.split_off(at);
+            self.dropped += before_marker(held);
+            self.held = None;
+            return (rest, true);
+        }
+        if held.len() > HOLD_LIMIT {
+            let cut = held.len() - HOLD_LIMIT / 2;
+            held.drain(..cut);
+            self.dropped += cut;
+        }
+        (Vec::new(), false)
+    }
+
+    /// What was held when the output ended without a marker (the login
+    /// shell failed before the line ran): shown, so that the error is seen.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.held.take().unwrap_or_default()
+    }
+
+    /// How many bytes came before the marker (dropped as the login's).
+    pub fn dropped(&self) -> usize {
+        self.dropped
     }
 }
 
@@ -338,6 +427,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, b"no marker\n");
+    }
+
+    #[test]
+    fn the_pty_line_is_fixed_and_the_scan_finds_the_marker_in_pieces() {
+        let big = "x".repeat(50_000);
+        let s = start_pty(&big, "pushrun-run", &["a'b"], &[], true);
+        let line = s.line();
+        assert!(line.len() < 400, "{line}");
+        assert!(!line.contains('\\') && !line.contains('!') && !line.contains('\n'));
+        assert_eq!(
+            line,
+            start_pty("echo", "pushrun-run", &[], &[], false).line()
+        );
+        assert_eq!(BOOT_PTY.matches(FRAME_START).count(), 1);
+        let text = String::from_utf8(s.preamble).unwrap();
+        assert!(
+            text.contains("\nstty -echo 2>/dev/null\nxxx"),
+            "{}",
+            &text[..80]
+        );
+        let mut scan = FrameScan::default();
+        assert_eq!(
+            scan.feed(b"Welcome\r\npushrun-frame-start-5e1f"),
+            (vec![], false)
+        );
+        assert_eq!(scan.feed(b"\nout\r\n"), (b"out\r\n".to_vec(), true));
+        assert_eq!(scan.feed(b"more"), (b"more".to_vec(), false));
+        assert_eq!(scan.dropped(), 9);
+        let mut none = FrameScan::default();
+        assert_eq!(none.feed(b"sh: error\n"), (vec![], false));
+        assert_eq!(none.finish(), b"sh: error\n");
     }
 
     #[tokio::test]

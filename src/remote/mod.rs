@@ -11,8 +11,11 @@ mod boot;
 mod line;
 mod sudo;
 
-pub use boot::{AfterFrame, FRAME_START, LoginNoise, Start, skip_login, start, start_gated};
-pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_boot, sudo_line, without_echo};
+pub use boot::{
+    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, skip_login, start, start_gated,
+    start_pty,
+};
+pub use line::{SUDO_PROMPT, SudoVia, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
 
 /// Runs a plain command; ends its process group when stdin closes.

@@ -5,7 +5,7 @@
 # that the initiator can report the refusal (or, with --pty auto, run it
 # again without a PTY) instead of running it twice or in the wrong mode.
 #
-# Invoked as: exec sh -c "$(cat pty.sh)" pushrun-pty 'COMMAND'
+# Invoked as: pushrun-pty COMMAND (behind the PTY bootstrap line: src/remote/boot.rs)
 if [ -t 0 ] && [ -t 1 ]; then
     # shellcheck disable=SC2154 # norc is set by login.sh, prepended to this
     exec "${SHELL:-/bin/sh}" ${norc:+"$norc"} -c "$1"

@@ -18,6 +18,12 @@ impl Session {
         remote::AfterFrame::new(stream).counted(&self.login_noise, stderr)
     }
 
+    /// Counts what the login files printed ahead of the frame marker on a
+    /// terminal (read by hand: `remote::FrameScan`).
+    pub fn note_login_noise(&self, bytes: usize) {
+        self.login_noise.record(false, bytes);
+    }
+
     /// The host's note about what its login files printed ahead of
     /// pushrun's output on any channel of this connection, if anything.
     pub fn login_noise_note(&self) -> Option<String> {
@@ -139,7 +145,7 @@ impl Session {
         })
     }
 
-    /// Starts a remote command line (see `remote::remote_line`) with a PTY, through
+    /// Starts a remote command line (see `remote::start_pty`) with a PTY, through
     /// the master (`ssh -S ctl -tt`).
     ///
     /// stdout and stderr arrive merged on the child's stdout, as on any
