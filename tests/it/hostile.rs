@@ -973,3 +973,169 @@ fn ctrl_c_during_the_check_leaves_no_run_dir() {
         common::processes_with(&marker).is_empty()
     });
 }
+
+/// Runs receive.sh (as pushrun sends it) on host 0 as the login user, with
+/// `upload` on its stdin; its exit code, stdout and stderr.
+fn run_receive(hosts: &TestHosts, args: &str, upload: &[u8]) -> (Option<i32>, String) {
+    let script = format!("/tmp/receive-{}.sh", std::process::id());
+    let put = |cmd: String, input: &[u8]| {
+        let mut ssh = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(hosts.ssh_config())
+            .arg(hosts.addr(0))
+            .arg(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(ssh.stdin.as_mut().unwrap(), input).unwrap();
+        drop(ssh.stdin.take());
+        ssh.wait_with_output().unwrap()
+    };
+    assert!(
+        put(
+            format!("cat > {script}"),
+            pushrun::remote::RECEIVE.as_bytes()
+        )
+        .status
+        .success()
+    );
+    let out = put(format!("sh {script} {args}"), upload);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// An upload as pushrun sends it: a tar.gz of `.pushrun-expect` and the files.
+fn upload_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut expect = String::new();
+    for (path, data) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        let sum: String = sha2::Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        expect.push_str(&format!("{sum} 644 {} {path}\n", data.len()));
+    }
+    std::fs::write(dir.path().join(".pushrun-expect"), expect).unwrap();
+    let out = std::process::Command::new("tar")
+        .args(["-czf", "-", "-C"])
+        .arg(dir.path())
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// receive.sh, symlink by symlink: where BASE/cache, the target, a dir
+/// inside the target, the run dir (no cache) or the lock dir is a symlink
+/// (planted by a run, or another user's doing through one), nothing is
+/// written where it points.
+#[test]
+fn receive_writes_through_no_symlink_planted_under_the_base() {
+    if !common::is_root() {
+        eprintln!("skipped: changes BASE in the host's own /tmp, which needs root");
+        return;
+    }
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // a real run makes BASE, as a check would have
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let base_in = "/tmp/.pushrun-root";
+    let base = hosts.tmp_dir(0).join(".pushrun-root");
+    let elsewhere = hosts.tmp_dir(0).join("elsewhere");
+    let elsewhere_in = "/tmp/elsewhere";
+    let (d1, d2, d3) = ("d1".repeat(32), "d2".repeat(32), "d3".repeat(32));
+    let fresh = || {
+        let _ = std::fs::remove_dir_all(&elsewhere);
+        std::fs::create_dir(&elsewhere).unwrap();
+    };
+    let untouched = |what: &str, text: &str| {
+        assert_eq!(names_in(&elsewhere), Vec::<String>::new(), "{what}: {text}");
+    };
+    let symlink = |at: &Path| std::os::unix::fs::symlink(elsewhere_in, at).unwrap();
+
+    // BASE/cache is a symlink
+    fresh();
+    let cache = base.join("cache");
+    std::fs::rename(&cache, base.join("cache.real")).unwrap();
+    symlink(&cache);
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d1} r1 cache"),
+        &upload_of(&[("f", b"one\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("cache", &text);
+    assert_eq!(std::fs::read(cache.join(&d1).join("f")).unwrap(), b"one\n");
+
+    // the target is a symlink
+    fresh();
+    symlink(&cache.join(&d2));
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d2} r2 cache"),
+        &upload_of(&[("f", b"two\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("target", &text);
+    assert_eq!(std::fs::read(cache.join(&d2).join("f")).unwrap(), b"two\n");
+
+    // a dir inside a target that has files is a symlink
+    fresh();
+    std::fs::create_dir_all(cache.join(&d3)).unwrap();
+    std::fs::write(cache.join(&d3).join("keep"), "k").unwrap();
+    symlink(&cache.join(&d3).join("sub"));
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d3} r3 cache"),
+        &upload_of(&[("sub/f", b"three\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("inside the target", &text);
+    assert_eq!(
+        std::fs::read(cache.join(&d3).join("sub/f")).unwrap(),
+        b"three\n"
+    );
+
+    // the run dir of a run without cache is a symlink
+    fresh();
+    std::fs::create_dir_all(base.join("runs")).unwrap();
+    symlink(&base.join("runs/r4"));
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d1} r4 nocache"),
+        &upload_of(&[("f", b"four\n")]),
+    );
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("r4 was a symlink: refusing to follow it"),
+        "{text}"
+    );
+    untouched("run dir", &text);
+
+    // the lock dir is a symlink: no one's lock, and not written through
+    fresh();
+    symlink(&base.join("lock"));
+    let started = std::time::Instant::now();
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d1} r5 cache"),
+        &upload_of(&[("g", b"five\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("lock", &text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "waited for a symlink"
+    );
+}
