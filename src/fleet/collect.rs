@@ -60,8 +60,8 @@ pub(super) async fn collect(
         .map_err(|e| CollectError::Failed(error_chain(&e)))?;
     drop(child.stdin().take());
     // what the login files print ahead of the script is not the archive
-    let stdout = child.stdout().take().map(remote::AfterFrame::new);
-    let stderr = child.stderr().take().map(remote::AfterFrame::new);
+    let stdout = child.stdout().take().map(|r| session.after_frame(r, false));
+    let stderr = child.stderr().take().map(|r| session.after_frame(r, true));
     let stop = Notify::new();
     let read_out = async {
         let got = match stdout {

@@ -263,8 +263,8 @@ impl HostTask<'_> {
             let _ = w.flush().await;
         }
         // what the login files printed ahead of the script is not its output
-        let mut stdout = child.stdout().take().map(crate::remote::AfterFrame::new);
-        let stderr = child.stderr().take().map(crate::remote::AfterFrame::new);
+        let mut stdout = child.stdout().take().map(|r| session.after_frame(r, false));
+        let stderr = child.stderr().take().map(|r| session.after_frame(r, true));
         // "stop" waits until the script has been read (remote::start_gated)
         let framed = stdout.as_mut().map(crate::remote::AfterFrame::framed);
         let hash = launch.hash;
@@ -328,6 +328,7 @@ impl HostTask<'_> {
         let stderr = child.stderr.take();
         let pid = child.id();
         let answer = launch.answer;
+        let preamble = launch.stdin_first;
         let input = stdin.clone();
         let work = async move {
             // The terminal's output, with sudo's prompt answered and taken out.
@@ -335,6 +336,8 @@ impl HostTask<'_> {
                 let mut r = stdout?;
                 let mut lines = LineSplitter::new(id, Stream::Stdout, true, events);
                 let mut prompt = PromptScan::new(answer.is_some());
+                // the login's noise before the marker is not the command's output
+                let mut frame = crate::remote::FrameScan::default();
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
                     let n = match r.read(&mut buf).await {
@@ -361,8 +364,18 @@ impl HostTask<'_> {
                         }
                         PromptAction::None => {}
                     }
+                    let (pass, framed) = frame.feed(&pass);
+                    if framed {
+                        // the terminal is raw and silent now: the script
+                        session.note_login_noise(frame.dropped());
+                        if let (Some(pre), Some(w)) = (&preamble, input.lock().await.as_mut()) {
+                            let _ = w.write_all(pre).await;
+                            let _ = w.flush().await;
+                        }
+                    }
                     lines.push(&pass).await;
                 }
+                lines.push(&frame.finish()).await;
                 lines.finish().await;
                 None
             };
@@ -376,26 +389,10 @@ impl HostTask<'_> {
                 text
             };
             let (refused, err_text) = tokio::join!(out, err);
-            let err_text = String::from_utf8_lossy(&err_text).trim().to_string();
             let status = child.wait().await;
-            if let Some(why) = refused {
-                return CommandEnd::Refused(why);
-            }
-            match status {
-                Ok(status) => match status.code() {
-                    Some(NO_PTY_EXIT) if err_text.contains("no pseudo terminal") => {
-                        CommandEnd::NoPty
-                    }
-                    Some(_) if err_text.contains("must have a tty") => CommandEnd::Refused(
-                        "sudo requires a terminal on this host (requiretty), and the server \
-                         refuses one (PermitTTY no)"
-                            .into(),
-                    ),
-                    Some(255) => CommandEnd::Lost(err_text),
-                    Some(c) => CommandEnd::Exited(c),
-                    None => CommandEnd::Signalled,
-                },
-                Err(e) => CommandEnd::Lost(e.to_string()),
+            match refused {
+                Some(why) => CommandEnd::Refused(why),
+                None => pty_end(status, &err_text),
             }
         };
         let stop = move |why: &CommandEnd| {
@@ -418,6 +415,26 @@ impl HostTask<'_> {
             }
         };
         supervise(work, stop, timeout, &mut self.triggers).await
+    }
+}
+
+/// How a command on a PTY ended, from ssh's exit status and what it (or
+/// our wrapper, or sudo without a terminal) wrote on stderr.
+fn pty_end(status: std::io::Result<std::process::ExitStatus>, err_text: &[u8]) -> CommandEnd {
+    let err_text = String::from_utf8_lossy(err_text).trim().to_string();
+    match status {
+        Ok(status) => match status.code() {
+            Some(NO_PTY_EXIT) if err_text.contains("no pseudo terminal") => CommandEnd::NoPty,
+            Some(_) if err_text.contains("must have a tty") => CommandEnd::Refused(
+                "sudo requires a terminal on this host (requiretty), and the server \
+                 refuses one (PermitTTY no)"
+                    .into(),
+            ),
+            Some(255) => CommandEnd::Lost(err_text),
+            Some(c) => CommandEnd::Exited(c),
+            None => CommandEnd::Signalled,
+        },
+        Err(e) => CommandEnd::Lost(e.to_string()),
     }
 }
 

@@ -12,9 +12,7 @@ use super::{Job, PtyMode, RunSpec, Triggers, error_chain};
 use crate::auth::{Become, Secret};
 use crate::events::{Event, HostId, HostOutcome, Status, Stream, Timings};
 use crate::inventory::Host;
-use crate::remote::{
-    self, SudoCheck, SudoVia, parse_sudo_check, remote_line, sudo_boot, sudo_line, without_echo,
-};
+use crate::remote::{self, SudoCheck, SudoVia, parse_sudo_check, sudo_boot};
 use sha2::Sha256;
 
 use crate::session::{ControlDir, Session};
@@ -78,13 +76,15 @@ pub(super) async fn run_host(
         sudo,
         pty_auto: access.pty_auto,
     };
-    let outcome = match &spec.job {
+    let mut outcome = match &spec.job {
         Job::Command(command) => task.run_command(command, spec, timings).await,
         Job::Payload(job) => task.run_payloads(job, spec, timings).await,
         Job::Clean => task.clean(timings).await,
         Job::Copy(job) => task.copy(job, spec.timeout, timings).await,
         Job::Fetch(job) => task.fetch(job, spec.timeout, timings).await,
     };
+    // once per host and run, however many channels dropped it
+    outcome.notes.extend(session.login_noise_note());
     session.close().await;
     outcome
 }
@@ -138,7 +138,8 @@ pub(super) struct Launch {
     /// The remote command line.
     pub(super) line: String,
     /// Written to its stdin first: sudo's password for `sudo -S`, then the
-    /// script (see `remote::start`).
+    /// script (see `remote::start`); on a PTY, the script once the terminal
+    /// has shown the frame marker (`remote::start_pty`).
     pub(super) stdin_first: Option<Vec<u8>>,
     /// Through a PTY (sudo's requiretty).
     pub(super) pty: bool,
@@ -170,21 +171,24 @@ impl HostTask<'_> {
         pty_ok: bool,
     ) -> Result<Launch, String> {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        // Without a PTY the script travels on stdin behind a fixed line; on
-        // a PTY (whose stdin is a terminal) it is in the line. Nothing is
+        // The script travels on stdin behind a fixed line. Nothing is
         // written after it before its frame marker (run_streamed), so it is
-        // read in one go.
-        let start = remote::start_gated(script, name, &refs, vars);
-        let inner = remote_line(script, name, &refs, vars);
-        let Some((become_, how)) = &self.sudo else {
-            let (line, stdin_first) = if pty {
-                (inner, None)
+        // read in one go. On a PTY (whose stdin is a terminal) it is written
+        // once the line has made the terminal raw and said so with the
+        // marker (run_pty), and a payload's run keeps the echo off: it must
+        // not show the "stop" line pushrun may write.
+        let pty_start = |pty: bool| {
+            if pty {
+                remote::start_pty(script, name, &refs, vars, script == remote::RUN)
             } else {
-                (start.line(), Some(start.preamble))
-            };
+                remote::start_gated(script, name, &refs, vars)
+            }
+        };
+        let Some((become_, how)) = &self.sudo else {
+            let start = pty_start(pty);
             return Ok(Launch {
-                line,
-                stdin_first,
+                line: start.line(),
+                stdin_first: Some(start.preamble),
                 pty,
                 answer: None,
                 hash: None,
@@ -209,18 +213,9 @@ impl HostTask<'_> {
             (SudoVia::Stdin, Some(p)) => format!("{}\n", p.expose()).into_bytes(),
             _ => Vec::new(),
         };
-        let line = if pty {
-            // A payload's run under a PTY: the terminal must not echo the "stop" line.
-            let inner = if script == remote::RUN {
-                without_echo(&inner)
-            } else {
-                inner
-            };
-            sudo_line(&inner, &become_.user, via)
-        } else {
-            first.extend_from_slice(&start.preamble);
-            sudo_boot(&start.boot, &become_.user, via)
-        };
+        let start = pty_start(pty);
+        first.extend_from_slice(&start.preamble);
+        let line = sudo_boot(&start.boot, &become_.user, via);
         Ok(Launch {
             line,
             stdin_first: (!first.is_empty()).then_some(first),

@@ -17,9 +17,13 @@
 //!
 //! Login files (a chatty `.bashrc`) print before the line runs. The line
 //! writes [`FRAME_START`] on stdout and on stderr before the script starts;
-//! everything ahead of it is the login's, and is dropped ([`AfterFrame`]).
+//! everything ahead of it is the login's, and is dropped ([`AfterFrame`]);
+//! how much was dropped is counted ([`LoginNoise`]) so that the host's
+//! outcome says so once, instead of the bytes vanishing without a word.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
@@ -44,6 +48,20 @@ const BOOT: &str = concat!(
 const BOOT_GATED: &str = concat!(
     "IFS= read -r pushrun_n && pushrun_script=$(head -c \"$pushrun_n\") && ",
     "echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && ",
+    "eval \"$pushrun_script\""
+);
+
+/// The `/bin/sh -c` word for a script run on a terminal (`--pty`, sudo
+/// prompting on one): the terminal made raw and silent (its settings saved)
+/// before the marker, so that the script pushrun sends once it sees the
+/// marker passes the line discipline unaltered and unechoed, whatever its
+/// length (no canonical line limit); then the settings restored, and the
+/// script run on the terminal as it was.
+const BOOT_PTY: &str = concat!(
+    "pushrun_tty=$(stty -g 2>/dev/null); stty raw -echo 2>/dev/null; ",
+    "echo pushrun-frame-start-5e1f && IFS= read -r pushrun_n && ",
+    "pushrun_script=$(head -c \"$pushrun_n\") && ",
+    "{ [ -z \"$pushrun_tty\" ] || stty \"$pushrun_tty\" 2>/dev/null; true; } && ",
     "eval \"$pushrun_script\""
 );
 
@@ -73,6 +91,25 @@ pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)])
 /// the script's stdout has shown [`FRAME_START`] (see [`AfterFrame::framed`]).
 pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
     start_with(BOOT_GATED, script, name, args, vars)
+}
+
+/// As [`start_gated`], on a terminal: the preamble is written once the
+/// terminal's output has shown [`FRAME_START`] (see [`FrameScan`]), and
+/// with `quiet` the terminal's echo stays off while the script runs (a
+/// payload's run, to which pushrun may write "stop").
+pub fn start_pty(
+    script: &str,
+    name: &str,
+    args: &[&str],
+    vars: &[(String, String)],
+    quiet: bool,
+) -> Start {
+    if quiet {
+        let script = format!("stty -echo 2>/dev/null\n{script}");
+        start_with(BOOT_PTY, &script, name, args, vars)
+    } else {
+        start_with(BOOT_PTY, script, name, args, vars)
+    }
 }
 
 fn start_with(
@@ -135,14 +172,118 @@ fn find_frame(bytes: &[u8]) -> Option<usize> {
     Some(end)
 }
 
+/// How many bytes of `upto_frame` (what [`find_frame`] ends) come before
+/// the marker's line.
+fn before_marker(upto_frame: &[u8]) -> usize {
+    let mut n = upto_frame.len();
+    for end in [b'\n', b'\r'] {
+        if n > 0 && upto_frame[n - 1] == end {
+            n -= 1;
+        }
+    }
+    n.saturating_sub(FRAME_START.len())
+}
+
 /// How much login noise is held while waiting for the marker: more is
 /// dropped from the front (it is noise either way).
 const HOLD_LIMIT: usize = 256 * 1024;
+
+/// What one host's login files printed ahead of pushrun's frames, over
+/// every channel of its connection: each channel starts the login shell
+/// again, so the most any one channel's stdout (and stderr) dropped is what
+/// the login files print once.
+#[derive(Debug, Default)]
+pub struct LoginNoise {
+    stdout: AtomicUsize,
+    stderr: AtomicUsize,
+}
+
+impl LoginNoise {
+    /// What the login files print once, in bytes (stdout and stderr).
+    pub fn bytes(&self) -> usize {
+        self.stdout.load(Ordering::Relaxed) + self.stderr.load(Ordering::Relaxed)
+    }
+
+    /// The host's note about it, when there was any.
+    pub fn note(&self) -> Option<String> {
+        match self.bytes() {
+            0 => None,
+            n => Some(format!(
+                "login files printed {n} bytes before pushrun's output (not shown)"
+            )),
+        }
+    }
+
+    /// Counts `dropped` bytes of one channel's stdout (or stderr).
+    pub fn record(&self, stderr: bool, dropped: usize) {
+        let which = if stderr { &self.stderr } else { &self.stdout };
+        which.fetch_max(dropped, Ordering::Relaxed);
+    }
+}
+
+/// [`AfterFrame`]'s work on bytes handed to it, for a terminal's output
+/// that is read by hand (sudo's prompt answered first).
+#[derive(Debug)]
+pub struct FrameScan {
+    /// `Some` while still looking for the marker.
+    held: Option<Vec<u8>>,
+    dropped: usize,
+}
+
+impl Default for FrameScan {
+    fn default() -> FrameScan {
+        FrameScan {
+            held: Some(Vec::new()),
+            dropped: 0,
+        }
+    }
+}
+
+impl FrameScan {
+    /// The bytes of `bytes` to pass on, and whether the marker came with them.
+    pub fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let Some(held) = self.held.as_mut() else {
+            return (bytes.to_vec(), false);
+        };
+        held.extend_from_slice(bytes);
+        if let Some(at) = find_frame(held) {
+            // a marker cut right after its text may still have its newline coming
+            if at == held.len() && !held.ends_with(b"\n") {
+                return (Vec::new(), false);
+            }
+            let rest = held.split_off(at);
+            self.dropped += before_marker(held);
+            self.held = None;
+            return (rest, true);
+        }
+        if held.len() > HOLD_LIMIT {
+            let cut = held.len() - HOLD_LIMIT / 2;
+            held.drain(..cut);
+            self.dropped += cut;
+        }
+        (Vec::new(), false)
+    }
+
+    /// What was held when the output ended without a marker (the login
+    /// shell failed before the line ran): shown, so that the error is seen.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.held.take().unwrap_or_default()
+    }
+
+    /// How many bytes came before the marker (dropped as the login's).
+    pub fn dropped(&self) -> usize {
+        self.dropped
+    }
+}
 
 /// A reader that drops the login's bytes ahead of [`FRAME_START`].
 #[derive(Debug)]
 pub struct AfterFrame<R> {
     inner: R,
+    /// Where the dropped bytes are counted, and whether this is stderr.
+    noise: Option<(Arc<LoginNoise>, bool)>,
+    /// Bytes dropped from the front while holding more than the limit.
+    dropped: usize,
     /// Told once the marker came (or the stream ended without it).
     framed: Option<tokio::sync::watch::Sender<bool>>,
     /// `Some` while still looking for the marker.
@@ -156,10 +297,19 @@ impl<R> AfterFrame<R> {
     pub fn new(inner: R) -> AfterFrame<R> {
         AfterFrame {
             inner,
+            noise: None,
+            dropped: 0,
             framed: None,
             held: Some(Vec::new()),
             rest: Vec::new(),
         }
+    }
+
+    /// Counts what it drops into `noise` (as stderr when `stderr`).
+    #[must_use]
+    pub fn counted(mut self, noise: &Arc<LoginNoise>, stderr: bool) -> AfterFrame<R> {
+        self.noise = Some((Arc::clone(noise), stderr));
+        self
     }
 
     /// A receiver that turns true once the marker has come (the script has
@@ -215,6 +365,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
                     continue;
                 }
                 this.rest = held.split_off(at);
+                if let Some((noise, stderr)) = &this.noise {
+                    noise.record(*stderr, this.dropped + before_marker(held));
+                }
                 this.held = None;
                 if let Some(tx) = this.framed.take() {
                     let _ = tx.send(true);
@@ -224,6 +377,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for AfterFrame<R> {
             if held.len() > HOLD_LIMIT {
                 let cut = held.len() - HOLD_LIMIT / 2;
                 held.drain(..cut);
+                this.dropped += cut;
             }
         }
     }
@@ -273,6 +427,63 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, b"no marker\n");
+    }
+
+    #[test]
+    fn the_pty_line_is_fixed_and_the_scan_finds_the_marker_in_pieces() {
+        let big = "x".repeat(50_000);
+        let s = start_pty(&big, "pushrun-run", &["a'b"], &[], true);
+        let line = s.line();
+        assert!(line.len() < 400, "{line}");
+        assert!(!line.contains('\\') && !line.contains('!') && !line.contains('\n'));
+        assert_eq!(
+            line,
+            start_pty("echo", "pushrun-run", &[], &[], false).line()
+        );
+        assert_eq!(BOOT_PTY.matches(FRAME_START).count(), 1);
+        let text = String::from_utf8(s.preamble).unwrap();
+        assert!(
+            text.contains("\nstty -echo 2>/dev/null\nxxx"),
+            "{}",
+            &text[..80]
+        );
+        let mut scan = FrameScan::default();
+        assert_eq!(
+            scan.feed(b"Welcome\r\npushrun-frame-start-5e1f"),
+            (vec![], false)
+        );
+        assert_eq!(scan.feed(b"\nout\r\n"), (b"out\r\n".to_vec(), true));
+        assert_eq!(scan.feed(b"more"), (b"more".to_vec(), false));
+        assert_eq!(scan.dropped(), 9);
+        let mut none = FrameScan::default();
+        assert_eq!(none.feed(b"sh: error\n"), (vec![], false));
+        assert_eq!(none.finish(), b"sh: error\n");
+    }
+
+    #[tokio::test]
+    async fn dropped_noise_is_counted_once_per_stream_not_per_channel() {
+        let noise = Arc::new(LoginNoise::default());
+        for _channel in 0..3 {
+            let data = b"Welcome to host0\r\npushrun-frame-start-5e1f\r\nanswer\n".to_vec();
+            let (a, b) = data.split_at(20);
+            let r = tokio_test_reader(a.to_vec(), b.to_vec());
+            let mut out = Vec::new();
+            let mut r = AfterFrame::new(r).counted(&noise, false);
+            r.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, b"answer\n");
+            let mut err =
+                AfterFrame::new(&b"motd\npushrun-frame-start-5e1f\n"[..]).counted(&noise, true);
+            err.read_to_end(&mut Vec::new()).await.unwrap();
+        }
+        assert_eq!(noise.bytes(), 18 + 5);
+        assert_eq!(
+            noise.note().unwrap(),
+            "login files printed 23 bytes before pushrun's output (not shown)"
+        );
+        let quiet = Arc::new(LoginNoise::default());
+        let mut r = AfterFrame::new(&b"pushrun-frame-start-5e1f\nx"[..]).counted(&quiet, false);
+        r.read_to_end(&mut Vec::new()).await.unwrap();
+        assert_eq!(quiet.note(), None);
     }
 
     fn tokio_test_reader(a: Vec<u8>, b: Vec<u8>) -> impl AsyncRead + Unpin {

@@ -21,9 +21,16 @@
 # bit (another user could swap BASE after this check); removes symlinks
 # where BASE's own dirs belong and, in cache mode, anything but files and
 # dirs inside BASE/cache/DIGEST (damage: never trusted nor written through);
-# a check that does not finish removes the run dir it made; creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest;
+# a check that does not finish removes the run dir it made; creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest
+# and BASE/owners/RUN_ID (who holds the run dir: see conn_owner), and leaves
+# a guard that removes the run dir once that connection is gone (pushrun
+# interrupted or the connection lost before collect.sh removed it);
 # under BASE/lock does the housekeeping: drops uploads abandoned for over an
-# hour, run directories older than 24 hours, and all but the 3 most recently
+# hour, run directories whose holder was a connection to this machine that
+# is gone (a run cut short by a lost connection or a killed initiator: the
+# next run removes it), run directories older than 24 hours (those of other
+# machines sharing an NFS remote_tmp, of runs from before a reboot, and of
+# runs whose holder cannot be told), and all but the 3 most recently
 # used cached payloads (never one that a run directory names, nor one that a
 # check is seeding from), with their stored manifests.
 #
@@ -110,7 +117,7 @@ cleanup() {
     # a check that did not finish (full disk, a signal, a lost connection)
     # leaves no run dir behind to pin the cache
     if [ "$rc" != 0 ] && [ -n "${made_rundir:-}" ]; then
-        rm -rf "$rundir"
+        rm -rf "$rundir" "$BASE/owners/$run_id"
     fi
     rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
     [ -z "${seed:-}" ] || rm -rf "$seed"
@@ -119,6 +126,71 @@ cleanup() {
 trap_cleanup
 
 # ------------------------------------------------- run dir, housekeeping
+# Who holds a run dir, printed as one line "<uname -n> <boot id> <pid>
+# <start time>": the first sshd (or dropbear) process above this script,
+# which is the server's process for this connection (every channel of the
+# run's connection, from this check to collect.sh, is its child, and it
+# ends when the connection does), with its start time (a pid can be
+# reused). Nothing where that cannot be told (no /proc, a process we may
+# not see, another server): such a run dir waits for the 24 h sweep.
+conn_owner() {
+    boot=
+    read -r boot 2>/dev/null </proc/sys/kernel/random/boot_id || return 0
+    pid=$$
+    hops=0
+    while [ "$hops" -lt 16 ] && [ "$pid" -gt 1 ] 2>/dev/null; do
+        st=
+        read -r st 2>/dev/null <"/proc/$pid/stat" || return 0
+        comm=${st#*(}
+        comm=${comm%)*}
+        # after "pid (comm) ": state ppid ... starttime (the 20th)
+        # shellcheck disable=SC2086 # numbers and a state letter
+        set -- ${st##*) }
+        case $comm in
+            sshd* | dropbear*)
+                [ $# -ge 20 ] || return 0
+                shift 19
+                printf '%s %s %s %s\n' "$(uname -n)" "$boot" "$pid" "$1"
+                return 0
+                ;;
+        esac
+        pid=$2
+        hops=$((hops + 1))
+    done
+}
+
+# proc_start and owner_gone, kept as text: this script defines them from
+# it, and so does the guard below (a shell of its own, so that its command
+# line is a short fixed one). No single quote in them.
+# shellcheck disable=SC2016 # shell text, expanded where it runs
+owner_fns='
+# PID start time (proc(5): the 22nd field of /proc/PID/stat), or nothing
+proc_start() { # PID
+    st=
+    read -r st 2>/dev/null <"/proc/$1/stat" || return 0
+    # shellcheck disable=SC2086 # numbers and a state letter
+    set -- ${st##*) }
+    [ $# -lt 20 ] || printf "%s" "${20}"
+}
+
+# Whether a run dir was held by a connection to this machine (this boot of
+# it) that has ended: its owner file names this machine ($me_host, $me_boot)
+# and a process that is gone or is another one now. Run dirs of other
+# machines (an NFS remote_tmp), of another boot, or with no owner file are
+# not judged here.
+owner_gone() { # OWNER_FILE
+    line=
+    read -r line 2>/dev/null <"$1" || return 1
+    # shellcheck disable=SC2086 # four words without globbing characters
+    set -f && set -- $line && set +f
+    [ $# -eq 4 ] && [ "$1" = "$me_host" ] && [ "$2" = "$me_boot" ] || return 1
+    case $3 in "" | *[!0-9]*) return 1 ;; esac
+    [ -e "/proc/$3/stat" ] || return 0
+    [ "$(proc_start "$3")" != "$4" ]
+}
+'
+eval "$owner_fns"
+
 seed=
 if [ "$mode" = cache ]; then
     target=$BASE/cache/$digest
@@ -128,7 +200,7 @@ fi
 
 lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
 # nothing under BASE is followed: a symlink where a dir of ours belongs goes
-for d in "$BASE/cache" "$BASE/runs" "$BASE/manifests" "$rundir"; do
+for d in "$BASE/cache" "$BASE/runs" "$BASE/manifests" "$BASE/owners" "$rundir"; do
     [ ! -L "$d" ] || rm -f "$d"
 done
 made_rundir=
@@ -142,6 +214,53 @@ made_rundir=1
 # now can take the payload this run is about to use
 printf '%s\n' "$digest" >"$rundir/digest" ||
     fail 3 "cannot write under $BASE: cannot write $rundir/digest"
+owner=$(conn_owner)
+me_host=''
+me_boot=''
+if [ -n "$owner" ]; then
+    # (BASE/owners, not the run dir: that holds the run's own files only)
+    ownerf=$BASE/owners/$run_id
+    err=$({ mkdir -p "$BASE/owners" && rm -f "$ownerf" &&
+        printf '%s\n' "$owner" >"$ownerf"; } 2>&1) ||
+        fail 3 "cannot write under $BASE: $(reason "$err")"
+    me_host=${owner%% *}
+    me_boot=${owner#* } && me_boot=${me_boot%% *}
+    # A guard, for as long as the run dir is there: once the connection
+    # that holds it is gone (Ctrl-C on the initiator, a lost connection,
+    # between two steps or within one) it ends this check if it still runs
+    # (hashing a big cache: its process group, which sshd made the
+    # session's with this script its leader; otherwise this script alone,
+    # whose trap then waits for the command it is in) and removes the run
+    # dir and its owner file. It looks once a second; its streams are not
+    # the channel's, so it keeps no channel open (nor do the copies of them
+    # that csh leaves open on fds 3 to 5 across its exec).
+    {
+        printf '%s\n' "$owner_fns"
+        cat <<'GUARD'
+trap '' TERM HUP PIPE
+check_start=$(proc_start "$check_pid")
+pgid=
+st=
+read -r st 2>/dev/null <"/proc/$check_pid/stat"
+# shellcheck disable=SC2086 # numbers and a state letter
+[ -z "$st" ] || { set -- ${st##*) } && pgid=$3; }
+while sleep 1; do
+    [ -d "$rundir" ] || exit 0
+    owner_gone "$ownerf" || continue
+    if [ -n "$check_start" ] && [ "$(proc_start "$check_pid")" = "$check_start" ]; then
+        if [ "$pgid" = "$check_pid" ]; then
+            kill -TERM "-$check_pid"
+        else
+            kill -TERM "$check_pid"
+        fi
+    fi
+    rm -rf "$rundir" "$ownerf"
+    exit 0
+done
+GUARD
+    } 2>/dev/null | check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host me_boot=$me_boot \
+        /bin/sh -s pushrun-guard >/dev/null 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+fi
 if [ "$mode" = cache ]; then
     if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then
         rm -f "$target"
@@ -159,6 +278,22 @@ fi
 find "$BASE/cache" -mindepth 1 -maxdepth 1 -name '.stage-*' -mmin +60 \
     -exec rm -rf {} \; 2>/dev/null
 find "$BASE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} \; 2>/dev/null
+# runs whose connection to this machine is gone (see owner_gone), and the
+# owner files of runs that ended (collect.sh removes its own; a run ended
+# otherwise leaves it): never this run's own
+if [ -n "$me_host" ]; then
+    for f in "$BASE"/owners/*; do
+        id=${f##*/}
+        if [ "$id" = "$run_id" ] || { [ ! -f "$f" ] && [ ! -L "$f" ]; }; then
+            continue
+        fi
+        if [ -L "$f" ] || { [ ! -e "$BASE/runs/$id" ] && [ ! -L "$BASE/runs/$id" ]; }; then
+            rm -f "$f"
+        elif owner_gone "$f"; then
+            rm -rf "${BASE:?}/runs/$id" && rm -f "$f"
+        fi
+    done
+fi
 # keep the 3 most recently used payloads, and every one a run still names
 # or a check is seeding from (a .check.src holds digests on one line)
 in_use=' '

@@ -47,6 +47,8 @@ cleanup() {
     # stdout and stderr are all closed)
     exec 0<&- 1>&- 2>&-
     rm -rf "$rundir"
+    # who held it (check.sh)
+    rm -f "$base/owners/$run_id"
 }
 trap_cleanup
 

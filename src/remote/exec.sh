@@ -1,4 +1,4 @@
-# shellcheck shell=sh # sent after pgroup.sh to the host's sh -c, never run as a file
+# shellcheck shell=sh # sent after pgroup.sh and login.sh to the host's sh -c, never run as a file
 # pushrun exec wrapper: run one command on a host, and end every process it
 # started when the initiator goes away.
 #
@@ -21,16 +21,10 @@ exec 3<&0
 ) >/dev/null 2>&1 &
 watcher=$!
 exec 3<&-
-# The login shell already read its login files (sshd started it): bash
-# would read ~/.bashrc a second time for a shell started by sshd's session
-# at level 1 (bash's exec, which started this script, took SHLVL back to 0).
-# Level 1 here makes the command's bash level 2, which reads none; what the
-# login files exported is inherited all the same.
-if [ "${SHLVL:-0}" = 0 ]; then
-    SHLVL=1
-    export SHLVL
-fi
-"${SHELL:-/bin/sh}" -c "$1" </dev/null
+# The login shell runs the command, as under plain ssh, without reading
+# its start-up files a second time ($norc: login.sh, prepended to this).
+# shellcheck disable=SC2154 # norc is set by login.sh
+"${SHELL:-/bin/sh}" ${norc:+"$norc"} -c "$1" </dev/null
 rc=$?
 kill -KILL "$watcher" 2>/dev/null
 exit "$rc"

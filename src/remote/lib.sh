@@ -215,6 +215,9 @@ function malformed(l) {
 # lock cannot be created at all.
 lock_take() {
     tenths=0
+    # a symlink where the lock dir belongs is no one's lock (and never
+    # followed: the pid file would be written where it points)
+    [ ! -L "$BASE/lock" ] || rm -f "$BASE/lock"
     while ! mkdir "$BASE/lock" 2>/dev/null; do
         if [ ! -d "$BASE/lock" ]; then
             # not held by anyone: a real failure (or it was just released)

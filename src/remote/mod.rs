@@ -11,14 +11,21 @@ mod boot;
 mod line;
 mod sudo;
 
-pub use boot::{AfterFrame, FRAME_START, Start, skip_login, start, start_gated};
-pub use line::{SUDO_PROMPT, SudoVia, remote_line, sh_quote, sudo_boot, sudo_line, without_echo};
+pub use boot::{
+    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, skip_login, start, start_gated,
+    start_pty,
+};
+pub use line::{SUDO_PROMPT, SudoVia, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
 
 /// Runs a plain command; ends its process group when stdin closes.
-pub const EXEC: &str = concat!(include_str!("pgroup.sh"), include_str!("exec.sh"));
+pub const EXEC: &str = concat!(
+    include_str!("pgroup.sh"),
+    include_str!("login.sh"),
+    include_str!("exec.sh")
+);
 /// Runs a plain command only if the session has a terminal.
-pub const PTY: &str = include_str!("pty.sh");
+pub const PTY: &str = concat!(include_str!("login.sh"), include_str!("pty.sh"));
 /// Checks how sudo lets the login user become another (`--become`).
 pub const BECOME: &str = include_str!("become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.

@@ -21,7 +21,9 @@
 # is renamed into place (one rename, under BASE/lock); otherwise each file is
 # renamed into place, replacing what is there. Either way every file that
 # appears in the target is complete and verified. The stage directory is
-# removed on every outcome.
+# removed on every outcome. No symlink under BASE is followed: one where
+# BASE/cache, the target or anything inside the target belongs is removed
+# (damage), a run dir (nocache) that is one is refused.
 #
 # stdout, one line:
 #   installed <n>             (n files installed)
@@ -133,6 +135,18 @@ cleanup() {
 trap_cleanup
 
 # ------------------------------------------------------------- extract
+# Nothing under BASE is followed (a symlink there was planted by a run, or
+# is damage): a symlink where the cache dir belongs goes, as check.sh does
+# it; a run dir that is a symlink is refused, as collect.sh refuses it
+[ ! -L "$BASE/cache" ] || rm -f "$BASE/cache"
+if [ "$mode" = nocache ]; then
+    for d in "$BASE/runs" "$BASE/runs/$run_id"; do
+        if [ -L "$d" ]; then
+            rm -f "$d"
+            fail 3 "$d was a symlink: refusing to follow it"
+        fi
+    done
+fi
 # EXPECT is a directory: .pushrun-expect goes there as EXPECT/list
 if [ -e "$stage" ] || [ -L "$stage" ] || [ -e "$expect" ] || [ -L "$expect" ]; then
     rm -rf "$stage" "$expect"
@@ -324,6 +338,11 @@ fi
 lock_take || write_fail "$BASE" "$err"
 parent=${target%/*}
 err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
+# a target that is a symlink is damage (its files would land where it
+# points), and so is a symlink inside it (a file renamed into place below
+# it would): removed, never written through
+[ ! -L "$target" ] || rm -f "$target"
+find "$target" -mindepth 1 ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
 if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then
     # no file there yet: the whole stage goes into place by one rename
     err=$({ rm -rf "$target" && mv -f "$stage" "$target"; } 2>&1) ||

@@ -12,6 +12,24 @@ use super::Session;
 use crate::remote;
 
 impl Session {
+    /// Reads a script's stdout (or its stderr, `stderr`) after its frame
+    /// marker, counting what the login files printed ahead of it.
+    pub fn after_frame<R>(&self, stream: R, stderr: bool) -> remote::AfterFrame<R> {
+        remote::AfterFrame::new(stream).counted(&self.login_noise, stderr)
+    }
+
+    /// Counts what the login files printed ahead of the frame marker on a
+    /// terminal (read by hand: `remote::FrameScan`).
+    pub fn note_login_noise(&self, bytes: usize) {
+        self.login_noise.record(false, bytes);
+    }
+
+    /// The host's note about what its login files printed ahead of
+    /// pushrun's output on any channel of this connection, if anything.
+    pub fn login_noise_note(&self) -> Option<String> {
+        self.login_noise.note()
+    }
+
     /// Starts one of pushrun's remote scripts as `NAME ARGS...` with `vars`
     /// exported and all three streams piped: the fixed bootstrap line (see
     /// `remote::start`), the script written to stdin first. What the script
@@ -88,8 +106,8 @@ impl Session {
         let start = remote::start_gated(script, name, args, &[]);
         let mut child = self.spawn_line(start.line()).await?;
         let mut stdin = child.stdin().take();
-        let mut stdout = child.stdout().take().map(remote::AfterFrame::new);
-        let mut stderr = child.stderr().take().map(remote::AfterFrame::new);
+        let mut stdout = child.stdout().take().map(|r| self.after_frame(r, false));
+        let mut stderr = child.stderr().take().map(|r| self.after_frame(r, true));
         let framed = stdout.as_mut().map(remote::AfterFrame::framed);
         let write = async {
             if let Some(w) = stdin.as_mut() {
@@ -127,7 +145,7 @@ impl Session {
         })
     }
 
-    /// Starts a remote command line (see `remote::remote_line`) with a PTY, through
+    /// Starts a remote command line (see `remote::start_pty`) with a PTY, through
     /// the master (`ssh -S ctl -tt`).
     ///
     /// stdout and stderr arrive merged on the child's stdout, as on any

@@ -98,6 +98,8 @@ pub struct Session {
     mux: openssh::Session,
     /// This host's share of the open files, given back when it closes.
     _share: budget::Share,
+    /// What the login files printed ahead of pushrun's frames, on any channel.
+    login_noise: std::sync::Arc<crate::remote::LoginNoise>,
 }
 
 /// Where a new master's socket, log and password file go, and whether it
@@ -169,6 +171,7 @@ impl Session {
                 persisted: true,
                 mux,
                 _share: share,
+                login_noise: std::sync::Arc::default(),
             });
         }
         let master = MasterSpec {
@@ -357,6 +360,7 @@ impl Session {
             persisted: spec.persist.is_some(),
             mux,
             _share: share,
+            login_noise: std::sync::Arc::default(),
         })
     }
 

@@ -574,3 +574,96 @@ fn a_changed_host_key_is_always_refused() {
         );
     }
 }
+
+/// A payload run through a PTY (sudo's requiretty, `pty: auto`) on hosts
+/// whose login shell is dash or csh: the script reaches the host over the
+/// terminal, not in the command line, so no process between sshd and the
+/// payload has a command line of 1 KB or more; the results come back whole.
+#[test]
+fn a_pty_run_keeps_the_script_out_of_the_command_line_on_dash_and_csh() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            sudo: Sudo::RequireTty,
+            login_shell: Some("dash"),
+            ..HostOpts::default()
+        },
+        HostOpts {
+            sudo: Sudo::RequireTty,
+            login_shell: Some("csh"),
+            ..HostOpts::default()
+        },
+    ]);
+    let input = format!("{}\n", hosts.test_password());
+    let inv = inventory(
+        &hosts,
+        "ptyrun.yaml",
+        &[
+            ("dash", 0, &["become: true", "pty: auto"]),
+            ("csh", 1, &["become: true", "pty: auto"]),
+        ],
+    );
+    // every process from the payload up to sshd: the longest command line,
+    // and whether the bootstrap line (it names the frame marker) was among them
+    let (payload, results) = payload_and_results(
+        &hosts,
+        "#!/bin/sh
+max=0 boot=no p=$$
+while [ \"$p\" -gt 1 ]; do
+    case $(cat /proc/$p/comm) in sshd*) break ;; esac
+    n=$(wc -c < /proc/$p/cmdline)
+    [ \"$n\" -gt \"$max\" ] && max=$n
+    grep -q pushrun-frame-start /proc/$p/cmdline && boot=yes
+    p=$(awk '{ print $4 }' /proc/$p/stat)
+done
+echo \"longest $max boot $boot\"
+id -un > \"$PUSHRUN_OUT/who\"
+printf 'a\\000b' > \"$PUSHRUN_OUT/bin\"
+",
+    );
+    let run = exec(
+        &hosts,
+        &inv,
+        &["-K", "--payload", &payload, "--results", &results],
+        &input,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    for name in ["dash", "csh"] {
+        let lines = run.lines_of(name);
+        assert_eq!(lines.len(), 1, "{name}: {}", run.all());
+        let (longest, boot) = lines[0]
+            .strip_prefix("longest ")
+            .and_then(|l| l.split_once(" boot "))
+            .unwrap_or_else(|| panic!("{name}: {}", run.all()));
+        assert_eq!(boot, "yes", "{name}: {}", run.all());
+        let longest: usize = longest.parse().unwrap();
+        assert!(longest < 1024, "{name}: {longest} bytes\n{}", run.all());
+        let out = Path::new(&results).join("latest").join(name).join("out");
+        assert_eq!(std::fs::read_to_string(out.join("who")).unwrap(), "root\n");
+        assert_eq!(std::fs::read(out.join("bin")).unwrap(), b"a\0b");
+    }
+
+    // a command through the PTY: sudo's command line is the short fixed one too
+    let walk = "sh -c 'max=0 boot=no p=$$; while [ \"$p\" -gt 1 ]; do \
+        case $(cat /proc/$p/comm) in sshd*) break ;; esac; n=$(wc -c < /proc/$p/cmdline); \
+        [ \"$n\" -gt \"$max\" ] && max=$n; \
+        grep -q pushrun-frame-start /proc/$p/cmdline && boot=yes; \
+        p=$(awk \"{ print \\$4 }\" /proc/$p/stat); done; echo \"longest $max boot $boot\"'";
+    let run = exec(&hosts, &inv, &["-K", "--", walk], &input);
+    assert_eq!(run.code, 0, "{}", run.all());
+    for name in ["dash", "csh"] {
+        let lines = run.lines_of(name);
+        let line = lines
+            .first()
+            .unwrap_or_else(|| panic!("{name}: {}", run.all()));
+        let (longest, boot) = line
+            .strip_prefix("longest ")
+            .and_then(|l| l.split_once(" boot "))
+            .unwrap_or_else(|| panic!("{name}: {}", run.all()));
+        assert_eq!(boot, "yes", "{name}: {}", run.all());
+        let longest: usize = longest.parse().unwrap();
+        assert!(longest < 1024, "{name}: {longest} bytes\n{}", run.all());
+    }
+}

@@ -761,3 +761,381 @@ fn run_sh_checks_the_base_dir_again_where_it_enters_it() {
         &format!("rm -rf {script} {base}/runs/r1 {base}/p"),
     );
 }
+
+/// `field` (1-based, as proc(5) counts) of `/proc/PID/stat`.
+fn stat_field(pid: u32, field: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    rest.split_whitespace().nth(field - 3).map(str::to_string)
+}
+
+/// Kills, with SIGKILL, every process of host `i`'s sessions (the sshd
+/// processes serving its connections and everything below them) but not
+/// its listener: a host whose sshd sessions died (the OOM killer, a crash)
+/// and that answers again at once. No trap on the host runs: all are
+/// stopped first, so that none sees another die.
+fn kill_sessions(hosts: &TestHosts, i: usize) {
+    let sshd = hosts.listener_pids()[i];
+    let mut doomed = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let mut up = parent_of(pid);
+        while let Some(p) = up.filter(|&p| p > 1) {
+            if p == sshd {
+                doomed.push(pid);
+                break;
+            }
+            up = parent_of(p);
+        }
+    }
+    for signal in [libc::SIGSTOP, libc::SIGKILL] {
+        for &pid in &doomed {
+            // SAFETY: kill(2) on a process of this test's own fleet.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+}
+
+/// Kills, with SIGKILL, host `i`'s run-dir guards (check.sh's, left to
+/// remove a run dir once its connection is gone): a host where they died
+/// too. They are told from other hosts' by their UTS namespace.
+fn kill_guards(hosts: &TestHosts, i: usize) {
+    let uts = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/uts")).ok();
+    let host = uts(hosts.listener_pids()[i]);
+    assert!(host.is_some());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("pushrun-guard") && uts(pid) == host {
+            // SAFETY: kill(2) on a process of this test's own fleet.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The names in `dir` (none when it is absent).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A connection lost during the upload, with everything on the host that
+/// could remove the run dir (the host's sshd sessions with what they ran,
+/// and check.sh's guard) killed, leaves the run dir. The next run removes it, since the connection that
+/// held it is gone, and leaves alone the run dir of a live connection and
+/// one of another machine sharing the remote_tmp.
+#[test]
+fn a_run_dir_left_by_a_lost_connection_is_removed_by_the_next_run() {
+    if !common::is_root() {
+        eprintln!("skipped: looks into the host's own /tmp, which needs root");
+        return;
+    }
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    std::fs::write(pl.join("big.bin"), noise(96 << 20, 11)).unwrap();
+    let base = hosts.tmp_dir(0).join(".pushrun-root");
+    let (runs, cache) = (base.join("runs"), base.join("cache"));
+    let mut child = common::spawn_exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+    // the upload is being received
+    let start = std::time::Instant::now();
+    while !names_in(&cache).iter().any(|n| n.starts_with(".stage-")) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no upload"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "pushrun ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    kill_guards(&hosts, 0);
+    kill_sessions(&hosts, 0);
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    let left = names_in(&runs);
+    assert_eq!(left.len(), 1, "the lost run's dir: {left:?}\n{text}");
+    let owners = base.join("owners");
+    let owner = std::fs::read_to_string(owners.join(&left[0])).unwrap();
+    assert!(owner.starts_with("host000 "), "{owner}");
+
+    // a live run's dir (held by this host's listener, which lives on), and
+    // one of another machine sharing the remote_tmp
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let listener = hosts.listener_pids()[0];
+    let started = stat_field(listener, 22).unwrap();
+    for (dir, owner) in [
+        (
+            "live",
+            format!("host000 {} {listener} {started}", boot.trim()),
+        ),
+        ("elsewhere", format!("other-machine {} 1 1", boot.trim())),
+    ] {
+        std::fs::create_dir_all(runs.join(dir).join("out")).unwrap();
+        std::fs::write(owners.join(dir), owner + "\n").unwrap();
+    }
+    let pl2 = scratch.path().join("pl2");
+    payload(&pl2, "#!/bin/sh\necho payload-ran\n");
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl2)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("payload-ran"), "{}", run.all());
+    assert_eq!(names_in(&runs), ["elsewhere", "live"], "{}", run.all());
+    // the owner files of the removed dir and of the ended run went with them
+    assert_eq!(names_in(&owners), ["elsewhere", "live"], "{}", run.all());
+}
+
+/// Ctrl-C while the check is verifying the cache (a sha256sum made slow by
+/// a shim on the login user's PATH): the run dir the check made is gone.
+#[test]
+fn ctrl_c_during_the_check_leaves_no_run_dir() {
+    if !common::is_root() {
+        eprintln!("skipped: a login file for the test user needs root");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[common::HostOpts {
+        login_shell: Some("bash"),
+        ..common::HostOpts::default()
+    }]);
+    let user = hosts.test_user();
+    let home = hosts.tmp_dir(0).join(format!("home-{user}"));
+    let shim = home.join("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v sha256sum"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let marker = format!("slow-check-{}", std::process::id());
+    std::fs::write(
+        shim.join("sha256sum"),
+        format!(
+            "#!/bin/sh\nif [ -e \"$HOME/slow\" ]; then : > \"$HOME/in-sha\"; sh -c 'sleep 30' {marker}; fi\nexec {} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        shim.join("sha256sum"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(home.join(".bashrc"), "export PATH=\"$HOME/shim:$PATH\"\n").unwrap();
+    let inv = hosts.write_yaml(
+        "user.yaml",
+        &format!("defaults:\n  user: {user}\nhosts:\n  - {}\n", hosts.addr(0)),
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // a warm cache: the next check hashes what is there
+    let run = common::exec(&hosts, &inv, &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let runs = hosts.tmp_dir(0).join(format!(".pushrun-{user}/runs"));
+    std::fs::write(home.join("slow"), "").unwrap();
+    let mut child = common::spawn_exec(&hosts, &inv, &["--payload", s(&pl)]);
+    let start = std::time::Instant::now();
+    while !home.join("in-sha").exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no check"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "pushrun ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(names_in(&runs).len(), 1, "the check's run dir");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("payload-ran"), "{text}");
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the check's run dir removed",
+        || names_in(&runs).is_empty(),
+    );
+    common::wait_until(std::time::Duration::from_secs(20), "the shim gone", || {
+        common::processes_with(&marker).is_empty()
+    });
+}
+
+/// Runs receive.sh (as pushrun sends it) on host 0 as the login user, with
+/// `upload` on its stdin; its exit code, stdout and stderr.
+fn run_receive(hosts: &TestHosts, args: &str, upload: &[u8]) -> (Option<i32>, String) {
+    let script = format!("/tmp/receive-{}.sh", std::process::id());
+    let put = |cmd: String, input: &[u8]| {
+        let mut ssh = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(hosts.ssh_config())
+            .arg(hosts.addr(0))
+            .arg(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(ssh.stdin.as_mut().unwrap(), input).unwrap();
+        drop(ssh.stdin.take());
+        ssh.wait_with_output().unwrap()
+    };
+    assert!(
+        put(
+            format!("cat > {script}"),
+            pushrun::remote::RECEIVE.as_bytes()
+        )
+        .status
+        .success()
+    );
+    let out = put(format!("sh {script} {args}"), upload);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// An upload as pushrun sends it: a tar.gz of `.pushrun-expect` and the files.
+fn upload_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut expect = String::new();
+    for (path, data) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        let sum: String = sha2::Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        expect.push_str(&format!("{sum} 644 {} {path}\n", data.len()));
+    }
+    std::fs::write(dir.path().join(".pushrun-expect"), expect).unwrap();
+    let out = std::process::Command::new("tar")
+        .args(["-czf", "-", "-C"])
+        .arg(dir.path())
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// receive.sh, symlink by symlink: where BASE/cache, the target, a dir
+/// inside the target, the run dir (no cache) or the lock dir is a symlink
+/// (planted by a run, or another user's doing through one), nothing is
+/// written where it points.
+#[test]
+fn receive_writes_through_no_symlink_planted_under_the_base() {
+    if !common::is_root() {
+        eprintln!("skipped: changes BASE in the host's own /tmp, which needs root");
+        return;
+    }
+    let hosts = TestHosts::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    payload(&pl, "#!/bin/sh\necho payload-ran\n");
+    // a real run makes BASE, as a check would have
+    let run = common::exec(&hosts, &hosts.hosts_yaml(), &["--payload", s(&pl)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let base_in = "/tmp/.pushrun-root";
+    let base = hosts.tmp_dir(0).join(".pushrun-root");
+    let elsewhere = hosts.tmp_dir(0).join("elsewhere");
+    let elsewhere_in = "/tmp/elsewhere";
+    let (d1, d2, d3) = ("d1".repeat(32), "d2".repeat(32), "d3".repeat(32));
+    let fresh = || {
+        let _ = std::fs::remove_dir_all(&elsewhere);
+        std::fs::create_dir(&elsewhere).unwrap();
+    };
+    let untouched = |what: &str, text: &str| {
+        assert_eq!(names_in(&elsewhere), Vec::<String>::new(), "{what}: {text}");
+    };
+    let symlink = |at: &Path| std::os::unix::fs::symlink(elsewhere_in, at).unwrap();
+
+    // BASE/cache is a symlink
+    fresh();
+    let cache = base.join("cache");
+    std::fs::rename(&cache, base.join("cache.real")).unwrap();
+    symlink(&cache);
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d1} r1 cache"),
+        &upload_of(&[("f", b"one\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("cache", &text);
+    assert_eq!(std::fs::read(cache.join(&d1).join("f")).unwrap(), b"one\n");
+
+    // the target is a symlink
+    fresh();
+    symlink(&cache.join(&d2));
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d2} r2 cache"),
+        &upload_of(&[("f", b"two\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("target", &text);
+    assert_eq!(std::fs::read(cache.join(&d2).join("f")).unwrap(), b"two\n");
+
+    // a dir inside a target that has files is a symlink
+    fresh();
+    std::fs::create_dir_all(cache.join(&d3)).unwrap();
+    std::fs::write(cache.join(&d3).join("keep"), "k").unwrap();
+    symlink(&cache.join(&d3).join("sub"));
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d3} r3 cache"),
+        &upload_of(&[("sub/f", b"three\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("inside the target", &text);
+    assert_eq!(
+        std::fs::read(cache.join(&d3).join("sub/f")).unwrap(),
+        b"three\n"
+    );
+
+    // the run dir of a run without cache is a symlink
+    fresh();
+    std::fs::create_dir_all(base.join("runs")).unwrap();
+    symlink(&base.join("runs/r4"));
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d1} r4 nocache"),
+        &upload_of(&[("f", b"four\n")]),
+    );
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("r4 was a symlink: refusing to follow it"),
+        "{text}"
+    );
+    untouched("run dir", &text);
+
+    // the lock dir is a symlink: no one's lock, and not written through
+    fresh();
+    symlink(&base.join("lock"));
+    let started = std::time::Instant::now();
+    let (code, text) = run_receive(
+        &hosts,
+        &format!("{base_in} {d1} r5 cache"),
+        &upload_of(&[("g", b"five\n")]),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    untouched("lock", &text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "waited for a symlink"
+    );
+}

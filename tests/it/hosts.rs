@@ -767,3 +767,147 @@ fn payload_with_become(hosts: &TestHosts, inv: &Path, scratch: &Path) {
         assert_eq!(std::fs::read_dir(&runs).map_or(0, Iterator::count), 0);
     }
 }
+
+/// Each login shell reads its own start-up file once per command, as under
+/// plain ssh: sshd's `$SHELL -c` reads it, the command's shell (exec.sh
+/// starts the login shell again for the user's command) does not read it a
+/// second time; what the file exported is seen by the command all the same.
+#[test]
+fn every_login_shell_reads_its_login_file_once_per_command_and_keeps_its_exports() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let shells = [
+        ("zsh", ".zshenv", "export PUSHRUN_RC_VAR=from-zsh"),
+        ("csh", ".cshrc", "setenv PUSHRUN_RC_VAR from-csh"),
+        ("tcsh", ".tcshrc", "setenv PUSHRUN_RC_VAR from-tcsh"),
+        (
+            "fish",
+            ".config/fish/config.fish",
+            "set -gx PUSHRUN_RC_VAR from-fish",
+        ),
+        ("bash", ".bashrc", "export PUSHRUN_RC_VAR=from-bash"),
+    ];
+    let opts: Vec<HostOpts> = shells
+        .iter()
+        .map(|(sh, _, _)| HostOpts {
+            login_shell: Some(sh),
+            chatty_login: true,
+            ..HostOpts::default()
+        })
+        .collect();
+    let hosts = TestHosts::start_with(&opts);
+    let inv = inventory(&hosts);
+    let home = |i: usize| hosts.tmp_dir(i).join("home-pushrun-test");
+    for (i, (_, file, export)) in shells.iter().enumerate() {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(home(i).join(file))
+            .unwrap();
+        std::io::Write::write_all(&mut f, format!("{export}\n").as_bytes()).unwrap();
+    }
+    for (i, _) in shells.iter().enumerate() {
+        let _ = std::fs::remove_file(home(i).join(".login-reads"));
+    }
+    let run = exec(&hosts, &inv, &["--", "echo \"rc=$PUSHRUN_RC_VAR\""]);
+    all_ok(&run, shells.len());
+    for (i, (sh, file, _)) in shells.iter().enumerate() {
+        assert_eq!(
+            run.lines_of(&hosts.addr(i)),
+            [format!("rc=from-{sh}")],
+            "{sh}: {}",
+            run.all()
+        );
+        let reads = std::fs::read_to_string(home(i).join(".login-reads")).unwrap();
+        assert_eq!(reads, format!("{file}\n"), "{sh}: {}", run.all());
+    }
+}
+
+/// Login files that print (the harness's chatty login): what they printed
+/// before pushrun's output is kept out of it, and said once per host and
+/// run (however many channels the run opened) in the text summary, in
+/// `--json` and in summary.json; a quiet host gets no such note.
+#[test]
+fn login_noise_is_kept_out_and_noted_once_per_host() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let hosts = TestHosts::start_with(&[
+        HostOpts {
+            login_shell: Some("bash"),
+            chatty_login: true,
+            ..HostOpts::default()
+        },
+        HostOpts::default(),
+    ]);
+    let inv = inventory(&hosts);
+    let scratch = tempfile::tempdir().unwrap();
+    let pl = scratch.path().join("pl");
+    make_payload(&pl, &[("run", RUN, true), ("lib/a.txt", b"alpha\n", false)]);
+    let res = scratch.path().join("res");
+    let (pl, res_s) = (pl.to_str().unwrap(), res.to_str().unwrap());
+    let (chatty, quiet) = (hosts.addr(0), hosts.addr(1));
+    let is_noise_note = |n: &str| {
+        n.strip_prefix("login files printed ")
+            .and_then(|r| r.strip_suffix(" bytes before pushrun's output (not shown)"))
+            .and_then(|n| n.parse::<usize>().ok())
+            // "Welcome to host000\n" on stdout, "motd notice\n" and stty's complaint on stderr
+            .is_some_and(|n| n >= 31)
+    };
+
+    // text, and summary.json: a payload run opens several channels (check,
+    // receive, run, collect), each one starting the login shell
+    let run = exec(&hosts, &inv, &["--payload", pl, "--results", res_s]);
+    all_ok(&run, 2);
+    assert!(!run.all().contains("Welcome"), "{}", run.all());
+    let noted: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("login files printed"))
+        .collect();
+    assert_eq!(noted.len(), 1, "{}", run.all());
+    assert!(
+        noted[0].contains(&chatty) && !noted[0].contains(&quiet),
+        "{}",
+        run.all()
+    );
+    let sum = summary(&res);
+    let notes = host_summary(&sum, &chatty)["notes"].clone();
+    let notes: Vec<&str> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(notes.len(), 1, "{sum:#}");
+    assert!(is_noise_note(notes[0]), "{sum:#}");
+    assert_eq!(
+        host_summary(&sum, &quiet)["notes"],
+        serde_json::json!([]),
+        "{sum:#}"
+    );
+
+    // --json: the end event of a plain command
+    let run = exec(&hosts, &inv, &["--json", "--", "echo hi"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let ends: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "end")
+        .collect();
+    assert_eq!(ends.len(), 2, "{}", run.all());
+    for end in &ends {
+        let notes = end["notes"].as_array().unwrap();
+        if end["host"] == chatty.as_str() {
+            assert_eq!(notes.len(), 1, "{end}");
+            assert!(is_noise_note(notes[0].as_str().unwrap()), "{end}");
+        } else {
+            assert_eq!(end["host"], quiet.as_str(), "{end}");
+            assert!(notes.is_empty(), "{end}");
+        }
+    }
+    assert!(!run.stdout.contains("Welcome"), "{}", run.all());
+}

@@ -393,9 +393,15 @@ impl Host {
     }
 
     fn spawn_with(&self, launcher: &str, script: &str, name: &str, args: &[&str]) -> Child {
+        // one connection for all the scripts of a test, as pushrun's run has
+        // (check.sh sweeps the run dirs of connections that are gone)
+        let control = self.hosts.dir().join("cm-%C");
         Command::new("ssh")
             .arg("-F")
             .arg(self.hosts.ssh_config())
+            .args(["-o", "ControlMaster=auto", "-o", "ControlPersist=120"])
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()))
             .arg(self.hosts.addr(0))
             .arg(self.command_line(launcher, script, name, args))
             .stdin(Stdio::piped())
