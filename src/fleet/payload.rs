@@ -43,6 +43,18 @@ pub(crate) enum StageError {
 }
 
 impl StageError {
+    /// A script that failed because the connection went away (sshd
+    /// killed, the network gone) is a lost connection, with ssh's reason.
+    async fn or_lost(self, session: &Session) -> StageError {
+        match self {
+            StageError::Failed { reason, base } => match session.lost().await {
+                Some(why) => StageError::Lost(why),
+                None => StageError::Failed { reason, base },
+            },
+            other => other,
+        }
+    }
+
     /// The host's status and the reason shown, for staging `what` on a
     /// job host (`relay` None) or on a relay.
     pub(crate) fn status_reason(self, relay: Option<&str>, what: &str) -> (Status, String) {
@@ -312,6 +324,7 @@ impl HostTask<'_> {
         let (base, payload_dir) = match staged {
             Ok(s) => s,
             Err(e) => {
+                let e = e.or_lost(session).await;
                 let base = match &e {
                     StageError::Failed { base, .. } => base.as_ref(),
                     // cut short after the check made the run dir

@@ -206,8 +206,14 @@ impl HostTask<'_> {
         let lost = |e: openssh::Error| format!("connection lost: {}", error_chain(&e));
         let mut child = self.session.spawn_line(launch.line).await.map_err(lost)?;
         let mut stdin = child.stdin().take();
-        let mut stdout = child.stdout().take().map(AfterFrame::new);
-        let stderr = child.stderr().take().map(AfterFrame::new);
+        let mut stdout = child
+            .stdout()
+            .take()
+            .map(|r| self.session.after_frame(r, false));
+        let stderr = child
+            .stderr()
+            .take()
+            .map(|r| self.session.after_frame(r, true));
         let framed = stdout.as_mut().map(AfterFrame::framed);
         let first = launch.stdin_first.unwrap_or_default();
         let write = async {

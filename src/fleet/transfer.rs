@@ -291,8 +291,14 @@ impl HostTask<'_> {
             .map_err(|e| Cut::Lost(format!("connection lost: {}", error_chain(&e))))?;
         // what the login files print ahead of the script is not its answer
         let mut stdin = child.stdin().take();
-        let mut stdout = child.stdout().take().map(AfterFrame::new);
-        let stderr = child.stderr().take().map(AfterFrame::new);
+        let mut stdout = child
+            .stdout()
+            .take()
+            .map(|r| self.session.after_frame(r, false));
+        let stderr = child
+            .stderr()
+            .take()
+            .map(|r| self.session.after_frame(r, true));
         // the input waits until the script has been read (remote::start_gated)
         let framed = stdout.as_mut().map(AfterFrame::framed);
         let first = launch.stdin_first.unwrap_or_default();
