@@ -164,13 +164,15 @@ conn_owner() {
 # line is a short fixed one). No single quote in them.
 # shellcheck disable=SC2016 # shell text, expanded where it runs
 owner_fns='
-# PID start time (proc(5): the 22nd field of /proc/PID/stat), or nothing
+# pstart = PID start time (proc(5): the 22nd field of /proc/PID/stat), or
+# empty (a variable, not output: the guard calls it every few seconds for
+# as long as a run lasts, and a command substitution is a fork each time)
 proc_start() { # PID
-    st=
+    st= pstart=
     read -r st 2>/dev/null <"/proc/$1/stat" || return 0
     # shellcheck disable=SC2086 # numbers and a state letter
     set -- ${st##*) }
-    [ $# -lt 20 ] || printf "%s" "${20}"
+    [ $# -lt 20 ] || pstart=${20}
 }
 
 # Whether a run dir was held by a connection to this machine (this boot of
@@ -186,7 +188,8 @@ owner_gone() { # OWNER_FILE
     [ $# -eq 4 ] && [ "$1" = "$me_host" ] && [ "$2" = "$me_boot" ] || return 1
     case $3 in "" | *[!0-9]*) return 1 ;; esac
     [ -e "/proc/$3/stat" ] || return 0
-    [ "$(proc_start "$3")" != "$4" ]
+    proc_start "$3"
+    [ "$pstart" != "$4" ]
 }
 '
 eval "$owner_fns"
@@ -238,16 +241,23 @@ if [ -n "$owner" ]; then
         printf '%s\n' "$owner_fns"
         cat <<'GUARD'
 trap '' TERM HUP PIPE
-check_start=$(proc_start "$check_pid")
+proc_start "$check_pid"
+check_start=$pstart
 pgid=
 st=
 read -r st 2>/dev/null <"/proc/$check_pid/stat"
 # shellcheck disable=SC2086 # numbers and a state letter
 [ -z "$st" ] || { set -- ${st##*) } && pgid=$3; }
-while sleep 1; do
+# every second at first, then every 3: a process (sleep) at each look,
+# for as long as the run lasts, on every host
+looks=0 every=1
+while sleep "$every"; do
+    looks=$((looks + 1))
+    [ "$looks" -lt 5 ] || every=3
     [ -d "$rundir" ] || exit 0
     owner_gone "$ownerf" || continue
-    if [ -n "$check_start" ] && [ "$(proc_start "$check_pid")" = "$check_start" ]; then
+    proc_start "$check_pid"
+    if [ -n "$check_start" ] && [ "$pstart" = "$check_start" ]; then
         if [ "$pgid" = "$check_pid" ]; then
             kill -TERM "-$check_pid"
         else
