@@ -15,7 +15,7 @@ use crate::inventory::Host;
 use crate::remote::{self, SudoCheck, SudoVia, parse_sudo_check, sudo_boot};
 use sha2::Sha256;
 
-use crate::session::{ControlDir, Session};
+use crate::session::{ControlDir, Fed, Session};
 
 use super::command::CommandEnd;
 use super::connect::{Dial, connect};
@@ -147,6 +147,16 @@ pub(super) struct Launch {
     pub(super) answer: Option<Arc<Secret>>,
     /// Hash its stdout here (payload runs under --repeat and --watch).
     pub(super) hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+}
+
+impl<'a> HostTask<'a> {
+    /// Starts a gated launch (not a PTY): its streams after the frame
+    /// marker, and the feeder of its stdin (see `Session::spawn_fed`).
+    pub(super) async fn start_fed(&self, launch: Launch) -> Result<Fed<'a>, openssh::Error> {
+        let first = launch.stdin_first.unwrap_or_default();
+        let session: &'a Session = self.session;
+        session.spawn_fed(launch.line, first).await
+    }
 }
 
 impl HostTask<'_> {

@@ -12,13 +12,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::host::HostTask;
 use super::transfer::CopyJob;
 use super::{error_chain, raised};
 use crate::events::{HostOutcome, Status, Timings};
-use crate::remote::{self, AfterFrame};
+use crate::remote;
 
 /// What copy.sh answers on a host without tar.
 pub(super) const LACKS_TAR: &str = "lacks tar";
@@ -204,33 +204,10 @@ impl HostTask<'_> {
             return Err("copy: this host has no tar, and sudo needs a terminal here".into());
         }
         let lost = |e: openssh::Error| format!("connection lost: {}", error_chain(&e));
-        let mut child = self.session.spawn_line(launch.line).await.map_err(lost)?;
-        let mut stdin = child.stdin().take();
-        let mut stdout = child
-            .stdout()
-            .take()
-            .map(|r| self.session.after_frame(r, false));
-        let stderr = child
-            .stderr()
-            .take()
-            .map(|r| self.session.after_frame(r, true));
-        let framed = stdout.as_mut().map(AfterFrame::framed);
-        let first = launch.stdin_first.unwrap_or_default();
-        let write = async {
-            if let Some(w) = stdin.as_mut() {
-                // a step that stops reading early says why on its own
-                let _ = w.write_all(&first).await;
-                let _ = w.flush().await;
-                if let Some(mut framed) = framed {
-                    let _ = framed.wait_for(|done| *done).await;
-                }
-                let _ = w.write_all(input).await;
-                let _ = w.shutdown().await;
-            }
-            drop(stdin.take());
-        };
-        let ((), out, err) = tokio::join!(write, read_kept(stdout), read_kept(stderr));
-        let code = crate::session::exit_code(child.wait().await).map_err(lost)?;
+        let fed = self.start_fed(launch).await.map_err(lost)?;
+        let write = fed.feeder.feed(input);
+        let ((), out, err) = tokio::join!(write, read_kept(fed.stdout), read_kept(fed.stderr));
+        let code = crate::session::exit_code(fed.child.wait().await).map_err(lost)?;
         if let Some(reason) = remote::error_line(&out) {
             return Err(reason);
         }

@@ -19,14 +19,13 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::host::HostTask;
 use super::{error_chain, raised};
 use crate::events::{Event, HostOutcome, RESULTS_PART, Status, Timings};
 use crate::payload::unnamed_file;
 use crate::remote;
-use crate::remote::AfterFrame;
 
 /// The mode bits a fetched file or directory may keep.
 const KEPT_MODE: u32 = 0o755;
@@ -284,36 +283,13 @@ impl HostTask<'_> {
     ) -> Result<Answer, Cut> {
         let (id, events) = (self.id, self.events);
         let launch = self.launch(script, &[], false, false).map_err(Cut::Lost)?;
-        let mut child = self
-            .session
-            .spawn_line(launch.line)
-            .await
-            .map_err(|e| Cut::Lost(format!("connection lost: {}", error_chain(&e))))?;
-        // what the login files print ahead of the script is not its answer
-        let mut stdin = child.stdin().take();
-        let mut stdout = child
-            .stdout()
-            .take()
-            .map(|r| self.session.after_frame(r, false));
-        let stderr = child
-            .stderr()
-            .take()
-            .map(|r| self.session.after_frame(r, true));
-        // the input waits until the script has been read (remote::start_gated)
-        let framed = stdout.as_mut().map(AfterFrame::framed);
-        let first = launch.stdin_first.unwrap_or_default();
+        // what the login files print ahead of the script is not its
+        // answer; the input waits until the script has been read
+        let lost = |e| Cut::Lost(format!("connection lost: {}", error_chain(&e)));
+        let fed = self.start_fed(launch).await.map_err(lost)?;
+        let (child, feeder, stdout, stderr) = (fed.child, fed.feeder, fed.stdout, fed.stderr);
         let write = async {
-            if let Some(w) = stdin.as_mut() {
-                // a script that stops reading early says why on its own
-                let _ = w.write_all(&first).await;
-                let _ = w.flush().await;
-                if let Some(mut framed) = framed {
-                    let _ = framed.wait_for(|done| *done).await;
-                }
-                let _ = tokio::io::copy(&mut input, w).await;
-                let _ = w.shutdown().await;
-            }
-            drop(stdin.take());
+            feeder.feed(&mut input).await;
             Ok::<(), Cut>(())
         };
         let read_out = async {

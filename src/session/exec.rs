@@ -55,6 +55,33 @@ impl Session {
         Ok(child)
     }
 
+    /// Starts `line` (a gated bootstrap: `remote::start_gated`) and hands
+    /// back its streams: stdout and stderr read after the frame marker
+    /// (login noise counted for the host's note), and a feeder that writes
+    /// `first` (the preamble), waits until the script has been read, then
+    /// writes `input` and closes stdin.
+    pub async fn spawn_fed<'s>(
+        &'s self,
+        line: String,
+        first: Vec<u8>,
+    ) -> Result<Fed<'s>, openssh::Error> {
+        let mut child = self.spawn_line(line).await?;
+        let stdin = child.stdin().take();
+        let mut stdout = child.stdout().take().map(|r| self.after_frame(r, false));
+        let stderr = child.stderr().take().map(|r| self.after_frame(r, true));
+        let framed = stdout.as_mut().map(remote::AfterFrame::framed);
+        Ok(Fed {
+            child,
+            feeder: Feeder {
+                stdin,
+                first,
+                framed,
+            },
+            stdout,
+            stderr,
+        })
+    }
+
     /// Starts a remote command line (see `remote::start`) with all three streams piped.
     pub async fn spawn_line(
         &self,
@@ -241,6 +268,44 @@ pub fn exit_code(
         Err(openssh::Error::Remote(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Some(127)),
         Err(openssh::Error::RemoteProcessTerminated) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// A script started by [`Session::spawn_fed`].
+pub struct Fed<'s> {
+    /// The remote process, for its exit status.
+    pub child: openssh::Child<&'s openssh::Session>,
+    /// What writes its stdin.
+    pub feeder: Feeder,
+    /// Its stdout, after the frame marker.
+    pub stdout: Option<remote::AfterFrame<openssh::ChildStdout>>,
+    /// Its stderr, after the frame marker.
+    pub stderr: Option<remote::AfterFrame<openssh::ChildStderr>>,
+}
+
+/// Writes a gated script's stdin: its preamble, then, once the script has
+/// been read, its input.
+pub struct Feeder {
+    stdin: Option<openssh::ChildStdin>,
+    first: Vec<u8>,
+    framed: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Feeder {
+    /// Writes the preamble, waits for the frame marker, copies `input` and
+    /// closes stdin. A script that stops reading early says why on its own,
+    /// so write errors are not the answer.
+    pub async fn feed(mut self, mut input: impl tokio::io::AsyncRead + Unpin) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(w) = self.stdin.as_mut() {
+            let _ = w.write_all(&self.first).await;
+            let _ = w.flush().await;
+            if let Some(mut framed) = self.framed {
+                let _ = framed.wait_for(|done| *done).await;
+            }
+            let _ = tokio::io::copy(&mut input, w).await;
+            let _ = w.shutdown().await;
+        }
     }
 }
 

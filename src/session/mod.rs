@@ -29,7 +29,7 @@ mod mux;
 pub mod persist;
 mod spawn;
 
-pub use exec::{ANSWER_MARGIN, ScriptOutput, exit_code};
+pub use exec::{ANSWER_MARGIN, Fed, Feeder, ScriptOutput, exit_code};
 
 pub use control::{ControlDir, write_ssh_config};
 pub use failure::{ConnectError, ConnectFailure};
