@@ -8,9 +8,12 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::{onto, parse_secs};
-use crate::auth::Secret;
+use crate::auth::{Access, Secret};
 use crate::error::Error;
+use crate::fleet::{Job, PtyMode, RunSpec, Waves};
 use crate::inventory::{Host, Inventory};
+use crate::report::OutputMode;
+use crate::run::{self, Plan};
 use crate::session::{HostKeyChecking, Kex, SshOptions};
 
 /// Which hosts.
@@ -286,7 +289,54 @@ pub(super) fn select_hosts(
     Ok((hosts, hops))
 }
 
+/// What a one-shot job (clean, copy, fetch) adds to its plan; everything
+/// else is as for any such job: no PTY, convergence, repeat or watch, the
+/// default results limit, no results dir.
+pub(super) struct OneShot {
+    /// The job itself.
+    pub job: Job,
+    /// `--timeout`.
+    pub timeout: Option<Duration>,
+    /// `--batch` and `--max-fail`.
+    pub waves: Option<Waves>,
+    /// How the run is shown.
+    pub output: OutputMode,
+}
+
 impl ConnectArgs {
+    /// The plan of a one-shot job on `hosts` (with `hops`, the relays).
+    pub(super) fn one_shot_plan(
+        &self,
+        ssh: SshOptions,
+        (hosts, hops): (Vec<Host>, Vec<Host>),
+        access: Vec<Access>,
+        shot: OneShot,
+    ) -> Plan {
+        let spec = RunSpec {
+            job: shot.job,
+            timeout: shot.timeout,
+            pty: PtyMode::No,
+            ssh,
+            forks: self.forks,
+            access,
+            converge: None,
+            repeat: None,
+            watch: None,
+            waves: shot.waves,
+            max_results: crate::fleet::MAX_RESULTS,
+        };
+        Plan {
+            selection: serde_json::Value::Null,
+            hosts,
+            spec,
+            output: shot.output,
+            results: None,
+            run_id: run::new_run_id(),
+            hops,
+            relay_binary: self.relay_binary.clone(),
+        }
+    }
+
     /// Fills in what the flags say for hosts whose inventory leaves it open.
     pub(super) fn apply(&self, mut hosts: Vec<Host>) -> Vec<Host> {
         if let Some(user) = &self.user {

@@ -5,9 +5,10 @@
 use clap::Args;
 
 use super::access::access_for;
+use super::args::OneShot;
 use super::{ConnectArgs, SelectArgs, output_mode};
 use crate::error::{Error, Exit};
-use crate::fleet::{Job, PtyMode, RunSpec};
+use crate::fleet::Job;
 use crate::run::{self, Plan};
 
 /// Flags of `pushrun clean`.
@@ -37,28 +38,12 @@ impl CleanArgs {
         let (hosts, hops) = (self.connect.apply(hosts), self.connect.apply(hops));
         let login = self.connect.login_password()?;
         let access = access_for(&hosts, login, None, None, None)?;
-        let spec = RunSpec {
+        let shot = OneShot {
             job: Job::Clean,
             timeout: None,
-            pty: PtyMode::No,
-            ssh,
-            forks: self.connect.forks,
-            access,
-            converge: None,
-            repeat: None,
-            watch: None,
             waves: None,
-            max_results: crate::fleet::MAX_RESULTS,
-        };
-        Ok(Plan {
-            hosts,
-            spec,
             output: output_mode(false, self.json),
-            results: None,
-            run_id: run::new_run_id(),
-            hops,
-            relay_binary: self.connect.relay_binary.clone(),
-            selection: serde_json::Value::Null,
-        })
+        };
+        Ok(self.connect.one_shot_plan(ssh, (hosts, hops), access, shot))
     }
 }

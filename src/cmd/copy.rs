@@ -13,10 +13,11 @@ use std::time::Duration;
 use clap::Args;
 
 use super::access::SudoArgs;
+use super::args::OneShot;
 use super::waves::WaveArgs;
 use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
-use crate::fleet::{CopyJob, Job, PtyMode, RunSpec};
+use crate::fleet::{CopyJob, Job};
 use crate::run::{self, Plan};
 
 /// Flags of `pushrun copy`.
@@ -73,28 +74,12 @@ impl CopyArgs {
         let login = self.connect.login_password()?;
         let access = self.sudo.access(&hosts, login)?;
         let waves = self.waves.waves(&hosts)?;
-        let spec = RunSpec {
-            max_results: crate::fleet::MAX_RESULTS,
+        let shot = OneShot {
             job: Job::Copy(Arc::new(job)),
             timeout: self.timeout,
-            pty: PtyMode::No,
-            ssh,
-            forks: self.connect.forks,
-            access,
-            converge: None,
-            repeat: None,
-            watch: None,
             waves,
-        };
-        Ok(Plan {
-            selection: serde_json::Value::Null,
-            hosts,
-            spec,
             output: output_mode(self.gather, self.json),
-            results: None,
-            run_id: run::new_run_id(),
-            hops,
-            relay_binary: self.connect.relay_binary.clone(),
-        })
+        };
+        Ok(self.connect.one_shot_plan(ssh, (hosts, hops), access, shot))
     }
 }

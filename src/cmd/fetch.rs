@@ -12,9 +12,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::access::SudoArgs;
+use super::args::OneShot;
 use super::{ConnectArgs, SelectArgs, output_mode, parse_secs};
 use crate::error::{Error, Exit};
-use crate::fleet::{FetchJob, Job, PtyMode, RunSpec};
+use crate::fleet::{FetchJob, Job};
 use crate::report::folder_name;
 use crate::run::{self, Plan};
 
@@ -90,29 +91,13 @@ impl FetchArgs {
             max_bytes: self.max_bytes,
             forward: false,
         };
-        let spec = RunSpec {
-            max_results: crate::fleet::MAX_RESULTS,
+        let shot = OneShot {
             job: Job::Fetch(Arc::new(job)),
             timeout: self.timeout,
-            pty: PtyMode::No,
-            ssh,
-            forks: self.connect.forks,
-            access,
-            converge: None,
-            repeat: None,
-            watch: None,
             waves: None,
-        };
-        Ok(Plan {
-            selection: serde_json::Value::Null,
-            hosts,
-            spec,
             output: output_mode(false, self.json),
-            results: None,
-            run_id: run::new_run_id(),
-            hops,
-            relay_binary: self.connect.relay_binary.clone(),
-        })
+        };
+        Ok(self.connect.one_shot_plan(ssh, (hosts, hops), access, shot))
     }
 }
 
