@@ -13,7 +13,6 @@ use similar::TextDiff;
 
 use super::escape;
 use super::lines;
-use super::summary::Ended;
 use super::{Hosts, Render, Screen};
 use crate::events::{Event, HostOutcome, Status, Stream};
 use crate::inventory::hostlist;
@@ -109,10 +108,6 @@ impl Render for Diff {
         outcomes: &[Option<HostOutcome>],
     ) -> io::Result<()> {
         screen.write_out(&self.text(hosts, outcomes))
-    }
-
-    fn summary(&mut self, screen: &mut Screen, ended: &Ended<'_>) -> io::Result<()> {
-        screen.summary(&ended.text())
     }
 }
 

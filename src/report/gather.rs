@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 
 use super::escape;
 use super::lines;
-use super::summary::Ended;
 use super::{Hosts, Render, Screen};
 use crate::events::{Event, HostId, HostOutcome, Status, Stream};
 use crate::inventory::hostlist;
@@ -118,10 +117,6 @@ impl Render for Gather {
         outcomes: &[Option<HostOutcome>],
     ) -> io::Result<()> {
         screen.write_out(&self.text(hosts, outcomes))
-    }
-
-    fn summary(&mut self, screen: &mut Screen, ended: &Ended<'_>) -> io::Result<()> {
-        screen.summary(&ended.text())
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::io;
 
-use super::summary::Ended;
 use super::{Hosts, Render, Screen, escape};
 use crate::events::{Event, Stream};
 
@@ -29,10 +28,6 @@ impl Render for Lines {
             Event::Retrying { .. } | Event::Repeated { .. } => note(screen, hosts, event),
             _ => Ok(()),
         }
-    }
-
-    fn summary(&mut self, screen: &mut Screen, ended: &Ended<'_>) -> io::Result<()> {
-        screen.summary(&ended.text())
     }
 }
 

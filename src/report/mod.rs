@@ -81,8 +81,10 @@ trait Render {
         Ok(())
     }
 
-    /// Shows the closing summary.
-    fn summary(&mut self, screen: &mut Screen, ended: &Ended<'_>) -> io::Result<()>;
+    /// Shows the closing summary: the text one, unless the mode has its own.
+    fn summary(&mut self, screen: &mut Screen, ended: &Ended<'_>) -> io::Result<()> {
+        screen.summary(&ended.text())
+    }
 }
 
 /// The run's hosts, as output names them.
