@@ -41,15 +41,8 @@ shift 4
 case $token in
 '' | *[!A-Za-z0-9-]*) fail "bad token '$token'" ;;
 esac
-if [ -d "$dest" ]; then
-    into=$dest
-elif [ "$ntop" -gt 1 ]; then
-    if [ -e "$dest" ]; then fail "$dest: not a directory"; fi
-    fail "$dest: no such directory"
-else
-    into=$(dirname -- "$dest")
-    [ -d "$into" ] || fail "$into: no such directory"
-fi
+into=
+find_into "$ntop"
 tmp=$into/.pushrun-copy.$token
 
 case $step in

@@ -17,15 +17,8 @@ command -v tar >/dev/null 2>&1 || {
 }
 dest=$1
 shift
-if [ -d "$dest" ]; then
-    into=$dest
-elif [ "$#" -gt 1 ]; then
-    if [ -e "$dest" ]; then fail "$dest: not a directory"; fi
-    fail "$dest: no such directory"
-else
-    into=$(dirname -- "$dest")
-    [ -d "$into" ] || fail "$into: no such directory"
-fi
+into=
+find_into "$#"
 tmp=$into/.pushrun-copy.$$
 trap 'rm -rf "$tmp"' EXIT
 err=$(mkdir -m 700 "$tmp" 2>&1) || fail "cannot write in $into: $(why "$err")"

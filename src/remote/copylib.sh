@@ -21,6 +21,20 @@ why() {
         ;;
     esac
 }
+# Sets into, the directory the entries are staged beside: DEST itself when
+# it is a directory, else (for one entry, renamed to DEST) its parent.
+# shellcheck disable=SC2154,SC2034 # dest is the calling script's, into for it
+find_into() { # ENTRIES
+    if [ -d "$dest" ]; then
+        into=$dest
+    elif [ "$1" -gt 1 ]; then
+        if [ -e "$dest" ]; then fail "$dest: not a directory"; fi
+        fail "$dest: no such directory"
+    else
+        into=$(dirname -- "$dest")
+        [ -d "$into" ] || fail "$into: no such directory"
+    fi
+}
 # Whether $1 is a directory, not a symlink to one.
 isdir() { [ -d "$1" ] && [ ! -L "$1" ]; }
 # Whether $1 is there at all (a dangling symlink is).

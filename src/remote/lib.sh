@@ -47,6 +47,21 @@ valid_run_id() { # ID
     return 0
 }
 
+# checks the BASE, digest, run id and mode that the scripts writing a
+# payload (receive.sh, put.sh) got, and sets target, where the payload's
+# files go; fails (3) on a bad one
+payload_target() { # BASE DIGEST RUN_ID MODE
+    valid_base "$1" || fail 3 "bad BASE '$1'"
+    valid_digest "$2" || fail 3 "bad payload digest '$2'"
+    valid_run_id "$3" || fail 3 "bad run id '$3'"
+    # shellcheck disable=SC2034 # target is for the caller
+    case $4 in
+        cache) target=$1/cache/$2 ;;
+        nocache) target=$1/runs/$3/payload ;;
+        *) fail 3 "bad mode '$4' (cache or nocache)" ;;
+    esac
+}
+
 # 0 when DIR looks like a BASE that check.sh printed
 valid_base() { # DIR
     case $1 in

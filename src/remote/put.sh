@@ -48,15 +48,8 @@ write_fail() { # DIR TEXT
 }
 
 [ $# -eq 7 ] || fail 3 "usage: put.sh BASE DIGEST RUN_ID MODE SHA256 FMODE PATH (got $# arguments)"
-BASE=$1 digest=$2 run_id=$3 mode=$4 sum=$5 fmode=$6 path=$7
-valid_base "$BASE" || fail 3 "bad BASE '$BASE'"
-valid_digest "$digest" || fail 3 "bad payload digest '$digest'"
-valid_run_id "$run_id" || fail 3 "bad run id '$run_id'"
-case $mode in
-    cache) target=$BASE/cache/$digest ;;
-    nocache) target=$BASE/runs/$run_id/payload ;;
-    *) fail 3 "bad mode '$mode' (cache or nocache)" ;;
-esac
+BASE=$1 digest=$2 run_id=$3 mode=$4 sum=$5 fmode=$6 path=$7 target=
+payload_target "$BASE" "$digest" "$run_id" "$mode"
 if ! valid_digest "$sum" || [ ${#sum} -ne 64 ]; then
     fail 3 "bad sha256 '$sum'"
 fi

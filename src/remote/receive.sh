@@ -100,15 +100,8 @@ on_lines() { # LIST COMMAND [ARGS...]
 }
 
 [ $# -eq 4 ] || fail 3 "usage: receive.sh BASE DIGEST RUN_ID MODE (got $# arguments)"
-BASE=$1 digest=$2 run_id=$3 mode=$4
-valid_base "$BASE" || fail 3 "bad BASE '$BASE'"
-valid_digest "$digest" || fail 3 "bad payload digest '$digest'"
-valid_run_id "$run_id" || fail 3 "bad run id '$run_id'"
-case $mode in
-    cache) target=$BASE/cache/$digest ;;
-    nocache) target=$BASE/runs/$run_id/payload ;;
-    *) fail 3 "bad mode '$mode' (cache or nocache)" ;;
-esac
+BASE=$1 digest=$2 run_id=$3 mode=$4 target=
+payload_target "$BASE" "$digest" "$run_id" "$mode"
 
 # the same checks as check.sh, which created BASE
 login_uid
