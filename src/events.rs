@@ -158,6 +158,18 @@ pub struct HostOutcome {
 }
 
 impl HostOutcome {
+    /// A host that ended well: exit status 0, nothing to say.
+    pub fn ok(timings: Timings) -> Self {
+        HostOutcome {
+            status: Status::Ok,
+            exit_code: Some(0),
+            reason: None,
+            notes: Vec::new(),
+            timings,
+            stage: None,
+        }
+    }
+
     /// An outcome with no exit code, for hosts that never ran the command.
     pub fn without_exit(status: Status, reason: impl Into<String>, timings: Timings) -> Self {
         HostOutcome {

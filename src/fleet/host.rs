@@ -309,14 +309,7 @@ impl HostTask<'_> {
                 .await;
         }
         match out.code {
-            Some(0) => HostOutcome {
-                status: Status::Ok,
-                exit_code: Some(0),
-                reason: None,
-                notes: Vec::new(),
-                timings,
-                stage: None,
-            },
+            Some(0) => HostOutcome::ok(timings),
             _ => HostOutcome::without_exit(
                 Status::Failed,
                 script_failure("clean failed".into(), &out),

@@ -116,14 +116,7 @@ impl HostTask<'_> {
         };
         timings.run = started.elapsed();
         match done {
-            Ok(()) => HostOutcome {
-                status: Status::Ok,
-                exit_code: Some(0),
-                reason: None,
-                notes: Vec::new(),
-                timings,
-                stage: None,
-            },
+            Ok(()) => HostOutcome::ok(timings),
             Err((status, why)) => {
                 // what was staged goes (best effort)
                 let _ = tokio::time::timeout(

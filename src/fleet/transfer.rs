@@ -373,12 +373,8 @@ async fn pass_pieces_on(
 /// A host that ended well, with `notes`.
 fn ok(timings: Timings, notes: Vec<String>) -> HostOutcome {
     HostOutcome {
-        status: Status::Ok,
-        exit_code: Some(0),
-        reason: None,
         notes,
-        timings,
-        stage: None,
+        ..HostOutcome::ok(timings)
     }
 }
 

@@ -138,14 +138,7 @@ mod tests {
     }
 
     fn ended_well() -> HostOutcome {
-        HostOutcome {
-            status: Status::Ok,
-            exit_code: Some(0),
-            reason: None,
-            notes: Vec::new(),
-            timings: Timings::default(),
-            stage: None,
-        }
+        HostOutcome::ok(Timings::default())
     }
 
     #[tokio::test]

@@ -124,16 +124,7 @@ mod tests {
         for (i, text) in ["a\nb\n", "a\nb\n", "a\nc\n", "a\nb\n"].iter().enumerate() {
             d.kept[i] = (*text).to_string();
         }
-        let ok = || {
-            Some(HostOutcome {
-                status: Status::Ok,
-                exit_code: Some(0),
-                reason: None,
-                notes: Vec::new(),
-                timings: Timings::default(),
-                stage: None,
-            })
-        };
+        let ok = || Some(HostOutcome::ok(Timings::default()));
         let outcomes = vec![ok(), ok(), ok(), ok()];
         let text = d.text(&hosts, &outcomes);
         assert_eq!(
