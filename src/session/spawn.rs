@@ -23,8 +23,8 @@ const SPAWNERS: usize = 8;
 
 type Job = (Command, Handle, oneshot::Sender<io::Result<Child>>);
 
-fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
-    static QUEUE: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+fn queue() -> &'static mpsc::Sender<Job> {
+    static QUEUE: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     QUEUE.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = std::sync::Arc::new(Mutex::new(rx));
@@ -49,7 +49,7 @@ fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
                 break;
             }
         }
-        Mutex::new(tx)
+        tx
     })
 }
 
@@ -58,11 +58,7 @@ fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
 pub(super) async fn spawn(cmd: Command) -> io::Result<Child> {
     let (reply, answer) = oneshot::channel();
     let job = (cmd, Handle::current(), reply);
-    let sent = match queue().lock() {
-        Ok(q) => q.send(job),
-        Err(_) => Err(mpsc::SendError(job)),
-    };
-    match sent {
+    match queue().send(job) {
         Ok(()) => answer
             .await
             .unwrap_or_else(|_| Err(io::Error::other("the spawner thread ended"))),
