@@ -92,8 +92,23 @@ pub(crate) async fn stage(
 
 /// [`stage`], noting the host's pushrun dir in `seen` as soon as the check
 /// has made the run dir: staging cut short (Ctrl-C, a signal) then knows
-/// what to remove.
+/// what to remove. A script that failed because the connection went away
+/// is a lost connection (for hosts and relays alike).
 async fn stage_noting_base(
+    session: &Session,
+    host: &Host,
+    job: &Arc<PayloadJob>,
+    stats: &mut StageStats,
+    seen: &mut Option<String>,
+) -> Result<(String, String), StageError> {
+    match send_what_is_missing(session, host, job, stats, seen).await {
+        Err(e) => Err(e.or_lost(session).await),
+        staged => staged,
+    }
+}
+
+/// The check, then the upload of what it found missing or wrong.
+async fn send_what_is_missing(
     session: &Session,
     host: &Host,
     job: &Arc<PayloadJob>,
@@ -324,7 +339,6 @@ impl HostTask<'_> {
         let (base, payload_dir) = match staged {
             Ok(s) => s,
             Err(e) => {
-                let e = e.or_lost(session).await;
                 let base = match &e {
                     StageError::Failed { base, .. } => base.as_ref(),
                     // cut short after the check made the run dir
