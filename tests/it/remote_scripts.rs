@@ -1352,10 +1352,16 @@ fn run_sets_the_environment_and_passes_the_exit_status_through() {
 
 #[test]
 fn closing_stdin_kills_the_whole_run_and_removes_its_directory() {
-    let host = Host::start();
+    closing_stdin_kills_the_whole_run(&Host::start(), "stoprun");
+}
+
+/// Closing the run's stdin (the initiator gone) ends every process of the
+/// run, even those that ignore TERM, and removes its run dir; the cached
+/// payload stays.
+fn closing_stdin_kills_the_whole_run(host: &Host, tag: &str) {
     // this process's own markers: another suite on the machine must not count
     let sleep = format!("sleep 1{}", std::process::id());
-    let run_id = format!("stoprun{}", std::process::id());
+    let run_id = format!("{tag}{}", std::process::id());
     // everything ignores TERM: only the watcher's KILLs end it
     let p = Payload {
         files: vec![File {
@@ -1680,48 +1686,7 @@ fn a_damaged_file_in_an_older_cache_is_not_trusted_under_busybox_either() {
 
 #[test]
 fn closing_stdin_under_busybox_kills_the_run_too() {
-    let host = Host::busybox();
-    // this process's own markers: another suite on the machine must not count
-    let sleep = format!("sleep 1{}", std::process::id());
-    let run_id = format!("bbstop{}", std::process::id());
-    let p = Payload {
-        files: vec![File {
-            path: "stubborn".into(),
-            data: format!("#!/bin/sh\ntrap '' TERM\n{sleep}1 &\necho started\n{sleep}2\n")
-                .into_bytes(),
-            exec: true,
-        }],
-    };
-    host.check(&p, &run_id);
-    host.receive_all(&p, &run_id);
-    let payload = format!("{BASE}/cache/{}", p.digest());
-    let mut child = host.spawn_with(
-        &host.launcher,
-        RUN,
-        "pushrun-run",
-        &[BASE, &payload, &run_id, "web-1", "stubborn"],
-    );
-    let stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "started\n");
-    wait_until(Duration::from_secs(3), "both sleeps run", || {
-        processes_with(&sleep).len() == 2
-    });
-    drop(stdin);
-    wait_until(
-        Duration::from_secs(8),
-        "the run's processes are gone",
-        || processes_with(&sleep).is_empty(),
-    );
-    wait_until(Duration::from_secs(8), "the run dir is removed", || {
-        !host.run_dir(&run_id).exists()
-    });
-    let _ = child.wait();
-    wait_until(Duration::from_secs(3), "the watcher is gone", || {
-        processes_with(&run_id).is_empty()
-    });
+    closing_stdin_kills_the_whole_run(&Host::busybox(), "bbstop");
 }
 
 // ------------------------------------------------------- no tar, no gzip
