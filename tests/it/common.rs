@@ -654,6 +654,17 @@ pub(crate) fn late_forwarder(
     })
 }
 
+/// Writes a payload dir: (path, content, executable).
+pub(crate) fn make_payload(dir: &Path, files: &[(&str, &[u8], bool)]) {
+    for (path, content, exec) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        let mode = if *exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+}
+
 /// A payload dir `name` under `dir` whose entry point `run` is `script`.
 pub(crate) fn payload(dir: &Path, name: &str, script: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

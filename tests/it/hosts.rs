@@ -13,20 +13,9 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::common::{
-    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, processes_with, pushrun, summary,
-    to_run, wait_until,
+    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, make_payload, processes_with,
+    pushrun, summary, to_run, wait_until,
 };
-
-/// Writes a payload dir: (path, content, executable).
-fn make_payload(dir: &Path, files: &[(&str, &[u8], bool)]) {
-    for (path, content, exec) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        let mode = if *exec { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-}
 
 const RUN: &[u8] = b"#!/bin/sh
 echo \"hello from $PUSHRUN_HOST\"

@@ -3,27 +3,15 @@
 
 use crate::common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
 use crate::common::{
-    HostOpts, Run, TestHosts, host_summary, is_root, noise, processes_with, pushrun, summary,
-    wait_until,
+    HostOpts, Run, TestHosts, host_summary, is_root, make_payload, noise, processes_with, pushrun,
+    summary, wait_until,
 };
 use serde_json::Value;
-
-/// Writes a payload dir: (path, content, executable).
-fn make_payload(dir: &Path, files: &[(&str, &[u8], bool)]) {
-    for (path, content, exec) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        let mode = if *exec { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-}
 
 const RUN_SCRIPT: &[u8] = b"#!/bin/sh
 echo \"hello from $PUSHRUN_HOST\"
