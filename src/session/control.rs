@@ -197,15 +197,21 @@ fn control_base() -> PathBuf {
 /// /tmp each of those is an inode allocated and freed on disk (measured on
 /// ext4: 0.15 s of pushrun's CPU for 100 hosts), on a tmpfs a few
 /// microseconds. The dirs are 0700 and checked as under /tmp.
+///
+/// Found once per process: every persisted host asks.
 pub(super) fn scratch_base() -> PathBuf {
-    if let Some(t) = std::env::var_os("TMPDIR").filter(|t| !t.is_empty() && t.len() < 48) {
-        return PathBuf::from(t);
-    }
-    let shm = Path::new("/dev/shm");
-    if is_shared_tmpfs(shm) {
-        return shm.to_path_buf();
-    }
-    PathBuf::from("/tmp")
+    static BASE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        if let Some(t) = std::env::var_os("TMPDIR").filter(|t| !t.is_empty() && t.len() < 48) {
+            return PathBuf::from(t);
+        }
+        let shm = Path::new("/dev/shm");
+        if is_shared_tmpfs(shm) {
+            return shm.to_path_buf();
+        }
+        PathBuf::from("/tmp")
+    })
+    .clone()
 }
 
 /// Whether `dir` is a real directory on a tmpfs, world-writable and sticky.
