@@ -6,6 +6,12 @@
 //!
 //! Output: `$OUT_DIR/builtin_payload.rs`, a sorted
 //! `&[(&str /* path */, u32 /* mode */, &[u8] /* bytes */)]`.
+//!
+//! Also writes the remote scripts (`src/remote/*.sh`, `src/relay/*.sh`) as
+//! they are sent to hosts, to `$OUT_DIR/remote/` and `$OUT_DIR/relay/`:
+//! without their comment lines and blank lines, which every host would
+//! otherwise read (a byte per read call where the shell reads them itself)
+//! on every command.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -48,6 +54,39 @@ fn main() {
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     fs::write(out_dir.join("builtin_payload.rs"), out).expect("writing builtin_payload.rs");
+
+    for dir in ["remote", "relay"] {
+        strip_scripts(&crate_dir.join("src").join(dir), &out_dir.join(dir));
+    }
+}
+
+/// Writes each `.sh` file of `from` into `to` without its comment lines
+/// (first non-blank character `#`) and blank lines. Lines inside a
+/// here-document or a quoted string that look so go too: the scripts keep
+/// no such data (their tests run what is sent).
+fn strip_scripts(from: &Path, to: &Path) {
+    println!("cargo:rerun-if-changed={}", from.display());
+    fs::create_dir_all(to).unwrap_or_else(|e| fail(to, &e.to_string()));
+    let read = fs::read_dir(from).unwrap_or_else(|e| fail(from, &e.to_string()));
+    for item in read {
+        let path = item.unwrap_or_else(|e| fail(from, &e.to_string())).path();
+        if path.extension().is_none_or(|e| e != "sh") {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", path.display());
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| fail(&path, &e.to_string()));
+        let mut kept = String::with_capacity(text.len());
+        for line in text.lines() {
+            let t = line.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        let name = path.file_name().expect("a file name");
+        fs::write(to.join(name), kept).unwrap_or_else(|e| fail(to, &e.to_string()));
+    }
 }
 
 /// Collects `(relative path, normalized mode, absolute path)` of every file

@@ -249,12 +249,17 @@ impl HostTask<'_> {
         let run_started = Instant::now();
         let mut notes = Vec::new();
         let args = [command.to_string()];
+        // exec.sh may run a plain command's words without a second login shell
+        let words: Vec<String> = std::iter::once(command)
+            .chain(remote::plain_words(command).unwrap_or_default())
+            .map(str::to_string)
+            .collect();
         let wants_pty = spec.pty != PtyMode::No;
         let pty_ok = wants_pty || self.pty_auto;
         let script = if wants_pty || matches!(self.sudo, Some((_, SudoCheck::NeedsTty))) {
             (remote::PTY, "pushrun-pty", &args[..])
         } else {
-            (remote::EXEC, "pushrun-exec", &args[..])
+            (remote::EXEC, "pushrun-exec", &words[..])
         };
         let mut result = match self.launch(script, &vars, wants_pty, pty_ok) {
             Ok(launch) => self.run_launch(launch, false, spec.timeout).await,
@@ -262,7 +267,7 @@ impl HostTask<'_> {
         };
         if matches!(result, CommandEnd::NoPty) && spec.pty == PtyMode::Auto {
             notes.push("the server refused a PTY: ran without one".to_string());
-            let script = (remote::EXEC, "pushrun-exec", &args[..]);
+            let script = (remote::EXEC, "pushrun-exec", &words[..]);
             result = match self.launch(script, &vars, false, false) {
                 Ok(launch) => self.run_launch(launch, false, spec.timeout).await,
                 Err(why) => CommandEnd::Refused(why),

@@ -33,7 +33,10 @@ use crate::fleet::StageError;
 use staging::{Staged, stage_failure};
 
 /// Starts `pushrun relay` on a relay and removes its run dirs after.
-const START: &str = concat!(include_str!("../remote/lib.sh"), include_str!("start.sh"));
+const START: &str = concat!(
+    include_str!(concat!(env!("OUT_DIR"), "/remote/lib.sh")),
+    include_str!(concat!(env!("OUT_DIR"), "/relay/start.sh"))
+);
 /// How long a cancelled relay gets to stop its hosts and say so.
 const RELAY_STOP_GRACE: Duration = Duration::from_secs(20);
 /// Lines of a relay's stderr kept for the summary.

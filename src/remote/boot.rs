@@ -13,7 +13,9 @@
 //! ahead in blocks and would swallow the data after it): where pushrun
 //! writes nothing more until the script's frame marker shows it was read
 //! ([`start_gated`]: every script but the relay's start) one `head -c` does
-//! it; where data follows at once ([`start`]), `dd bs=1`, a read per byte.
+//! it, or for a short script (a command's wrapper) the shell's own `read`,
+//! line by line, with no process started; where data follows at once
+//! ([`start`]), `dd bs=1`, a read per byte.
 //!
 //! Login files (a chatty `.bashrc`) print before the line runs. The line
 //! writes [`FRAME_START`] on stdout and on stderr before the script starts;
@@ -50,6 +52,26 @@ const BOOT_GATED: &str = concat!(
     "echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && ",
     "eval \"$pushrun_script\""
 );
+
+/// The `/bin/sh -c` word for a small gated script ([`LINES_UP_TO`] bytes
+/// or less): the length line counts lines, and the script is read line by
+/// line by the shell's own `read`, with no process started for it (`head`
+/// is a fork and an exec per command; reading a byte per call, as every sh
+/// reads a pipe, costs less than that for a short script). The newline that
+/// joins the lines is the last character of IFS, which every sh sets to
+/// space, tab, newline when it starts (whatever the environment says).
+const BOOT_LINES: &str = concat!(
+    "pushrun_nl=${IFS#??} && IFS= read -r pushrun_n && pushrun_script= && ",
+    "while [ \"$pushrun_n\" -gt 0 ] && IFS= read -r pushrun_l; do ",
+    "pushrun_script=$pushrun_script$pushrun_l$pushrun_nl; pushrun_n=$((pushrun_n - 1)); done; ",
+    "[ \"$pushrun_n\" = 0 ] && ",
+    "echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && ",
+    "eval \"$pushrun_script\""
+);
+
+/// The size up to which a gated script is read line by line (`BOOT_LINES`)
+/// rather than by `head -c`.
+const LINES_UP_TO: usize = 3000;
 
 /// The `/bin/sh -c` word for a script run on a terminal (`--pty`, sudo
 /// prompting on one): the terminal made raw and silent (its settings saved)
@@ -90,7 +112,11 @@ pub fn start(script: &str, name: &str, args: &[&str], vars: &[(String, String)])
 /// As [`start`], for a caller that writes nothing after the preamble until
 /// the script's stdout has shown [`FRAME_START`] (see [`AfterFrame::framed`]).
 pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, String)]) -> Start {
-    start_with(BOOT_GATED, script, name, args, vars)
+    let text = script_text(script, args, vars);
+    if text.len() > LINES_UP_TO {
+        return start_text(BOOT_GATED, text.len(), &text, name);
+    }
+    start_text(BOOT_LINES, text.matches('\n').count(), &text, name)
 }
 
 /// As [`start_gated`], on a terminal: the preamble is written once the
@@ -119,6 +145,12 @@ fn start_with(
     args: &[&str],
     vars: &[(String, String)],
 ) -> Start {
+    let text = script_text(script, args, vars);
+    start_text(boot, text.len(), &text, name)
+}
+
+/// The script with its exports and arguments ahead of it, ending in a newline.
+fn script_text(script: &str, args: &[&str], vars: &[(String, String)]) -> String {
     let mut text = String::new();
     for (k, v) in vars {
         text.push_str(&format!("export {k}={}\n", sh_quote(v)));
@@ -130,7 +162,16 @@ fn start_with(
     }
     text.push('\n');
     text.push_str(script);
-    let mut preamble = format!("{}\n", text.len()).into_bytes();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// `boot` as the line, `text` behind its length line (`count`: bytes or
+/// lines, as `boot` reads it).
+fn start_text(boot: &str, count: usize, text: &str, name: &str) -> Start {
+    let mut preamble = format!("{count}\n").into_bytes();
     preamble.extend_from_slice(text.as_bytes());
     Start {
         boot: format!("/bin/sh -c {} {}", sh_quote(boot), safe_name(name)),
@@ -400,6 +441,11 @@ mod tests {
         assert_eq!(BOOT_GATED.matches(FRAME_START).count(), 2);
         let gated = start_gated(&big, "pushrun-check", &[], &[]).line();
         assert!(gated.len() < 300 && !gated.contains('\\') && !gated.contains('!'));
+        // a short gated script is read line by line, its length in lines
+        let short = start_gated("echo a\necho b", "pushrun-exec", &["x\ny"], &[]);
+        assert!(short.line().contains("read -r pushrun_l") && short.line().len() < 500);
+        assert!(!short.line().contains('\\') && !short.line().contains('!'));
+        assert_eq!(short.preamble, b"4\nset -- 'x\ny'\necho a\necho b\n");
         let text = String::from_utf8(s.preamble).unwrap();
         let (len, script) = text.split_once('\n').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), script.len());
@@ -441,6 +487,11 @@ mod tests {
             start_pty("echo", "pushrun-run", &[], &[], false).line()
         );
         assert_eq!(BOOT_PTY.matches(FRAME_START).count(), 1);
+        // a short gated script is read line by line, its length in lines
+        let short = start_gated("echo a\necho b", "pushrun-exec", &["x\ny"], &[]);
+        assert!(short.line().contains("read -r pushrun_l") && short.line().len() < 500);
+        assert!(!short.line().contains('\\') && !short.line().contains('!'));
+        assert_eq!(short.preamble, b"4\nset -- 'x\ny'\necho a\necho b\n");
         let text = String::from_utf8(s.preamble).unwrap();
         assert!(
             text.contains("\nstty -echo 2>/dev/null\nxxx"),

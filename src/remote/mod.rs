@@ -1,11 +1,18 @@
 //! The POSIX sh that runs on hosts, and the lines it answers with.
 //!
 //! Every byte pushrun runs on a host is one of the `.sh` files beside this
-//! module, included at build time and sent over the channel behind a short
-//! fixed command line (`boot`).
+//! module, included at build time without its comments (build.rs) and sent
+//! over the channel behind a short fixed command line (`boot`).
 //! Each script's header documents its arguments and its answer; this module
 //! only reads those answers. The functions those scripts share are in
 //! `remote/lib.sh`, which is prepended to each of them here.
+
+/// A script of this directory as it is sent: without its comments (build.rs).
+macro_rules! script {
+    ($name:literal) => {
+        include_str!(concat!(env!("OUT_DIR"), "/remote/", $name))
+    };
+}
 
 mod boot;
 mod line;
@@ -15,48 +22,44 @@ pub use boot::{
     AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, skip_login, start, start_gated,
     start_pty,
 };
-pub use line::{SUDO_PROMPT, SudoVia, sh_quote, sudo_boot};
+pub use line::{SUDO_PROMPT, SudoVia, plain_words, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
 
 /// Runs a plain command; ends its process group when stdin closes.
 pub const EXEC: &str = concat!(
-    include_str!("pgroup.sh"),
-    include_str!("login.sh"),
-    include_str!("exec.sh")
+    script!("pgroup.sh"),
+    script!("login.sh"),
+    script!("exec.sh")
 );
 /// Runs a plain command only if the session has a terminal.
-pub const PTY: &str = concat!(include_str!("login.sh"), include_str!("pty.sh"));
+pub const PTY: &str = concat!(script!("login.sh"), script!("pty.sh"));
 /// Checks how sudo lets the login user become another (`--become`).
-pub const BECOME: &str = include_str!("become.sh");
+pub const BECOME: &str = script!("become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
-pub const CHECK: &str = concat!(include_str!("lib.sh"), include_str!("check.sh"));
+pub const CHECK: &str = concat!(script!("lib.sh"), script!("check.sh"));
 /// Receives a tar.gz of payload files, verifies and installs them.
-pub const RECEIVE: &str = concat!(include_str!("lib.sh"), include_str!("receive.sh"));
+pub const RECEIVE: &str = concat!(script!("lib.sh"), script!("receive.sh"));
 /// Runs a payload's entry point in its run dir.
-pub const RUN: &str = concat!(
-    include_str!("lib.sh"),
-    include_str!("pgroup.sh"),
-    include_str!("run.sh")
-);
+pub const RUN: &str = concat!(script!("lib.sh"), script!("pgroup.sh"), script!("run.sh"));
 /// Receives one payload file, verifies and installs it: the upload where
 /// a host has no tar or gzip (check.sh's `lacks`).
-pub const PUT: &str = concat!(include_str!("lib.sh"), include_str!("put.sh"));
+pub const PUT: &str = concat!(script!("lib.sh"), script!("put.sh"));
 /// Sends `$PUSHRUN_OUT` back as a tar.gz (or, where the host has no tar or
 /// gzip, as plain entries: `plain-out.sh`) and removes the run dir.
 pub const COLLECT: &str = concat!(
-    include_str!("lib.sh"),
-    include_str!("plain-out.sh"),
-    include_str!("collect.sh")
+    script!("lib.sh"),
+    script!("plain-out.sh"),
+    script!("collect.sh")
 );
 /// Removes pushrun's whole directory from a host.
-pub const CLEAN: &str = concat!(include_str!("lib.sh"), include_str!("clean.sh"));
+pub const CLEAN: &str = concat!(script!("lib.sh"), script!("clean.sh"));
 /// Puts files and directories, sent as a tar, at a destination (`pushrun copy`).
-pub const COPY: &str = concat!(include_str!("copylib.sh"), include_str!("copy.sh"));
+pub const COPY: &str = concat!(script!("copylib.sh"), script!("copy.sh"));
 /// `pushrun copy` in steps, on a host without tar (copy.sh: `lacks tar`).
-pub const COPY_PLAIN: &str = concat!(include_str!("copylib.sh"), include_str!("copy-plain.sh"));
+pub const COPY_PLAIN: &str = concat!(script!("copylib.sh"), script!("copy-plain.sh"));
 /// Sends files and directories back as tar archives (`pushrun fetch`), or
 /// as plain entries where the host has no tar.
-pub const FETCH: &str = concat!(include_str!("plain-out.sh"), include_str!("fetch.sh"));
+pub const FETCH: &str = concat!(script!("plain-out.sh"), script!("fetch.sh"));
 
 /// What `check.sh` found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -900,3 +900,90 @@ fn login_noise_is_kept_out_and_noted_once_per_host() {
     }
     assert!(!run.stdout.contains("Welcome"), "{}", run.all());
 }
+
+/// A plain command (words only, no builtin) is run by the wrapper itself
+/// where the login shell is sh, dash or bash: the login shell starts once,
+/// not twice. bash puts `_` (the command's path) in the environment of
+/// what it starts, so `env` shows whether bash started it. Other shells,
+/// and any command that is not plain, still go through the login shell;
+/// a plain command is ended by `--timeout` as any other, and one that is
+/// not found is reported by the login shell in its own words.
+#[test]
+fn a_plain_command_starts_no_second_login_shell_and_still_obeys_its_timeout() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let shells = ["bash", "dash", "zsh"];
+    let opts: Vec<HostOpts> = shells
+        .iter()
+        .map(|sh| HostOpts {
+            login_shell: Some(sh),
+            ..HostOpts::default()
+        })
+        .collect();
+    let hosts = TestHosts::start_with(&opts);
+    let inv = inventory(&hosts);
+    let bash = hosts.addr(0);
+    let underscore = |run: &Run, addr: &str| -> Vec<String> {
+        run.lines_of(addr)
+            .into_iter()
+            .filter(|l| l.starts_with("_="))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let plain = exec(&hosts, &inv, &["--", "env"]);
+    all_ok(&plain, shells.len());
+    assert!(underscore(&plain, &bash).is_empty(), "{}", plain.all());
+    assert!(
+        plain.lines_of(&bash).contains(&"SHLVL=2"),
+        "bash's level as bash would set it: {}",
+        plain.all()
+    );
+    let through_bash = exec(&hosts, &inv, &["--", "env;"]);
+    all_ok(&through_bash, shells.len());
+    assert_eq!(
+        underscore(&through_bash, &bash),
+        ["_=/usr/bin/env"],
+        "{}",
+        through_bash.all()
+    );
+    // a builtin is the login shell's: bash's echo knows -e, dash's prints it
+    let builtin = exec(&hosts, &inv, &["--", "echo -e x"]);
+    all_ok(&builtin, shells.len());
+    assert_eq!(builtin.lines_of(&bash), ["x"], "{}", builtin.all());
+    assert_eq!(
+        builtin.lines_of(&hosts.addr(1)),
+        ["-e x"],
+        "{}",
+        builtin.all()
+    );
+
+    let missing = exec(&hosts, &inv, &["--", "pushrun-no-such-command x"]);
+    assert_eq!(missing.code, 1, "{}", missing.all());
+    assert!(
+        missing
+            .all()
+            .contains("bash: line 1: pushrun-no-such-command: command not found"),
+        "{}",
+        missing.all()
+    );
+
+    let marker = "/dev/null/../pushrun-plain-timeout";
+    let timed = exec(
+        &hosts,
+        &inv,
+        &[
+            "--timeout",
+            "1",
+            "--",
+            &format!("tail -f /dev/null {marker}"),
+        ],
+    );
+    assert_eq!(timed.code, 3, "{}", timed.all());
+    assert!(timed.stderr.contains("3 timed out"), "{}", timed.all());
+    wait_until(Duration::from_secs(8), "the plain commands to go", || {
+        processes_with(marker).is_empty()
+    });
+}

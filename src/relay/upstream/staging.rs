@@ -12,7 +12,7 @@ use crate::relay::wire::RelayReport;
 use crate::session::Session;
 
 /// Says the relay's OS and machine.
-const PROBE: &str = include_str!("../probe.sh");
+const PROBE: &str = include_str!(concat!(env!("OUT_DIR"), "/relay/probe.sh"));
 
 /// What staging left on a relay.
 pub(super) struct Staged {
