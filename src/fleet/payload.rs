@@ -157,13 +157,21 @@ async fn send_what_is_missing(
             base: Some(base.clone()),
         };
         let size = archive.metadata().map_err(failed)?.len();
+        // a tar.gz, or a plain tar where the files do not compress
+        let mut magic = [0u8; 2];
+        std::os::unix::fs::FileExt::read_exact_at(&*archive, &mut magic, 0).map_err(failed)?;
+        let format = if crate::payload::is_gzip(&magic) {
+            "gz"
+        } else {
+            "tar"
+        };
         let own = format!("/proc/self/fd/{}", archive.as_raw_fd());
         let reader = tokio::fs::File::open(own).await.map_err(failed)?;
         let out = session
             .run_script_from(
                 remote::RECEIVE,
                 "pushrun-receive",
-                &[&base, digest, &run_id, mode],
+                &[&base, digest, &run_id, mode, format],
                 tokio::io::BufReader::with_capacity(64 * 1024, reader),
                 0,
             )

@@ -21,7 +21,8 @@ use super::{Payload, PayloadError, Source, io_err};
 pub(super) const EXPECT_NAME: &str = ".pushrun-expect";
 
 impl Payload {
-    /// A tar.gz stream (fast compression) with, first, a member named
+    /// A tar.gz stream (fast compression), or a plain tar when the files
+    /// do not compress (see [`is_gzip`]), with, first, a member named
     /// `.pushrun-expect` holding the manifest lines (no header line) of
     /// exactly the included files, then each included file (mode 0755/0644,
     /// mtime 0, uid/gid 0, no user/group names; parent directories with mode
@@ -66,15 +67,24 @@ impl Payload {
                 }
             };
         }
-        let expect: String = selected.iter().map(|&i| self.entries[i].line()).collect();
+        match self.level(&selected) {
+            Some(level) => {
+                let gz = self.write_tar(&selected, GzEncoder::new(out, level))?;
+                gz.finish().map_err(PayloadError::Write)
+            }
+            None => self.write_tar(&selected, out),
+        }
+    }
 
-        let level = self.level(&selected);
-        let mut tar = tar::Builder::new(GzEncoder::new(out, level));
+    /// The tar of [`Payload::tar_gz`] for the entries `selected`, written to `out`.
+    fn write_tar<W: Write>(&self, selected: &BTreeSet<usize>, out: W) -> Result<W, PayloadError> {
+        let expect: String = selected.iter().map(|&i| self.entries[i].line()).collect();
+        let mut tar = tar::Builder::new(out);
         let mut header = tar_header(tar::EntryType::Regular, 0o644, expect.len() as u64);
         tar.append_data(&mut header, EXPECT_NAME, expect.as_bytes())
             .map_err(PayloadError::Write)?;
         let mut dirs = BTreeSet::new();
-        for &i in &selected {
+        for &i in selected {
             let e = &self.entries[i];
             for (slash, _) in e.path.match_indices('/') {
                 let parent = &e.path[..=slash];
@@ -107,16 +117,16 @@ impl Payload {
                 }
             }
         }
-        let gz = tar.into_inner().map_err(PayloadError::Write)?;
-        gz.finish().map_err(PayloadError::Write)
+        tar.into_inner().map_err(PayloadError::Write)
     }
 
-    /// The gzip level for the files `selected`: the fastest, or none at all
-    /// (stored blocks) when a sample of the biggest files does not shrink by
-    /// a tenth. Compressing what does not compress costs the initiator once
-    /// and every host again on `gzip -d`; stored blocks are a copy and a
-    /// checksum on both ends, and the host's scripts stay the same.
-    fn level(&self, selected: &BTreeSet<usize>) -> Compression {
+    /// The gzip level for the files `selected`: the fastest, or no gzip at
+    /// all (`None`: a plain tar) when a sample of the biggest files does not
+    /// shrink by a tenth. Compressing what does not compress costs the
+    /// initiator once and every host again on `gzip -d` (even stored blocks
+    /// are a copy through one more process and a checksum on each host,
+    /// whose files are checked by their sha256 anyway).
+    fn level(&self, selected: &BTreeSet<usize>) -> Option<Compression> {
         const PER_FILE: u64 = 64 * 1024;
         const SAMPLE: usize = 1024 * 1024;
         let mut biggest: Vec<usize> = selected.iter().copied().collect();
@@ -138,19 +148,21 @@ impl Payload {
             }
         }
         if sample.len() < 4096 {
-            return Compression::fast();
+            return Some(Compression::fast());
         }
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         let packed = gz
             .write_all(&sample)
             .and_then(|()| gz.finish())
             .map_or(0, |v| v.len());
-        if packed * 10 > sample.len() * 9 {
-            Compression::none()
-        } else {
-            Compression::fast()
-        }
+        (packed * 10 <= sample.len() * 9).then(Compression::fast)
     }
+}
+
+/// Whether an archive of [`Payload::tar_gz`] is gzip (else a plain tar,
+/// whose first member's name starts where gzip's magic bytes would be).
+pub fn is_gzip(archive: &[u8]) -> bool {
+    archive.starts_with(&[0x1f, 0x8b])
 }
 
 /// Where one payload file's bytes are read from, to send it alone (to a
@@ -299,7 +311,7 @@ mod tests {
     use crate::payload::parse_manifest;
 
     #[test]
-    fn incompressible_files_are_stored_not_compressed() {
+    fn incompressible_files_go_as_a_plain_tar() {
         let t = sample();
         // bytes of a linear congruential sequence: nothing for deflate to find
         let mut x: u32 = 12345;
@@ -311,14 +323,14 @@ mod tests {
             .collect();
         put(t.path(), "lib/noise.bin", &noise, false);
         let p = Payload::load(t.path()).unwrap();
-        let gz = p.tar_gz_all().unwrap();
-        assert_eq!((gz[0], gz[1]), (0x1f, 0x8b), "still gzip");
+        let tar = p.tar_gz_all().unwrap();
+        assert!(!is_gzip(&tar), "a plain tar");
         assert!(
-            gz.len() > noise.len(),
-            "stored, not compressed: {}",
-            gz.len()
+            tar.len() > noise.len() && &tar[257..262] == b"ustar",
+            "{}",
+            tar.len()
         );
-        assert!(untar(&gz).contains(&file("lib/noise.bin", 0o644, &noise)));
+        assert!(untar(&tar).contains(&file("lib/noise.bin", 0o644, &noise)));
         // the same files but text compress
         let t = sample();
         put(
@@ -328,7 +340,11 @@ mod tests {
             false,
         );
         let gz = Payload::load(t.path()).unwrap().tar_gz_all().unwrap();
-        assert!(gz.len() < 50_000, "compressed: {}", gz.len());
+        assert!(
+            is_gzip(&gz) && gz.len() < 50_000,
+            "compressed: {}",
+            gz.len()
+        );
     }
 
     #[test]

@@ -81,7 +81,12 @@ pub(super) struct Member {
 
 /// Decompresses and lists an archive, checking the fixed header fields.
 pub(super) fn untar(gz: &[u8]) -> Vec<Member> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+    let stream: Box<dyn std::io::Read + '_> = if super::is_gzip(gz) {
+        Box::new(flate2::read::GzDecoder::new(gz))
+    } else {
+        Box::new(gz)
+    };
+    let mut archive = tar::Archive::new(stream);
     let mut members = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();

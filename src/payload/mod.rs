@@ -31,8 +31,8 @@ mod fixtures;
 mod manifest;
 mod walk;
 
-pub use archive::FileSource;
 pub(crate) use archive::unnamed_file;
+pub use archive::{FileSource, is_gzip};
 pub use manifest::{ManifestEntry, parse_manifest};
 
 use config::{CONFIG_NAME, Settings, settle};

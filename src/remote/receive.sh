@@ -2,14 +2,16 @@
 # pushrun receive: take an upload of payload files, verify it, and install
 # it into the cache (or into the run's own payload directory).
 #
-# Invoked as: pushrun-receive BASE DIGEST RUN_ID MODE
+# Invoked as: pushrun-receive BASE DIGEST RUN_ID MODE [FORMAT]
 #   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
 #   BASE    the absolute BASE that check.sh printed
 #   DIGEST  the payload's digest (lowercase hex)
 #   RUN_ID  the run's id, as given to check.sh
 #   MODE    cache: install into BASE/cache/DIGEST
 #           nocache: install into BASE/runs/RUN_ID/payload
-# stdin: a tar.gz stream. Its first member is .pushrun-expect: manifest lines
+#   FORMAT  gz (the default): stdin is a tar.gz stream; tar: a plain tar
+#           (files that do not compress: no gzip process on either end)
+# stdin: a tar.gz (or tar) stream. Its first member is .pushrun-expect: manifest lines
 #   without the header ("<sha256> <755|644> <size> <path>"), exactly one for
 #   each file sent; then those files.
 #
@@ -99,7 +101,13 @@ on_lines() { # LIST COMMAND [ARGS...]
     return 0
 }
 
-[ $# -eq 4 ] || fail 3 "usage: receive.sh BASE DIGEST RUN_ID MODE (got $# arguments)"
+[ $# -eq 4 ] || [ $# -eq 5 ] ||
+    fail 3 "usage: receive.sh BASE DIGEST RUN_ID MODE [FORMAT] (got $# arguments)"
+format=${5:-gz}
+case $format in
+    gz | tar) ;;
+    *) fail 3 "bad format '$format' (gz or tar)" ;;
+esac
 BASE=$1 digest=$2 run_id=$3 mode=$4 target=
 payload_target "$BASE" "$digest" "$run_id" "$mode"
 
@@ -147,13 +155,16 @@ fi
 err=$({ [ -d "$BASE/cache" ] || mkdir -p "$BASE/cache"; } 2>&1 &&
     mkdir "$stage" "$expect" 2>&1) || write_fail "$BASE" "$err"
 
-# gzip -dc | tar -xf -, keeping both exit statuses (sh has no pipefail) and
-# the tail of their messages
+# gzip -dc | tar -xf - (or tar alone), keeping both exit statuses (sh has
+# no pipefail) and the tail of their messages
 out=$(
-    {
+    if [ "$format" = tar ]; then
+        (cd "$stage" && tar -xof -)
+        echo "pushrun-rc tar $?"
+    else
         { gzip -dc; echo "pushrun-rc gzip $?" >&2; } | (cd "$stage" && tar -xof -)
         echo "pushrun-rc tar $?"
-    } 2>&1 | tail -n 20
+    fi 2>&1 | tail -n 20
 )
 gzip_rc='' tar_rc='' msg=''
 saved_ifs=$IFS
@@ -173,6 +184,13 @@ if [ "$tar_rc" != 0 ]; then
     # ENOSPC, or the short write GNU tar reports without an errno
     case $out in
         *'No space left'* | *'Wrote only'*) fail 6 "no space left on device under $BASE" ;;
+    esac
+    # a tar stream cut short or garbled (GNU tar's words, busybox's)
+    case $out in
+        *'Unexpected EOF'* | *'does not look like a tar'* | *'Skipping to next header'* | \
+            *'short read'* | *'invalid tar'*)
+            fail 5 "upload arrived corrupt: ${msg:-tar failed}"
+            ;;
     esac
     # gzip failing by itself (not killed by a signal) means a broken stream
     case $gzip_rc in

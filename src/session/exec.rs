@@ -30,14 +30,11 @@ impl Session {
         self.login_noise.note()
     }
 
-    /// Starts one of pushrun's remote scripts as `NAME ARGS...` with `vars`
-    /// exported and all three streams piped: the fixed bootstrap line (see
-    /// `remote::start`), the script written to stdin first. What the script
-    /// reads from stdin is written after it.
-    ///
-    /// The wrappers (exec.sh, run.sh) keep the command alive while the
-    /// child's stdin stays open: drop it to end the command's whole process
-    /// group on the host.
+    /// Starts one of pushrun's remote scripts that reads nothing from stdin
+    /// (collect.sh) as `NAME ARGS...` with `vars` exported and all three
+    /// streams piped: the fixed bootstrap line (see `remote::start_gated`),
+    /// the script written to stdin, which the caller then closes. As nothing
+    /// follows the script, it is read in one go (not a byte at a time).
     pub async fn spawn_script(
         &self,
         script: &str,
@@ -45,7 +42,7 @@ impl Session {
         args: &[&str],
         vars: &[(String, String)],
     ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
-        let start = remote::start(script, name, args, vars);
+        let start = remote::start_gated(script, name, args, vars);
         let mut child = self.spawn_line(start.line()).await?;
         if let Some(w) = child.stdin().as_mut() {
             use tokio::io::AsyncWriteExt;
@@ -185,7 +182,8 @@ impl Session {
     /// Starts one of pushrun's remote scripts through the master with a
     /// plain `ssh -S` client, for what the mux client cannot ask for (agent
     /// forwarding: `opts` = `["-o", "ForwardAgent=yes"]`). The script is
-    /// written to its stdin first, as in [`Session::spawn_script`]; its
+    /// written to its stdin first and what it reads follows at once, so it
+    /// is read a byte at a time (`remote::start`); its
     /// stdout and stderr still start with the login's noise and the frame
     /// marker (read them through `remote::AfterFrame`).
     pub async fn spawn_client(

@@ -1141,6 +1141,66 @@ fn housekeeping_keeps_a_payload_that_a_check_is_seeding_from() {
 
 // ----------------------------------------------------------------- receive
 
+/// The tar inside a tar.gz.
+fn gunzip(gz: &[u8]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut tar).unwrap();
+    tar
+}
+
+/// Files that do not compress go as a plain tar (FORMAT tar): installed the
+/// same; one cut short, or garbled, is corrupt, and nothing is installed.
+#[test]
+fn a_plain_tar_upload_installs_and_a_cut_one_is_corrupt() {
+    let host = Host::start();
+    let p = Payload::standard();
+    let digest = p.digest();
+    let all = all_paths(&p);
+    let n = all.len();
+    host.check(&p, "r1");
+    let tar = gunzip(&p.upload_all());
+    let receive = |run_id: &str, bytes: &[u8]| {
+        host.script(
+            RECEIVE,
+            "pushrun-receive",
+            &[BASE, &digest, run_id, "cache", "tar"],
+            bytes,
+        )
+    };
+    for (what, cut) in [
+        ("cut short", tar[..tar.len() / 2 + 100].to_vec()),
+        ("not a tar", b"this is not a tar\n".repeat(100)),
+    ] {
+        let a = receive("r1", &cut);
+        assert_eq!(a.code, 5, "{what}: {}", a.describe());
+        assert!(
+            a.text().starts_with("error upload arrived corrupt: "),
+            "{what}: {}",
+            a.describe()
+        );
+        assert!(
+            files_under(&host.local(&format!("{BASE}/cache"))).is_empty(),
+            "{what}: nothing was installed"
+        );
+    }
+    let a = receive("r1", &tar);
+    assert_eq!(
+        (a.code, a.text()),
+        (0, format!("installed {n}\n")),
+        "{}",
+        a.describe()
+    );
+    let c = host.check(&p, "r2");
+    assert_eq!((c.needed.len(), c.checked), (0, n));
+    let a = host.script(
+        RECEIVE,
+        "pushrun-receive",
+        &[BASE, &digest, "r2", "cache", "zip"],
+        &tar,
+    );
+    a.assert_error(3, "bad format 'zip' (gz or tar)");
+}
+
 #[test]
 fn a_corrupt_upload_is_rejected_and_the_cache_is_unchanged() {
     let host = Host::start();
