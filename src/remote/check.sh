@@ -150,7 +150,10 @@ conn_owner() {
             sshd* | dropbear*)
                 [ $# -ge 20 ] || return 0
                 shift 19
-                printf '%s %s %s %s\n' "$(uname -n)" "$boot" "$pid" "$1"
+                # the node name (uname -n), read without a process
+                node=
+                read -r node 2>/dev/null </proc/sys/kernel/hostname || node=$(uname -n)
+                printf '%s %s %s %s\n' "$node" "$boot" "$pid" "$1"
                 return 0
                 ;;
         esac
@@ -223,9 +226,15 @@ me_boot=''
 if [ -n "$owner" ]; then
     # (BASE/owners, not the run dir: that holds the run's own files only)
     ownerf=$BASE/owners/$run_id
-    err=$({ mkdir -p "$BASE/owners" && rm -f "$ownerf" &&
-        printf '%s\n' "$owner" >"$ownerf"; } 2>&1) ||
-        fail 3 "cannot write under $BASE: $(reason "$err")"
+    if [ ! -d "$BASE/owners" ]; then
+        err=$(mkdir -p "$BASE/owners" 2>&1) ||
+            fail 3 "cannot write under $BASE: $(reason "$err")"
+    fi
+    if [ -e "$ownerf" ] || [ -L "$ownerf" ]; then
+        rm -f "$ownerf"
+    fi
+    printf '%s\n' "$owner" 2>/dev/null >"$ownerf" ||
+        fail 3 "cannot write under $BASE: cannot write $ownerf"
     me_host=${owner%% *}
     me_boot=${owner#* } && me_boot=${me_boot%% *}
     # A guard, for as long as the run dir is there: once the connection
@@ -236,10 +245,12 @@ if [ -n "$owner" ]; then
     # whose trap then waits for the command it is in) and removes the run
     # dir and its owner file. It looks once a second; its streams are not
     # the channel's, so it keeps no channel open (nor do the copies of them
-    # that csh leaves open on fds 3 to 5 across its exec).
-    {
-        printf '%s\n' "$owner_fns"
-        cat <<'GUARD'
+    # that csh leaves open on fds 3 to 5 across its exec). Its script is a
+    # here-document (no process to write it), owner_fns in its environment.
+    owner_fns=$owner_fns check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host \
+        me_boot=$me_boot /bin/sh -s pushrun-guard >/dev/null 2>&1 \
+        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- <<'GUARD' &
+eval "$owner_fns"
 trap '' TERM HUP PIPE
 proc_start "$check_pid"
 check_start=$pstart
@@ -268,16 +279,17 @@ while sleep "$every"; do
     exit 0
 done
 GUARD
-    } 2>/dev/null | check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host me_boot=$me_boot \
-        /bin/sh -s pushrun-guard >/dev/null 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 fi
 if [ "$mode" = cache ]; then
     if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then
         rm -f "$target"
     fi
     # the directory's mtime records its last use (for eviction)
-    err=$({ mkdir -p "$target" "$BASE/manifests" && touch "$target"; } 2>&1) ||
-        fail 3 "cannot write under $BASE: $(reason "$err")"
+    if [ ! -d "$target" ] || [ ! -d "$BASE/manifests" ]; then
+        err=$(mkdir -p "$target" "$BASE/manifests" 2>&1) ||
+            fail 3 "cannot write under $BASE: $(reason "$err")"
+    fi
+    err=$(touch "$target" 2>&1) || fail 3 "cannot write under $BASE: $(reason "$err")"
     # anything but files and dirs in the cached payload is damage: a
     # symlinked dir would make files elsewhere pass as cached, and a repair
     # write through it (gone, what was under it is needed again)
@@ -285,9 +297,19 @@ if [ "$mode" = cache ]; then
 fi
 
 # uploads abandoned for over an hour, runs that crashed over a day ago
-find "$BASE/cache" -mindepth 1 -maxdepth 1 -name '.stage-*' -mmin +60 \
-    -exec rm -rf {} \; 2>/dev/null
-find "$BASE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} \; 2>/dev/null
+# (looked for only where there are such dirs, or runs other than this one)
+for f in "$BASE"/cache/.stage-*; do
+    [ -e "$f" ] || [ -L "$f" ] || break
+    find "$BASE/cache" -mindepth 1 -maxdepth 1 -name '.stage-*' -mmin +60 \
+        -exec rm -rf {} \; 2>/dev/null
+    break
+done
+for f in "$BASE"/runs/* "$BASE"/runs/.[!.]*; do
+    [ "$f" != "$rundir" ] || continue
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    find "$BASE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} \; 2>/dev/null
+    break
+done
 # runs whose connection to this machine is gone (see owner_gone), and the
 # owner files of runs that ended (collect.sh removes its own; a run ended
 # otherwise leaves it): never this run's own

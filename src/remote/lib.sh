@@ -78,16 +78,30 @@ valid_digest() { # DIGEST
     return 0
 }
 
-# sets uid to the login user's uid
+# sets uid to the login user's uid (the effective one), and user to its
+# name (the uid where it has none), from one `id`: "uid=N(name) gid=...",
+# with " euid=N(name)" when the effective uid differs
 login_uid() {
-    uid=$(id -u) || fail 3 "cannot tell the login user's uid"
+    idl=$(id 2>/dev/null) || idl=
+    case $idl in
+        *' euid='*) idl=e${idl#* euid=} ;;
+    esac
+    uid=${idl#*uid=}
+    uid=${uid%%[!0-9]*}
+    [ -n "$uid" ] || fail 3 "cannot tell the login user's uid"
+    user=$uid
+    case $idl in
+        *"uid=$uid("*)
+            user=${idl#*"uid=$uid("}
+            user=${user%%')'*}
+            ;;
+    esac
 }
 
 # sets uid and BASE = REMOTE_TMP/.pushrun-<login user> (REMOTE_TMP absolute,
 # trailing slashes dropped)
 base_of() { # REMOTE_TMP
     login_uid
-    user=$(id -un 2>/dev/null) || user=$uid
     base_tmp=$1
     while :; do
         case $base_tmp in
@@ -128,18 +142,29 @@ try_tmp() { # TMP
         fi
     fi
     base_check
-    probe=$BASE/.exec-probe.$$
-    if ! printf '#!/bin/sh\nexit 0\n' 2>/dev/null >"$probe"; then
-        rm -f "$probe"
+    # a probe kept in BASE: opened for writing (the test that BASE is
+    # writable, nothing written) and run, one process. Where it is not
+    # there yet, or that fails (read-only, noexec, or another run, here or
+    # on a machine sharing BASE, running the probe at that very instant: a
+    # file being started cannot be opened for writing), a probe of this
+    # process's own decides, and becomes the kept one.
+    probe=$BASE/.exec-probe
+    if [ -f "$probe" ] && [ ! -L "$probe" ] && [ -x "$probe" ] &&
+        : 2>/dev/null >>"$probe" && "$probe" 2>/dev/null; then
+        return 0
+    fi
+    own=$probe.$$
+    if ! printf '#!/bin/sh\nexit 0\n' 2>/dev/null >"$own"; then
+        rm -f "$own"
         why="cannot write in $BASE (read-only or full?)"
         return 1
     fi
-    chmod 700 "$probe"
-    if "$probe" 2>/dev/null; then
-        rm -f "$probe"
+    chmod 700 "$own"
+    if "$own" 2>/dev/null; then
+        mv -f "$own" "$probe" 2>/dev/null || rm -f "$own"
         return 0
     fi
-    rm -f "$probe"
+    rm -f "$own"
     why="files in $1 cannot be executed (mounted noexec?)"
     return 1
 }
