@@ -46,9 +46,8 @@ cleanup() {
     # time spent removing (sshd reports the end of output only once stdin,
     # stdout and stderr are all closed)
     exec 0<&- 1>&- 2>&-
-    rm -rf "$rundir"
-    # who held it (check.sh)
-    rm -f "$base/owners/$run_id"
+    # the run dir and the file saying who held it (check.sh)
+    rm -rf "$rundir" "$base/owners/$run_id"
 }
 trap_cleanup
 
