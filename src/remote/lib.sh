@@ -194,7 +194,24 @@ pick_tmp() { # TMP
 # BASE is then the login user's (SUDO_UID); prints base_check's reason and
 # returns 1 instead of exiting
 base_recheck() {
-    uid=$(id -u) || uid=
+    # the effective uid, from /proc where there is one (no process: this
+    # runs on every run and collect), else from id
+    uid=
+    if [ -r /proc/self/status ]; then
+        while IFS= read -r l; do
+            case $l in
+                Uid:*)
+                    # shellcheck disable=SC2086 # "Uid:" and four numbers
+                    set -- $l
+                    uid=${3:-}
+                    break
+                    ;;
+            esac
+        done </proc/self/status
+    fi
+    case $uid in
+        '' | *[!0-9]*) uid=$(id -u) || uid= ;;
+    esac
     if [ "$uid" = 0 ] && [ -n "${SUDO_UID:-}" ]; then
         uid=$SUDO_UID
     elif [ "$uid" = 0 ]; then
