@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use super::error_chain;
 use crate::events::{Event, HostId, RESULTS_PART};
 use crate::remote;
-use crate::session::{Session, exit_code};
+use crate::session::{Continued, Lingering, Session, exit_code};
 
 /// Where a collect's archive goes, and its bounds.
 pub(super) struct Sink<'a> {
@@ -46,14 +46,25 @@ pub(super) enum CollectError {
 
 /// Runs collect.sh for `run_id`, which sends `$PUSHRUN_OUT` and removes
 /// the run dir. Its archive goes to `sink`, or nowhere (a run dir cleaned
-/// whose run never started).
-pub(super) async fn collect(
-    session: &Session,
+/// whose run never started). With `lingering`, the run's check becomes
+/// collect.sh on its own channel (see `Session::run_lingering`), else a
+/// channel of its own is opened.
+pub(super) async fn collect<'s>(
+    session: &'s Session,
     base: &str,
     run_id: &str,
     sink: Option<Sink<'_>>,
+    lingering: Option<Lingering<'s>>,
 ) -> Result<Collected, CollectError> {
     let started = Instant::now();
+    if let Some(check) = lingering {
+        let Continued {
+            child,
+            stdout,
+            stderr,
+        } = check.then("collect").await;
+        return finish(child, stdout, stderr, sink, started).await;
+    }
     let mut child = session
         .spawn_script(remote::COLLECT, "pushrun-collect", &[base, run_id], &[])
         .await
@@ -62,6 +73,17 @@ pub(super) async fn collect(
     // what the login files print ahead of the script is not the archive
     let stdout = child.stdout().take().map(|r| session.after_frame(r, false));
     let stderr = child.stderr().take().map(|r| session.after_frame(r, true));
+    finish(child, stdout, stderr, sink, started).await
+}
+
+/// Reads a collect's archive (to `sink`) and its message, and how it ended.
+async fn finish(
+    child: openssh::Child<&openssh::Session>,
+    stdout: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+    stderr: Option<impl tokio::io::AsyncRead + Unpin + Send>,
+    sink: Option<Sink<'_>>,
+    started: Instant,
+) -> Result<Collected, CollectError> {
     let stop = Notify::new();
     let read_out = async {
         let got = match stdout {

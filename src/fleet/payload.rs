@@ -16,7 +16,7 @@ use crate::inventory::Host;
 use crate::remote::{self};
 use sha2::{Digest, Sha256};
 
-use crate::session::Session;
+use crate::session::{Lingering, Session};
 
 use super::collect::{CollectError, Sink, collect, size_text};
 use super::command::CommandEnd;
@@ -87,34 +87,49 @@ pub(crate) async fn stage(
     job: &Arc<PayloadJob>,
     stats: &mut StageStats,
 ) -> Result<(String, String), StageError> {
-    stage_noting_base(session, host, job, stats, &mut None).await
+    let staged = stage_noting_base(session, host, job, stats, &mut None, false).await?;
+    Ok((staged.base, staged.payload_dir))
+}
+
+/// A payload staged on a host.
+struct Staged<'s> {
+    /// The host's pushrun dir.
+    base: String,
+    /// The payload's dir there.
+    payload_dir: String,
+    /// The check, waiting to become the run's collect (see
+    /// `Session::run_lingering`), when it was asked to.
+    check: Option<Lingering<'s>>,
 }
 
 /// [`stage`], noting the host's pushrun dir in `seen` as soon as the check
 /// has made the run dir: staging cut short (Ctrl-C, a signal) then knows
 /// what to remove. A script that failed because the connection went away
 /// is a lost connection (for hosts and relays alike).
-async fn stage_noting_base(
-    session: &Session,
+async fn stage_noting_base<'s>(
+    session: &'s Session,
     host: &Host,
     job: &Arc<PayloadJob>,
     stats: &mut StageStats,
     seen: &mut Option<String>,
-) -> Result<(String, String), StageError> {
-    match send_what_is_missing(session, host, job, stats, seen).await {
+    linger: bool,
+) -> Result<Staged<'s>, StageError> {
+    match send_what_is_missing(session, host, job, stats, seen, linger).await {
         Err(e) => Err(e.or_lost(session).await),
         staged => staged,
     }
 }
 
-/// The check, then the upload of what it found missing or wrong.
-async fn send_what_is_missing(
-    session: &Session,
+/// The check, then the upload of what it found missing or wrong. With
+/// `linger`, the check stays on its channel to become the run's collect.
+async fn send_what_is_missing<'s>(
+    session: &'s Session,
     host: &Host,
     job: &Arc<PayloadJob>,
     stats: &mut StageStats,
     seen: &mut Option<String>,
-) -> Result<(String, String), StageError> {
+    linger: bool,
+) -> Result<Staged<'s>, StageError> {
     // "auto": the first usable of a list of temp dirs (see lib.sh: pick_tmp)
     let remote_tmp = host.settings.remote_tmp.as_deref().unwrap_or("auto");
     let digest = job.payload.digest();
@@ -122,15 +137,27 @@ async fn send_what_is_missing(
     let manifest = job.payload.manifest();
     let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
     let run_id = host_run_id(&job.run_id, host);
-    let out = session
-        .run_script(
-            remote::CHECK,
-            "pushrun-check",
-            &[remote_tmp, digest, &run_id, mode],
-            manifest.as_bytes(),
-        )
-        .await
-        .map_err(lost)?;
+    let args = [remote_tmp, digest, run_id.as_str(), mode];
+    let (out, check) = if linger {
+        // the manifest and collect.sh in the script (check.sh: "Then"),
+        // stdin kept for the word that makes it the collect
+        let script = format!(
+            "pushrun_manifest={}\npushrun_collect={}\n{}",
+            remote::sh_quote(manifest),
+            remote::sh_quote(remote::COLLECT),
+            remote::CHECK
+        );
+        session
+            .run_lingering(&script, "pushrun-check", &args, manifest.len(), b"checked ")
+            .await
+            .map_err(lost)?
+    } else {
+        let out = session
+            .run_script(remote::CHECK, "pushrun-check", &args, manifest.as_bytes())
+            .await
+            .map_err(lost)?;
+        (out, None)
+    };
     stats.bytes_sent += manifest.len() as u64;
     stats.bytes_received += out.stdout.len() as u64;
     let report = remote::parse_check(&out.stdout).map_err(|reason| StageError::Failed {
@@ -201,7 +228,11 @@ async fn send_what_is_missing(
     } else {
         format!("{base}/runs/{run_id}/payload")
     };
-    Ok((base, payload_dir))
+    Ok(Staged {
+        base,
+        payload_dir,
+        check,
+    })
 }
 
 /// The name of one inventory entry's run dir on its host: the run's id and
@@ -217,7 +248,7 @@ pub(crate) fn host_run_id(run_id: &str, host: &Host) -> String {
 pub(crate) async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        collect(session, base, run_id, None),
+        collect(session, base, run_id, None, None),
     )
     .await;
 }
@@ -339,32 +370,18 @@ impl HostTask<'_> {
         let t = &mut self.triggers;
         let mut seen = None;
         let staged = tokio::select! {
-            r = busy(stage_noting_base(session, host, job, &mut stats, &mut seen), id, events) => r,
+            r = busy(stage_noting_base(session, host, job, &mut stats, &mut seen, true), id, events) => r,
             _ = raised(&mut t.cancel) => Err(StageError::Cancelled),
             _ = raised(&mut t.converged) => Err(StageError::Converged),
         };
         timings.stage = started.elapsed();
-        let (base, payload_dir) = match staged {
+        let Staged {
+            base,
+            payload_dir,
+            check,
+        } = match staged {
             Ok(s) => s,
-            Err(e) => {
-                let base = match &e {
-                    StageError::Failed { base, .. } => base.as_ref(),
-                    // cut short after the check made the run dir
-                    StageError::Cancelled | StageError::Converged => seen.as_ref(),
-                    _ => None,
-                };
-                if let Some(base) = base {
-                    clean_run_dir(session, base, &host_run_id(&job.run_id, host)).await;
-                }
-                let (status, reason) = e.status_reason(None, "payload");
-                let mut outcome = HostOutcome::without_exit(status, reason, timings);
-                outcome.stage = Some(stats);
-                return PayloadRun {
-                    outcome,
-                    digest: None,
-                    restarted: false,
-                };
-            }
+            Err(e) => return self.not_staged(e, seen, job, stats, timings).await,
         };
 
         let mut env = self.payload_env(job);
@@ -424,7 +441,7 @@ impl HostTask<'_> {
             hash,
         };
         let (mut outcome, digest) = self
-            .collect_end(ran, &base, job, &mut stats, spec.max_results)
+            .collect_end(ran, (&base, check), job, &mut stats, spec.max_results)
             .await;
         outcome.stage = Some(stats);
         outcome.notes.extend(notes);
@@ -432,6 +449,35 @@ impl HostTask<'_> {
             outcome,
             digest,
             restarted,
+        }
+    }
+
+    /// A payload run that failed (or was stopped) while staging: its run
+    /// dir removed where the check had made one, and the host's outcome.
+    async fn not_staged(
+        &self,
+        e: StageError,
+        seen: Option<String>,
+        job: &PayloadJob,
+        stats: StageStats,
+        timings: Timings,
+    ) -> PayloadRun {
+        let base = match &e {
+            StageError::Failed { base, .. } => base.as_ref(),
+            // cut short after the check made the run dir
+            StageError::Cancelled | StageError::Converged => seen.as_ref(),
+            _ => None,
+        };
+        if let Some(base) = base {
+            clean_run_dir(self.session, base, &host_run_id(&job.run_id, self.host)).await;
+        }
+        let (status, reason) = e.status_reason(None, "payload");
+        let mut outcome = HostOutcome::without_exit(status, reason, timings);
+        outcome.stage = Some(stats);
+        PayloadRun {
+            outcome,
+            digest: None,
+            restarted: false,
         }
     }
 
@@ -459,7 +505,7 @@ impl HostTask<'_> {
     async fn collect_end(
         &self,
         ran: Ran,
-        base: &str,
+        (base, check): (&str, Option<Lingering<'_>>),
         job: &PayloadJob,
         stats: &mut StageStats,
         max: u64,
@@ -491,6 +537,7 @@ impl HostTask<'_> {
             base,
             &host_run_id(&job.run_id, self.host),
             Some(sink),
+            check,
         )
         .await
         {

@@ -14,6 +14,9 @@
 # stdin: the manifest:
 #   pushrun-manifest 1
 #   <sha256 hex> <755|644> <size> <path>        (one line per payload file)
+# or, when the script text sets pushrun_manifest (the manifest's text) and
+# pushrun_collect (collect.sh's text), the check stays once it has answered
+# (see "Then" below) and stdin is what the initiator says next.
 #
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
@@ -64,6 +67,15 @@
 # Exit codes: 0 done; 3 error (refused BASE, bad arguments or manifest, lock
 # timeout, cannot write); 4 a tool pushrun needs (sha256sum, awk) is missing
 # on this host.
+#
+# Then, with pushrun_collect set: it removes its work files and reads one
+# line. "collect" (the run has ended): it prints the frame marker on stdout
+# and stderr and becomes collect.sh for BASE and RUN_ID (exec, the same
+# process: the connection's guard still knows it), which sends the results
+# on this same channel and removes the run dir. Anything else, or the end
+# of stdin: it exits 0 and leaves the run dir to whoever holds it (run.sh,
+# a collect of its own, the guard). This saves the collect its own channel,
+# login shell and bootstrap.
 
 umask 077
 LC_ALL=C
@@ -98,7 +110,11 @@ esac
 
 # the manifest's header first: a wrong one changes nothing on the host
 header=
-IFS= read -r header
+if [ -n "${pushrun_manifest+x}" ]; then
+    header=${pushrun_manifest%%"$nl"*}
+else
+    IFS= read -r header
+fi
 [ "$header" = 'pushrun-manifest 1' ] || fail 3 "unexpected manifest header '$header'"
 
 # ---------------------------------------------------------------- BASE
@@ -419,7 +435,14 @@ END {
 # (tried in a subshell first: a failed redirection of exec ends the shell)
 (: >"$work.list" && : >"$work.sums") 2>/dev/null || fail 3 "cannot write under $rundir"
 n=0 bad=0 badline='' entries='' bytes=0 derived=
-vars=$(awk -v "sq='" "$validate")
+if [ -n "${pushrun_manifest+x}" ]; then
+    case $pushrun_manifest in
+        *"$nl"*) vars=$(printf '%s' "${pushrun_manifest#*"$nl"}" | awk -v "sq='" "$validate") ;;
+        *) vars=$(awk -v "sq='" "$validate" </dev/null) ;;
+    esac
+else
+    vars=$(awk -v "sq='" "$validate")
+fi
 eval "$vars"
 [ "$derived" = 1 ] || fail 3 "cannot read the manifest"
 [ "$bad" = 0 ] || fail 3 "bad manifest line $bad: '$badline'"
@@ -632,4 +655,17 @@ for tool in $lacks; do
     printf 'lacks %s\n' "$tool"
 done
 printf '%s\n' "$answer"
-exit 0
+[ -n "${pushrun_collect:-}" ] || exit 0
+
+# ---------------------------------------------------------------- then
+# what the EXIT trap would do at the end of a check that went well
+rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
+[ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
+lock_release
+trap - EXIT
+next=
+IFS= read -r next || exit 0
+[ "$next" = collect ] || exit 0
+echo pushrun-frame-start-5e1f
+echo pushrun-frame-start-5e1f >&2
+exec /bin/sh -c "$pushrun_collect" pushrun-collect "$BASE" "$run_id"

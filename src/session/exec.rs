@@ -227,7 +227,10 @@ impl Session {
 pub const ANSWER_MARGIN: usize = 1 << 20;
 
 /// Reads `r` to its end, keeping its first `max` bytes.
-async fn read_at_most(r: &mut (impl tokio::io::AsyncRead + Unpin), max: usize) -> Vec<u8> {
+pub(super) async fn read_at_most(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];

@@ -25,11 +25,13 @@ mod budget;
 mod control;
 mod exec;
 mod failure;
+mod linger;
 mod mux;
 pub mod persist;
 mod spawn;
 
 pub use exec::{ANSWER_MARGIN, Fed, Feeder, ScriptOutput, exit_code};
+pub use linger::{Continued, Lingering};
 
 pub use control::{ControlDir, write_ssh_config};
 pub use failure::{ConnectError, ConnectFailure};

@@ -639,3 +639,59 @@ fn collect_time_and_clean_time_are_measured_apart() {
         "0"
     );
 }
+
+/// A payload run opens two session channels on a warm host: the check,
+/// which stays and becomes the collect once the run has ended, and the run
+/// (three on a cold one: the upload too). Counted in sshd's own log. The
+/// results are whole either way, and no run dir or owner file stays.
+#[test]
+fn the_check_becomes_the_collect_on_its_own_channel() {
+    let hosts = TestHosts::start_with(&[HostOpts {
+        debug_log: true,
+        ..HostOpts::default()
+    }]);
+    let scratch = Scratch::new();
+    let pl = scratch.path("pl");
+    standard_payload(&pl);
+    let sessions = |hosts: &TestHosts| {
+        hosts
+            .log(0)
+            .lines()
+            .filter(|l| l.contains("server_input_channel_open: ctype session"))
+            .count()
+    };
+    let mut before = sessions(&hosts);
+    for (round, channels) in [("cold", 3), ("warm", 2)] {
+        let res = scratch.path(round);
+        let run = exec(
+            &hosts,
+            &["--persist", "0", "--payload", s(&pl), "--results", s(&res)],
+        );
+        assert_eq!(run.code, 0, "{round}: {}", run.all());
+        let dir = res.join("latest").join(hosts.addr(0));
+        assert_eq!(
+            std::fs::read(dir.join("out/bin.dat")).unwrap(),
+            b"\x00\x01\xffbinary",
+            "{round}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out/sub/a.txt")).unwrap(),
+            "alpha\n",
+            "{round}"
+        );
+        assert_eq!(
+            sessions(&hosts) - before,
+            channels,
+            "{round}: {}",
+            hosts.log(0)
+        );
+        assert_eq!(
+            on_host(&hosts, 0, &format!("ls -A {BASE}/runs {BASE}/owners")),
+            format!("{BASE}/owners:\n\n{BASE}/runs:")
+                .replace("$(id -un)", &on_host(&hosts, 0, "id -un")),
+            "{round}"
+        );
+        // (those two ssh commands were sessions too)
+        before = sessions(&hosts);
+    }
+}

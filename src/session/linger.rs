@@ -1,0 +1,158 @@
+//! A script that stays on its channel once it has answered, to become the
+//! next script there when asked (check.sh, which becomes collect.sh once
+//! the run has ended): one channel, login shell and bootstrap fewer per
+//! payload run.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::Session;
+use super::exec::{ANSWER_MARGIN, ScriptOutput, exit_code, read_at_most};
+use crate::remote::{self, AfterFrame};
+
+/// A script that answered and waits on its stdin for what comes next.
+pub struct Lingering<'s> {
+    child: openssh::Child<&'s openssh::Session>,
+    stdin: Option<openssh::ChildStdin>,
+    stdout: Option<AfterFrame<openssh::ChildStdout>>,
+    stderr: Option<AfterFrame<openssh::ChildStderr>>,
+}
+
+/// What a lingering script became: its streams after its new frame marker
+/// (what came before it, the old script's, is dropped), and the process,
+/// for its exit status.
+pub struct Continued<'s> {
+    /// The remote process (the same one), for its exit status.
+    pub child: openssh::Child<&'s openssh::Session>,
+    /// Its stdout, after the new frame marker.
+    pub stdout: Option<AfterFrame<AfterFrame<openssh::ChildStdout>>>,
+    /// Its stderr, after the new frame marker.
+    pub stderr: Option<AfterFrame<AfterFrame<openssh::ChildStderr>>>,
+}
+
+impl<'s> Lingering<'s> {
+    /// Writes `line` (a word and a newline) to the script, which then
+    /// prints a new frame marker and becomes what the word asked for.
+    pub async fn then(mut self, line: &str) -> Continued<'s> {
+        if let Some(mut w) = self.stdin.take() {
+            // a script gone already says so by its end
+            let _ = w.write_all(format!("{line}\n").as_bytes()).await;
+            let _ = w.shutdown().await;
+        }
+        Continued {
+            child: self.child,
+            stdout: self.stdout.map(AfterFrame::new),
+            stderr: self.stderr.map(AfterFrame::new),
+        }
+    }
+}
+
+impl Session {
+    /// Runs a gated script whose answer ends with a line that starts with
+    /// `last`, after which it stays (see [`Lingering`]). Returns the answer
+    /// (at most `asked` bytes and [`ANSWER_MARGIN`] more are kept) and the
+    /// waiting script; or, when the script ended instead (it failed, or
+    /// sent more than that), its whole output and exit code, and no script.
+    pub async fn run_lingering<'s>(
+        &'s self,
+        script: &str,
+        name: &str,
+        args: &[&str],
+        asked: usize,
+        last: &[u8],
+    ) -> Result<(ScriptOutput, Option<Lingering<'s>>), openssh::Error> {
+        let started = Instant::now();
+        let start = remote::start_gated(script, name, args, &[]);
+        let mut child = self.spawn_line(start.line()).await?;
+        let mut stdin = child.stdin().take();
+        if let Some(w) = stdin.as_mut() {
+            // the script says by its output when it could not be sent
+            let _ = w.write_all(&start.preamble).await;
+            let _ = w.flush().await;
+        }
+        let mut stdout = child.stdout().take().map(|r| self.after_frame(r, false));
+        let mut stderr = child.stderr().take().map(|r| self.after_frame(r, true));
+        let max = asked.saturating_add(ANSWER_MARGIN);
+        let mut answer = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut whole = false;
+        if let Some(r) = stdout.as_mut() {
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                if answer.len() > max {
+                    answer.truncate(max);
+                    break;
+                }
+                if answer_ends_with(&answer, last) {
+                    whole = true;
+                    break;
+                }
+            }
+        }
+        let stdout_done = started.elapsed();
+        if whole {
+            let output = ScriptOutput {
+                code: Some(0),
+                stdout: answer,
+                stdout_done,
+                stderr: Vec::new(),
+            };
+            let waiting = Lingering {
+                child,
+                stdin,
+                stdout,
+                stderr,
+            };
+            return Ok((output, Some(waiting)));
+        }
+        // ended (or said too much): what it said, and how it ended
+        drop(stdin);
+        if let Some(r) = stdout.as_mut() {
+            read_at_most(r, 0).await;
+        }
+        let err = match stderr.as_mut() {
+            Some(r) => read_at_most(r, ANSWER_MARGIN).await,
+            None => Vec::new(),
+        };
+        let code = exit_code(child.wait().await)?;
+        Ok((
+            ScriptOutput {
+                code,
+                stdout: answer,
+                stdout_done,
+                stderr: err,
+            },
+            None,
+        ))
+    }
+}
+
+/// Whether `answer` ends with a whole line that starts with `last`.
+fn answer_ends_with(answer: &[u8], last: &[u8]) -> bool {
+    let Some(body) = answer.strip_suffix(b"\n") else {
+        return false;
+    };
+    let line_start = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
+    body[line_start..].starts_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_is_whole_at_its_last_line_only() {
+        assert!(answer_ends_with(b"base /x\nchecked 3\n", b"checked "));
+        assert!(answer_ends_with(b"checked 0\n", b"checked "));
+        assert!(!answer_ends_with(b"base /x\nchecked 3", b"checked "));
+        assert!(!answer_ends_with(b"need checked 3\n", b"checked "));
+        assert!(!answer_ends_with(b"checked 3\nneed a\n", b"checked "));
+        assert!(!answer_ends_with(b"", b"checked "));
+    }
+}
