@@ -10,9 +10,11 @@
 # -k KEX: the key exchange every ssh-based tool uses (default curve25519-sha256; e.g.
 #   sntrup761x25519-sha512@openssh.com for OpenSSH 9's default). parallel-ssh is libssh2,
 #   in-process, and negotiates its own (curve25519 where both sides have it).
-# TOOLs: pushrun (a cold run: --persist 0), pushrun-warm (a run that finds the masters a
-#   previous run left up: --persist), xargs-ssh, pdsh, clush, pssh, parallel-ssh (default:
-#   all that are installed). Peers install with: apt-get install -y pdsh clustershell pssh;
+# TOOLs: pushrun (a cold run: --persist 0), pushrun-first (a first run as pushrun's
+#   defaults make it: it connects to every host and leaves the connections up, --persist;
+#   its cpu_s leaves out the masters, which are no longer its children once logged in),
+#   pushrun-warm (a run that finds the masters a previous run left up: --persist),
+#   xargs-ssh, pdsh, clush, pssh, parallel-ssh (default: all that are installed). Peers install with: apt-get install -y pdsh clustershell pssh;
 #   pip install parallel-ssh. $PUSHRUN: the pushrun to measure (default: a release build).
 # Prints per tool: median wall seconds, median client CPU seconds (user+sys of the tool and
 # its ssh children, not the servers), output lines, and its wall and CPU over the fastest
@@ -71,6 +73,7 @@ PR="$PUSHRUN exec --hosts $DIR/hosts.yaml --ssh-config $CFG --forks $FORKS"
 cmd_for() {
   case $1 in
     pushrun) echo "$PR --persist 0 -- $CMD";;
+    pushrun-first) echo "$PR --persist 120 -- $CMD";;
     pushrun-warm) echo "$PR --persist 120 -- $CMD";;
     xargs-ssh) echo "xargs -P$FORKS -I{} ssh -F $CFG {} $CMD < $LIST";;
     pdsh) command -v pdsh >/dev/null && echo "PDSH_SSH_ARGS='-F $CFG %h' pdsh -R ssh -f $FORKS -w ^$LIST $CMD";;
@@ -83,7 +86,7 @@ cmd_for() {
 }
 
 TOOLS=("$@")
-[ ${#TOOLS[@]} -gt 0 ] || TOOLS=(pushrun pushrun-warm xargs-ssh pdsh clush pssh parallel-ssh)
+[ ${#TOOLS[@]} -gt 0 ] || TOOLS=(pushrun pushrun-first pushrun-warm xargs-ssh pdsh clush pssh parallel-ssh)
 declare -A WALL CPU LINES
 for ((r = 0; r < RUNS; r++)); do
   for t in "${TOOLS[@]}"; do
@@ -91,7 +94,7 @@ for ((r = 0; r < RUNS; r++)); do
     # The warm run finds every master up: an untimed run leaves them, disconnect ends them.
     [ "$t" = pushrun-warm ] && $PR --persist 120 -- true >/dev/null 2>&1
     /usr/bin/time -f "%e %U %S" -o "$DIR/t" bash -c "$c" > "$DIR/out" 2>/dev/null || true
-    [ "$t" = pushrun-warm ] && "$PUSHRUN" disconnect >/dev/null 2>&1
+    case $t in pushrun-warm | pushrun-first) "$PUSHRUN" disconnect >/dev/null 2>&1;; esac
     read -r w u s < <(tail -1 "$DIR/t")
     WALL[$t]+="$w "; CPU[$t]+="$(awk -v u="$u" -v s="$s" 'BEGIN{print u+s}') "
     LINES[$t]=$(grep -c . "$DIR/out" || true)
