@@ -16,7 +16,7 @@ use crate::inventory::Host;
 use crate::remote::{self};
 use sha2::{Digest, Sha256};
 
-use crate::session::{Lingering, Session};
+use crate::session::{Lingering, ScriptOutput, Session};
 
 use super::collect::{CollectError, Sink, collect, size_text};
 use super::command::CommandEnd;
@@ -138,26 +138,9 @@ async fn send_what_is_missing<'s>(
     let lost = |e: openssh::Error| StageError::Lost(error_chain(&e));
     let run_id = host_run_id(&job.run_id, host);
     let args = [remote_tmp, digest, run_id.as_str(), mode];
-    let (out, check) = if linger {
-        // the manifest and collect.sh in the script (check.sh: "Then"),
-        // stdin kept for the word that makes it the collect
-        let script = format!(
-            "pushrun_manifest={}\npushrun_collect={}\n{}",
-            remote::sh_quote(manifest),
-            remote::sh_quote(remote::COLLECT),
-            remote::CHECK
-        );
-        session
-            .run_lingering(&script, "pushrun-check", &args, manifest.len(), b"checked ")
-            .await
-            .map_err(lost)?
-    } else {
-        let out = session
-            .run_script(remote::CHECK, "pushrun-check", &args, manifest.as_bytes())
-            .await
-            .map_err(lost)?;
-        (out, None)
-    };
+    let (out, check) = run_check(session, &args, manifest, linger)
+        .await
+        .map_err(lost)?;
     stats.bytes_sent += manifest.len() as u64;
     stats.bytes_received += out.stdout.len() as u64;
     let report = remote::parse_check(&out.stdout).map_err(|reason| StageError::Failed {
@@ -166,6 +149,16 @@ async fn send_what_is_missing<'s>(
     })?;
     let base = report.base;
     *seen = Some(base.clone());
+    // an upload is a channel of its own: the check does not wait beside it
+    // (a server may allow one session at a time), and a cold run's collect
+    // opens its own
+    let check = match check {
+        Some(check) if !report.needed.is_empty() => {
+            check.end().await;
+            None
+        }
+        check => check,
+    };
     if !report.needed.is_empty() && !report.lacks.is_empty() {
         // no tar or gzip on the host: file by file
         super::plain::put_files(session, job, (&base, &run_id), &report.needed, stats).await?;
@@ -233,6 +226,33 @@ async fn send_what_is_missing<'s>(
         payload_dir,
         check,
     })
+}
+
+/// Runs check.sh with `args` on `manifest`; with `linger`, the check stays
+/// on its channel once it has answered, to become the collect.
+async fn run_check<'s>(
+    session: &'s Session,
+    args: &[&str],
+    manifest: &str,
+    linger: bool,
+) -> Result<(ScriptOutput, Option<Lingering<'s>>), openssh::Error> {
+    if !linger {
+        let out = session
+            .run_script(remote::CHECK, "pushrun-check", args, manifest.as_bytes())
+            .await?;
+        return Ok((out, None));
+    }
+    // the manifest and collect.sh in the script (check.sh: "Then"), stdin
+    // kept for the word that makes it the collect
+    let script = format!(
+        "pushrun_manifest={}\npushrun_collect={}\n{}",
+        remote::sh_quote(manifest),
+        remote::sh_quote(remote::COLLECT),
+        remote::CHECK
+    );
+    session
+        .run_lingering(&script, "pushrun-check", args, manifest.len(), b"checked ")
+        .await
 }
 
 /// The name of one inventory entry's run dir on its host: the run's id and
@@ -370,7 +390,7 @@ impl HostTask<'_> {
         let t = &mut self.triggers;
         let mut seen = None;
         let staged = tokio::select! {
-            r = busy(stage_noting_base(session, host, job, &mut stats, &mut seen, true), id, events) => r,
+            r = busy(stage_noting_base(session, host, job, &mut stats, &mut seen, !session.one_session()), id, events) => r,
             _ = raised(&mut t.cancel) => Err(StageError::Cancelled),
             _ = raised(&mut t.converged) => Err(StageError::Converged),
         };
@@ -409,22 +429,37 @@ impl HostTask<'_> {
         let timeout = spec.timeout.or(job.payload.timeout());
         let run_started = Instant::now();
         let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
-        let end = match self.launch(
-            (remote::RUN, "pushrun-run", &args),
-            &env,
-            false,
-            self.pty_auto,
-        ) {
-            Ok(launch) => {
-                let launch = Launch {
-                    hash: hash.clone(),
-                    ..launch
-                };
-                self.run_launch(launch, true, timeout).await
-            }
-            Err(why) => {
-                clean_run_dir(session, &base, &run_id).await;
-                CommandEnd::Refused(why)
+        let mut check = check;
+        let end = loop {
+            let end = match self.launch(
+                (remote::RUN, "pushrun-run", &args),
+                &env,
+                false,
+                self.pty_auto,
+            ) {
+                Ok(launch) => {
+                    let launch = Launch {
+                        hash: hash.clone(),
+                        ..launch
+                    };
+                    self.run_launch(launch, true, timeout).await
+                }
+                Err(why) => {
+                    clean_run_dir(session, &base, &run_id).await;
+                    CommandEnd::Refused(why)
+                }
+            };
+            // a server that allows one session at a time (MaxSessions 1)
+            // refuses the run's beside the waiting check: end the check
+            // (the collect then opens its own) and open the run's again
+            match end {
+                CommandEnd::Lost(why) if check.is_some() && why.contains("open refused") => {
+                    session.note_one_session();
+                    if let Some(check) = check.take() {
+                        check.end().await;
+                    }
+                }
+                end => break end,
             }
         };
         timings.run = run_started.elapsed();

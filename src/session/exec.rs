@@ -79,18 +79,45 @@ impl Session {
         })
     }
 
-    /// Starts a remote command line (see `remote::start`) with all three streams piped.
+    /// Starts a remote command line (see `remote::start`) with all three
+    /// streams piped. A server that limits the sessions of a connection
+    /// (`MaxSessions`) may refuse one while the channel before it is still
+    /// closing: it is asked again a few times, 10 ms, 20 ms, ... apart (at
+    /// most 0.36 s in all) before the refusal is the answer.
     pub async fn spawn_line(
         &self,
         line: String,
     ) -> Result<openssh::Child<&openssh::Session>, openssh::Error> {
-        self.mux
-            .raw_command(line)
-            .stdin(openssh::Stdio::piped())
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::piped())
-            .spawn()
-            .await
+        let mut tries = 0u64;
+        loop {
+            let spawned = self
+                .mux
+                .raw_command(&line)
+                .stdin(openssh::Stdio::piped())
+                .stdout(openssh::Stdio::piped())
+                .stderr(openssh::Stdio::piped())
+                .spawn()
+                .await;
+            match spawned {
+                Err(e) if tries < 8 && session_refused(&e) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Notes that the server allows one session at a time on this
+    /// connection (it refused one beside another).
+    pub fn note_one_session(&self) {
+        self.one_session
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the server was seen to allow one session at a time.
+    pub fn one_session(&self) -> bool {
+        self.one_session.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs a remote script to its end, feeding it `input`; returns its
@@ -225,6 +252,19 @@ impl Session {
 /// How much more than it was asked a script's answer may be (see
 /// [`Session::run_script_from`]).
 pub const ANSWER_MARGIN: usize = 1 << 20;
+
+/// Whether `e` is the server refusing a session channel ("Session open
+/// refused by peer", as ssh's mux server words it).
+fn session_refused(e: &openssh::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("open refused") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
 
 /// Reads `r` to its end, keeping its first `max` bytes.
 pub(super) async fn read_at_most(

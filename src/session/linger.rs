@@ -31,6 +31,27 @@ pub struct Continued<'s> {
 }
 
 impl<'s> Lingering<'s> {
+    /// Ends the script (the end of its stdin: it exits, the run dir left
+    /// to whoever holds it) and waits until its channel is closed, so that
+    /// a server that allows one session at a time can open the next.
+    pub async fn end(mut self) {
+        drop(self.stdin.take());
+        let streams = async {
+            if let Some(r) = self.stdout.as_mut() {
+                read_at_most(r, 0).await;
+            }
+            if let Some(r) = self.stderr.as_mut() {
+                read_at_most(r, 0).await;
+            }
+        };
+        let limit = std::time::Duration::from_secs(10);
+        let _ = tokio::time::timeout(limit, async {
+            streams.await;
+            let _ = self.child.wait().await;
+        })
+        .await;
+    }
+
     /// Writes `line` (a word and a newline) to the script, which then
     /// prints a new frame marker and becomes what the word asked for.
     pub async fn then(mut self, line: &str) -> Continued<'s> {

@@ -102,6 +102,9 @@ pub struct Session {
     _share: budget::Share,
     /// What the login files printed ahead of pushrun's frames, on any channel.
     login_noise: std::sync::Arc<crate::remote::LoginNoise>,
+    /// The server refused a session while another was open (`MaxSessions
+    /// 1`): a check does not wait beside the run on this connection.
+    one_session: std::sync::atomic::AtomicBool,
 }
 
 /// Where a new master's socket, log and password file go, and whether it
@@ -174,6 +177,7 @@ impl Session {
                 mux,
                 _share: share,
                 login_noise: std::sync::Arc::default(),
+                one_session: std::sync::atomic::AtomicBool::new(false),
             });
         }
         let master = MasterSpec {
@@ -363,6 +367,7 @@ impl Session {
             mux,
             _share: share,
             login_noise: std::sync::Arc::default(),
+            one_session: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct HostOpts {
     pub(crate) pty_denied: bool,
     /// `AllowTcpForwarding no`, `AllowStreamLocalForwarding no`.
     pub(crate) no_forwarding: bool,
+    /// `MaxSessions 1`: one session channel at a time on a connection.
+    pub(crate) one_session: bool,
     /// The host's /tmp is a 2 MiB tmpfs (only when root; ignored otherwise).
     pub(crate) small_tmp: bool,
     /// sshd refuses public keys and takes passwords (`PubkeyAuthentication no`,
@@ -120,6 +122,7 @@ impl TestHosts {
         for (flag, hosts) in [
             ("--pty-denied", list(|o| o.pty_denied)),
             ("--no-forwarding", list(|o| o.no_forwarding)),
+            ("--one-session", list(|o| o.one_session)),
             ("--small-tmp", list(|o| o.small_tmp)),
             ("--password-only", list(|o| o.password_only)),
             ("--debug-log", list(|o| o.debug_log)),

@@ -641,9 +641,11 @@ fn collect_time_and_clean_time_are_measured_apart() {
 }
 
 /// A payload run opens two session channels on a warm host: the check,
-/// which stays and becomes the collect once the run has ended, and the run
-/// (three on a cold one: the upload too). Counted in sshd's own log. The
-/// results are whole either way, and no run dir or owner file stays.
+/// which stays and becomes the collect once the run has ended, and the run.
+/// On a cold one the check ends before the upload (a server may allow one
+/// session at a time), so four: check, upload, run, collect. Counted in
+/// sshd's own log. The results are whole either way, and no run dir or
+/// owner file stays.
 #[test]
 fn the_check_becomes_the_collect_on_its_own_channel() {
     let hosts = TestHosts::start_with(&[HostOpts {
@@ -661,7 +663,7 @@ fn the_check_becomes_the_collect_on_its_own_channel() {
             .count()
     };
     let mut before = sessions(&hosts);
-    for (round, channels) in [("cold", 3), ("warm", 2)] {
+    for (round, channels) in [("cold", 4), ("warm", 2)] {
         let res = scratch.path(round);
         let run = exec(
             &hosts,
@@ -693,5 +695,39 @@ fn the_check_becomes_the_collect_on_its_own_channel() {
         );
         // (those two ssh commands were sessions too)
         before = sessions(&hosts);
+    }
+}
+
+/// A server that allows one session at a time (`MaxSessions 1`) refuses
+/// the run's channel while the check waits beside it: the check is ended
+/// and the run's channel opened again, the collect then has its own; cold
+/// (the check ends before the upload) and warm, results whole, nothing left.
+#[test]
+fn a_server_that_allows_one_session_at_a_time_still_runs_payloads() {
+    let hosts = TestHosts::start_with(&[HostOpts {
+        one_session: true,
+        ..HostOpts::default()
+    }]);
+    let scratch = Scratch::new();
+    let pl = scratch.path("pl");
+    standard_payload(&pl);
+    for round in ["cold", "warm", "warm again"] {
+        let res = scratch.path(&round.replace(' ', "-"));
+        let run = exec(
+            &hosts,
+            &["--persist", "0", "--payload", s(&pl), "--results", s(&res)],
+        );
+        assert_eq!(run.code, 0, "{round}: {}", run.all());
+        let dir = res.join("latest").join(hosts.addr(0));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out/sub/a.txt")).unwrap(),
+            "alpha\n",
+            "{round}"
+        );
+        let left = on_host(&hosts, 0, &format!("ls -A {BASE}/runs {BASE}/owners"));
+        assert!(
+            left.lines().all(|l| l.is_empty() || l.ends_with(':')),
+            "{round}: run dirs or owner files left: {left}"
+        );
     }
 }
