@@ -640,33 +640,17 @@ fn collect_time_and_clean_time_are_measured_apart() {
     );
 }
 
-/// A payload run opens two session channels on a warm host: the check,
-/// which stays and becomes the collect once the run has ended, and the run.
-/// On a cold one the check ends before the upload (a server may allow one
-/// session at a time), so four: check, upload, run, collect. Counted in
-/// sshd's own log. The results are whole either way, and no run dir or
-/// owner file stays.
-#[test]
-fn the_check_becomes_the_collect_on_its_own_channel() {
-    let hosts = TestHosts::start_with(&[HostOpts {
-        debug_log: true,
-        ..HostOpts::default()
-    }]);
+/// Runs the standard payload on `hosts`' one host, `--persist 0`, for each
+/// of `rounds` (cold first): each round's results are whole and no run dir
+/// or owner file stays; `after` is told each round's name once it is checked.
+fn payload_rounds(hosts: &TestHosts, rounds: &[&str], mut after: impl FnMut(&str)) {
     let scratch = Scratch::new();
     let pl = scratch.path("pl");
     standard_payload(&pl);
-    let sessions = |hosts: &TestHosts| {
-        hosts
-            .log(0)
-            .lines()
-            .filter(|l| l.contains("server_input_channel_open: ctype session"))
-            .count()
-    };
-    let mut before = sessions(&hosts);
-    for (round, channels) in [("cold", 4), ("warm", 2)] {
-        let res = scratch.path(round);
+    for round in rounds {
+        let res = scratch.path(&round.replace(' ', "-"));
         let run = exec(
-            &hosts,
+            hosts,
             &["--persist", "0", "--payload", s(&pl), "--results", s(&res)],
         );
         assert_eq!(run.code, 0, "{round}: {}", run.all());
@@ -681,53 +665,51 @@ fn the_check_becomes_the_collect_on_its_own_channel() {
             "alpha\n",
             "{round}"
         );
-        assert_eq!(
-            sessions(&hosts) - before,
-            channels,
-            "{round}: {}",
-            hosts.log(0)
+        after(round);
+        let left = on_host(hosts, 0, &format!("ls -A {BASE}/runs {BASE}/owners"));
+        assert!(
+            left.lines().all(|l| l.is_empty() || l.ends_with(':')),
+            "{round}: run dirs or owner files left: {left}"
         );
-        assert_eq!(
-            on_host(&hosts, 0, &format!("ls -A {BASE}/runs {BASE}/owners")),
-            format!("{BASE}/owners:\n\n{BASE}/runs:")
-                .replace("$(id -un)", &on_host(&hosts, 0, "id -un")),
-            "{round}"
-        );
-        // (those two ssh commands were sessions too)
-        before = sessions(&hosts);
     }
+}
+
+/// A payload run opens two session channels on a warm host: the check,
+/// which stays and becomes the collect once the run has ended, and the run.
+/// On a cold one the check ends before the upload (a server may allow one
+/// session at a time), so four: check, upload, run, collect. Counted in
+/// sshd's own log.
+#[test]
+fn the_check_becomes_the_collect_on_its_own_channel() {
+    let hosts = TestHosts::start_with(&[HostOpts {
+        debug_log: true,
+        ..HostOpts::default()
+    }]);
+    let sessions = || {
+        hosts
+            .log(0)
+            .lines()
+            .filter(|l| l.contains("server_input_channel_open: ctype session"))
+            .count()
+    };
+    let mut before = sessions();
+    payload_rounds(&hosts, &["cold", "warm"], |round| {
+        let channels = if round == "cold" { 4 } else { 2 };
+        assert_eq!(sessions() - before, channels, "{round}: {}", hosts.log(0));
+        // (the ssh command that looks for run dirs is a session too)
+        before = sessions() + 1;
+    });
 }
 
 /// A server that allows one session at a time (`MaxSessions 1`) refuses
 /// the run's channel while the check waits beside it: the check is ended
 /// and the run's channel opened again, the collect then has its own; cold
-/// (the check ends before the upload) and warm, results whole, nothing left.
+/// (the check ends before the upload) and warm.
 #[test]
 fn a_server_that_allows_one_session_at_a_time_still_runs_payloads() {
     let hosts = TestHosts::start_with(&[HostOpts {
         one_session: true,
         ..HostOpts::default()
     }]);
-    let scratch = Scratch::new();
-    let pl = scratch.path("pl");
-    standard_payload(&pl);
-    for round in ["cold", "warm", "warm again"] {
-        let res = scratch.path(&round.replace(' ', "-"));
-        let run = exec(
-            &hosts,
-            &["--persist", "0", "--payload", s(&pl), "--results", s(&res)],
-        );
-        assert_eq!(run.code, 0, "{round}: {}", run.all());
-        let dir = res.join("latest").join(hosts.addr(0));
-        assert_eq!(
-            std::fs::read_to_string(dir.join("out/sub/a.txt")).unwrap(),
-            "alpha\n",
-            "{round}"
-        );
-        let left = on_host(&hosts, 0, &format!("ls -A {BASE}/runs {BASE}/owners"));
-        assert!(
-            left.lines().all(|l| l.is_empty() || l.ends_with(':')),
-            "{round}: run dirs or owner files left: {left}"
-        );
-    }
+    payload_rounds(&hosts, &["cold", "warm", "warm again"], |_| {});
 }
