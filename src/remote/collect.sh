@@ -3,7 +3,9 @@
 # remove the run's directory.
 #
 # Invoked as: pushrun-collect BASE RUN_ID
-#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs)
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs; or,
+#   on a warm host, exec'd by the run's check on the check's own channel,
+#   its text given to the check with the manifest: check.sh, "Then")
 #   BASE    the absolute BASE that check.sh printed
 #   RUN_ID  the run's id
 # stdin: not read.
