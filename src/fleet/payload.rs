@@ -453,7 +453,7 @@ impl HostTask<'_> {
             // refuses the run's beside the waiting check: end the check
             // (the collect then opens its own) and open the run's again
             match end {
-                CommandEnd::Lost(why) if check.is_some() && why.contains("open refused") => {
+                CommandEnd::Lost(why) if check.is_some() && crate::session::is_refusal(&why) => {
                     session.note_one_session();
                     if let Some(check) = check.take() {
                         check.end().await;

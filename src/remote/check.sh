@@ -135,8 +135,12 @@ cleanup() {
     if [ "$rc" != 0 ] && [ -n "${made_rundir:-}" ]; then
         rm -rf "$rundir" "$BASE/owners/$run_id"
     fi
+    tidy
+}
+# the check's work files, its seed dir (unless renamed into place) and the lock
+tidy() {
     rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
-    [ -z "${seed:-}" ] || rm -rf "$seed"
+    [ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
     lock_release
 }
 trap_cleanup
@@ -659,9 +663,7 @@ printf '%s\n' "$answer"
 
 # ---------------------------------------------------------------- then
 # what the EXIT trap would do at the end of a check that went well
-rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
-[ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
-lock_release
+tidy
 trap - EXIT
 next=
 IFS= read -r next || exit 0

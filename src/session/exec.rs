@@ -147,32 +147,19 @@ impl Session {
         script: &str,
         name: &str,
         args: &[&str],
-        mut input: impl tokio::io::AsyncRead + Unpin,
+        input: impl tokio::io::AsyncRead + Unpin,
         asked: usize,
     ) -> Result<ScriptOutput, openssh::Error> {
-        use tokio::io::AsyncWriteExt;
         let started = tokio::time::Instant::now();
         // the input waits until the script has been read (its frame marker
         // on stdout), so the bootstrap reads the script in one go
         let start = remote::start_gated(script, name, args, &[]);
-        let mut child = self.spawn_line(start.line()).await?;
-        let mut stdin = child.stdin().take();
-        let mut stdout = child.stdout().take().map(|r| self.after_frame(r, false));
-        let mut stderr = child.stderr().take().map(|r| self.after_frame(r, true));
-        let framed = stdout.as_mut().map(remote::AfterFrame::framed);
-        let write = async {
-            if let Some(w) = stdin.as_mut() {
-                // A script that stops reading early (an error) is reported by its output.
-                let _ = w.write_all(&start.preamble).await;
-                let _ = w.flush().await;
-                if let Some(mut framed) = framed {
-                    let _ = framed.wait_for(|done| *done).await;
-                }
-                let _ = tokio::io::copy(&mut input, w).await;
-                let _ = w.shutdown().await;
-            }
-            drop(stdin.take());
-        };
+        let Fed {
+            child,
+            feeder,
+            mut stdout,
+            mut stderr,
+        } = self.spawn_fed(start.line(), start.preamble).await?;
         let read_out = async {
             let buf = match stdout.as_mut() {
                 Some(r) => read_at_most(r, asked.saturating_add(ANSWER_MARGIN)).await,
@@ -186,7 +173,8 @@ impl Session {
                 None => Vec::new(),
             }
         };
-        let ((), (stdout, stdout_done), stderr) = tokio::join!(write, read_out, read_err);
+        let ((), (stdout, stdout_done), stderr) =
+            tokio::join!(feeder.feed(input), read_out, read_err);
         let code = exit_code(child.wait().await)?;
         Ok(ScriptOutput {
             code,
@@ -253,17 +241,23 @@ impl Session {
 /// [`Session::run_script_from`]).
 pub const ANSWER_MARGIN: usize = 1 << 20;
 
-/// Whether `e` is the server refusing a session channel ("Session open
-/// refused by peer", as ssh's mux server words it).
+/// Whether `e` is the server refusing a session channel (see
+/// [`is_refusal`]), anywhere in its chain of causes.
 fn session_refused(e: &openssh::Error) -> bool {
     let mut cause: Option<&dyn std::error::Error> = Some(e);
     while let Some(c) = cause {
-        if c.to_string().contains("open refused") {
+        if is_refusal(&c.to_string()) {
             return true;
         }
         cause = c.source();
     }
     false
+}
+
+/// Whether an error's text is the server refusing a session channel
+/// ("Session open refused by peer", as ssh's mux server words it).
+pub fn is_refusal(text: &str) -> bool {
+    text.contains("open refused")
 }
 
 /// Reads `r` to its end, keeping its first `max` bytes.
@@ -338,14 +332,28 @@ impl Feeder {
     /// so write errors are not the answer.
     pub async fn feed(mut self, mut input: impl tokio::io::AsyncRead + Unpin) {
         use tokio::io::AsyncWriteExt;
+        self.send_first().await;
         if let Some(w) = self.stdin.as_mut() {
-            let _ = w.write_all(&self.first).await;
-            let _ = w.flush().await;
             if let Some(mut framed) = self.framed {
                 let _ = framed.wait_for(|done| *done).await;
             }
             let _ = tokio::io::copy(&mut input, w).await;
             let _ = w.shutdown().await;
+        }
+    }
+
+    /// Writes the preamble and hands back stdin, open, for what the script
+    /// is told later (a lingering script: `Session::run_lingering`).
+    pub(super) async fn first_only(mut self) -> Option<openssh::ChildStdin> {
+        self.send_first().await;
+        self.stdin
+    }
+
+    async fn send_first(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(w) = self.stdin.as_mut() {
+            let _ = w.write_all(&self.first).await;
+            let _ = w.flush().await;
         }
     }
 }

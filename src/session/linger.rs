@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::Session;
-use super::exec::{ANSWER_MARGIN, ScriptOutput, exit_code, read_at_most};
+use super::exec::{ANSWER_MARGIN, Fed, ScriptOutput, exit_code, read_at_most};
 use crate::remote::{self, AfterFrame};
 
 /// A script that answered and waits on its stdin for what comes next.
@@ -34,22 +34,28 @@ impl<'s> Lingering<'s> {
     /// Ends the script (the end of its stdin: it exits, the run dir left
     /// to whoever holds it) and waits until its channel is closed, so that
     /// a server that allows one session at a time can open the next.
-    pub async fn end(mut self) {
+    pub async fn end(self) {
+        let limit = std::time::Duration::from_secs(10);
+        let _ = tokio::time::timeout(limit, self.drain(0)).await;
+    }
+
+    /// Closes the script's stdin and reads it to its end: the first `keep`
+    /// bytes of its stderr, and its exit code.
+    async fn drain(mut self, keep: usize) -> (Vec<u8>, Result<Option<i32>, openssh::Error>) {
         drop(self.stdin.take());
-        let streams = async {
+        let out = async {
             if let Some(r) = self.stdout.as_mut() {
                 read_at_most(r, 0).await;
             }
-            if let Some(r) = self.stderr.as_mut() {
-                read_at_most(r, 0).await;
+        };
+        let err = async {
+            match self.stderr.as_mut() {
+                Some(r) => read_at_most(r, keep).await,
+                None => Vec::new(),
             }
         };
-        let limit = std::time::Duration::from_secs(10);
-        let _ = tokio::time::timeout(limit, async {
-            streams.await;
-            let _ = self.child.wait().await;
-        })
-        .await;
+        let ((), err) = tokio::join!(out, err);
+        (err, exit_code(self.child.wait().await))
     }
 
     /// Writes `line` (a word and a newline) to the script, which then
@@ -84,15 +90,14 @@ impl Session {
     ) -> Result<(ScriptOutput, Option<Lingering<'s>>), openssh::Error> {
         let started = Instant::now();
         let start = remote::start_gated(script, name, args, &[]);
-        let mut child = self.spawn_line(start.line()).await?;
-        let mut stdin = child.stdin().take();
-        if let Some(w) = stdin.as_mut() {
-            // the script says by its output when it could not be sent
-            let _ = w.write_all(&start.preamble).await;
-            let _ = w.flush().await;
-        }
-        let mut stdout = child.stdout().take().map(|r| self.after_frame(r, false));
-        let mut stderr = child.stderr().take().map(|r| self.after_frame(r, true));
+        let Fed {
+            child,
+            feeder,
+            mut stdout,
+            stderr,
+        } = self.spawn_fed(start.line(), start.preamble).await?;
+        // the script says by its output when it could not be sent
+        let stdin = feeder.first_only().await;
         let max = asked.saturating_add(ANSWER_MARGIN);
         let mut answer = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -114,6 +119,12 @@ impl Session {
             }
         }
         let stdout_done = started.elapsed();
+        let script = Lingering {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        };
         if whole {
             let output = ScriptOutput {
                 code: Some(0),
@@ -121,30 +132,16 @@ impl Session {
                 stdout_done,
                 stderr: Vec::new(),
             };
-            let waiting = Lingering {
-                child,
-                stdin,
-                stdout,
-                stderr,
-            };
-            return Ok((output, Some(waiting)));
+            return Ok((output, Some(script)));
         }
         // ended (or said too much): what it said, and how it ended
-        drop(stdin);
-        if let Some(r) = stdout.as_mut() {
-            read_at_most(r, 0).await;
-        }
-        let err = match stderr.as_mut() {
-            Some(r) => read_at_most(r, ANSWER_MARGIN).await,
-            None => Vec::new(),
-        };
-        let code = exit_code(child.wait().await)?;
+        let (stderr, code) = script.drain(ANSWER_MARGIN).await;
         Ok((
             ScriptOutput {
-                code,
+                code: code?,
                 stdout: answer,
                 stdout_done,
-                stderr: err,
+                stderr,
             },
             None,
         ))

@@ -30,7 +30,7 @@ mod mux;
 pub mod persist;
 mod spawn;
 
-pub use exec::{ANSWER_MARGIN, Fed, Feeder, ScriptOutput, exit_code};
+pub use exec::{ANSWER_MARGIN, Fed, Feeder, ScriptOutput, exit_code, is_refusal};
 pub use linger::{Continued, Lingering};
 
 pub use control::{ControlDir, write_ssh_config};
