@@ -705,3 +705,13 @@ pub(crate) fn config_with_known_hosts(
     std::fs::write(&path, cfg).unwrap();
     (path, kh)
 }
+
+/// The names in `dir`, sorted (it must be there and readable).
+pub(crate) fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

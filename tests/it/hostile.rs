@@ -819,15 +819,10 @@ fn kill_guards(hosts: &TestHosts, i: usize) {
 
 /// The names in `dir` (none when it is absent).
 fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    if !dir.exists() {
+        return Vec::new();
+    }
+    common::names_in(dir)
 }
 
 /// A connection lost during the upload, with everything on the host that

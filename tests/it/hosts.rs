@@ -13,8 +13,8 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::common::{
-    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, make_payload, processes_with,
-    pushrun, summary, to_run, wait_until,
+    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, make_payload, names_in,
+    processes_with, pushrun, summary, to_run, wait_until,
 };
 
 const RUN: &[u8] = b"#!/bin/sh
@@ -472,10 +472,8 @@ fn copy_without_tar(hosts: &TestHosts, inv: &Path, scratch: &Path) {
             std::fs::read_link(dest.join("tree/link")).unwrap(),
             Path::new("f1")
         );
-        let left: Vec<_> = std::fs::read_dir(&dest)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let left: Vec<_> = names_in(&dest)
+            .into_iter()
             .filter(|n| n.starts_with(".pushrun-copy"))
             .collect();
         assert!(left.is_empty(), "stage dir left behind: {left:?}");

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::common::{HostOpts, TestHosts, is_root, noise, processes_with, wait_until};
+use crate::common::{HostOpts, TestHosts, is_root, names_in, noise, processes_with, wait_until};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -879,15 +879,6 @@ fn file_mode(path: &std::path::Path) -> u32 {
 
 fn mtime(path: &std::path::Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
-}
-
-fn names_in(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

@@ -4,7 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::common::{HostOpts, Run, Sudo, TestHosts, exec, is_root, noise, pushrun, to_run};
+use crate::common::{
+    HostOpts, Run, Sudo, TestHosts, exec, is_root, names_in, noise, pushrun, to_run,
+};
 
 /// `pushrun SUBCOMMAND --hosts … --ssh-config … ARGS` on every host, to its end.
 fn transfer(hosts: &TestHosts, subcommand: &str, args: &[&str]) -> Run {
@@ -84,10 +86,8 @@ fn copy_puts_files_and_dirs_on_every_host_byte_exact_with_modes() {
         }
         assert_eq!(mode(&dest.join("tree/f3")), 0o755);
         assert_eq!(mode(&dest.join("tree/f1")), 0o644);
-        let left: Vec<_> = std::fs::read_dir(&dest)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let left: Vec<_> = names_in(&dest)
+            .into_iter()
             .filter(|n| n.starts_with(".pushrun-copy"))
             .collect();
         assert!(left.is_empty(), "temp dir left behind: {left:?}");
