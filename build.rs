@@ -11,7 +11,8 @@
 //! they are sent to hosts, to `$OUT_DIR/remote/` and `$OUT_DIR/relay/`:
 //! without their comment lines and blank lines, which every host would
 //! otherwise read (a byte per read call where the shell reads them itself)
-//! on every command.
+//! on every command. `exec.sh` is also written joined into one line
+//! (`exec.line`): it is sent as the command line itself.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -85,8 +86,29 @@ fn strip_scripts(from: &Path, to: &Path) {
             kept.push('\n');
         }
         let name = path.file_name().expect("a file name");
+        if ONE_LINE.iter().any(|n| name == *n) {
+            let line = one_line(&kept).unwrap_or_else(|why| fail(&path, why));
+            fs::write(to.join(name).with_extension("line"), line)
+                .unwrap_or_else(|e| fail(to, &e.to_string()));
+        }
         fs::write(to.join(name), kept).unwrap_or_else(|e| fail(to, &e.to_string()));
     }
+}
+
+/// Scripts that are also written as one line (`NAME.line`): sent as the
+/// command line itself (remote/exec.sh).
+const ONE_LINE: &[&str] = &["exec.sh"];
+
+/// `script`'s lines joined by spaces: each must end a command itself (`;`,
+/// `then`, `do`, ...). The line becomes one single-quoted word that every
+/// login shell passes on unchanged, so it may hold no single quote, no
+/// backslash (fish) and no `!` (csh's history).
+fn one_line(script: &str) -> Result<String, &'static str> {
+    let line = script.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    if line.contains(['\'', '\\', '!']) {
+        return Err("a one-line script may hold no single quote, backslash or !");
+    }
+    Ok(line)
 }
 
 /// Collects `(relative path, normalized mode, absolute path)` of every file

@@ -189,7 +189,15 @@ impl HostTask<'_> {
         // not show the "stop" line pushrun may write.
         let pty_start = |pty: bool| {
             if pty {
+                // a command on a terminal: pty.sh (exec.sh is a line, no script)
+                let (script, name) = if script == remote::EXEC {
+                    (remote::PTY, "pushrun-pty")
+                } else {
+                    (script, name)
+                };
                 remote::start_pty(script, name, &refs, vars, script == remote::RUN)
+            } else if script == remote::EXEC {
+                remote::start_exec(&refs, vars)
             } else {
                 remote::start_gated(script, name, &refs, vars)
             }

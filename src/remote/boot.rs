@@ -15,7 +15,9 @@
 //! ([`start_gated`]: every script but the relay's start) one `head -c` does
 //! it, or for a short script (a command's wrapper) the shell's own `read`,
 //! line by line, with no process started; where data follows at once
-//! ([`start`]), `dd bs=1`, a read per byte.
+//! ([`start`]), `dd bs=1`, a read per byte. A command's wrapper reads no
+//! script at all: exec.sh is itself the fixed line ([`start_exec`]), and
+//! only the command and its exports come on stdin.
 //!
 //! Login files (a chatty `.bashrc`) print before the line runs. The line
 //! writes [`FRAME_START`] on stdout and on stderr before the script starts;
@@ -117,6 +119,21 @@ pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, Str
         return start_text(BOOT_GATED, text.len(), &text, name);
     }
     start_text(BOOT_LINES, text.matches('\n').count(), &text, name)
+}
+
+/// Prepares a command for exec.sh, which is itself the `/bin/sh -c` word
+/// ([`super::EXEC`]): only `args` (the command and its plain words, see
+/// exec.sh) and `vars` go on stdin, a few lines read as [`BOOT_LINES`]
+/// reads them, so a command reads no script byte by byte. As
+/// [`start_gated`], nothing may follow on stdin before the frame marker.
+pub fn start_exec(args: &[&str], vars: &[(String, String)]) -> Start {
+    let text = script_text("", args, vars);
+    start_text(
+        super::EXEC,
+        text.matches('\n').count(),
+        &text,
+        "pushrun-exec",
+    )
 }
 
 /// As [`start_gated`], on a terminal: the preamble is written once the

@@ -1,53 +1,110 @@
-# shellcheck shell=sh # sent after pgroup.sh and login.sh to the host's sh -c, never run as a file
+# shellcheck shell=sh # joined into one line (build.rs) and sent as sshd's command line, never run as a file
 # pushrun exec wrapper: run one command on a host, and end every process it
 # started when the initiator goes away.
 #
-# Invoked as: pushrun-exec 'COMMAND' [WORD...] (behind the bootstrap line:
-# src/remote/boot.rs). The WORDs are COMMAND's own, given when it is a plain
-# external command that every shell runs alike (src/remote/line.rs,
-# plain_words): where the login shell is sh, dash or bash, they are run
-# straight from here, without starting the login shell a second time.
+# This whole file is the command line (src/remote/boot.rs, start_exec):
+# build.rs joins its lines with spaces, so every command ends in `;` or a
+# word that continues (then, do, else, in, &&, ||, ;;), and it holds no
+# single quote, backslash or `!` (the line is one single-quoted word that
+# every login shell, csh and fish too, passes to /bin/sh unchanged). No
+# script is read on stdin: only the command, its words and the exports, a
+# few short lines, read by the shell's own `read` as the short gated
+# scripts are (boot.rs: BOOT_LINES), and then the frame marker.
 #
-# sshd makes every non-PTY session its own process group (it calls setsid()),
-# and the `exec` above makes this shell that group's leader, so $$ is the
-# group id ($pg: pgroup.sh, prepended to this, also handles sudo). The initiator keeps our stdin open for as long as it wants the
-# command to live. When stdin closes (command timeout, Ctrl-C on the
-# initiator, the connection dropping, the initiator being killed), the
-# watcher below signals the whole group: TERM, then KILL after a grace period.
-exec 3<&0
+# $1 is the command as typed; the words after it are its own, given when it
+# is a plain external command that every shell runs alike (src/remote/line.rs,
+# plain_words): where the login shell is sh, dash or bash, they are run from
+# here, without starting the login shell a second time.
+pushrun_nl=${IFS#??} && IFS= read -r pushrun_n && pushrun_script= &&
+while [ "$pushrun_n" -gt 0 ] && IFS= read -r pushrun_l; do
+    pushrun_script=$pushrun_script$pushrun_l$pushrun_nl;
+    pushrun_n=$((pushrun_n - 1));
+done;
+[ "$pushrun_n" = 0 ] || exit 3;
+echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && eval "$pushrun_script" || exit 3;
+# The process group to end. sshd makes every non-PTY session its own process
+# group (setsid()) and the `exec` of the line keeps this shell its leader,
+# so it is $$, and the command, exec'd in its place below, keeps it. Under
+# sudo (--become) the group is sudo's own, read from /proc. Dropbear does
+# not make a session its own group: the group is the server's connection
+# process, which must never be signalled; the command then starts in a
+# session of its own (setsid(1) does not fork for a process that leads no
+# group, so $$ stays), or where there is no setsid, only the command's own
+# process is signalled.
+pg=$$;
+pushrun_sid=;
+if read -r st 2>/dev/null </proc/$$/stat; then
+    st=${st##*) };
+    st=${st#* };
+    st=${st#* };
+    st=${st%% *};
+    case $st in
+    "$$") ;;
+    *)
+        leader=;
+        read -r leader 2>/dev/null <"/proc/$st/comm";
+        if [ "$leader" = sudo ]; then
+            pg=$st;
+        elif command -v setsid >/dev/null 2>&1; then
+            pushrun_sid=setsid;
+        else
+            pg=;
+        fi ;;
+    esac;
+fi;
+# The login shell runs a command that is not plain words without reading
+# its start-up files a second time (sshd's `$SHELL -c` read them once, and
+# what they exported is in the environment): zsh -f, csh and tcsh -f, fish
+# --no-config (fish 3.3 and later; older fish refuses it and reads them).
+# bash reads ~/.bashrc under sshd only at SHLVL 0 or 1: bash's exec, which
+# started this line, took SHLVL back to 0; level 1 here makes the command's
+# bash level 2. sh, dash, ksh and ash read nothing for -c.
+norc=;
+case ${SHELL##*/} in
+zsh | csh | tcsh | bsd-csh) norc=-f ;;
+fish)
+    if "$SHELL" --no-config -c true </dev/null >/dev/null 2>&1; then
+        norc=--no-config;
+    fi ;;
+esac;
+if [ "${SHLVL:-0}" = 0 ]; then
+    SHLVL=1;
+    export SHLVL;
+fi;
+# The initiator keeps stdin open for as long as it wants the command to
+# live. The watcher reads it to its end. sshd closes it when the command has
+# ended and been reaped (then /proc/$$ is gone, and the watcher just goes),
+# or when the initiator went away while the command runs (a timeout, Ctrl-C,
+# the connection dropping, the initiator killed): then it ends the group,
+# TERM and after a grace period KILL (itself too: it ignores the TERM).
+exec 3<&0;
 (
-    trap '' TERM
-    while IFS= read -r _ <&3; do :; done
-    # shellcheck disable=SC2154 # pg is set by pgroup.sh, prepended to this
-    kill -TERM -"$pg" 2>/dev/null
-    sleep 2
-    kill -KILL -"$pg" 2>/dev/null
+    trap "" TERM;
+    while IFS= read -r _ <&3; do :; done;
+    if [ -d /proc/$$ ] || kill -0 $$ 2>/dev/null; then
+        kill -TERM ${pg:+-$pg} $$ 2>/dev/null;
+        sleep 2;
+        kill -KILL ${pg:+-$pg} $$ 2>/dev/null;
+    fi
 ) >/dev/null 2>&1 &
-watcher=$!
-exec 3<&-
-# The login shell runs the command, as under plain ssh, without reading
-# its start-up files a second time ($norc: login.sh, prepended to this);
-# a plain command's words are run as that shell would run them (found in
-# PATH; bash's level of nesting as bash would set it), else by it.
-direct=
+exec 3<&-;
+# The command takes this shell's place (its exit status is the session's):
+# plain words as sh, dash or bash would run them (found in PATH; bash's
+# level of nesting as bash sets it), anything else by the login shell. A
+# plain command not found is left to the login shell, to say so in its words.
 if [ $# -gt 1 ]; then
     case ${SHELL:-/bin/sh} in
     */bash)
-        direct=1
-        SHLVL=$((SHLVL + 1))
-        ;;
-    */sh | */dash) direct=1 ;;
-    esac
-    # not found: the login shell says so, in its own words
-    [ -z "$direct" ] || command -v "$2" >/dev/null 2>&1 || direct=
-fi
-if [ -n "$direct" ]; then
-    shift
-    "$@" </dev/null
-else
-    # shellcheck disable=SC2154 # norc is set by login.sh
-    "${SHELL:-/bin/sh}" ${norc:+"$norc"} -c "$1" </dev/null
-fi
-rc=$?
-kill -KILL "$watcher" 2>/dev/null
-exit "$rc"
+        if command -v "$2" >/dev/null 2>&1; then
+            SHLVL=$((SHLVL + 1));
+            shift;
+            exec $pushrun_sid "$@" </dev/null;
+        fi ;;
+    */sh | */dash)
+        if command -v "$2" >/dev/null 2>&1; then
+            shift;
+            exec $pushrun_sid "$@" </dev/null;
+        fi ;;
+    esac;
+fi;
+exec $pushrun_sid "${SHELL:-/bin/sh}" ${norc:+"$norc"} -c "$1" </dev/null

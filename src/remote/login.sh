@@ -1,6 +1,7 @@
-# shellcheck shell=sh # sent before exec.sh or pty.sh to the host's sh -c, never run as a file
+# shellcheck shell=sh # sent before pty.sh to the host's sh -c, never run as a file
 # Sets norc to the flag that keeps the login shell from reading its
-# start-up files when it runs the user's command (exec.sh, pty.sh), and
+# start-up files when it runs the user's command on a terminal (pty.sh;
+# exec.sh, a line of its own, does the same itself), and
 # exports SHLVL for bash. sshd already ran the login shell once (its
 # `$SHELL -c LINE` started the bootstrap) and that shell read its files
 # then; the command's shell reading them again would run them twice per

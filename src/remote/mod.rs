@@ -19,18 +19,16 @@ mod line;
 mod sudo;
 
 pub use boot::{
-    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, skip_login, start, start_gated,
-    start_pty,
+    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, skip_login, start, start_exec,
+    start_gated, start_pty,
 };
 pub use line::{SUDO_PROMPT, SudoVia, plain_words, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
 
-/// Runs a plain command; ends its process group when stdin closes.
-pub const EXEC: &str = concat!(
-    script!("pgroup.sh"),
-    script!("login.sh"),
-    script!("exec.sh")
-);
+/// Runs a command; ends its process group when stdin closes. Not a script
+/// sent on stdin but the `/bin/sh -c` line itself (exec.sh joined into one
+/// line by build.rs): see [`start_exec`].
+pub const EXEC: &str = script!("exec.line");
 /// Runs a plain command only if the session has a terminal.
 pub const PTY: &str = concat!(script!("login.sh"), script!("pty.sh"));
 /// Checks how sudo lets the login user become another (`--become`).

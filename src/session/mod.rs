@@ -6,7 +6,8 @@
 //! `StrictHostKeyChecking` and `BatchMode` on the command line (beating the
 //! user's ssh_config) and has no generic `-o`. Owning the process also means
 //! its CPU time is ours (it is not a daemon reparented to init), it dies with
-//! us (`PR_SET_PDEATHSIG`), and it is in its own process group, so the
+//! us (`PR_SET_PDEATHSIG`) unless it is to outlive the run (`--persist`),
+//! and it is in its own process group, so the
 //! terminal's Ctrl-C reaches pushrun, which then stops remote commands in
 //! order, not the connections underneath them. Commands then go over the
 //! master with `openssh`'s native mux client (no ssh process per command).
@@ -260,12 +261,19 @@ impl Session {
             .stdout(Stdio::null())
             .stderr(stderr);
         cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
+        // A master that is to outlive the run goes to the background by
+        // itself (-f) and ends when idle, so it needs no tie to us: without
+        // a pre_exec hook std starts it with posix_spawn (vfork: pushrun's
+        // pages are not copied for each of a thousand masters). One that
+        // lives only as long as the run dies with us.
+        if spec.persist.is_none() {
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
         }
         let pass_file = spec.pass_file.clone();
         // off the runtime's thread (see spawn.rs)
