@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::common::{
-    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, make_payload, names_in,
+    HostOpts, Run, Sudo, TestHosts, exec, host_summary, is_root, make_payload, names_in, pid_alive,
     processes_with, pushrun, summary, to_run, wait_until,
 };
 
@@ -983,5 +983,82 @@ fn a_plain_command_starts_no_second_login_shell_and_still_obeys_its_timeout() {
     assert!(timed.stderr.contains("3 timed out"), "{}", timed.all());
     wait_until(Duration::from_secs(8), "the plain commands to go", || {
         processes_with(marker).is_empty()
+    });
+}
+
+/// exec.sh is sshd's command line itself and the command (or the login
+/// shell that runs it) takes its place: no wrapper `sh` stands between the
+/// server and what runs the command, under any login shell or server; a
+/// command killed by a signal is reported so (the session's exit-signal);
+/// and the watcher the wrapper leaves goes once the command has ended.
+#[test]
+fn a_command_takes_the_wrappers_place_under_every_login_shell_and_server() {
+    if !is_root() {
+        eprintln!("skipped: the host variants need root");
+        return;
+    }
+    let mut opts: Vec<HostOpts> = ["bash", "dash", "zsh", "csh", "tcsh", "fish"]
+        .iter()
+        .map(|sh| HostOpts {
+            login_shell: Some(sh),
+            ..HostOpts::default()
+        })
+        .collect();
+    opts.push(HostOpts {
+        dropbear: true,
+        ..HostOpts::default()
+    });
+    let hosts = TestHosts::start_with(&opts);
+    let inv = inventory(&hosts);
+
+    // the commands of the processes above the command, up to the server's
+    let chain = "sh -c 'p=$PPID; while [ $p -gt 1 ]; do read -r c </proc/$p/comm; echo $c; \
+                 case $c in sshd*|dropbear) break;; esac; read -r s </proc/$p/stat; \
+                 s=${s##*) }; s=${s#* }; p=${s%% *}; done'";
+    let run = exec(&hosts, &inv, &["--", chain]);
+    all_ok(&run, opts.len());
+    for i in 0..hosts.len() {
+        let above = run.lines_of(&hosts.addr(i));
+        let server = above.last().copied().unwrap_or_default();
+        assert!(
+            server.starts_with("sshd") || server == "dropbear",
+            "host {i}: {above:?}"
+        );
+        assert!(
+            !above.contains(&"sh"),
+            "a wrapper left on host {i}: {above:?}"
+        );
+    }
+
+    let bash = hosts.addr(0);
+    let killed = exec(
+        &hosts,
+        &inv,
+        &["--limit", &bash, "--", "sh -c 'kill -9 $$'"],
+    );
+    assert!(
+        killed
+            .stderr
+            .contains(&format!("failed: {bash}: killed by a signal")),
+        "{}",
+        killed.all()
+    );
+
+    // the session's process is the command here (bash runs a lone command
+    // in its own place): its children are the watcher and the loop's own
+    let watcher = "sh -c 'for c in $(cat /proc/$$/task/$$/children); do \
+                   grep -q pushrun_nl /proc/$c/cmdline 2>/dev/null && echo $c; done; true'";
+    let run = exec(&hosts, &inv, &["--", watcher]);
+    all_ok(&run, opts.len());
+    let pids: Vec<u32> = run
+        .lines_of(&bash)
+        .iter()
+        .map(|l| l.parse().expect("a pid"))
+        .collect();
+    assert_eq!(pids.len(), 1, "{}", run.all());
+    // it goes at once; its other way out (the command still running) would
+    // first wait two seconds before its KILL
+    wait_until(Duration::from_millis(1900), "the watcher to go", || {
+        !pid_alive(pids[0])
     });
 }
