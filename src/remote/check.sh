@@ -53,7 +53,8 @@
 # hard-linked into place where nothing is (never replacing a file). Nothing
 # is trusted for being seeded: then it verifies every manifest file in
 # BASE/cache/DIGEST (regular file, not a symlink, exec bit as the mode says,
-# sha256 matches: one sha256sum process for all of them, each file hashed
+# sha256 matches: one hashing process for all of them (for big payloads,
+# openssl, one per 64 KiB of names), each file hashed
 # once, and no marker file is trusted); a seeded file that does not match is
 # needed like any other.
 #
@@ -139,7 +140,7 @@ cleanup() {
 }
 # the check's work files, its seed dir (unless renamed into place) and the lock
 tidy() {
-    rm -f "$work.list" "$work.sums" "$work.result" "$work.src" "$work.miss" "$work.man"
+    rm -f "$work.list" "$work.sums" "$work.result" "$work.hashes" "$work.src" "$work.miss" "$work.man"
     [ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
     lock_release
 }
@@ -358,9 +359,27 @@ done
 # payload directories are named by hex digests: ls -t is safe, and is the
 # one portable way to sort by mtime. Of those kept, this run's sources (cache
 # mode): the 3 most recently used other ones with a kept manifest, printed
-# on one line
+# on one line. Where there are 3 or fewer, none goes and all are sources,
+# in any order: then no ls.
+ncached=0
+for f in "$BASE"/cache/*; do
+    case ${f##*/} in
+        '' | *[!0-9a-f]*) ;;
+        *) ncached=$((ncached + 1)) ;;
+    esac
+done
+list_cache() {
+    if [ "$ncached" -gt 3 ]; then
+        # shellcheck disable=SC2012
+        ls -t "$BASE/cache" 2>/dev/null
+        return
+    fi
+    for f in "$BASE"/cache/*; do
+        printf '%s\n' "${f##*/}"
+    done
+}
 # shellcheck disable=SC2012
-srcs=$(ls -t "$BASE/cache" 2>/dev/null | {
+srcs=$(list_cache | {
     kept=0 nsrc=0
     while IFS= read -r d; do
         case $d in
@@ -602,11 +621,32 @@ rank != "" { if (index(ranks[$0], rank) == 0) ranks[$0] = ranks[$0] rank; next }
     IFS=$saved_ifs
 fi
 
+# Big payloads are hashed by OpenSSL's sha256 (lib.sh: sums_check says
+# why), run from here in the target on the candidates' names, 64 KiB of
+# them at a time (gathered one a line, then split into arguments at once:
+# dash's set -- "$@" NAME per file costs more than the hashing): no shell
+# in between, and the awk below reads its output beside the list. A name
+# with a backslash (which openssl escapes), or output in a form that awk
+# does not know, goes through sums_check instead.
+direct=
+if [ "$bytes" -ge 4194304 ] && command -v openssl >/dev/null 2>&1; then
+    case $entries in
+        *\\*) ;;
+        *) (: >"$work.hashes") 2>/dev/null && direct=1 ;;
+    esac
+fi
 exec 6>"$work.list" 7>"$work.sums"
+[ -z "$direct" ] || exec 9>"$work.hashes"
 saved_ifs=$IFS
 IFS='
 '
 set -f
+names=
+# shellcheck disable=SC2086 # split on newlines only, with no globbing
+hash_names() {
+    [ -z "$names" ] || (cd "$target" && exec openssl dgst -sha256 -r $names) >&9 2>/dev/null
+    names=
+}
 for entry in $entries; do
     sum=${entry%% *} rest=${entry#* }
     fmode=${rest%% *} path=${rest#* }
@@ -622,34 +662,69 @@ for entry in $entries; do
     printf '%s %s\n' "$state" "$path" >&6
     if [ "$state" = C ]; then
         printf '%s  %s\n' "$sum" "$path" >&7
+        if [ -n "$direct" ]; then
+            names=$names./$path$nl
+            [ "${#names}" -lt 65536 ] || hash_names
+        fi
     fi
 done
+if [ -n "$direct" ]; then
+    hash_names
+    exec 9>&-
+fi
 set +f
 IFS=$saved_ifs
 exec 6>&- 7>&-
 
-# one sha256sum (lib.sh: sums_check) for every candidate; it prints
-# "path: OK" per intact file, one result line per check line, in order
-(: >"$work.result") 2>/dev/null || fail 3 "cannot write under $rundir"
-if [ -s "$work.sums" ]; then
-    sums_check "$target" "$bytes" <"$work.sums" >"$work.result" 2>/dev/null
-fi
-
-# one awk reads .list and the results in step; anything not plainly OK is
-# needed. A short .list (disk full) must not pass for "nothing needed".
+# one awk reads .list and, in step, each candidate's check line and its
+# hash (or sums_check's verdict: "path: OK" per intact file, one line per
+# check line, in order); anything not plainly intact is needed. A short
+# .list (disk full) must not pass for "nothing needed". "redo": openssl
+# said nothing it knows; then sums_check decides.
 # shellcheck disable=SC2016 # an awk program
-answer=$(awk '
+answer_awk='
 BEGIN { ok = 0 }
+# the hashes, read at the first line (the operands n=, hashes=... are set
+# by then, not in BEGIN)
+NR == 1 && hashes != "" {
+    while ((getline line < hashes) > 0) {
+        h = substr(line, 1, 64)
+        if (length(h) != 64 || h ~ /[^0-9a-f]/ || substr(line, 65, 4) != " *./") { odd = 1; break }
+        got[substr(line, 69)] = h
+        hashed++
+    }
+    close(hashes)
+}
 {
     state = substr($0, 1, 1); path = substr($0, 3)
     if (state == "C") {
+        cands++
         res = ""
-        if ((getline res < result) <= 0) res = ""
-        if (res == path ": OK") { ok++; next }
+        if (hashes != "") {
+            if ((getline res < sums) <= 0) res = ""
+            if (substr(res, 67) == path && (path in got) && got[path] == substr(res, 1, 64)) { ok++; next }
+        } else {
+            if ((getline res < result) <= 0) res = ""
+            if (res == path ": OK") { ok++; next }
+        }
     }
     print "need " path
 }
-END { print (NR == n ? "checked " ok : "incomplete") }' n="$n" result="$work.result" "$work.list")
+END {
+    if (hashes != "" && (odd || (cands > 0 && hashed == 0))) print "redo"
+    else print (NR == n ? "checked " ok : "incomplete")
+}'
+answer=redo
+if [ -n "$direct" ]; then
+    answer=$(awk "$answer_awk" n="$n" hashes="$work.hashes" sums="$work.sums" "$work.list")
+fi
+if [ "${answer##*"$nl"}" = redo ]; then
+    (: >"$work.result") 2>/dev/null || fail 3 "cannot write under $rundir"
+    if [ -s "$work.sums" ]; then
+        sums_check "$target" "$bytes" <"$work.sums" >"$work.result" 2>/dev/null
+    fi
+    answer=$(awk "$answer_awk" n="$n" hashes= result="$work.result" "$work.list")
+fi
 case ${answer##*"$nl"} in
     'checked '*) ;;
     *) fail 3 "cannot write under $rundir: its check list is incomplete" ;;

@@ -78,10 +78,41 @@ valid_digest() { # DIGEST
     return 0
 }
 
+# sets uid to the effective uid, from /proc where there is one (no
+# process: this runs on every check, run and collect), else empty
+proc_uid() {
+    uid=
+    [ -r /proc/self/status ] || return 0
+    while IFS= read -r l; do
+        case $l in
+            Uid:*)
+                # shellcheck disable=SC2086 # "Uid:" and four numbers
+                set -- $l
+                uid=${3:-}
+                break
+                ;;
+        esac
+    done </proc/self/status
+    case $uid in
+        *[!0-9]*) uid= ;;
+    esac
+}
+
 # sets uid to the login user's uid (the effective one), and user to its
-# name (the uid where it has none), from one `id`: "uid=N(name) gid=...",
-# with " euid=N(name)" when the effective uid differs
+# name (the uid where it has none). Where /proc tells the uid and sshd's (or
+# dropbear's) LOGNAME and USER agree on a plain name, no process; else from
+# one `id`: "uid=N(name) gid=...", with " euid=N(name)" when the effective
+# uid differs. (A name from the environment only names BASE: whatever it
+# is, base_check still wants BASE to be this uid's own, 0700.)
 login_uid() {
+    proc_uid
+    user=${LOGNAME:-${USER:-}}
+    if [ -n "$uid" ] && [ "${USER:-$user}" = "$user" ]; then
+        case $user in
+            '' | . | .. | *[!A-Za-z0-9._@-]*) ;;
+            *) return 0 ;;
+        esac
+    fi
     idl=$(id 2>/dev/null) || idl=
     case $idl in
         *' euid='*) idl=e${idl#* euid=} ;;
@@ -118,8 +149,22 @@ base_of() { # REMOTE_TMP
 try_tmp() { # TMP
     base_of "$1"
     # a parent anyone may write to without the sticky bit lets any local
-    # user rename our BASE away and put their own in its place
-    pst=$(stat -L -c '%a' "${base_tmp:-/}/" 2>/dev/null) || pst=
+    # user rename our BASE away and put their own in its place (its mode
+    # through a symlink: the trailing slash); where BASE is there, one stat
+    # for both, and base_check below takes BASE's line
+    bst= pst= tnl='
+'
+    if [ -d "$BASE" ] && [ ! -L "$BASE" ]; then
+        sts=$(stat -c '%u %a' "${base_tmp:-/}/" "$BASE" 2>/dev/null) || sts=
+        case $sts in
+            *"$tnl"*)
+                bst=${sts#*"$tnl"}
+                pst=${sts%%"$tnl"*}
+                pst=${pst#* }
+                ;;
+        esac
+    fi
+    [ -n "$bst" ] || pst=$(stat -L -c '%a' "${base_tmp:-/}/" 2>/dev/null) || pst=
     case $pst in
         *[2367])
             case $pst in
@@ -141,7 +186,7 @@ try_tmp() { # TMP
             chmod 700 "$BASE" || fail 3 "cannot set the mode of $BASE"
         fi
     fi
-    base_check
+    base_check "$bst"
     # a probe kept in BASE: opened for writing (the test that BASE is
     # writable, nothing written) and run, one process. Where it is not
     # there yet, or that fails (read-only, noexec, or another run, here or
@@ -194,24 +239,8 @@ pick_tmp() { # TMP
 # BASE is then the login user's (SUDO_UID); prints base_check's reason and
 # returns 1 instead of exiting
 base_recheck() {
-    # the effective uid, from /proc where there is one (no process: this
-    # runs on every run and collect), else from id
-    uid=
-    if [ -r /proc/self/status ]; then
-        while IFS= read -r l; do
-            case $l in
-                Uid:*)
-                    # shellcheck disable=SC2086 # "Uid:" and four numbers
-                    set -- $l
-                    uid=${3:-}
-                    break
-                    ;;
-            esac
-        done </proc/self/status
-    fi
-    case $uid in
-        '' | *[!0-9]*) uid=$(id -u) || uid= ;;
-    esac
+    proc_uid
+    [ -n "$uid" ] || uid=$(id -u) || uid=
     if [ "$uid" = 0 ] && [ -n "${SUDO_UID:-}" ]; then
         uid=$SUDO_UID
     elif [ "$uid" = 0 ]; then
@@ -223,11 +252,13 @@ base_recheck() {
 }
 
 # refuses (fail 3) a BASE that is a symlink, not a directory, not owned by
-# uid or not of mode 700: in a shared /tmp any of those may be an attack
-base_check() {
+# uid or not of mode 700: in a shared /tmp any of those may be an attack.
+# STAT: BASE's "<uid> <mode>" as stat just printed it, if the caller has it.
+base_check() { # [STAT]
     [ -L "$BASE" ] && fail 3 "$BASE is a symlink: refusing to use it"
     [ -d "$BASE" ] || fail 3 "$BASE is not a directory: refusing to use it"
-    st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
+    st=${1:-}
+    [ -n "$st" ] || st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
     owner=${st%% *} perm=${st#* }
     [ "$owner" = "$uid" ] || fail 3 "$BASE is owned by uid $owner, not $uid: refusing to use it"
     [ "$perm" = 700 ] || fail 3 "$BASE has mode $perm, not 700"

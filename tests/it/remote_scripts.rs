@@ -659,6 +659,39 @@ fn a_big_payload_is_verified_through_openssl_and_damage_is_still_found() {
     a.assert_error(5, "upload of lib/it's big.bin arrived corrupt");
     host.receive(&p, "r3", &["lib/it's big.bin"]);
     assert!(host.check(&p, "r4").needed.is_empty());
+
+    // an openssl whose hashes are all wrong: every file is needed (its
+    // answer is compared, not just read)
+    for (dir, script) in [
+        (
+            "/tmp/fakessl",
+            "#!/bin/sh\nshift 3\nfor f; do printf '%064d *%s\\n' 0 \"$f\"; done\n",
+        ),
+        ("/tmp/oddssl", "#!/bin/sh\necho what\n"),
+    ] {
+        let dir = host.local(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("openssl"), script).unwrap();
+        std::fs::set_permissions(dir.join("openssl"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let mut host = host;
+    host.launcher = "PATH=/tmp/fakessl:$PATH exec sh -c".into();
+    let c = host.check(&p, "r5");
+    assert_eq!(c.needed.len(), 6, "{c:?}");
+    assert_eq!(c.checked, 0);
+    // one that answers in a form the check does not know: sha256sum decides
+    host.launcher = "PATH=/tmp/oddssl:$PATH exec sh -c".into();
+    let c = host.check(&p, "r6");
+    assert!(c.needed.is_empty(), "{c:?}");
+    assert_eq!(c.checked, 6);
+    let path = host.cached(&p, "lib/big.bin");
+    let mut data = std::fs::read(&path).unwrap();
+    data[7] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+    let c = host.check(&p, "r7");
+    assert_eq!(c.needed, ["lib/big.bin"]);
+    assert_eq!(c.checked, 5);
 }
 
 #[test]
