@@ -41,7 +41,9 @@
 # ("<sha256> <mode> <path>" lines) and seeds BASE/cache/DIGEST from the other
 # cached payloads, so that a payload with a few files edited needs only
 # those: the sources are the (up to 3) most recently used other payload
-# directories (mtime, as eviction orders them) whose manifest is kept; every
+# directories (mtime, as eviction orders them; where no more than 3 are
+# cached, all the others, by name: a file is the same in any) whose
+# manifest is kept; every
 # manifest path absent from BASE/cache/DIGEST whose line (sha256, mode and
 # path) is in a source's manifest, and that is a regular file (not a symlink)
 # there, is copied (one tar pipe per source, outside the lock: the check
