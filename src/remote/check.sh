@@ -140,9 +140,13 @@ cleanup() {
     fi
     tidy
 }
-# the check's work files, its seed dir (unless renamed into place) and the lock
+# the check's work files, its seed dir (unless renamed into place) and the
+# lock. A check that lingers (see "then" below) leaves its work files to go
+# with the run dir, which its collect removes (a process less on every
+# warm run): they are beside the run's out dir, never in it.
 tidy() {
-    rm -f "$work.list" "$work.sums" "$work.result" "$work.hashes" "$work.src" "$work.miss" "$work.man"
+    [ -n "${1:-}" ] ||
+        rm -f "$work.list" "$work.sums" "$work.result" "$work.hashes" "$work.src" "$work.miss" "$work.man"
     [ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
     lock_release
 }
@@ -739,8 +743,9 @@ printf '%s\n' "$answer"
 [ -n "${pushrun_collect:-}" ] || exit 0
 
 # ---------------------------------------------------------------- then
-# what the EXIT trap would do at the end of a check that went well
-tidy
+# what the EXIT trap would do at the end of a check that went well, but
+# for the work files (tidy)
+tidy lingering
 trap - EXIT
 next=
 IFS= read -r next || exit 0

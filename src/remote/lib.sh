@@ -297,21 +297,29 @@ function malformed(l) {
 }
 
 # ---------------------------------------------------------------- lock
-# BASE/lock is a mkdir lock holding the owner's pid. A lock older than 10
-# minutes is stale and broken. lock_take waits up to 30 s for it and fails
-# (3) on timeout; it returns 1, with mkdir's error output in err, when the
+# BASE/lock is a file holding the owner's pid, created by the shell itself
+# with noclobber (O_EXCL: exactly one creator wins; no process to take it).
+# (Older pushrun made a directory there, with a pid file in it: that is a
+# lock held all the same, and broken the same way when stale.) A lock
+# older than 10 minutes is stale and broken. lock_take waits up to 30 s for
+# it and fails (3) on timeout; it returns 1, with the error in err, when the
 # lock cannot be created at all.
 lock_take() {
     tenths=0
-    # a symlink where the lock dir belongs is no one's lock (and never
-    # followed: the pid file would be written where it points)
+    # a symlink where the lock belongs is no one's lock (and never
+    # followed: the pid would be written where it points)
     [ ! -L "$BASE/lock" ] || rm -f "$BASE/lock"
-    while ! mkdir "$BASE/lock" 2>/dev/null; do
-        if [ ! -d "$BASE/lock" ]; then
+    while ! lock_create; do
+        if [ ! -e "$BASE/lock" ] && [ ! -L "$BASE/lock" ]; then
             # not held by anyone: a real failure (or it was just released)
+            lock_create && break
+            [ -e "$BASE/lock" ] && continue
+            # once more, for the reason (and if it is made now, it is ours)
             # shellcheck disable=SC2034 # err is for the caller
-            err=$(mkdir "$BASE/lock" 2>&1) && break
-            [ -d "$BASE/lock" ] && continue
+            if err=$( (set -C && : >"$BASE/lock") 2>&1); then
+                printf '%s\n' "$$" 2>/dev/null >>"$BASE/lock"
+                break
+            fi
             return 1
         fi
         if [ -n "$(find "$BASE/lock" -maxdepth 0 -mmin +10 2>/dev/null)" ]; then
@@ -320,14 +328,27 @@ lock_take() {
         fi
         if [ "$tenths" -ge 300 ]; then
             holder=
-            read -r holder 2>/dev/null <"$BASE/lock/pid"
+            read -r holder 2>/dev/null <"$BASE/lock" ||
+                read -r holder 2>/dev/null <"$BASE/lock/pid"
             fail 3 "timed out after 30 s waiting for $BASE/lock (held by pid ${holder:-unknown})"
         fi
         nap
         tenths=$((tenths + nap_tenths))
     done
     lock_held=1
-    printf '%s\n' "$$" 2>/dev/null >"$BASE/lock/pid"
+    return 0
+}
+
+# creates BASE/lock holding this shell's pid; 1 where it is there already
+# (or cannot be made). Made first, then written: made is taken, even where
+# the pid cannot be written (a full disk: then the holder is unknown).
+lock_create() {
+    set -C
+    true 2>/dev/null >"$BASE/lock"
+    lc=$?
+    set +C
+    [ "$lc" = 0 ] || return 1
+    printf '%s\n' "$$" 2>/dev/null >>"$BASE/lock"
     return 0
 }
 
@@ -336,7 +357,7 @@ lock_release() {
     [ -n "${lock_held:-}" ] || return 0
     lock_held=
     holder=
-    read -r holder 2>/dev/null <"$BASE/lock/pid"
+    read -r holder 2>/dev/null <"$BASE/lock"
     # not ours any more if it was broken as stale and taken by another
     case $holder in
         '' | "$$") rm -rf "$BASE/lock" ;;

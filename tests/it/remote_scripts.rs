@@ -1694,6 +1694,24 @@ fn check_waits_for_a_held_lock_and_breaks_a_stale_one() {
         "the stale lock was broken at once"
     );
     assert!(!lock.exists(), "and released");
+
+    // the lock as this version takes it: a file holding a pid (the one
+    // above is an older version's directory)
+    std::fs::write(&lock, "999998\n").unwrap();
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| host.check(&p, "r4"));
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(
+            !waiting.is_finished(),
+            "check went on while the lock was held"
+        );
+        std::fs::remove_file(&lock).unwrap();
+        assert_eq!(waiting.join().unwrap().needed.len(), 4);
+    });
+    std::fs::write(&lock, "999998\n").unwrap();
+    set_mtime(&lock, Duration::from_secs(11 * 60));
+    assert_eq!(host.check(&p, "r5").needed.len(), 4);
+    assert!(!lock.exists(), "broken when stale, and released");
 }
 
 // ----------------------------------------------------------------- busybox
