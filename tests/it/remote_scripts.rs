@@ -1669,49 +1669,46 @@ fn check_waits_for_a_held_lock_and_breaks_a_stale_one() {
     let p = Payload::standard();
     host.check(&p, "r1");
     let lock = host.local(&format!("{BASE}/lock"));
-    std::fs::create_dir(&lock).unwrap();
-    std::thread::scope(|s| {
-        let waiting = s.spawn(|| host.check(&p, "r2"));
-        std::thread::sleep(Duration::from_millis(1000));
-        assert!(
-            !waiting.is_finished(),
-            "check went on while the lock was held"
-        );
-        std::fs::remove_dir(&lock).unwrap();
+    // the lock as this version takes it (a file holding a pid), and as an
+    // older one did (a directory with a pid file in it)
+    let hold = |as_dir: bool| {
+        if as_dir {
+            std::fs::create_dir(&lock).unwrap();
+            std::fs::write(lock.join("pid"), "999999\n").unwrap();
+        } else {
+            std::fs::write(&lock, "999998\n").unwrap();
+        }
+    };
+    for (i, as_dir) in [false, true].into_iter().enumerate() {
+        hold(as_dir);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| host.check(&p, &format!("w{i}")));
+            std::thread::sleep(Duration::from_millis(1000));
+            assert!(
+                !waiting.is_finished(),
+                "check went on while the lock was held"
+            );
+            if as_dir {
+                std::fs::remove_dir_all(&lock).unwrap();
+            } else {
+                std::fs::remove_file(&lock).unwrap();
+            }
+            let started = Instant::now();
+            let c = waiting.join().unwrap();
+            // (well before the 30 s timeout, even on a loaded machine)
+            assert!(started.elapsed() < Duration::from_secs(15));
+            assert_eq!(c.needed.len(), 4);
+        });
+        hold(as_dir);
+        set_mtime(&lock, Duration::from_secs(11 * 60));
         let started = Instant::now();
-        let c = waiting.join().unwrap();
-        // (well before the 30 s timeout, even on a loaded machine)
-        assert!(started.elapsed() < Duration::from_secs(15));
-        assert_eq!(c.needed.len(), 4);
-    });
-    std::fs::create_dir(&lock).unwrap();
-    std::fs::write(lock.join("pid"), "999999\n").unwrap();
-    set_mtime(&lock, Duration::from_secs(11 * 60));
-    let started = Instant::now();
-    assert_eq!(host.check(&p, "r3").needed.len(), 4);
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the stale lock was broken at once"
-    );
-    assert!(!lock.exists(), "and released");
-
-    // the lock as this version takes it: a file holding a pid (the one
-    // above is an older version's directory)
-    std::fs::write(&lock, "999998\n").unwrap();
-    std::thread::scope(|s| {
-        let waiting = s.spawn(|| host.check(&p, "r4"));
-        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(host.check(&p, &format!("s{i}")).needed.len(), 4);
         assert!(
-            !waiting.is_finished(),
-            "check went on while the lock was held"
+            started.elapsed() < Duration::from_secs(15),
+            "the stale lock was broken at once"
         );
-        std::fs::remove_file(&lock).unwrap();
-        assert_eq!(waiting.join().unwrap().needed.len(), 4);
-    });
-    std::fs::write(&lock, "999998\n").unwrap();
-    set_mtime(&lock, Duration::from_secs(11 * 60));
-    assert_eq!(host.check(&p, "r5").needed.len(), 4);
-    assert!(!lock.exists(), "broken when stale, and released");
+        assert!(!lock.exists(), "and released");
+    }
 }
 
 // ----------------------------------------------------------------- busybox
