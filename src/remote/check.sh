@@ -148,7 +148,7 @@ tidy() {
     [ -n "${1:-}" ] ||
         rm -f "$work.list" "$work.sums" "$work.result" "$work.hashes" "$work.src" "$work.miss" "$work.man"
     [ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
-    lock_release
+    lock_release ${stamp:+"$stamp"}
 }
 trap_cleanup
 
@@ -236,9 +236,20 @@ lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
 for d in "$BASE/cache" "$BASE/runs" "$BASE/manifests" "$BASE/owners" "$rundir"; do
     [ ! -L "$d" ] || rm -f "$d"
 done
+# In cache mode the payload's directory is made with the rest, and its
+# mtime records its last use (for eviction): a directory made in it now,
+# and removed with the lock (no process of its own), marks it used.
+stamp=
+if [ "$mode" = cache ]; then
+    if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then
+        rm -f "$target"
+    fi
+    stamp=$target/.pushrun-used-$run_id
+fi
 made_rundir=
 [ -e "$rundir" ] || made_rundir=1
-err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" 2>&1) || {
+# shellcheck disable=SC2086 # the stamp and manifests dir, or nothing
+err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" ${stamp:+"$stamp" "$BASE/manifests"} 2>&1) || {
     made_rundir=1
     fail 3 "cannot write under $BASE: $(reason "$err")"
 }
@@ -272,13 +283,13 @@ if [ -n "$owner" ]; then
     # whose trap then waits for the command it is in) and removes the run
     # dir and its owner file. It looks once a second; its streams are not
     # the channel's, so it keeps no channel open (nor do the copies of them
-    # that csh leaves open on fds 3 to 5 across its exec). Its script is a
-    # here-document (no process to write it), owner_fns in its environment.
-    owner_fns=$owner_fns check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host \
-        me_boot=$me_boot /bin/sh -s pushrun-guard >/dev/null 2>&1 \
-        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- <<'GUARD' &
+    # that csh leaves open on fds 3 to 5 across its exec). Its script is
+    # -c's word (no process to write it, no byte-at-a-time read of it),
+    # owner_fns in its environment.
+    # shellcheck disable=SC2016 # shell text, expanded where it runs
+    guard_sh='
 eval "$owner_fns"
-trap '' TERM HUP PIPE
+trap "" TERM HUP PIPE
 proc_start "$check_pid"
 check_start=$pstart
 pgid=
@@ -305,18 +316,12 @@ while sleep "$every"; do
     rm -rf "$rundir" "$ownerf"
     exit 0
 done
-GUARD
+    '
+    owner_fns=$owner_fns check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host \
+        me_boot=$me_boot /bin/sh -c "$guard_sh" pushrun-guard </dev/null >/dev/null 2>&1 \
+        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 fi
 if [ "$mode" = cache ]; then
-    if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then
-        rm -f "$target"
-    fi
-    # the directory's mtime records its last use (for eviction)
-    if [ ! -d "$target" ] || [ ! -d "$BASE/manifests" ]; then
-        err=$(mkdir -p "$target" "$BASE/manifests" 2>&1) ||
-            fail 3 "cannot write under $BASE: $(reason "$err")"
-    fi
-    err=$(touch "$target" 2>&1) || fail 3 "cannot write under $BASE: $(reason "$err")"
     # anything but files and dirs in the cached payload is damage: a
     # symlinked dir would make files elsewhere pass as cached, and a repair
     # write through it (gone, what was under it is needed again)
@@ -422,7 +427,7 @@ done
 if [ -n "$srcs" ]; then
     printf '%s\n' "$srcs" 2>/dev/null >"$work.src" || srcs=
 fi
-lock_release
+lock_release ${stamp:+"$stamp"}
 
 # ------------------------------------------------------------ manifest
 # One awk reads the rest of the manifest, to its end, and checks every line

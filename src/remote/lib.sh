@@ -352,15 +352,16 @@ lock_create() {
     return 0
 }
 
-# removes BASE/lock if this shell holds it
-lock_release() {
+# removes BASE/lock if this shell holds it, and the PATHs with it (one rm)
+lock_release() { # [PATH...]
     [ -n "${lock_held:-}" ] || return 0
     lock_held=
     holder=
     read -r holder 2>/dev/null <"$BASE/lock"
     # not ours any more if it was broken as stale and taken by another
     case $holder in
-        '' | "$$") rm -rf "$BASE/lock" ;;
+        '' | "$$") rm -rf "$BASE/lock" "$@" ;;
+        *) [ $# -eq 0 ] || rm -rf "$@" ;;
     esac
 }
 
