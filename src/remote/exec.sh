@@ -30,10 +30,13 @@ echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && eval "$pus
 # process, which must never be signalled; the command then starts in a
 # session of its own (setsid(1) does not fork for a process that leads no
 # group, so $$ stays), or where there is no setsid, only the command's own
-# process is signalled.
+# process is signalled. (A group $$ exists only if this shell leads it:
+# then nothing is read from /proc, which sh reads a byte per call.)
 pg=$$;
 pushrun_sid=;
-if read -r st 2>/dev/null </proc/$$/stat; then
+if kill -0 -$$ 2>/dev/null; then
+    :;
+elif read -r st 2>/dev/null </proc/$$/stat; then
     st=${st##*) };
     st=${st#* };
     st=${st#* };

@@ -8,7 +8,11 @@
 # to run.sh by src/remote/mod.rs.
 # shellcheck disable=SC2034 # used by the script that follows
 pg=$$
-if read -r st 2>/dev/null </proc/$$/stat; then
+# (a group $$ exists only if this shell leads it: then /proc, which sh
+# reads a byte per call, is not read)
+if kill -0 -$$ 2>/dev/null; then
+    :
+elif read -r st 2>/dev/null </proc/$$/stat; then
     # after "pid (comm) ": state ppid pgrp ...
     st=${st##*) }
     st=${st#* }
