@@ -123,7 +123,7 @@ pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, Str
 
 /// Prepares a command for exec.sh, which is itself the `/bin/sh -c` word
 /// ([`super::EXEC`]): only `args` (the command and its plain words, see
-/// exec.sh) and `vars` go on stdin, a few lines read as [`BOOT_LINES`]
+/// exec.sh) and `vars` go on stdin, a few lines read as `BOOT_LINES`
 /// reads them, so a command reads no script byte by byte. As
 /// [`start_gated`], nothing may follow on stdin before the frame marker.
 pub fn start_exec(args: &[&str], vars: &[(String, String)]) -> Start {
