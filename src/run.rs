@@ -155,7 +155,8 @@ fn cancel_on_signals(cancel: watch::Sender<bool>, dir: Arc<ControlDir>) {
         }
         let _ = cancel.send(true);
         if stops.next().await.is_some() {
-            // A second one: quit now. Masters die with us (PDEATHSIG).
+            // A second one: quit now. Masters of this run alone die with
+            // us (PDEATHSIG); persisted ones end when idle, as they would.
             dir.remove();
             std::process::exit(Exit::Interrupted.code().into());
         }

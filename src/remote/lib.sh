@@ -152,7 +152,7 @@ try_tmp() { # TMP
     # user rename our BASE away and put their own in its place (its mode
     # through a symlink: the trailing slash); where BASE is there, one stat
     # for both, and base_check below takes BASE's line
-    bst= pst= tnl='
+    bst='' pst='' tnl='
 '
     if [ -d "$BASE" ] && [ ! -L "$BASE" ]; then
         sts=$(stat -c '%u %a' "${base_tmp:-/}/" "$BASE" 2>/dev/null) || sts=

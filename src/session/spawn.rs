@@ -8,8 +8,9 @@
 //! 0.85 s to start). A few spawner threads take that wait instead.
 //!
 //! They are plain threads that never end, not tokio's blocking pool: a
-//! master is started with `PR_SET_PDEATHSIG`, which fires when the *thread*
-//! that forked it ends, and the pool ends idle threads after a few seconds.
+//! master of this run alone is started with `PR_SET_PDEATHSIG`, which fires
+//! when the *thread* that forked it ends, and the pool ends idle threads
+//! after a few seconds.
 
 use std::io;
 use std::sync::{Mutex, OnceLock, mpsc};

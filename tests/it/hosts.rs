@@ -1044,21 +1044,33 @@ fn a_command_takes_the_wrappers_place_under_every_login_shell_and_server() {
         killed.all()
     );
 
-    // the session's process is the command here (bash runs a lone command
-    // in its own place): its children are the watcher and the loop's own
-    let watcher = "sh -c 'for c in $(cat /proc/$$/task/$$/children); do \
-                   grep -q pushrun_nl /proc/$c/cmdline 2>/dev/null && echo $c; done; true'";
-    let run = exec(&hosts, &inv, &["--", watcher]);
-    all_ok(&run, opts.len());
+    // on bash, the session's process is the command's bash: its children
+    // are the watcher, a process the command leaves running (as ssh would
+    // leave it) and the listing's own (the pattern is not the text it is
+    // in: bash's own command line, which its children have until they exec)
+    let marker = "sleep 31340";
+    let watcher = format!(
+        "{marker} </dev/null >/dev/null 2>&1 & sh -c 'for c in $(cat /proc/$PPID/task/$PPID/children); \
+         do grep -q \"pushrun_n[l]=\" /proc/$c/cmdline 2>/dev/null && echo $c; done; true'"
+    );
+    let run = exec(&hosts, &inv, &["--limit", &bash, "--", &watcher]);
+    all_ok(&run, 1);
     let pids: Vec<u32> = run
         .lines_of(&bash)
         .iter()
         .map(|l| l.parse().expect("a pid"))
         .collect();
     assert_eq!(pids.len(), 1, "{}", run.all());
-    // it goes at once; its other way out (the command still running) would
-    // first wait two seconds before its KILL
-    wait_until(Duration::from_millis(1900), "the watcher to go", || {
+    wait_until(Duration::from_secs(10), "the watcher to go", || {
         !pid_alive(pids[0])
     });
+    // it went its quiet way (the command had ended): what the command left
+    // running is alive, not ended with the group
+    let left = processes_with(marker);
+    assert_eq!(left.len(), 1, "{left:?}");
+    for p in left {
+        let pid: i32 = p.split(':').next().unwrap().parse().unwrap();
+        // SAFETY: kill(2) on the process this test left on its own host.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
