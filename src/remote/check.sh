@@ -254,6 +254,17 @@ err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" ${stamp:+"$stamp" "$BASE
     fail 3 "cannot write under $BASE: $(reason "$err")"
 }
 made_rundir=1
+# another check's stamp is there only while that check holds the lock (not
+# now), or where it was killed before its release: then it goes now
+if [ -n "$stamp" ]; then
+    set --
+    for d in "$target"/.pushrun-used-*; do
+        if [ "$d" != "$stamp" ] && { [ -e "$d" ] || [ -L "$d" ]; }; then
+            set -- "$@" "$d"
+        fi
+    done
+    [ $# -eq 0 ] || rm -rf "$@"
+fi
 # the digest file is written under the lock, so that no eviction running
 # now can take the payload this run is about to use
 printf '%s\n' "$digest" >"$rundir/digest" ||

@@ -722,6 +722,34 @@ fn a_file_changed_with_the_same_size_and_mtime_is_needed() {
     assert_eq!(c.checked, 3);
 }
 
+/// A check marks the cached payload used (its mtime, for eviction) with a
+/// stamp dir that it removes with its lock: none is left in the payload's
+/// dir, and one left by a check killed before removing it goes with the
+/// next check.
+#[test]
+fn a_check_leaves_no_stamp_in_the_cache_and_sweeps_a_stale_one() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    let dir = host.local(&format!("{BASE}/cache/{}", p.digest()));
+    let stamps = || -> Vec<String> {
+        names_in(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".pushrun-used-"))
+            .collect()
+    };
+    std::fs::create_dir(dir.join(".pushrun-used-killed")).unwrap();
+    let before = std::fs::metadata(&dir).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let c = host.check(&p, "r2");
+    assert!(c.needed.is_empty(), "{c:?}");
+    assert!(stamps().is_empty(), "{:?}", stamps());
+    assert!(std::fs::metadata(&dir).unwrap().modified().unwrap() > before);
+    host.check(&p, "r3");
+    assert!(stamps().is_empty(), "{:?}", stamps());
+}
+
 #[test]
 fn files_deleted_with_their_directories_and_markers_kept_are_all_needed() {
     let host = Host::start();
