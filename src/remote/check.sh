@@ -163,7 +163,9 @@ trap_cleanup
 conn_owner() {
     boot=
     read -r boot 2>/dev/null </proc/sys/kernel/random/boot_id || return 0
-    pid=$$
+    # from the parent: this shell is no server (and sh reads /proc a byte
+    # per call)
+    pid=$PPID
     hops=0
     while [ "$hops" -lt 16 ] && [ "$pid" -gt 1 ] 2>/dev/null; do
         st=
