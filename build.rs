@@ -11,8 +11,8 @@
 //! they are sent to hosts, to `$OUT_DIR/remote/` and `$OUT_DIR/relay/`:
 //! without their comment lines and blank lines, which every host would
 //! otherwise read (a byte per read call where the shell reads them itself)
-//! on every command. `exec.sh` is also written joined into one line
-//! (`exec.line`): it is sent as the command line itself.
+//! on every command. `login.sh` and `exec.sh` are also written joined
+//! into one line (`exec.line`): it is sent as the command line itself.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -59,6 +59,7 @@ fn main() {
     for dir in ["remote", "relay"] {
         strip_scripts(&crate_dir.join("src").join(dir), &out_dir.join(dir));
     }
+    join_lines(&out_dir.join("remote"));
 }
 
 /// Writes each `.sh` file of `from` into `to` without its comment lines
@@ -86,18 +87,29 @@ fn strip_scripts(from: &Path, to: &Path) {
             kept.push('\n');
         }
         let name = path.file_name().expect("a file name");
-        if ONE_LINE.iter().any(|n| name == *n) {
-            let line = one_line(&kept).unwrap_or_else(|why| fail(&path, why));
-            fs::write(to.join(name).with_extension("line"), line)
-                .unwrap_or_else(|e| fail(to, &e.to_string()));
-        }
         fs::write(to.join(name), kept).unwrap_or_else(|e| fail(to, &e.to_string()));
     }
 }
 
-/// Scripts that are also written as one line (`NAME.line`): sent as the
-/// command line itself (remote/exec.sh).
-const ONE_LINE: &[&str] = &["exec.sh"];
+/// Writes `NAME.line` in `dir` (the stripped remote scripts) for each of
+/// [`ONE_LINE`]: its scripts, in order, joined into one line.
+fn join_lines(dir: &Path) {
+    for (line_name, parts) in ONE_LINE {
+        let mut text = String::new();
+        for part in *parts {
+            let path = dir.join(part);
+            text.push_str(
+                &fs::read_to_string(&path).unwrap_or_else(|e| fail(&path, &e.to_string())),
+            );
+        }
+        let line = one_line(&text).unwrap_or_else(|why| fail(&dir.join(line_name), why));
+        fs::write(dir.join(line_name), line).unwrap_or_else(|e| fail(dir, &e.to_string()));
+    }
+}
+
+/// Lines made of stripped scripts, in order (`NAME.line`): sent as the
+/// command line itself (remote/exec.sh, after login.sh).
+const ONE_LINE: &[(&str, &[&str])] = &[("exec.line", &["login.sh", "exec.sh"])];
 
 /// `script`'s lines joined by spaces: each must end a command itself (`;`,
 /// `then`, `do`, ...). The line becomes one single-quoted word that every

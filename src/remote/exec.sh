@@ -1,9 +1,11 @@
-# shellcheck shell=sh # joined into one line (build.rs) and sent as sshd's command line, never run as a file
+# shellcheck shell=sh # joined into one line after login.sh (build.rs) and sent as sshd's command line, never run as a file
 # pushrun exec wrapper: run one command on a host, and end every process it
 # started when the initiator goes away.
 #
-# This whole file is the command line (src/remote/boot.rs, start_exec):
-# build.rs joins its lines with spaces, so every command ends in `;` or a
+# This whole file, after login.sh (which sets norc and SHLVL for the login
+# shell that runs a command not of plain words), is the command line
+# (src/remote/boot.rs, start_exec): build.rs joins their lines with spaces,
+# so every command ends in `;` or a
 # word that continues (then, do, else, in, &&, ||, ;;), and it holds no
 # single quote, backslash or `!` (the line is one single-quoted word that
 # every login shell, csh and fish too, passes to /bin/sh unchanged). No
@@ -55,25 +57,6 @@ elif read -r st 2>/dev/null </proc/$$/stat; then
         fi ;;
     esac;
 fi;
-# The login shell runs a command that is not plain words without reading
-# its start-up files a second time (sshd's `$SHELL -c` read them once, and
-# what they exported is in the environment): zsh -f, csh and tcsh -f, fish
-# --no-config (fish 3.3 and later; older fish refuses it and reads them).
-# bash reads ~/.bashrc under sshd only at SHLVL 0 or 1: bash's exec, which
-# started this line, took SHLVL back to 0; level 1 here makes the command's
-# bash level 2. sh, dash, ksh and ash read nothing for -c.
-norc=;
-case ${SHELL##*/} in
-zsh | csh | tcsh | bsd-csh) norc=-f ;;
-fish)
-    if "$SHELL" --no-config -c true </dev/null >/dev/null 2>&1; then
-        norc=--no-config;
-    fi ;;
-esac;
-if [ "${SHLVL:-0}" = 0 ]; then
-    SHLVL=1;
-    export SHLVL;
-fi;
 # The initiator keeps stdin open for as long as it wants the command to
 # live. The watcher reads it to its end. sshd closes it when the command has
 # ended and been reaped (then /proc/$$ is gone, and the watcher just goes),
@@ -110,4 +93,5 @@ if [ $# -gt 1 ]; then
         fi ;;
     esac;
 fi;
+# shellcheck disable=SC2154 # norc is set by login.sh, ahead of this in the line
 exec $pushrun_sid "${SHELL:-/bin/sh}" ${norc:+"$norc"} -c "$1" </dev/null
