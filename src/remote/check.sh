@@ -653,7 +653,7 @@ fi
 # with a backslash (which openssl escapes), or output in a form that awk
 # does not know, goes through sums_check instead.
 direct=
-if [ "$bytes" -ge 4194304 ] && command -v openssl >/dev/null 2>&1; then
+if openssl_pays "$bytes"; then
     case $entries in
         *\\*) ;;
         *) (: >"$work.hashes") 2>/dev/null && direct=1 ;;
@@ -705,18 +705,14 @@ exec 6>&- 7>&-
 # check line, in order); anything not plainly intact is needed. A short
 # .list (disk full) must not pass for "nothing needed". "redo": openssl
 # said nothing it knows; then sums_check decides.
-# shellcheck disable=SC2016 # an awk program
-answer_awk='
+openssl_awk
+# shellcheck disable=SC2016,SC2154 # an awk program; took_awk: openssl_awk (lib.sh)
+answer_awk=$took_awk'
 BEGIN { ok = 0 }
-# the hashes, read at the first line (the operands n=, hashes=... are set
-# by then, not in BEGIN)
+# the hashes (lib.sh: took), read at the first line (the operands n=,
+# hashes=... are set by then, not in BEGIN)
 NR == 1 && hashes != "" {
-    while ((getline line < hashes) > 0) {
-        h = substr(line, 1, 64)
-        if (length(h) != 64 || h ~ /[^0-9a-f]/ || substr(line, 65, 4) != " *./") { odd = 1; break }
-        got[substr(line, 69)] = h
-        hashed++
-    }
+    while ((getline line < hashes) > 0) took(line)
     close(hashes)
 }
 {

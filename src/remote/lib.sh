@@ -375,6 +375,26 @@ trap_cleanup() {
     trap 'exit 143' TERM
 }
 
+# 0 when files adding up to BYTES are hashed with openssl (see sums_check)
+openssl_pays() { # BYTES
+    [ "$1" -ge 4194304 ] && command -v openssl >/dev/null 2>&1
+}
+
+# sets took_awk to an awk function for an awk program to start with:
+# took(line) reads one line of `openssl dgst -sha256 -r` on "./" names
+# ("<sha256> *./<path>") into got[path] and counts it in hashed, or sets
+# odd for a line of any other form (sums_check, check.sh)
+openssl_awk() {
+    # shellcheck disable=SC2016 # an awk function
+    took_awk='
+function took(line,   h) {
+    h = substr(line, 1, 64)
+    if (length(h) != 64 || h ~ /[^0-9a-f]/ || substr(line, 65, 4) != " *./") { odd = 1; return }
+    got[substr(line, 69)] = h
+    hashed++
+}'
+}
+
 # sha256sum -c, run in DIR, on the check lines ("<sha256>  <path>") on
 # stdin; prints "<path>: OK" for each intact file (and something else for
 # the rest), one line per check line, in order. When the files add up to
@@ -386,12 +406,13 @@ trap_cleanup() {
 # in a form it does not know (or not at all), or a name is one sha256sum
 # escapes (a backslash in a check line).
 sums_check() { # DIR BYTES
-    if [ "$2" -lt 4194304 ] || ! command -v openssl >/dev/null 2>&1; then
+    if ! openssl_pays "$2"; then
         (cd "$1" && sha256sum -c 2>/dev/null)
         return
     fi
+    openssl_awk
     # shellcheck disable=SC2016 # an awk program
-    (cd "$1" && awk -v "sq='" '
+    (cd "$1" && awk -v "sq='" "$took_awk"'
     # PATH as one single-quoted sh word
     function shq(s,   n, i, out, parts) {
         n = split(s, parts, sq)
@@ -399,13 +420,8 @@ sums_check() { # DIR BYTES
         for (i = 2; i <= n; i++) out = out sq "\\" sq sq parts[i]
         return out sq
     }
-    # "<sha256> *./<path>" per file
-    function run(cmd,   line, h) {
-        while ((cmd | getline line) > 0) {
-            h = substr(line, 1, 64)
-            if (length(h) != 64 || h ~ /[^0-9a-f]/ || substr(line, 65, 4) != " *./") odd = 1
-            else { got[substr(line, 69)] = h; hashed++ }
-        }
+    function run(cmd,   line) {
+        while ((cmd | getline line) > 0) took(line)
         close(cmd)
     }
     {
