@@ -122,18 +122,15 @@ pub fn start_gated(script: &str, name: &str, args: &[&str], vars: &[(String, Str
 }
 
 /// Prepares a command for exec.sh, which is itself the `/bin/sh -c` word
-/// ([`super::EXEC`]): only `args` (the command and its plain words, see
-/// exec.sh) and `vars` go on stdin, a few lines read as `BOOT_LINES`
-/// reads them, so a command reads no script byte by byte. As
-/// [`start_gated`], nothing may follow on stdin before the frame marker.
+/// behind `BOOT_LINES` ([`super::EXEC`]): only `args` (the command and its
+/// plain words, see exec.sh) and `vars` go on stdin, a few lines that
+/// `BOOT_LINES` reads (and evaluates, after the frame marker), so a command
+/// reads no script byte by byte. As [`start_gated`], nothing may follow on
+/// stdin before the frame marker.
 pub fn start_exec(args: &[&str], vars: &[(String, String)]) -> Start {
     let text = script_text("", args, vars);
-    start_text(
-        super::EXEC,
-        text.matches('\n').count(),
-        &text,
-        "pushrun-exec",
-    )
+    let line = format!("{BOOT_LINES} || exit 3; {}", super::EXEC);
+    start_text(&line, text.matches('\n').count(), &text, "pushrun-exec")
 }
 
 /// As [`start_gated`], on a terminal: the preamble is written once the
@@ -504,11 +501,6 @@ mod tests {
             start_pty("echo", "pushrun-run", &[], &[], false).line()
         );
         assert_eq!(BOOT_PTY.matches(FRAME_START).count(), 1);
-        // a short gated script is read line by line, its length in lines
-        let short = start_gated("echo a\necho b", "pushrun-exec", &["x\ny"], &[]);
-        assert!(short.line().contains("read -r pushrun_l") && short.line().len() < 500);
-        assert!(!short.line().contains('\\') && !short.line().contains('!'));
-        assert_eq!(short.preamble, b"4\nset -- 'x\ny'\necho a\necho b\n");
         let text = String::from_utf8(s.preamble).unwrap();
         assert!(
             text.contains("\nstty -echo 2>/dev/null\nxxx"),

@@ -1,29 +1,23 @@
-# shellcheck shell=sh # joined into one line after login.sh (build.rs) and sent as sshd's command line, never run as a file
+# shellcheck shell=sh # joined into one line after login.sh (build.rs), sent as sshd's command line behind boot.rs's BOOT_LINES, never run as a file
 # pushrun exec wrapper: run one command on a host, and end every process it
 # started when the initiator goes away.
 #
-# This whole file, after login.sh (which sets norc and SHLVL for the login
-# shell that runs a command not of plain words), is the command line
-# (src/remote/boot.rs, start_exec): build.rs joins their lines with spaces,
-# so every command ends in `;` or a
-# word that continues (then, do, else, in, &&, ||, ;;), and it holds no
-# single quote, backslash or `!` (the line is one single-quoted word that
-# every login shell, csh and fish too, passes to /bin/sh unchanged). No
-# script is read on stdin: only the command, its words and the exports, a
-# few short lines, read by the shell's own `read` as the short gated
-# scripts are (boot.rs: BOOT_LINES), and then the frame marker.
+# The command line (src/remote/boot.rs, start_exec) is boot.rs's BOOT_LINES,
+# which reads the few short lines on stdin (the exports, and `set --` with
+# the command and its words), prints the frame marker and evaluates them,
+# then login.sh (norc and SHLVL for the login shell that runs a command not
+# of plain words), then this file: build.rs joins login.sh and this file
+# into one line with spaces, so every command ends in `;` or a word that
+# continues (then, do, else, in, &&, ||, ;;), and holds no single quote,
+# backslash or `!` (the line is one single-quoted word that every login
+# shell, csh and fish too, passes to /bin/sh unchanged). No script is read
+# on stdin.
 #
 # $1 is the command as typed; the words after it are its own, given when it
 # is a plain external command that every shell runs alike (src/remote/line.rs,
 # plain_words): where the login shell is sh, dash or bash, they are run from
 # here, without starting the login shell a second time.
-pushrun_nl=${IFS#??} && IFS= read -r pushrun_n && pushrun_script= &&
-while [ "$pushrun_n" -gt 0 ] && IFS= read -r pushrun_l; do
-    pushrun_script=$pushrun_script$pushrun_l$pushrun_nl;
-    pushrun_n=$((pushrun_n - 1));
-done;
-[ "$pushrun_n" = 0 ] || exit 3;
-echo pushrun-frame-start-5e1f && echo pushrun-frame-start-5e1f >&2 && eval "$pushrun_script" || exit 3;
+#
 # The process group to end. sshd makes every non-PTY session its own process
 # group (setsid()) and the `exec` of the line keeps this shell its leader,
 # so it is $$, and the command, exec'd in its place below, keeps it. Under

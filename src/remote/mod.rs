@@ -26,8 +26,8 @@ pub use line::{SUDO_PROMPT, SudoVia, plain_words, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
 
 /// Runs a command; ends its process group when stdin closes. Not a script
-/// sent on stdin but the `/bin/sh -c` line itself (exec.sh joined into one
-/// line by build.rs): see [`start_exec`].
+/// sent on stdin but the end of the `/bin/sh -c` line itself (login.sh and
+/// exec.sh joined into one line by build.rs): see [`start_exec`].
 pub const EXEC: &str = script!("exec.line");
 /// Runs a plain command only if the session has a terminal.
 pub const PTY: &str = concat!(script!("login.sh"), script!("pty.sh"));
