@@ -189,12 +189,7 @@ impl HostTask<'_> {
         // not show the "stop" line pushrun may write.
         let pty_start = |pty: bool| {
             if pty {
-                // a command on a terminal: pty.sh (exec.sh is a line, no script)
-                let (script, name) = if script == remote::EXEC {
-                    (remote::PTY, "pushrun-pty")
-                } else {
-                    (script, name)
-                };
+                // (a command on a terminal is pty.sh's: run_command)
                 remote::start_pty(script, name, &refs, vars, script == remote::RUN)
             } else if script == remote::EXEC {
                 remote::start_exec(&refs, vars)
