@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, mpsc};
 
+use super::ended::EndMarked;
 use super::error_chain;
-use crate::events::{Event, HostId, RESULTS_PART};
+use super::output::read_lines;
+use crate::events::{Event, HostId, RESULTS_PART, Stream};
 use crate::remote;
 use crate::session::{Continued, Lingering, Session, exit_code};
 
@@ -44,26 +46,72 @@ pub(super) enum CollectError {
     TooBig(u64),
 }
 
+/// Where a run's results come from.
+pub(super) enum Source<'s> {
+    /// collect.sh on a channel of its own.
+    Channel,
+    /// The run's check, which becomes collect.sh on its own channel (see
+    /// `Session::run_lingering`).
+    Check(Box<Lingering<'s>>),
+    /// The check that ran the payload itself: its channel goes on with
+    /// them (check.sh, "Then").
+    Here(Box<Here<'s>>),
+}
+
+/// A check that ran the payload and is sending its results (check.sh,
+/// "Then": after its end line). On stdout the archive, on stderr the
+/// collect's message, each up to the `done` line; what follows it is the
+/// output of processes the payload left running.
+pub(super) struct Here<'s> {
+    pub(super) child: openssh::Child<&'s openssh::Session>,
+    pub(super) stdout: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    pub(super) stderr: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    pub(super) done: Vec<u8>,
+}
+
 /// Runs collect.sh for `run_id`, which sends `$PUSHRUN_OUT` and removes
 /// the run dir. Its archive goes to `sink`, or nowhere (a run dir cleaned
-/// whose run never started). With `lingering`, the run's check becomes
-/// collect.sh on its own channel (see `Session::run_lingering`), else a
-/// channel of its own is opened.
+/// whose run never started). From `source`: see [`Source`].
 pub(super) async fn collect<'s>(
     session: &'s Session,
     base: &str,
     run_id: &str,
     sink: Option<Sink<'_>>,
-    lingering: Option<Lingering<'s>>,
+    source: Source<'s>,
 ) -> Result<Collected, CollectError> {
     let started = Instant::now();
-    if let Some(check) = lingering {
-        let Continued {
-            child,
-            stdout,
-            stderr,
-        } = check.then("collect").await;
-        return finish(child, stdout, stderr, sink, started).await;
+    match source {
+        Source::Check(check) => {
+            let Continued {
+                child,
+                stdout,
+                stderr,
+                ..
+            } = (*check).then("collect").await;
+            return finish(child, stdout, stderr, sink, started, async {}).await;
+        }
+        Source::Here(here) => {
+            let Here {
+                child,
+                stdout,
+                stderr,
+                done,
+            } = *here;
+            let late = sink.as_ref().map(|s| (s.id, s.events));
+            let (archive, to_archive) = tokio::io::duplex(64 * 1024);
+            let (message, to_message) = tokio::io::duplex(4096);
+            let pumps = async {
+                let out = late.map(|(i, e)| (i, Stream::Stdout, e));
+                let err = late.map(|(i, e)| (i, Stream::Stderr, e));
+                tokio::join!(
+                    pump(stdout, &done, to_archive, out),
+                    pump(stderr, &done, to_message, err),
+                );
+            };
+            let (archive, message) = (Some(archive), Some(message));
+            return finish(child, archive, message, sink, started, pumps).await;
+        }
+        Source::Channel => {}
     }
     let mut child = session
         .spawn_script(remote::COLLECT, "pushrun-collect", &[base, run_id], &[])
@@ -73,18 +121,50 @@ pub(super) async fn collect<'s>(
     // what the login files print ahead of the script is not the archive
     let stdout = child.stdout().take().map(|r| session.after_frame(r, false));
     let stderr = child.stderr().take().map(|r| session.after_frame(r, true));
-    finish(child, stdout, stderr, sink, started).await
+    finish(child, stdout, stderr, sink, started, async {}).await
+}
+
+/// Passes `r`'s bytes up to `marker` to `to` (the collect's archive or
+/// message), and what follows the marker, the output of processes the
+/// payload left running, on as the host's `stream` lines.
+async fn pump(
+    r: impl tokio::io::AsyncRead + Unpin,
+    marker: &[u8],
+    mut to: tokio::io::DuplexStream,
+    late: Option<(HostId, Stream, &mpsc::Sender<Event>)>,
+) {
+    let mut m = EndMarked::new(r, marker);
+    let _ = tokio::io::copy(&mut m, &mut to).await;
+    drop(to);
+    if !m.found() {
+        return;
+    }
+    let (rest, inner) = m.into_rest();
+    let r = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), inner);
+    match late {
+        Some((id, stream, events)) => {
+            let _ = read_lines(r, false, id, stream, events).await;
+        }
+        None => {
+            let _ = tokio::io::copy(&mut { r }, &mut tokio::io::sink()).await;
+        }
+    }
 }
 
 /// Reads a collect's archive (to `sink`) and its message, and how it ended.
+/// `beside` runs along, to its end, before the exit status is asked for
+/// (which lets the channel close: see [`Source::Here`]); it is given up
+/// when the archive fails.
 async fn finish(
     child: openssh::Child<&openssh::Session>,
     stdout: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
     stderr: Option<impl tokio::io::AsyncRead + Unpin + Send>,
     sink: Option<Sink<'_>>,
     started: Instant,
+    beside: impl Future<Output = ()>,
 ) -> Result<Collected, CollectError> {
     let stop = Notify::new();
+    let stop_beside = Notify::new();
     let read_out = async {
         let got = match stdout {
             // a tar.gz, or plain entries from a host without tar or gzip
@@ -93,6 +173,7 @@ async fn finish(
         };
         if got.is_err() {
             stop.notify_one();
+            stop_beside.notify_one();
         }
         got.map(|(bytes, digest)| (bytes, started.elapsed(), digest))
     };
@@ -112,7 +193,13 @@ async fn finish(
         }
         text
     };
-    let (out, err) = tokio::join!(read_out, read_err);
+    let beside = async {
+        tokio::select! {
+            () = beside => {}
+            () = stop_beside.notified() => {}
+        }
+    };
+    let (out, err, ()) = tokio::join!(read_out, read_err, beside);
     // stopped early: dropping the child closes its channel, and collect.sh
     // removes the run dir when its output breaks
     let (bytes, streamed, digest) = out?;

@@ -17,6 +17,7 @@ mod collect;
 mod command;
 mod connect;
 mod converge;
+mod ended;
 mod host;
 mod output;
 mod payload;

@@ -16,12 +16,16 @@ use crate::inventory::Host;
 use crate::remote::{self};
 use sha2::{Digest, Sha256};
 
-use crate::session::{Lingering, ScriptOutput, Session};
+use crate::session::{Continued, Lingering, ScriptOutput, Session, exit_code};
 
-use super::collect::{CollectError, Sink, collect, size_text};
-use super::command::CommandEnd;
+use super::collect::{CollectError, Here, Sink, Source, collect, size_text};
+use super::command::{CommandEnd, HashingReader, supervise};
 use super::converge::busy;
+use super::ended::EndMarked;
 use super::host::{HostTask, Launch};
+use super::output::read_lines;
+use crate::events::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One payload run on a host, as the loop of --repeat and --watch sees it.
 pub(super) struct PayloadRun {
@@ -100,6 +104,8 @@ struct Staged<'s> {
     /// The check, waiting to become the run's collect (see
     /// `Session::run_lingering`), when it was asked to.
     check: Option<Lingering<'s>>,
+    /// The check may run the payload itself (check.sh: `runs`).
+    runs: bool,
 }
 
 /// [`stage`], noting the host's pushrun dir in `seen` as soon as the check
@@ -148,6 +154,7 @@ async fn send_what_is_missing<'s>(
         base: None,
     })?;
     let base = report.base;
+    let runs = report.runs;
     *seen = Some(base.clone());
     // an upload is a channel of its own: the check does not wait beside it
     // (a server may allow one session at a time), and a cold run's collect
@@ -225,6 +232,7 @@ async fn send_what_is_missing<'s>(
         base,
         payload_dir,
         check,
+        runs,
     })
 }
 
@@ -242,17 +250,61 @@ async fn run_check<'s>(
             .await?;
         return Ok((out, None));
     }
-    // the manifest and collect.sh in the script (check.sh: "Then"), stdin
-    // kept for the word that makes it the collect
+    // the manifest in the script (check.sh: "Then"), stdin kept for the
+    // word that makes it the run or the collect
     let script = format!(
-        "pushrun_manifest={}\npushrun_collect={}\n{}",
+        "pushrun_manifest={}\npushrun_linger=1\n{}",
         remote::sh_quote(manifest),
-        remote::sh_quote(remote::COLLECT),
-        remote::CHECK
+        remote::CHECK_LINGER
     );
     session
         .run_lingering(&script, "pushrun-check", args, manifest.len(), b"checked ")
         .await
+}
+
+/// How long a run stopped on timeout may take to say how it ended: the
+/// watcher's grace and its KILLs (runlib.sh: run_watch), with room.
+const END_WAIT: Duration = Duration::from_secs(15);
+
+/// A fresh nonce for a run's end line (check.sh, "Then"): 128 random bits
+/// in hex, which no payload's output holds unless it reads them from the
+/// check's memory.
+fn nonce() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // no /dev/urandom: the time and this process, hashed
+        let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+        bytes.copy_from_slice(&Sha256::digest(seed.as_bytes())[..16]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The end line's status ("RC" and a newline, after its marker: `held`,
+/// then `inner`), and the stream from just after it.
+async fn end_line<R: tokio::io::AsyncRead + Unpin>(
+    mut held: Vec<u8>,
+    mut inner: R,
+) -> Option<(i32, tokio::io::Chain<std::io::Cursor<Vec<u8>>, R>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let at = loop {
+        if let Some(at) = held.iter().position(|&b| b == b'\n') {
+            break at;
+        }
+        if held.len() > 16 {
+            return None;
+        }
+        let n = inner.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        held.extend_from_slice(&buf[..n]);
+    };
+    let rc = std::str::from_utf8(&held[..at]).ok()?.parse().ok()?;
+    let rest = held.split_off(at + 1);
+    Some((rc, std::io::Cursor::new(rest).chain(inner)))
 }
 
 /// The name of one inventory entry's run dir on its host: the run's id and
@@ -268,7 +320,7 @@ pub(crate) fn host_run_id(run_id: &str, host: &Host) -> String {
 pub(crate) async fn clean_run_dir(session: &Session, base: &str, run_id: &str) {
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        collect(session, base, run_id, None, None),
+        collect(session, base, run_id, None, Source::Channel),
     )
     .await;
 }
@@ -399,6 +451,7 @@ impl HostTask<'_> {
             base,
             payload_dir,
             check,
+            runs,
         } = match staged {
             Ok(s) => s,
             Err(e) => return self.not_staged(e, seen, job, stats, timings).await,
@@ -430,37 +483,28 @@ impl HostTask<'_> {
         let run_started = Instant::now();
         let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
         let mut check = check;
-        let end = loop {
-            let end = match self.launch(
-                (remote::RUN, "pushrun-run", &args),
-                &env,
-                false,
-                self.pty_auto,
-            ) {
-                Ok(launch) => {
-                    let launch = Launch {
-                        hash: hash.clone(),
-                        ..launch
-                    };
-                    self.run_launch(launch, true, timeout).await
-                }
-                Err(why) => {
-                    clean_run_dir(session, &base, &run_id).await;
-                    CommandEnd::Refused(why)
-                }
-            };
-            // a server that allows one session at a time (MaxSessions 1)
-            // refuses the run's beside the waiting check: end the check
-            // (the collect then opens its own) and open the run's again
-            match end {
-                CommandEnd::Lost(why) if check.is_some() && crate::session::is_refusal(&why) => {
-                    session.note_one_session();
-                    if let Some(check) = check.take() {
-                        check.end().await;
-                    }
-                }
-                end => break end,
+        // a warm host's check runs the payload and collects on its own
+        // channel (not through sudo: --become runs it as another user)
+        let here = match check.take() {
+            Some(c) if runs && self.sudo.is_none() => Some(
+                self.run_on_check(c, &args, &env, hash.clone(), timeout)
+                    .await,
+            ),
+            c => {
+                check = c;
+                None
             }
+        };
+        let (end, source) = if let Some(ran) = here {
+            ran
+        } else {
+            let end = self
+                .run_on_channel((&args, &env), &hash, timeout, (&base, &run_id), &mut check)
+                .await;
+            (
+                end,
+                check.map_or(Source::Channel, |c| Source::Check(Box::new(c))),
+            )
         };
         timings.run = run_started.elapsed();
         // every record written before the payload ended arrives before its end
@@ -476,7 +520,7 @@ impl HostTask<'_> {
             hash,
         };
         let (mut outcome, digest) = self
-            .collect_end(ran, (&base, check), job, &mut stats, spec.max_results)
+            .collect_end(ran, (&base, source), job, &mut stats, spec.max_results)
             .await;
         outcome.stage = Some(stats);
         outcome.notes.extend(notes);
@@ -485,6 +529,161 @@ impl HostTask<'_> {
             digest,
             restarted,
         }
+    }
+
+    /// The payload's run on a channel of its own (run.sh); `check`, when
+    /// there is one, waits meanwhile to become the collect.
+    async fn run_on_channel(
+        &mut self,
+        (args, env): (&[String], &[(String, String)]),
+        hash: &Option<Arc<std::sync::Mutex<Sha256>>>,
+        timeout: Option<Duration>,
+        (base, run_id): (&str, &str),
+        check: &mut Option<Lingering<'_>>,
+    ) -> CommandEnd {
+        loop {
+            let end = match self.launch(
+                (remote::RUN, "pushrun-run", args),
+                env,
+                false,
+                self.pty_auto,
+            ) {
+                Ok(launch) => {
+                    let launch = Launch {
+                        hash: hash.clone(),
+                        ..launch
+                    };
+                    self.run_launch(launch, true, timeout).await
+                }
+                Err(why) => {
+                    clean_run_dir(self.session, base, run_id).await;
+                    CommandEnd::Refused(why)
+                }
+            };
+            // a server that allows one session at a time (MaxSessions 1)
+            // refuses the run's beside the waiting check: end the check
+            // (the collect then opens its own) and open the run's again
+            match end {
+                CommandEnd::Lost(why) if check.is_some() && crate::session::is_refusal(&why) => {
+                    self.session.note_one_session();
+                    if let Some(check) = check.take() {
+                        check.end().await;
+                    }
+                }
+                end => return end,
+            }
+        }
+    }
+
+    /// The payload run by its check, on the check's channel (check.sh,
+    /// "Then"): its output streamed up to the end line that carries
+    /// `nonce`, then the results on the same channel ([`Source::Here`]).
+    async fn run_on_check<'s>(
+        &mut self,
+        check: Lingering<'s>,
+        args: &[String],
+        env: &[(String, String)],
+        hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+        timeout: Option<Duration>,
+    ) -> (CommandEnd, Source<'s>) {
+        let nonce = nonce();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let request = remote::run_request(&nonce, &refs, env);
+        let Continued {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        } = check.then_run(&request).await;
+        let out_marker = format!("pushrun-end-{nonce} ");
+        let err_marker = format!("pushrun-end-{nonce}\n");
+        let mut out = stdout.map(|r| EndMarked::new(r, out_marker.as_bytes()));
+        let mut err = stderr.map(|r| EndMarked::new(r, err_marker.as_bytes()));
+        let (id, events) = (self.id, self.events);
+        let work = async {
+            let o = async {
+                if let Some(r) = out.as_mut() {
+                    let r = HashingReader { inner: r, hash };
+                    let _ = read_lines(r, false, id, Stream::Stdout, events).await;
+                }
+            };
+            let e = async {
+                if let Some(r) = err.as_mut() {
+                    let _ = read_lines(r, false, id, Stream::Stderr, events).await;
+                }
+            };
+            tokio::join!(o, e);
+            // how it ended: read below, from the end line or the channel
+            CommandEnd::Exited(0)
+        };
+        let stop = move |why: &CommandEnd| {
+            let keep = matches!(why, CommandEnd::TimedOut | CommandEnd::Converged);
+            async move {
+                // "stop": the watcher ends the run and keeps its dir for the
+                // collect; otherwise the end of stdin: it ends the run and
+                // removes the dir (runlib.sh: run_watch)
+                if let (true, Some(mut w)) = (keep, stdin) {
+                    let _ = w.write_all(b"stop\n").await;
+                    let _ = w.flush().await;
+                }
+            }
+        };
+        let early = supervise(work, stop, timeout, &mut self.triggers).await;
+        if matches!(early, CommandEnd::Cancelled | CommandEnd::Reloaded) {
+            // Ctrl-C, a new payload: nothing to collect (the watcher ends
+            // the run and removes its dir)
+            return (early, Source::Channel);
+        }
+        // a run stopped on timeout says how it ended once its processes
+        // are gone (at most a few seconds: runlib.sh)
+        let ended = async {
+            if let Some(r) = out.as_mut() {
+                let _ = read_lines(r, false, id, Stream::Stdout, events).await;
+            }
+            if let Some(r) = err.as_mut() {
+                let _ = read_lines(r, false, id, Stream::Stderr, events).await;
+            }
+        };
+        let _ = tokio::time::timeout(END_WAIT, ended).await;
+        let stopped = matches!(early, CommandEnd::TimedOut | CommandEnd::Converged);
+        let out_end = match out {
+            Some(r) if r.found() => {
+                let (rest, inner) = r.into_rest();
+                end_line(rest, inner).await
+            }
+            _ => None,
+        };
+        let err_end = err.filter(EndMarked::found).map(EndMarked::into_rest);
+        let (Some((rc, out_rest)), Some((err_rest, err_inner))) = (out_end, err_end) else {
+            // no end line: the check itself ended (or the connection did)
+            let end = match self.session.lost().await {
+                Some(why) => CommandEnd::Lost(why),
+                None if stopped => early,
+                None => {
+                    let how = match exit_code(child.wait().await) {
+                        Ok(Some(c)) => format!("exit {c}"),
+                        Ok(None) => "killed by a signal".to_string(),
+                        Err(e) => error_chain(&e),
+                    };
+                    CommandEnd::Refused(format!(
+                        "the payload's run ended without saying how ({how})"
+                    ))
+                }
+            };
+            return (end, Source::Channel);
+        };
+        let end = if stopped {
+            early
+        } else {
+            CommandEnd::Exited(rc)
+        };
+        let here = Here {
+            child,
+            stdout: Box::new(out_rest),
+            stderr: Box::new(std::io::Cursor::new(err_rest).chain(err_inner)),
+            done: format!("pushrun-done-{nonce}\n").into_bytes(),
+        };
+        (end, Source::Here(Box::new(here)))
     }
 
     /// A payload run that failed (or was stopped) while staging: its run
@@ -540,7 +739,7 @@ impl HostTask<'_> {
     async fn collect_end(
         &self,
         ran: Ran,
-        (base, check): (&str, Option<Lingering<'_>>),
+        (base, source): (&str, Source<'_>),
         job: &PayloadJob,
         stats: &mut StageStats,
         max: u64,
@@ -572,7 +771,7 @@ impl HostTask<'_> {
             base,
             &host_run_id(&job.run_id, self.host),
             Some(sink),
-            check,
+            source,
         )
         .await
         {

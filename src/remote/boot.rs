@@ -133,6 +133,25 @@ pub fn start_exec(args: &[&str], vars: &[(String, String)]) -> Start {
     start_text(&line, text.matches('\n').count(), &text, "pushrun-exec")
 }
 
+/// The request that makes a lingering check run the payload itself
+/// (check.sh, "Then"): the line `run NONCE COUNT`, then COUNT lines that
+/// set run.sh's arguments (`args`) and `pushrun_env`, the exports of
+/// `vars`, which only the payload's process evaluates.
+pub fn run_request(nonce: &str, args: &[&str], vars: &[(String, String)]) -> String {
+    let mut exports = String::new();
+    for (k, v) in vars {
+        exports.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    let mut text = String::from("set --");
+    for a in args {
+        text.push(' ');
+        text.push_str(&sh_quote(a));
+    }
+    text.push('\n');
+    text.push_str(&format!("pushrun_env={}\n", sh_quote(&exports)));
+    format!("run {nonce} {}\n{text}", text.matches('\n').count())
+}
+
 /// As [`start_gated`], on a terminal: the preamble is written once the
 /// terminal's output has shown [`FRAME_START`] (see [`FrameScan`]), and
 /// with `quiet` the terminal's echo stays off while the script runs (a

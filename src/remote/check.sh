@@ -15,8 +15,9 @@
 #   pushrun-manifest 1
 #   <sha256 hex> <755|644> <size> <path>        (one line per payload file)
 # or, when the script text sets pushrun_manifest (the manifest's text) and
-# pushrun_collect (collect.sh's text), the check stays once it has answered
-# (see "Then" below) and stdin is what the initiator says next.
+# pushrun_linger (and the script has collectlib.sh and runlib.sh before
+# it), the check stays once it has answered (see "Then" below) and stdin
+# is what the initiator says next.
 #
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
@@ -64,6 +65,7 @@
 #   base <absolute BASE>
 #   lacks <tar|gzip>          (a tool this host has not: upload with put.sh)
 #   need <path>               (a file to upload, in manifest order)
+#   runs                      (lingering only: see "With pushrun_linger")
 #   checked <n>               (last line: how many files were found intact)
 # or, on failure, the single line
 #   error <message>
@@ -71,14 +73,28 @@
 # timeout, cannot write); 4 a tool pushrun needs (sha256sum, awk) is missing
 # on this host.
 #
-# Then, with pushrun_collect set: it removes its work files and reads one
-# line. "collect" (the run has ended): it prints the frame marker on stdout
-# and stderr and becomes collect.sh for BASE and RUN_ID (exec, the same
-# process: the connection's guard still knows it), which sends the results
-# on this same channel and removes the run dir. Anything else, or the end
-# of stdin: it exits 0 and leaves the run dir to whoever holds it (run.sh,
-# a collect of its own, the guard). This saves the collect its own channel,
-# login shell and bootstrap.
+# With pushrun_linger set, the answer has the line "runs" (before
+# "checked") where this check may run the payload itself (it leads its
+# process group: not under dropbear), and a check that went well then
+# removes its lock and reads one line:
+#   "collect" (the run, on a channel of its own, has ended): it prints the
+#     frame marker on stdout and stderr and does collect.sh's work
+#     (collectlib.sh) in this same process, on this channel;
+#   "run NONCE COUNT", then COUNT lines of shell text setting run.sh's
+#     arguments and pushrun_env (the exports of the payload's environment):
+#     it prints the frame marker, runs the payload as run.sh would
+#     (runlib.sh; stdin stays open for "stop" or its end), its stdout and
+#     stderr this channel's, then prints "pushrun-end-NONCE RC" on stdout
+#     and "pushrun-end-NONCE" on stderr (RC as run.sh's exit code; NONCE,
+#     the initiator's, tells the end from anything the payload prints) and
+#     does collect.sh's work, whose archive and message each end with the
+#     line "pushrun-done-NONCE" (what comes after is the output of
+#     processes the payload left running). The run dir goes on every way
+#     out.
+#   anything else, or the end of stdin: it exits 0, the run dir left to
+#     whoever holds it (run.sh, a collect of its own, the guard).
+# This saves a warm run the run's and the collect's channels, login
+# shells and bootstraps.
 
 umask 077
 LC_ALL=C
@@ -226,6 +242,55 @@ owner_gone() { # OWNER_FILE
 '
 eval "$owner_fns"
 
+spawn_guard() {
+    [ -n "$me_host" ] && [ -d "$rundir" ] || return 0
+    # A guard, for as long as the run dir is there: once the connection
+    # that holds it is gone (Ctrl-C on the initiator, a lost connection,
+    # between two steps or within one) it ends this check if it still runs
+    # (hashing a big cache: its process group, which sshd made the
+    # session's with this script its leader; otherwise this script alone,
+    # whose trap then waits for the command it is in) and removes the run
+    # dir and its owner file. It looks once a second; its streams are not
+    # the channel's, so it keeps no channel open (nor do the copies of them
+    # that csh leaves open on fds 3 to 5 across its exec). Its script is
+    # -c's word (no process to write it, no byte-at-a-time read of it),
+    # owner_fns in its environment.
+    # shellcheck disable=SC2016 # shell text, expanded where it runs
+    guard_sh='
+eval "$owner_fns"
+trap "" TERM HUP PIPE
+proc_start "$check_pid"
+check_start=$pstart
+pgid=
+st=
+read -r st 2>/dev/null <"/proc/$check_pid/stat"
+# shellcheck disable=SC2086 # numbers and a state letter
+[ -z "$st" ] || { set -- ${st##*) } && pgid=$3; }
+# every second at first, then every 3: a process (sleep) at each look,
+# for as long as the run lasts, on every host
+looks=0 every=1
+while sleep "$every"; do
+    looks=$((looks + 1))
+    [ "$looks" -lt 5 ] || every=3
+    [ -d "$rundir" ] || exit 0
+    owner_gone "$ownerf" || continue
+    proc_start "$check_pid"
+    if [ -n "$check_start" ] && [ "$pstart" = "$check_start" ]; then
+        if [ "$pgid" = "$check_pid" ]; then
+            kill -TERM "-$check_pid"
+        else
+            kill -TERM "$check_pid"
+        fi
+    fi
+    rm -rf "$rundir" "$ownerf"
+    exit 0
+done
+    '
+    owner_fns=$owner_fns check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host \
+        me_boot=$me_boot /bin/sh -c "$guard_sh" pushrun-guard </dev/null >/dev/null 2>&1 \
+        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+}
+
 seed=
 if [ "$mode" = cache ]; then
     target=$BASE/cache/$digest
@@ -288,51 +353,7 @@ if [ -n "$owner" ]; then
         fail 3 "cannot write under $BASE: cannot write $ownerf"
     me_host=${owner%% *}
     me_boot=${owner#* } && me_boot=${me_boot%% *}
-    # A guard, for as long as the run dir is there: once the connection
-    # that holds it is gone (Ctrl-C on the initiator, a lost connection,
-    # between two steps or within one) it ends this check if it still runs
-    # (hashing a big cache: its process group, which sshd made the
-    # session's with this script its leader; otherwise this script alone,
-    # whose trap then waits for the command it is in) and removes the run
-    # dir and its owner file. It looks once a second; its streams are not
-    # the channel's, so it keeps no channel open (nor do the copies of them
-    # that csh leaves open on fds 3 to 5 across its exec). Its script is
-    # -c's word (no process to write it, no byte-at-a-time read of it),
-    # owner_fns in its environment.
-    # shellcheck disable=SC2016 # shell text, expanded where it runs
-    guard_sh='
-eval "$owner_fns"
-trap "" TERM HUP PIPE
-proc_start "$check_pid"
-check_start=$pstart
-pgid=
-st=
-read -r st 2>/dev/null <"/proc/$check_pid/stat"
-# shellcheck disable=SC2086 # numbers and a state letter
-[ -z "$st" ] || { set -- ${st##*) } && pgid=$3; }
-# every second at first, then every 3: a process (sleep) at each look,
-# for as long as the run lasts, on every host
-looks=0 every=1
-while sleep "$every"; do
-    looks=$((looks + 1))
-    [ "$looks" -lt 5 ] || every=3
-    [ -d "$rundir" ] || exit 0
-    owner_gone "$ownerf" || continue
-    proc_start "$check_pid"
-    if [ -n "$check_start" ] && [ "$pstart" = "$check_start" ]; then
-        if [ "$pgid" = "$check_pid" ]; then
-            kill -TERM "-$check_pid"
-        else
-            kill -TERM "$check_pid"
-        fi
-    fi
-    rm -rf "$rundir" "$ownerf"
-    exit 0
-done
-    '
-    owner_fns=$owner_fns check_pid=$$ rundir=$rundir ownerf=$ownerf me_host=$me_host \
-        me_boot=$me_boot /bin/sh -c "$guard_sh" pushrun-guard </dev/null >/dev/null 2>&1 \
-        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+    spawn_guard
 fi
 if [ "$mode" = cache ]; then
     # anything but files and dirs in the cached payload is damage: a
@@ -753,17 +774,99 @@ printf 'base %s\n' "$BASE"
 for tool in $lacks; do
     printf 'lacks %s\n' "$tool"
 done
+# a check that stays may run the payload itself where it leads its process
+# group (sshd's setsid; not under dropbear), which the run's watcher ends
+if [ -n "${pushrun_linger:-}" ] && kill -0 -$$ 2>/dev/null; then
+    echo runs
+fi
 printf '%s\n' "$answer"
-[ -n "${pushrun_collect:-}" ] || exit 0
+[ -n "${pushrun_linger:-}" ] || exit 0
 
 # ---------------------------------------------------------------- then
 # what the EXIT trap would do at the end of a check that went well, but
 # for the work files (tidy)
 tidy lingering
 trap - EXIT
+
+# leaves the run dir to whoever holds it (run.sh, a collect of its own,
+# the guard)
+leave() {
+    exit 0
+}
+
+# "run NONCE COUNT" and COUNT lines of shell text ("set --" with run.sh's
+# arguments, and pushrun_env: the exports of the payload's environment):
+# runs the payload here, as run.sh would (runlib.sh), its output this
+# channel's, then says how it ended and collects. The initiator keeps
+# stdin open meanwhile, for the watcher ("stop", or its end).
+run_here() {
+    set -f
+    # shellcheck disable=SC2086 # three words, no globbing
+    set -- $next
+    set +f
+    nonce=${2:-} count=${3:-}
+    case $nonce in '' | *[!0-9a-f]*) leave ;; esac
+    case $count in '' | *[!0-9]*) leave ;; esac
+    text=
+    while [ "$count" -gt 0 ] && IFS= read -r line; do
+        text=$text$line$nl
+        count=$((count - 1))
+    done
+    [ "$count" = 0 ] || leave
+    echo pushrun-frame-start-5e1f
+    echo pushrun-frame-start-5e1f >&2
+    # from here every way out removes the run dir; the watcher's TERM
+    # (a timeout, or the initiator gone) is caught: it ends the payload
+    trap collect_cleanup EXIT
+    trap 'exit 129' HUP
+    trap 'exit 130' INT
+    trap 'exit 141' PIPE
+    termed=
+    trap 'termed=1' TERM
+    pushrun_env=
+    eval "$text"
+    if [ $# -lt 5 ]; then
+        run_die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"
+        rc=125
+    elif run_enter "$1" "$2" "$3" "$4" "$5"; then
+        shift 5
+        # shellcheck disable=SC2034 # read by the watcher (runlib.sh)
+        pg=$$
+        run_watch
+        # the payload's environment in its own process only: the collect
+        # after it runs in this shell's
+        # shellcheck disable=SC2154 # payload, entry, watcher: runlib.sh
+        (eval "$pushrun_env" && run_env && exec "$payload/$entry" "$@" </dev/null)
+        rc=$?
+        # the watcher's TERM (a timeout, or the initiator gone): it ends
+        # what is left of the run, then goes (and on the end of stdin takes
+        # the run dir); otherwise it is not needed any more
+        if [ -n "$termed" ]; then
+            # shellcheck disable=SC2154 # watcher: runlib.sh
+            wait "$watcher"
+        else
+            kill -KILL "$watcher" 2>/dev/null
+        fi
+    else
+        rc=125
+    fi
+    [ -d "$rundir" ] || exit 0
+    trap 'exit 143' TERM
+    printf 'pushrun-end-%s %s\n' "$nonce" "$rc"
+    printf 'pushrun-end-%s\n' "$nonce" >&2
+    # shellcheck disable=SC2034 # read by collect_cleanup (collectlib.sh)
+    collect_done=pushrun-done-$nonce
+    collect_main "$BASE" "$run_id"
+}
+
 next=
-IFS= read -r next || exit 0
-[ "$next" = collect ] || exit 0
-echo pushrun-frame-start-5e1f
-echo pushrun-frame-start-5e1f >&2
-exec /bin/sh -c "$pushrun_collect" pushrun-collect "$BASE" "$run_id"
+IFS= read -r next || leave
+case $next in
+    collect)
+        echo pushrun-frame-start-5e1f
+        echo pushrun-frame-start-5e1f >&2
+        collect_main "$BASE" "$run_id"
+        ;;
+    'run '*) run_here ;;
+esac
+leave

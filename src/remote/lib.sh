@@ -365,10 +365,11 @@ lock_release() { # [PATH...]
     esac
 }
 
-# runs cleanup on exit, and makes HUP, INT, PIPE and TERM exit through it
+# runs FUNCTION (cleanup unless named) on exit, and makes HUP, INT, PIPE and TERM exit through it
 # (with 128 + the signal's number)
-trap_cleanup() {
-    trap cleanup EXIT
+trap_cleanup() { # [FUNCTION]
+    # shellcheck disable=SC2064 # the function's name, now
+    trap "${1:-cleanup}" EXIT
     trap 'exit 129' HUP
     trap 'exit 130' INT
     trap 'exit 141' PIPE

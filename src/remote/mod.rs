@@ -19,8 +19,8 @@ mod line;
 mod sudo;
 
 pub use boot::{
-    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, skip_login, start, start_exec,
-    start_gated, start_pty,
+    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, run_request, skip_login, start,
+    start_exec, start_gated, start_pty,
 };
 pub use line::{SUDO_PROMPT, SudoVia, plain_words, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
@@ -35,10 +35,25 @@ pub const PTY: &str = concat!(script!("login.sh"), script!("pty.sh"));
 pub const BECOME: &str = script!("become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
 pub const CHECK: &str = concat!(script!("lib.sh"), script!("check.sh"));
+/// [`CHECK`] for a check that stays on its channel once it has answered
+/// (`pushrun_linger`), to run the payload and collect there, or to collect
+/// after a run on a channel of its own (check.sh: "Then").
+pub const CHECK_LINGER: &str = concat!(
+    script!("lib.sh"),
+    script!("plain-out.sh"),
+    script!("collectlib.sh"),
+    script!("runlib.sh"),
+    script!("check.sh")
+);
 /// Receives a tar.gz of payload files, verifies and installs them.
 pub const RECEIVE: &str = concat!(script!("lib.sh"), script!("receive.sh"));
 /// Runs a payload's entry point in its run dir.
-pub const RUN: &str = concat!(script!("lib.sh"), script!("pgroup.sh"), script!("run.sh"));
+pub const RUN: &str = concat!(
+    script!("lib.sh"),
+    script!("pgroup.sh"),
+    script!("runlib.sh"),
+    script!("run.sh")
+);
 /// Receives one payload file, verifies and installs it: the upload where
 /// a host has no tar or gzip (check.sh's `lacks`).
 pub const PUT: &str = concat!(script!("lib.sh"), script!("put.sh"));
@@ -47,6 +62,7 @@ pub const PUT: &str = concat!(script!("lib.sh"), script!("put.sh"));
 pub const COLLECT: &str = concat!(
     script!("lib.sh"),
     script!("plain-out.sh"),
+    script!("collectlib.sh"),
     script!("collect.sh")
 );
 /// Removes pushrun's whole directory from a host.
@@ -70,6 +86,8 @@ pub struct CheckReport {
     pub checked: usize,
     /// The tools the host has not (`tar`, `gzip`): files go one by one.
     pub lacks: Vec<String>,
+    /// A lingering check may run the payload on its own channel (`runs`).
+    pub runs: bool,
 }
 
 /// The `error …` line of a script's answer, if there is one.
@@ -89,6 +107,7 @@ pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
     let mut needed = Vec::new();
     let mut checked = None;
     let mut lacks = Vec::new();
+    let mut runs = false;
     for line in text.lines() {
         if let Some(b) = line.strip_prefix("base ") {
             base = Some(b.to_string());
@@ -96,6 +115,8 @@ pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
             needed.push(p.to_string());
         } else if let Some(t) = line.strip_prefix("lacks ") {
             lacks.push(t.to_string());
+        } else if line == "runs" {
+            runs = true;
         } else if let Some(n) = line.strip_prefix("checked ") {
             checked = n.trim().parse().ok();
         }
@@ -106,6 +127,7 @@ pub fn parse_check(stdout: &[u8]) -> Result<CheckReport, String> {
             needed,
             checked,
             lacks,
+            runs,
         }),
         _ => Err(format!("check: unexpected answer: {}", text.trim())),
     }
@@ -126,10 +148,13 @@ mod tests {
                 needed: vec!["lib/a b.bin".into(), "run".into()],
                 checked: 3,
                 lacks: vec![],
+                runs: false,
             }
         );
         let r = parse_check(b"base /b\nlacks tar\nlacks gzip\nneed run\nchecked 0\n").unwrap();
         assert_eq!(r.lacks, ["tar", "gzip"]);
+        assert!(!r.runs);
+        assert!(parse_check(b"base /b\nruns\nchecked 1\n").unwrap().runs);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Lingering<'s> {
 pub struct Continued<'s> {
     /// The remote process (the same one), for its exit status.
     pub child: openssh::Child<&'s openssh::Session>,
+    /// Its stdin, still open after a request that reads on (`run`).
+    pub stdin: Option<openssh::ChildStdin>,
     /// Its stdout, after the new frame marker.
     pub stdout: Option<AfterFrame<AfterFrame<openssh::ChildStdout>>>,
     /// Its stderr, after the new frame marker.
@@ -68,6 +70,25 @@ impl<'s> Lingering<'s> {
         }
         Continued {
             child: self.child,
+            stdin: None,
+            stdout: self.stdout.map(AfterFrame::new),
+            stderr: self.stderr.map(AfterFrame::new),
+        }
+    }
+
+    /// Writes `request` (check.sh's "run": its line and the lines it
+    /// announces) and leaves stdin open, for what the script reads next.
+    pub async fn then_run(mut self, request: &str) -> Continued<'s> {
+        let mut stdin = self.stdin.take();
+        if let Some(w) = stdin.as_mut() {
+            // a script gone already says so by its end
+            if w.write_all(request.as_bytes()).await.is_err() || w.flush().await.is_err() {
+                stdin = None;
+            }
+        }
+        Continued {
+            child: self.child,
+            stdin,
             stdout: self.stdout.map(AfterFrame::new),
             stderr: self.stderr.map(AfterFrame::new),
         }

@@ -345,13 +345,29 @@ fn two_runs_at_once_with_the_same_and_a_different_payload_do_not_corrupt_each_ot
     }
 }
 
-fn stop_mid_run(signal: i32) {
+/// Stops pushrun with `signal` while the payload runs: on a cold host (the
+/// run on a channel of its own) and, with `warm`, on a warm one (the run on
+/// its check's channel: the payload was run once before, cut short by a
+/// timeout).
+fn stop_mid_run(signal: i32, warm: bool) {
     let hosts = TestHosts::start(1);
     let scratch = Scratch::new();
     let (pl, res) = (scratch.path("pl"), scratch.path("res"));
     let marker = format!("sleep 5{}", 2000 + signal);
     let script = format!("#!/bin/sh\n{marker} &\n{marker} &\necho started\nwait\n");
     make_payload(&pl, &[("run", script.as_bytes(), true)]);
+    if warm {
+        let run = exec(
+            &hosts,
+            &["--timeout", "1", "--payload", s(&pl), "--results", s(&res)],
+        );
+        assert_eq!(run.code, 3, "{}", run.all());
+        wait_until(
+            Duration::from_secs(10),
+            "first run's processes gone",
+            || processes_with(&marker).is_empty(),
+        );
+    }
     let mut child = spawn(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
     let pid = child.id();
     let stdout = child.stdout.take().unwrap();
@@ -392,12 +408,14 @@ fn stop_mid_run(signal: i32) {
 
 #[test]
 fn ctrl_c_during_a_run_leaves_no_process_and_no_run_dir() {
-    stop_mid_run(libc::SIGINT);
+    stop_mid_run(libc::SIGINT, false);
+    stop_mid_run(libc::SIGINT, true);
 }
 
 #[test]
 fn killing_the_initiator_during_a_run_leaves_no_process_and_no_run_dir() {
-    stop_mid_run(libc::SIGKILL);
+    stop_mid_run(libc::SIGKILL, false);
+    stop_mid_run(libc::SIGKILL, true);
 }
 
 #[test]
@@ -674,13 +692,13 @@ fn payload_rounds(hosts: &TestHosts, rounds: &[&str], mut after: impl FnMut(&str
     }
 }
 
-/// A payload run opens two session channels on a warm host: the check,
-/// which stays and becomes the collect once the run has ended, and the run.
-/// On a cold one the check ends before the upload (a server may allow one
+/// A payload run opens one session channel on a warm host: the check,
+/// which stays and runs the payload and collects its results there. On a
+/// cold one the check ends before the upload (a server may allow one
 /// session at a time), so four: check, upload, run, collect. Counted in
 /// sshd's own log.
 #[test]
-fn the_check_becomes_the_collect_on_its_own_channel() {
+fn a_warm_run_checks_runs_and_collects_on_one_channel() {
     let hosts = TestHosts::start_with(&[HostOpts {
         debug_log: true,
         ..HostOpts::default()
@@ -694,7 +712,7 @@ fn the_check_becomes_the_collect_on_its_own_channel() {
     };
     let mut before = sessions();
     payload_rounds(&hosts, &["cold", "warm"], |round| {
-        let channels = if round == "cold" { 4 } else { 2 };
+        let channels = if round == "cold" { 4 } else { 1 };
         assert_eq!(sessions() - before, channels, "{round}: {}", hosts.log(0));
         // (the ssh command that looks for run dirs is a session too)
         before = sessions() + 1;
@@ -712,4 +730,90 @@ fn a_server_that_allows_one_session_at_a_time_still_runs_payloads() {
         ..HostOpts::default()
     }]);
     payload_rounds(&hosts, &["cold", "warm", "warm again"], |_| {});
+}
+
+/// On a warm host the check runs the payload on its own channel, which then
+/// carries the results: output that looks like the end line (another
+/// nonce), a last line without a newline, stderr, the exit status, and what
+/// a process the payload left running prints after it has ended all come
+/// through as they would on a channel of their own (but that a line the
+/// payload left unfinished is ended at its end here); a timeout still brings
+/// back what the payload wrote, and leaves no process or run dir.
+#[test]
+fn a_payload_run_by_its_check_keeps_every_byte_apart_from_its_results() {
+    let hosts = TestHosts::start(1);
+    let scratch = Scratch::new();
+    let pl = scratch.path("pl");
+    let script = b"#!/bin/sh
+echo 'pushrun-end-00000000000000000000000000000000 0'
+echo 'pushrun-done-00000000000000000000000000000000'
+echo to-stderr >&2
+(sleep 1; echo late-err >&2) &
+printf '\\001bin' > \"$PUSHRUN_OUT/r.bin\"
+printf 'no newline'
+exit 6
+";
+    make_payload(&pl, &[("run", script, true)]);
+    for round in ["cold", "warm"] {
+        let res = scratch.path(round);
+        let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
+        assert_eq!(run.code, 1, "{round}: {}", run.all());
+        let dir = res.join("latest").join(hosts.addr(0));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stdout")).unwrap(),
+            "pushrun-end-00000000000000000000000000000000 0\n\
+             pushrun-done-00000000000000000000000000000000\n\
+             no newline",
+            "{round}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stderr")).unwrap(),
+            "to-stderr\nlate-err\n",
+            "{round}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("exit_status")).unwrap(),
+            "6\n",
+            "{round}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("out/r.bin")).unwrap(),
+            b"\x01bin",
+            "{round}"
+        );
+    }
+    assert_eq!(
+        host_summary(&summary(&scratch.path("warm")), &hosts.addr(0))["cache_hit"],
+        true
+    );
+
+    let pl2 = scratch.path("pl2");
+    make_payload(
+        &pl2,
+        &[
+            (
+                "run",
+                b"#!/bin/sh\necho partial > \"$PUSHRUN_OUT/partial.txt\"\nsleep 53536\n",
+                true,
+            ),
+            ("pushrun.yaml", b"timeout: 1\n", false),
+        ],
+    );
+    for round in ["cold", "warm"] {
+        let res = scratch.path(&format!("t-{round}"));
+        let run = exec(&hosts, &["--payload", s(&pl2), "--results", s(&res)]);
+        assert_eq!(run.code, 3, "{round}: {}", run.all());
+        let dir = res.join("latest").join(hosts.addr(0));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out/partial.txt")).unwrap(),
+            "partial\n",
+            "{round}"
+        );
+        wait_until(Duration::from_secs(10), "payload gone", || {
+            processes_with("sleep 53536").is_empty()
+        });
+        wait_until(Duration::from_secs(10), "run dir removed", || {
+            on_host(&hosts, 0, &format!("ls -A {BASE}/runs | wc -l")) == "0"
+        });
+    }
 }
