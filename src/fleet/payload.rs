@@ -6,12 +6,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{PayloadJob, RunSpec, error_chain, raised, reloaded, script_failure};
 
 use super::output::serve_tunnel;
-use crate::events::{Event, HostOutcome, StageStats, Status, Timings};
+use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timings};
 use crate::inventory::Host;
 use crate::remote::{self};
 use sha2::{Digest, Sha256};
@@ -24,7 +24,6 @@ use super::converge::busy;
 use super::ended::EndMarked;
 use super::host::{HostTask, Launch};
 use super::output::read_lines;
-use crate::events::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One payload run on a host, as the loop of --repeat and --watch sees it.
@@ -281,13 +280,37 @@ fn nonce() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A run's stdout and stderr on its check's channel, up to their end lines
+/// (both at once), as the host's output lines; stdout hashed into `hash`.
+async fn read_to_ends<O, E>(
+    (out, err): (&mut Option<EndMarked<O>>, &mut Option<EndMarked<E>>),
+    hash: Option<Arc<std::sync::Mutex<Sha256>>>,
+    id: HostId,
+    events: &mpsc::Sender<Event>,
+) where
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
+    let o = async {
+        if let Some(r) = out.as_mut() {
+            let r = HashingReader { inner: r, hash };
+            let _ = read_lines(r, false, id, Stream::Stdout, events).await;
+        }
+    };
+    let e = async {
+        if let Some(r) = err.as_mut() {
+            let _ = read_lines(r, false, id, Stream::Stderr, events).await;
+        }
+    };
+    tokio::join!(o, e);
+}
+
 /// The end line's status ("RC" and a newline, after its marker: `held`,
 /// then `inner`), and the stream from just after it.
 async fn end_line<R: tokio::io::AsyncRead + Unpin>(
     mut held: Vec<u8>,
     mut inner: R,
 ) -> Option<(i32, tokio::io::Chain<std::io::Cursor<Vec<u8>>, R>)> {
-    use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 64];
     let at = loop {
         if let Some(at) = held.iter().position(|&b| b == b'\n') {
@@ -482,29 +505,20 @@ impl HostTask<'_> {
         let timeout = spec.timeout.or(job.payload.timeout());
         let run_started = Instant::now();
         let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
-        let mut check = check;
         // a warm host's check runs the payload and collects on its own
         // channel (not through sudo: --become runs it as another user)
-        let here = match check.take() {
-            Some(c) if runs && self.sudo.is_none() => Some(
+        let (end, source) = match check {
+            Some(c) if runs && self.sudo.is_none() => {
                 self.run_on_check(c, &args, &env, hash.clone(), timeout)
-                    .await,
-            ),
-            c => {
-                check = c;
-                None
+                    .await
             }
-        };
-        let (end, source) = if let Some(ran) = here {
-            ran
-        } else {
-            let end = self
-                .run_on_channel((&args, &env), &hash, timeout, (&base, &run_id), &mut check)
-                .await;
-            (
-                end,
-                check.map_or(Source::Channel, |c| Source::Check(Box::new(c))),
-            )
+            mut check => {
+                let end = self
+                    .run_on_channel((&args, &env), &hash, timeout, (&base, &run_id), &mut check)
+                    .await;
+                let source = check.map_or(Source::Channel, |c| Source::Check(Box::new(c)));
+                (end, source)
+            }
         };
         timings.run = run_started.elapsed();
         // every record written before the payload ended arrives before its end
@@ -601,18 +615,7 @@ impl HostTask<'_> {
         let mut err = stderr.map(|r| EndMarked::new(r, err_marker.as_bytes()));
         let (id, events) = (self.id, self.events);
         let work = async {
-            let o = async {
-                if let Some(r) = out.as_mut() {
-                    let r = HashingReader { inner: r, hash };
-                    let _ = read_lines(r, false, id, Stream::Stdout, events).await;
-                }
-            };
-            let e = async {
-                if let Some(r) = err.as_mut() {
-                    let _ = read_lines(r, false, id, Stream::Stderr, events).await;
-                }
-            };
-            tokio::join!(o, e);
+            read_to_ends((&mut out, &mut err), hash.clone(), id, events).await;
             // how it ended: read below, from the end line or the channel
             CommandEnd::Exited(0)
         };
@@ -636,14 +639,7 @@ impl HostTask<'_> {
         }
         // a run stopped on timeout says how it ended once its processes
         // are gone (at most a few seconds: runlib.sh)
-        let ended = async {
-            if let Some(r) = out.as_mut() {
-                let _ = read_lines(r, false, id, Stream::Stdout, events).await;
-            }
-            if let Some(r) = err.as_mut() {
-                let _ = read_lines(r, false, id, Stream::Stderr, events).await;
-            }
-        };
+        let ended = read_to_ends((&mut out, &mut err), hash, id, events);
         let _ = tokio::time::timeout(END_WAIT, ended).await;
         let stopped = matches!(early, CommandEnd::TimedOut | CommandEnd::Converged);
         let out_end = match out {

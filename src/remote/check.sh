@@ -794,6 +794,12 @@ leave() {
     exit 0
 }
 
+# what this check sends from here is the next script's: the frame marker
+frame() {
+    echo pushrun-frame-start-5e1f
+    echo pushrun-frame-start-5e1f >&2
+}
+
 # "run NONCE COUNT" and COUNT lines of shell text ("set --" with run.sh's
 # arguments, and pushrun_env: the exports of the payload's environment):
 # runs the payload here, as run.sh would (runlib.sh), its output this
@@ -813,8 +819,7 @@ run_here() {
         count=$((count - 1))
     done
     [ "$count" = 0 ] || leave
-    echo pushrun-frame-start-5e1f
-    echo pushrun-frame-start-5e1f >&2
+    frame
     # from here every way out removes the run dir; the watcher's TERM
     # (a timeout, or the initiator gone) is caught: it ends the payload
     trap collect_cleanup EXIT
@@ -825,10 +830,7 @@ run_here() {
     trap 'termed=1' TERM
     pushrun_env=
     eval "$text"
-    if [ $# -lt 5 ]; then
-        run_die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"
-        rc=125
-    elif run_enter "$1" "$2" "$3" "$4" "$5"; then
+    if run_enter "$@"; then
         shift 5
         # shellcheck disable=SC2034 # read by the watcher (runlib.sh)
         pg=$$
@@ -850,7 +852,9 @@ run_here() {
     else
         rc=125
     fi
-    [ -d "$rundir" ] || exit 0
+    # ended for the end of stdin: the initiator is gone, and so is the
+    # run dir (the watcher's)
+    [ -z "$termed" ] || [ -d "$rundir" ] || exit 0
     trap 'exit 143' TERM
     printf 'pushrun-end-%s %s\n' "$nonce" "$rc"
     printf 'pushrun-end-%s\n' "$nonce" >&2
@@ -863,8 +867,7 @@ next=
 IFS= read -r next || leave
 case $next in
     collect)
-        echo pushrun-frame-start-5e1f
-        echo pushrun-frame-start-5e1f >&2
+        frame
         collect_main "$BASE" "$run_id"
         ;;
     'run '*) run_here ;;

@@ -27,8 +27,7 @@
 # A warm host's check runs the payload itself instead, on its own channel
 # (check.sh, "Then"), with the same functions (runlib.sh).
 
-[ $# -ge 5 ] || { run_die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"; exit 125; }
-run_enter "$1" "$2" "$3" "$4" "$5" || exit 125
+run_enter "$@" || exit 125
 shift 5
 # BASE again, where the payload is entered: check.sh's checks held then,
 # they must still hold now

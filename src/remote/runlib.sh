@@ -9,11 +9,12 @@ run_die() { # MESSAGE
     return 1
 }
 
-# checks BASE PAYLOAD_DIR RUN_ID HOST ENTRY and enters the run dir; sets
-# base, payload, run_id, host, entry and rundir. Fails (1), having said
-# why on stderr, where they are not right.
-run_enter() { # BASE PAYLOAD_DIR RUN_ID HOST ENTRY
-    [ $# -eq 5 ] || { run_die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"; return; }
+# checks BASE PAYLOAD_DIR RUN_ID HOST ENTRY (the payload's arguments may
+# follow: the caller shifts them in) and enters the run dir; sets base,
+# payload, run_id, host, entry and rundir. Fails (1), having said why on
+# stderr, where they are not right.
+run_enter() { # BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]
+    [ $# -ge 5 ] || { run_die "usage: run.sh BASE PAYLOAD_DIR RUN_ID HOST ENTRY [ARGS...]"; return; }
     base=$1 payload=$2 run_id=$3 host=$4 entry=$5
     valid_base "$base" || { run_die "bad BASE '$base'"; return; }
     case $payload in
