@@ -194,31 +194,34 @@ fn collector_timeout_and_clean(
             ("pushrun.yaml", b"timeout: 1\n", false),
         ],
     );
-    let res = path("slow-res");
-    let run = exec(hosts, inv, &["--payload", &s(&slow), "--results", &s(&res)]);
-    assert_eq!(run.code, 3, "{}", run.all());
-    for (i, (what, _)) in variants.iter().enumerate() {
-        let dir = res.join("latest").join(hosts.addr(i));
-        assert_eq!(
-            std::fs::read_to_string(dir.join("exit_status")).unwrap(),
-            "timed out: killed after the 1s timeout\n",
-            "{what}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("out/partial.txt")).unwrap(),
-            "partial\n",
-            "{what}"
-        );
-    }
-    wait_until(Duration::from_secs(10), "timed-out payloads gone", || {
-        processes_with(&marker).is_empty()
-    });
-    for (i, (what, _)) in variants.iter().enumerate() {
-        let runs = base(hosts, i).join("runs");
-        wait_until(Duration::from_secs(10), "run dirs removed", || {
-            std::fs::read_dir(&runs).map_or(0, Iterator::count) == 0
+    // cold (the run on a channel of its own), then warm (on its check's)
+    for round in ["cold", "warm"] {
+        let res = path(&format!("slow-{round}"));
+        let run = exec(hosts, inv, &["--payload", &s(&slow), "--results", &s(&res)]);
+        assert_eq!(run.code, 3, "{round}: {}", run.all());
+        for (i, (what, _)) in variants.iter().enumerate() {
+            let dir = res.join("latest").join(hosts.addr(i));
+            assert_eq!(
+                std::fs::read_to_string(dir.join("exit_status")).unwrap(),
+                "timed out: killed after the 1s timeout\n",
+                "{what} {round}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(dir.join("out/partial.txt")).unwrap(),
+                "partial\n",
+                "{what} {round}"
+            );
+        }
+        wait_until(Duration::from_secs(10), "timed-out payloads gone", || {
+            processes_with(&marker).is_empty()
         });
-        assert!(base(hosts, i).join("cache").is_dir(), "{what}");
+        for (i, (what, _)) in variants.iter().enumerate() {
+            let runs = base(hosts, i).join("runs");
+            wait_until(Duration::from_secs(10), "run dirs removed", || {
+                std::fs::read_dir(&runs).map_or(0, Iterator::count) == 0
+            });
+            assert!(base(hosts, i).join("cache").is_dir(), "{what}");
+        }
     }
 
     // pushrun clean removes everything
