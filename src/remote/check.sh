@@ -169,14 +169,15 @@ tidy() {
 trap_cleanup
 
 # ------------------------------------------------- run dir, housekeeping
-# Who holds a run dir, printed as one line "<uname -n> <boot id> <pid>
-# <start time>": the first sshd (or dropbear) process above this script,
+# Who holds a run dir, set in owner as one line "<uname -n> <boot id> <pid>
+# <start time>" (a variable, not output: no fork): the first sshd (or dropbear) process above this script,
 # which is the server's process for this connection (every channel of the
 # run's connection, from this check to collect.sh, is its child, and it
 # ends when the connection does), with its start time (a pid can be
 # reused). Nothing where that cannot be told (no /proc, a process we may
 # not see, another server): such a run dir waits for the 24 h sweep.
 conn_owner() {
+    owner=
     boot=
     read -r boot 2>/dev/null </proc/sys/kernel/random/boot_id || return 0
     # from the parent: this shell is no server (and sh reads /proc a byte
@@ -198,7 +199,7 @@ conn_owner() {
                 # the node name (uname -n), read without a process
                 node=
                 read -r node 2>/dev/null </proc/sys/kernel/hostname || node=$(uname -n)
-                printf '%s %s %s %s\n' "$node" "$boot" "$pid" "$1"
+                owner="$node $boot $pid $1"
                 return 0
                 ;;
         esac
@@ -336,7 +337,7 @@ fi
 # now can take the payload this run is about to use
 printf '%s\n' "$digest" >"$rundir/digest" ||
     fail 3 "cannot write under $BASE: cannot write $rundir/digest"
-owner=$(conn_owner)
+conn_owner
 me_host=''
 me_boot=''
 if [ -n "$owner" ]; then
@@ -403,7 +404,7 @@ for f in "$BASE"/runs/*/digest "$BASE"/runs/*/.check.src; do
 done
 # payload directories are named by hex digests: ls -t is safe, and is the
 # one portable way to sort by mtime. Of those kept, this run's sources (cache
-# mode): the 3 most recently used other ones with a kept manifest, printed
+# mode): the 3 most recently used other ones with a kept manifest, gathered
 # on one line. Where there are 3 or fewer, none goes and all are sources,
 # in any order: then no ls.
 ncached=0
@@ -413,41 +414,43 @@ for f in "$BASE"/cache/*; do
         *) ncached=$((ncached + 1)) ;;
     esac
 done
-list_cache() {
-    if [ "$ncached" -gt 3 ]; then
-        # shellcheck disable=SC2012
-        ls -t "$BASE/cache" 2>/dev/null
-        return
-    fi
+if [ "$ncached" -gt 3 ]; then
+    # shellcheck disable=SC2012
+    cached=$(ls -t "$BASE/cache" 2>/dev/null)
+else
+    cached=
     for f in "$BASE"/cache/*; do
-        printf '%s\n' "${f##*/}"
+        cached="$cached${f##*/}$nl"
     done
-}
-# shellcheck disable=SC2012
-srcs=$(list_cache | {
-    kept=0 nsrc=0
-    while IFS= read -r d; do
-        case $d in
-            '' | *[!0-9a-f]*) continue ;; # not a payload directory
+fi
+# in this shell (no fork for a pipe), a name a line
+kept=0 nsrc=0 srcs=
+saved_ifs=$IFS
+IFS=$nl
+set -f
+for d in $cached; do
+    case $d in
+        '' | *[!0-9a-f]*) continue ;; # not a payload directory
+    esac
+    if [ "$kept" -lt 3 ]; then
+        kept=$((kept + 1))
+    else
+        case $in_use in
+            *" $d "*) ;;
+            *)
+                rm -rf "$BASE/cache/$d"
+                continue
+                ;;
         esac
-        if [ "$kept" -lt 3 ]; then
-            kept=$((kept + 1))
-        else
-            case $in_use in
-                *" $d "*) ;;
-                *)
-                    rm -rf "$BASE/cache/$d"
-                    continue
-                    ;;
-            esac
-        fi
-        if [ "$mode" = cache ] && [ "$d" != "$digest" ] && [ "$nsrc" -lt 3 ] &&
-            [ -f "$BASE/manifests/$d" ]; then
-            printf '%s ' "$d"
-            nsrc=$((nsrc + 1))
-        fi
-    done
-})
+    fi
+    if [ "$mode" = cache ] && [ "$d" != "$digest" ] && [ "$nsrc" -lt 3 ] &&
+        [ -f "$BASE/manifests/$d" ]; then
+        srcs="$srcs$d "
+        nsrc=$((nsrc + 1))
+    fi
+done
+set +f
+IFS=$saved_ifs
 srcs=${srcs% }
 # seeding copies through tar
 [ -z "$lacks" ] || srcs=
@@ -500,8 +503,10 @@ END {
 }'
 # .list gets "N path" (needed) or "C path" (present, to be hashed) for each
 # file; .sums gets a check line for sha256sum -c for each candidate
-# (tried in a subshell first: a failed redirection of exec ends the shell)
-(: >"$work.list" && : >"$work.sums") 2>/dev/null || fail 3 "cannot write under $rundir"
+# (tried with true first: a failed redirection of exec, or of a special
+# built-in such as :, ends the shell; of true it does not)
+{ true 2>/dev/null >"$work.list" && true 2>/dev/null >"$work.sums"; } ||
+    fail 3 "cannot write under $rundir"
 n=0 bad=0 badline='' entries='' bytes=0 derived=
 if [ -n "${pushrun_manifest+x}" ]; then
     case $pushrun_manifest in
@@ -551,7 +556,7 @@ if [ "$mode" = cache ]; then
             mv -f "$work.man" "$BASE/manifests/$digest"; } 2>/dev/null
     fi
 fi
-if [ "$mode" = cache ] && [ -n "$srcs" ] && (: >"$work.miss") 2>/dev/null; then
+if [ "$mode" = cache ] && [ -n "$srcs" ] && true 2>/dev/null >"$work.miss"; then
     # the manifest's lines whose path is absent from the target
     exec 8>"$work.miss"
     saved_ifs=$IFS
@@ -677,7 +682,7 @@ direct=
 if openssl_pays "$bytes"; then
     case $entries in
         *\\*) ;;
-        *) (: >"$work.hashes") 2>/dev/null && direct=1 ;;
+        *) true 2>/dev/null >"$work.hashes" && direct=1 ;;
     esac
 fi
 exec 6>"$work.list" 7>"$work.sums"
@@ -760,7 +765,7 @@ if [ -n "$direct" ]; then
     answer=$(awk "$answer_awk" n="$n" hashes="$work.hashes" sums="$work.sums" "$work.list")
 fi
 if [ "${answer##*"$nl"}" = redo ]; then
-    (: >"$work.result") 2>/dev/null || fail 3 "cannot write under $rundir"
+    true 2>/dev/null >"$work.result" || fail 3 "cannot write under $rundir"
     if [ -s "$work.sums" ]; then
         sums_check "$target" "$bytes" <"$work.sums" >"$work.result" 2>/dev/null
     fi

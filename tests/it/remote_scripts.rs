@@ -19,7 +19,9 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 // exactly the text pushrun sends: lib.sh followed by the script
-use pushrun::remote::{CHECK, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RUN};
+use pushrun::remote::{
+    CHECK, CHECK_LINGER, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RUN, run_request,
+};
 
 /// BASE inside a host (the login user is root).
 const BASE: &str = "/tmp/.pushrun-root";
@@ -1522,6 +1524,103 @@ fn closing_stdin_kills_the_whole_run(host: &Host, tag: &str) {
     });
     // the cached payload is untouched
     assert!(host.cached(&p, "stubborn").is_file());
+}
+
+/// A check that stays on its channel runs the payload there when asked
+/// (check.sh, "Then": `run`): its output up to the end line with the
+/// initiator's nonce and the payload's status, then the results and the
+/// done line; the payload's environment from the request; the run dir gone.
+fn a_lingering_check_runs_the_payload_and_collects(host: &Host, tag: &str) {
+    let p = Payload::standard();
+    let run_id = format!("{tag}{}", std::process::id());
+    host.check(&p, &run_id);
+    host.receive_all(&p, &run_id);
+    let digest = p.digest();
+    let script = format!(
+        "pushrun_manifest={}\npushrun_linger=1\n{CHECK_LINGER}",
+        quote(&p.manifest())
+    );
+    let mut child = host.spawn_with(
+        &host.launcher,
+        &script,
+        "pushrun-check",
+        &["/tmp", &digest, &run_id, "cache"],
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut answer = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "answer: {answer:?}");
+        let last = line.starts_with("checked ");
+        answer.push(line);
+        if last {
+            break;
+        }
+    }
+    assert!(answer.contains(&"runs\n".to_string()), "{answer:?}");
+    assert_eq!(answer.last().unwrap(), "checked 4\n", "{answer:?}");
+    let nonce = "0123456789abcdef0123456789abcdef";
+    let payload = format!("{BASE}/cache/{digest}");
+    let vars = [(
+        "PUSHRUN_TEST_VAR".to_string(),
+        "it's \"quoted\"\nand two lines".to_string(),
+    )];
+    let args = [BASE, &payload, &run_id, "web-1", "run", "3", "x y"];
+    stdin
+        .write_all(run_request(nonce, &args, &vars).as_bytes())
+        .unwrap();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    drop(stdin);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let text = String::from_utf8_lossy(&rest).into_owned();
+    let end = format!("pushrun-end-{nonce} 3\n");
+    let at = text
+        .find(&end)
+        .unwrap_or_else(|| panic!("no end line: {text}"));
+    let output = &text[..at];
+    assert!(output.starts_with("pushrun-frame-start-5e1f\n"), "{output}");
+    for want in [
+        "host=web-1\n",
+        "arg=3\n",
+        "arg=x y\n",
+        "extra=it's \"quoted\"\nand two lines\n",
+        &format!("pwd={BASE}/runs/{run_id}\n"),
+    ] {
+        assert!(output.contains(want), "{want:?} in {output}");
+    }
+    let after = &rest[at + end.len()..];
+    let done = format!("pushrun-done-{nonce}\n");
+    assert!(after.ends_with(done.as_bytes()), "{text}");
+    let archive = &after[..after.len() - done.len()];
+    match untar_gz(archive).get("result.txt") {
+        Some(Entry::File(data, _)) => assert_eq!(data, b"done\n"),
+        other => panic!("result.txt: {other:?}"),
+    }
+    assert!(
+        err.ends_with(&format!("pushrun-end-{nonce}\n{done}")),
+        "{err}"
+    );
+    assert!(!host.run_dir(&run_id).exists());
+}
+
+#[test]
+fn a_lingering_check_runs_the_payload_and_collects_under_dash() {
+    a_lingering_check_runs_the_payload_and_collects(&Host::start(), "here");
+}
+
+#[test]
+fn a_lingering_check_runs_the_payload_and_collects_under_busybox() {
+    a_lingering_check_runs_the_payload_and_collects(&Host::busybox(), "bbhere");
 }
 
 // ----------------------------------------------------------------- collect
