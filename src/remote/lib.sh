@@ -192,10 +192,11 @@ try_tmp() { # TMP
     # there yet, or that fails (read-only, noexec, or another run, here or
     # on a machine sharing BASE, running the probe at that very instant: a
     # file being started cannot be opened for writing), a probe of this
-    # process's own decides, and becomes the kept one.
+    # process's own decides, and becomes the kept one. (true, not ':': a
+    # redirection that fails on a special built-in ends the shell.)
     probe=$BASE/.exec-probe
     if [ -f "$probe" ] && [ ! -L "$probe" ] && [ -x "$probe" ] &&
-        : 2>/dev/null >>"$probe" && "$probe" 2>/dev/null; then
+        true 2>/dev/null >>"$probe" && "$probe" 2>/dev/null; then
         return 0
     fi
     own=$probe.$$

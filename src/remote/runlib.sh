@@ -68,7 +68,8 @@ run_watch() {
         done
         exec 3<&-
         if [ -n "$keep" ]; then
-            : >"$rundir/.stopping"
+            # (true: a failed redirection of ':' would end the watcher)
+            true 2>/dev/null >"$rundir/.stopping"
         fi
 
         # this watcher's own pid ($$ is the main shell's in a subshell)

@@ -1623,6 +1623,27 @@ fn a_lingering_check_runs_the_payload_and_collects_under_busybox() {
     a_lingering_check_runs_the_payload_and_collects(&Host::busybox(), "bbhere");
 }
 
+/// The kept exec probe busy (another run, here or on a machine sharing
+/// BASE, starting it at that instant: a file being run cannot be opened
+/// for writing): the check tries its own probe and answers, as ever.
+#[test]
+fn a_busy_exec_probe_does_not_end_the_check() {
+    let host = Host::start();
+    let p = Payload::standard();
+    host.check(&p, "p1");
+    let probe = host.local(&format!("{BASE}/.exec-probe"));
+    assert!(probe.is_file());
+    // a program that runs for a while: while it runs, it cannot be written
+    std::fs::copy("/bin/sleep", &probe).unwrap();
+    let mut busy = Command::new(&probe).arg("30").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let a = host.check_mode(&p, "p2", "cache");
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert_eq!(a.code, 0, "{}", a.describe());
+    assert_eq!(parse_check(&a).needed.len(), 4, "{}", a.describe());
+}
+
 // ----------------------------------------------------------------- collect
 
 #[test]
