@@ -155,11 +155,11 @@ async fn send_what_is_missing<'s>(
     let base = report.base;
     let runs = report.runs;
     *seen = Some(base.clone());
-    // an upload is a channel of its own: the check does not wait beside it
-    // (a server may allow one session at a time), and a cold run's collect
-    // opens its own
-    let check = match check {
-        Some(check) if !report.needed.is_empty() => {
+    // files one by one take channels of their own: the check does not wait
+    // beside them (a server may allow one session at a time), and the run's
+    // collect opens its own. A tar goes through a check that waits.
+    let mut check = match check {
+        Some(check) if !report.needed.is_empty() && !report.lacks.is_empty() => {
             check.end().await;
             None
         }
@@ -193,16 +193,23 @@ async fn send_what_is_missing<'s>(
         };
         let own = format!("/proc/self/fd/{}", archive.as_raw_fd());
         let reader = tokio::fs::File::open(own).await.map_err(failed)?;
-        let out = session
-            .run_script_from(
-                remote::RECEIVE,
-                "pushrun-receive",
-                &[&base, digest, &run_id, mode, format],
-                tokio::io::BufReader::with_capacity(64 * 1024, reader),
-                0,
-            )
-            .await
-            .map_err(lost)?;
+        let reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+        let args = [base.as_str(), digest, &run_id, mode, format];
+        let out = match check.take() {
+            // on the check's own channel, which then waits on
+            Some(waiting) => {
+                let (out, waiting) = waiting
+                    .receive((remote::RECEIVE_HERE, &args), reader, size)
+                    .await
+                    .map_err(lost)?;
+                check = waiting;
+                out
+            }
+            None => session
+                .run_script_from(remote::RECEIVE, "pushrun-receive", &args, reader, 0)
+                .await
+                .map_err(lost)?,
+        };
         stats.bytes_sent += size;
         stats.bytes_received += out.stdout.len() as u64;
         stats.files_sent = report.needed.len();

@@ -133,6 +133,15 @@ pub fn start_exec(args: &[&str], vars: &[(String, String)]) -> Start {
     start_text(&line, text.matches('\n').count(), &text, "pushrun-exec")
 }
 
+/// The request that makes a lingering check receive an upload of `size`
+/// bytes, sent right after it (check.sh, "Then"): the line `receive LENGTH
+/// SIZE`, then LENGTH bytes of `script` (receive.sh without lib.sh, which
+/// the check has) behind a `set --` of `args`.
+pub fn receive_request(script: &str, args: &[&str], size: u64) -> String {
+    let text = script_text(script, args, &[]);
+    format!("receive {} {size}\n{text}", text.len())
+}
+
 /// The request that makes a lingering check run the payload itself
 /// (check.sh, "Then"): the line `run NONCE COUNT`, then COUNT lines that
 /// set run.sh's arguments (`args`) and `pushrun_env`, the exports of

@@ -76,7 +76,16 @@
 # With pushrun_linger set, the answer has the line "runs" (before
 # "checked") where this check may run the payload itself (it leads its
 # process group: not under dropbear), and a check that went well then
-# removes its lock and reads one line:
+# removes its lock and reads one line, which may be, first:
+#   "receive LENGTH SIZE", then LENGTH bytes of receive.sh's text (without
+#     lib.sh, which this check has; "set --" with its arguments first): it
+#     prints "receiving", then reads the upload, SIZE bytes, which the
+#     initiator sends only then, and does receive.sh's work in a subshell that
+#     reads exactly those bytes (the rest of them are read and dropped when
+#     it ends early), prints what receive.sh prints, then "received RC" (its
+#     exit code), and reads one line again (a cold run's files come on this
+#     channel too: no login shell and bootstrap of their own);
+#   then one of:
 #   "collect" (the run, on a channel of its own, has ended): it prints the
 #     frame marker on stdout and stderr and does collect.sh's work
 #     (collectlib.sh) in this same process, on this channel;
@@ -314,6 +323,9 @@ if [ "$mode" = cache ]; then
     fi
     stamp=$target/.pushrun-used-$run_id
 fi
+# a payload dir made now holds nothing to look through for damage
+target_new=
+[ -e "$target" ] || [ -L "$target" ] || target_new=1
 made_rundir=
 [ -e "$rundir" ] || made_rundir=1
 # shellcheck disable=SC2086 # the stamp and manifests dir, or nothing
@@ -356,7 +368,7 @@ if [ -n "$owner" ]; then
     me_boot=${owner#* } && me_boot=${me_boot%% *}
     spawn_guard
 fi
-if [ "$mode" = cache ]; then
+if [ "$mode" = cache ] && [ -z "$target_new" ]; then
     # anything but files and dirs in the cached payload is damage: a
     # symlinked dir would make files elsewhere pass as cached, and a repair
     # write through it (gone, what was under it is needed again)
@@ -868,13 +880,53 @@ run_here() {
     collect_main "$BASE" "$run_id"
 }
 
-next=
-IFS= read -r next || leave
-case $next in
-    collect)
-        frame
-        collect_main "$BASE" "$run_id"
-        ;;
-    'run '*) run_here ;;
-esac
-leave
+# "receive LENGTH SIZE" (see the top): the upload's files, received by
+# receive.sh's text in a subshell (its exits and traps its own) whose stdin
+# is exactly SIZE bytes of this one's
+receive_here() {
+    set -f
+    # shellcheck disable=SC2086 # three words, no globbing
+    set -- $next
+    set +f
+    length=${2:-} size=${3:-}
+    case $length in '' | *[!0-9]*) leave ;; esac
+    case $size in '' | *[!0-9]*) leave ;; esac
+    # the text ends with a newline, which $(...) drops (LC_ALL=C: ${#}
+    # counts bytes): one byte fewer, or it was cut short
+    text=$(head -c "$length") || leave
+    [ "${#text}" -eq $((length - 1)) ] || leave
+    # the upload comes only now (busybox's head reads a pipe ahead, as the
+    # shell does: nothing may follow what it reads until it has ended)
+    echo receiving
+    head -c "$size" | {
+        (eval "$text")
+        rc=$?
+        # what the receive left of the upload (an end it did not need to
+        # read, at most a block, or after a failure the rest), so that the
+        # next word is read where it starts
+        if [ "$rc" = 0 ]; then
+            while IFS= read -r rest; do :; done
+        else
+            cat >/dev/null
+        fi
+        printf 'received %s\n' "$rc"
+    }
+}
+
+while :; do
+    next=
+    IFS= read -r next || leave
+    case $next in
+        'receive '*) receive_here ;;
+        collect)
+            frame
+            collect_main "$BASE" "$run_id"
+            leave
+            ;;
+        'run '*)
+            run_here
+            leave
+            ;;
+        *) leave ;;
+    esac
+done

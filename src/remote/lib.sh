@@ -258,11 +258,16 @@ base_recheck() {
 base_check() { # [STAT]
     [ -L "$BASE" ] && fail 3 "$BASE is a symlink: refusing to use it"
     [ -d "$BASE" ] || fail 3 "$BASE is not a directory: refusing to use it"
+    # this process found it so already (a check that receives or collects
+    # on its own channel): once ours and 0700 in a temp dir that is sticky
+    # (or not writable by others), no one else can put another in its place
+    [ "${base_checked:-}" != "$uid $BASE" ] || return 0
     st=${1:-}
     [ -n "$st" ] || st=$(stat -c '%u %a' "$BASE" 2>/dev/null) || fail 3 "cannot stat $BASE"
     owner=${st%% *} perm=${st#* }
     [ "$owner" = "$uid" ] || fail 3 "$BASE is owned by uid $owner, not $uid: refusing to use it"
     [ "$perm" = 700 ] || fail 3 "$BASE has mode $perm, not 700"
+    base_checked="$uid $BASE"
     return 0
 }
 

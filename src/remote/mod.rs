@@ -19,8 +19,8 @@ mod line;
 mod sudo;
 
 pub use boot::{
-    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, run_request, skip_login, start,
-    start_exec, start_gated, start_pty,
+    AfterFrame, FRAME_START, FrameScan, LoginNoise, Start, receive_request, run_request,
+    skip_login, start, start_exec, start_gated, start_pty,
 };
 pub use line::{SUDO_PROMPT, SudoVia, plain_words, sh_quote, sudo_boot};
 pub use sudo::{SudoCheck, parse_sudo_check};
@@ -47,6 +47,9 @@ pub const CHECK_LINGER: &str = concat!(
 );
 /// Receives a tar.gz of payload files, verifies and installs them.
 pub const RECEIVE: &str = concat!(script!("lib.sh"), script!("receive.sh"));
+/// [`RECEIVE`] without lib.sh: what a lingering check, which has lib.sh,
+/// is sent to receive an upload on its own channel (check.sh, "Then").
+pub const RECEIVE_HERE: &str = script!("receive.sh");
 /// Runs a payload's entry point in its run dir.
 pub const RUN: &str = concat!(
     script!("lib.sh"),

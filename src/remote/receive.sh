@@ -124,7 +124,9 @@ expect=$stage.expect # beside the stage, so that it can be renamed whole
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     rc=$?
-    rm -rf "$stage" "$expect"
+    if [ -e "$stage" ] || [ -L "$stage" ] || [ -e "$expect" ] || [ -L "$expect" ]; then
+        rm -rf "$stage" "$expect"
+    fi
     # an upload cut short by a full disk, a signal or a lost connection
     # (SIGPIPE on the answer) leaves no run dir behind to pin the cache
     # (after any other failure the initiator, still there, collects it)
@@ -156,13 +158,14 @@ err=$({ [ -d "$BASE/cache" ] || mkdir -p "$BASE/cache"; } 2>&1 &&
     mkdir "$stage" "$expect" 2>&1) || write_fail "$BASE" "$err"
 
 # gzip -dc | tar -xf - (or tar alone), keeping both exit statuses (sh has
-# no pipefail) and the tail of their messages
+# no pipefail) and the tail of their messages (in a pipe: on a full disk
+# no file takes them)
 out=$(
     if [ "$format" = tar ]; then
-        (cd "$stage" && tar -xof -)
+        tar -C "$stage" -xof -
         echo "pushrun-rc tar $?"
     else
-        { gzip -dc; echo "pushrun-rc gzip $?" >&2; } | (cd "$stage" && tar -xof -)
+        { gzip -dc; echo "pushrun-rc gzip $?" >&2; } | tar -C "$stage" -xof -
         echo "pushrun-rc tar $?"
     fi 2>&1 | tail -n 20
 )
@@ -348,16 +351,31 @@ fi
 # ------------------------------------------------------------- install
 lock_take || write_fail "$BASE" "$err"
 parent=${target%/*}
-err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
+if [ ! -d "$parent" ] || [ -L "$parent" ]; then
+    err=$(mkdir -p "$parent" 2>&1) || write_fail "$parent" "$err"
+fi
 # a target that is a symlink is damage (its files would land where it
 # points), and so is a symlink inside it (a file renamed into place below
-# it would): removed, never written through
+# it would): removed, never written through. One with no entry at all (the
+# check made it) needs no look inside.
 [ ! -L "$target" ] || rm -f "$target"
-find "$target" -mindepth 1 ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
-if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then
+empty=1
+for f in "$target"/* "$target"/.[!.]* "$target"/..?*; do
+    if [ -e "$f" ] || [ -L "$f" ]; then
+        empty=
+        break
+    fi
+done
+if [ -z "$empty" ]; then
+    find "$target" -mindepth 1 ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
+    [ -n "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ] || empty=1
+fi
+if [ -n "$empty" ]; then
     # no file there yet: the whole stage goes into place by one rename
-    err=$({ rm -rf "$target" && mv -f "$stage" "$target"; } 2>&1) ||
-        write_fail "$parent" "$err"
+    if [ -e "$target" ] || [ -L "$target" ]; then
+        err=$(rm -rf "$target" 2>&1) || write_fail "$parent" "$err"
+    fi
+    err=$(mv -f "$stage" "$target" 2>&1) || write_fail "$parent" "$err"
 else
     # some files are there (in use by runs): rename each new file over its
     # old copy; every rename is atomic. That needs no lock (the lock keeps
@@ -379,6 +397,9 @@ else
     set +f
     IFS=$saved_ifs
 fi
-lock_release
+# the lock and the expect dir go by one process (the stage is in place)
+if [ -n "$lock_held" ]; then
+    lock_release "$expect"
+fi
 printf 'installed %s\n' "$n"
 exit 0

@@ -3,7 +3,7 @@
 //! the run has ended): one channel, login shell and bootstrap fewer per
 //! payload run.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::Session;
@@ -74,6 +74,82 @@ impl<'s> Lingering<'s> {
             stdout: self.stdout.map(AfterFrame::new),
             stderr: self.stderr.map(AfterFrame::new),
         }
+    }
+
+    /// Sends the upload `upload` (`size` bytes) to the script, which
+    /// receives it with `script` and `args` (check.sh's "receive") and then
+    /// stays: the request and the script's text first, the upload once the
+    /// script says "receiving" (it has read the text). Returns what the
+    /// script printed and its exit code (from the line "received RC", which
+    /// is not in `stdout`), and the script, still waiting, when it went
+    /// well; else (it failed, ended, or the upload could not be sent whole)
+    /// the script is ended, and its output, error output and exit code are
+    /// returned.
+    pub async fn receive<R: AsyncBufRead + Unpin>(
+        mut self,
+        (script, args): (&str, &[&str]),
+        upload: R,
+        size: u64,
+    ) -> Result<(ScriptOutput, Option<Lingering<'s>>), openssh::Error> {
+        let started = Instant::now();
+        let request = remote::receive_request(script, args, size);
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        let mut sent = false;
+        let mut answer = Vec::new();
+        if let (Some(w), Some(r)) = (stdin.as_mut(), stdout.as_mut()) {
+            let asked = w.write_all(request.as_bytes()).await.is_ok() && w.flush().await.is_ok();
+            if asked && read_line_to(r, &mut answer, b"receiving").await {
+                answer.clear();
+                let send = async {
+                    // in the reader's own pieces (a 64 KiB buffer: a write
+                    // to the master's socket each, not one per 8 KiB)
+                    let copied = tokio::io::copy_buf(&mut upload.take(size), w).await;
+                    copied.is_ok_and(|n| n == size) && w.flush().await.is_ok()
+                };
+                let read = read_line_to(r, &mut answer, b"received ");
+                (sent, _) = tokio::join!(send, read);
+            }
+        }
+        let stdout_done = started.elapsed();
+        let code = answer_ends_with(&answer, b"received ")
+            .then(|| {
+                let body = &answer[..answer.len() - 1];
+                let from = body
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |at| at + 1);
+                let code = std::str::from_utf8(&body[from + b"received ".len()..])
+                    .ok()
+                    .and_then(|c| c.parse::<i32>().ok());
+                answer.truncate(from);
+                code
+            })
+            .flatten();
+        if sent && code == Some(0) {
+            let output = ScriptOutput {
+                code,
+                stdout: answer,
+                stdout_done,
+                stderr: Vec::new(),
+            };
+            return Ok((output, Some(self)));
+        }
+        // it failed, ended or was cut short: what it said (its error output
+        // too), and how it ended (the receive's code where it said it)
+        let (stderr, ended) = self.drain(ANSWER_MARGIN).await;
+        let code = match code {
+            Some(code) => Some(code),
+            None => ended?,
+        };
+        Ok((
+            ScriptOutput {
+                code,
+                stdout: answer,
+                stdout_done,
+                stderr,
+            },
+            None,
+        ))
     }
 
     /// Writes `request` (check.sh's "run": its line and the lines it
@@ -166,6 +242,24 @@ impl Session {
             },
             None,
         ))
+    }
+}
+
+/// Reads `r` into `answer` until it ends with a whole line that starts
+/// with `last` (true), its end, or [`ANSWER_MARGIN`] bytes (false).
+async fn read_line_to<R: AsyncRead + Unpin>(r: &mut R, answer: &mut Vec<u8>, last: &[u8]) -> bool {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        if answer_ends_with(answer, last) {
+            return true;
+        }
+        if answer.len() > ANSWER_MARGIN {
+            return false;
+        }
     }
 }
 

@@ -226,6 +226,62 @@ fn a_wrong_password_fails_that_host_once_without_retries() {
     );
 }
 
+/// Through sudo the run has a channel of its own beside the check that
+/// waits to collect; a server that allows one session at a time
+/// (`MaxSessions 1`) refuses it: the check steps aside, the run's channel
+/// is opened again and the collect gets its own. Cold (the upload went
+/// through the check) and warm; the results come back and no run dir stays.
+#[test]
+fn sudo_payloads_run_on_a_server_that_allows_one_session_at_a_time() {
+    if skip() {
+        return;
+    }
+    let hosts = TestHosts::start_with(&[HostOpts {
+        sudo: Sudo::NoPasswd,
+        one_session: true,
+        ..HostOpts::default()
+    }]);
+    let inv = inventory(&hosts, "one.yaml", &[("one", 0, &[])]);
+    let (payload, results) = payload_and_results(
+        &hosts,
+        "#!/bin/sh\nid -u > \"$PUSHRUN_OUT/uid\"\necho ran\n",
+    );
+    for round in ["cold", "warm"] {
+        let run = exec(
+            &hosts,
+            &inv,
+            &[
+                "--persist",
+                "0",
+                "--become",
+                "--payload",
+                &payload,
+                "--results",
+                &results,
+            ],
+            "",
+        );
+        assert_eq!(run.code, 0, "{round}: {}", run.all());
+        assert_eq!(run.lines_of("one"), ["ran"], "{round}: {}", run.all());
+        let uid = std::fs::read_to_string(Path::new(&results).join("latest/one/out/uid")).unwrap();
+        assert_eq!(uid, "0\n", "{round}");
+        let user = hosts.test_user();
+        let left = hosts.ssh_with(0, &["-l", &user], &format!("ls /tmp/.pushrun-{user}/runs"));
+        assert_eq!(
+            String::from_utf8_lossy(&left.stdout),
+            "",
+            "{round}: run dirs left"
+        );
+    }
+    // the run's channel was refused beside the waiting check, each round
+    let refused = hosts
+        .log(0)
+        .lines()
+        .filter(|l| l.contains("no more sessions"))
+        .count();
+    assert!(refused >= 2, "{}", hosts.log(0));
+}
+
 #[test]
 fn sudo_without_a_password_runs_commands_and_payloads_as_root() {
     if skip() {

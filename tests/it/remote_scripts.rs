@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 
 // exactly the text pushrun sends: lib.sh followed by the script
 use pushrun::remote::{
-    CHECK, CHECK_LINGER, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RUN, run_request,
+    CHECK, CHECK_LINGER, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RECEIVE_HERE, RUN,
+    receive_request, run_request,
 };
 
 /// BASE inside a host (the login user is root).
@@ -179,6 +180,16 @@ impl Payload {
         tar_gz(&members)
     }
 
+    /// [`Payload::upload_all`] as a plain tar.
+    fn upload_plain(&self) -> Vec<u8> {
+        let expect: String = self.files.iter().map(Payload::line).collect();
+        let mut members = vec![(".pushrun-expect".to_string(), expect.into_bytes(), 0o644)];
+        for f in &self.files {
+            members.push((f.path.clone(), f.data.clone(), 0o600));
+        }
+        tar_plain(&members)
+    }
+
     fn upload(&self, paths: &[&str]) -> Vec<u8> {
         self.upload_tampered(paths, None)
     }
@@ -191,7 +202,18 @@ impl Payload {
 }
 
 fn tar_gz(members: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    tar_into(GzEncoder::new(Vec::new(), Compression::fast()), members)
+        .finish()
+        .expect("end the gzip")
+}
+
+/// A plain tar (pushrun's upload of files that do not compress).
+fn tar_plain(members: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
+    tar_into(Vec::new(), members)
+}
+
+fn tar_into<W: Write>(out: W, members: &[(String, Vec<u8>, u32)]) -> W {
+    let mut tar = tar::Builder::new(out);
     for (path, data, mode) in members {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
@@ -201,10 +223,7 @@ fn tar_gz(members: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
         tar.append_data(&mut h, path, &data[..])
             .expect("tar member");
     }
-    tar.into_inner()
-        .expect("end the tar")
-        .finish()
-        .expect("end the gzip")
+    tar.into_inner().expect("end the tar")
 }
 
 /// What a tar.gz holds: path (no "./", no trailing "/") -> what it is.
@@ -1530,12 +1549,17 @@ fn closing_stdin_kills_the_whole_run(host: &Host, tag: &str) {
 /// (check.sh, "Then": `run`): its output up to the end line with the
 /// initiator's nonce and the payload's status, then the results and the
 /// done line; the payload's environment from the request; the run dir gone.
-fn a_lingering_check_runs_the_payload_and_collects(host: &Host, tag: &str) {
-    let p = Payload::standard();
-    let run_id = format!("{tag}{}", std::process::id());
-    host.check(&p, &run_id);
-    host.receive_all(&p, &run_id);
-    let digest = p.digest();
+/// check.sh for `p` as pushrun starts one that stays (the manifest in the
+/// script, stdin kept open): the process, its stdin and its stdout.
+fn lingering_check(
+    host: &Host,
+    p: &Payload,
+    run_id: &str,
+) -> (
+    Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
     let script = format!(
         "pushrun_manifest={}\npushrun_linger=1\n{CHECK_LINGER}",
         quote(&p.manifest())
@@ -1544,10 +1568,20 @@ fn a_lingering_check_runs_the_payload_and_collects(host: &Host, tag: &str) {
         &host.launcher,
         &script,
         "pushrun-check",
-        &["/tmp", &digest, &run_id, "cache"],
+        &["/tmp", &p.digest(), run_id, "cache"],
     );
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let stdin = child.stdin.take().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, stdin, out)
+}
+
+fn a_lingering_check_runs_the_payload_and_collects(host: &Host, tag: &str) {
+    let p = Payload::standard();
+    let run_id = format!("{tag}{}", std::process::id());
+    host.check(&p, &run_id);
+    host.receive_all(&p, &run_id);
+    let digest = p.digest();
+    let (mut child, mut stdin, mut out) = lingering_check(host, &p, &run_id);
     let mut answer = Vec::new();
     loop {
         let mut line = String::new();
@@ -1621,6 +1655,116 @@ fn a_lingering_check_runs_the_payload_and_collects_under_dash() {
 #[test]
 fn a_lingering_check_runs_the_payload_and_collects_under_busybox() {
     a_lingering_check_runs_the_payload_and_collects(&Host::busybox(), "bbhere");
+}
+
+/// A cold host's lingering check (check.sh, "receive"): what it found
+/// missing comes on its own channel and it stays. An upload that is not a
+/// tar at all fails at once (the rest of it is read and dropped: the next
+/// word is read where it starts); then the upload as a plain tar and as a
+/// tar.gz (a second run's check, the same files again) each install, and
+/// the check runs the payload and collects, leaving no run dir.
+fn a_lingering_check_receives_the_upload_then_runs(host: &Host, tag: &str) {
+    let p = Payload::standard().with_added(
+        &format!("fresh {tag}.bin"),
+        &noise(70_000, tag.len() as u64),
+        false,
+    );
+    let digest = p.digest();
+    for (round, format) in [("tar", "tar"), ("gz", "gz")] {
+        let run_id = format!("{tag}{round}{}", std::process::id());
+        if round == "gz" {
+            // cold again
+            std::fs::remove_dir_all(host.local(&format!("{BASE}/cache/{digest}"))).unwrap();
+        }
+        let (mut child, mut stdin, mut out) = lingering_check(host, &p, &run_id);
+        let mut read_to = |last: &str| {
+            let mut lines = Vec::new();
+            loop {
+                let mut line = String::new();
+                assert!(out.read_line(&mut line).unwrap() > 0, "{round}: {lines:?}");
+                let end = line.starts_with(last);
+                lines.push(line);
+                if end {
+                    return lines;
+                }
+            }
+        };
+        let answer = read_to("checked ");
+        assert_eq!(answer.last().unwrap(), "checked 0\n", "{round}: {answer:?}");
+        assert_eq!(
+            answer.iter().filter(|l| l.starts_with("need ")).count(),
+            p.files.len(),
+            "{round}: {answer:?}"
+        );
+        // the upload only once the check has read the receive's text
+        let mut send = |format: &str, upload: &[u8]| {
+            let args = [BASE, &digest, &run_id, "cache", format];
+            let request = receive_request(RECEIVE_HERE, &args, upload.len() as u64);
+            stdin.write_all(request.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            assert_eq!(read_to("receiving"), ["receiving\n"], "{round}");
+            stdin.write_all(upload).unwrap();
+            stdin.flush().unwrap();
+            read_to("received ")
+        };
+        if round == "tar" {
+            let got = send("tar", &noise(100_000, 5));
+            assert_eq!(got.last().unwrap(), "received 5\n", "{got:?}");
+            assert!(
+                got[0].starts_with("error upload arrived corrupt"),
+                "{got:?}"
+            );
+        }
+        let upload = if format == "tar" {
+            p.upload_plain()
+        } else {
+            p.upload_all()
+        };
+        let got = send(format, &upload);
+        assert_eq!(
+            got,
+            [
+                format!("installed {}\n", p.files.len()),
+                "received 0\n".into()
+            ],
+            "{round}"
+        );
+        for f in &p.files {
+            assert_eq!(std::fs::read(host.cached(&p, &f.path)).unwrap(), f.data);
+        }
+        let nonce = "00112233445566778899aabbccddeeff";
+        let payload = format!("{BASE}/cache/{digest}");
+        let args = [BASE, &payload, &run_id, "web-1", "run", "4"];
+        stdin
+            .write_all(run_request(nonce, &args, &[]).as_bytes())
+            .unwrap();
+        let mut rest = Vec::new();
+        out.read_to_end(&mut rest).unwrap();
+        drop(stdin);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{round}");
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains("host=web-1\n"), "{round}: {text}");
+        assert!(
+            text.contains(&format!("pushrun-end-{nonce} 4\n")),
+            "{round}: {text}"
+        );
+        assert!(
+            text.ends_with(&format!("pushrun-done-{nonce}\n")),
+            "{round}: {text}"
+        );
+        assert!(!host.run_dir(&run_id).exists(), "{round}");
+    }
+}
+
+#[test]
+fn a_lingering_check_receives_the_upload_then_runs_under_dash() {
+    a_lingering_check_receives_the_upload_then_runs(&Host::start(), "recv");
+}
+
+#[test]
+fn a_lingering_check_receives_the_upload_then_runs_under_busybox() {
+    a_lingering_check_receives_the_upload_then_runs(&Host::busybox(), "bbrecv");
 }
 
 /// The kept exec probe busy (another run, here or on a machine sharing
