@@ -337,7 +337,9 @@ impl Feeder {
             if let Some(mut framed) = self.framed {
                 let _ = framed.wait_for(|done| *done).await;
             }
-            let _ = tokio::io::copy(&mut input, w).await;
+            // in 64 KiB pieces: a write to the master's socket each
+            let mut input = tokio::io::BufReader::with_capacity(64 * 1024, &mut input);
+            let _ = tokio::io::copy_buf(&mut input, w).await;
             let _ = w.shutdown().await;
         }
     }
