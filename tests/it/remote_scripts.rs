@@ -384,6 +384,14 @@ impl Host {
         host
     }
 
+    /// A host where the scripts run under bash in POSIX mode, as where
+    /// /bin/sh is bash (Fedora, RHEL, Arch).
+    fn bash() -> Host {
+        let mut host = Host::start();
+        host.launcher = "exec bash --posix -c".into();
+        host
+    }
+
     /// A path inside the host, as seen from here.
     fn local(&self, path: &str) -> PathBuf {
         let rest = path
@@ -1765,6 +1773,16 @@ fn a_lingering_check_receives_the_upload_then_runs_under_dash() {
 #[test]
 fn a_lingering_check_receives_the_upload_then_runs_under_busybox() {
     a_lingering_check_receives_the_upload_then_runs(&Host::busybox(), "bbrecv");
+}
+
+#[test]
+fn a_lingering_check_receives_the_upload_then_runs_under_bash() {
+    a_lingering_check_receives_the_upload_then_runs(&Host::bash(), "bashrecv");
+}
+
+#[test]
+fn a_lingering_check_runs_the_payload_and_collects_under_bash() {
+    a_lingering_check_runs_the_payload_and_collects(&Host::bash(), "bashhere");
 }
 
 /// The kept exec probe busy (another run, here or on a machine sharing
