@@ -139,8 +139,7 @@ async fn pump(
     if !m.found() {
         return;
     }
-    let (rest, inner) = m.into_rest();
-    let r = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), inner);
+    let r = m.into_stream();
     match late {
         Some((id, stream, events)) => {
             let _ = read_lines(r, false, id, stream, events).await;

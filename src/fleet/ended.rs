@@ -11,7 +11,7 @@ use memchr::memmem::Finder;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Passes `inner`'s bytes up to `marker`, then reads as ended. What came
-/// after the marker stays for [`EndMarked::into_rest`].
+/// after the marker stays for [`EndMarked::into_stream`].
 pub(super) struct EndMarked<R> {
     inner: R,
     finder: Finder<'static>,
@@ -46,9 +46,13 @@ impl<R> EndMarked<R> {
         self.found
     }
 
-    /// What came after the marker, and the stream, to be read on.
-    pub(super) fn into_rest(self) -> (Vec<u8>, R) {
-        (self.rest, self.inner)
+    /// The stream from just after the marker: what came after it, then
+    /// the rest of `inner`.
+    pub(super) fn into_stream(self) -> tokio::io::Chain<io::Cursor<Vec<u8>>, R>
+    where
+        R: AsyncRead,
+    {
+        tokio::io::AsyncReadExt::chain(io::Cursor::new(self.rest), self.inner)
     }
 
     /// Looks for the marker in what is held; marks what may go out.
@@ -122,8 +126,8 @@ mod tests {
         let mut passed = Vec::new();
         r.read_to_end(&mut passed).await.unwrap();
         let found = r.found();
-        let (mut rest, inner) = r.into_rest();
-        inner.read_to_end(&mut rest).await.unwrap();
+        let mut rest = Vec::new();
+        r.into_stream().read_to_end(&mut rest).await.unwrap();
         (passed, found, rest)
     }
 

@@ -284,7 +284,7 @@ fn nonce() -> String {
         let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
         bytes.copy_from_slice(&Sha256::digest(seed.as_bytes())[..16]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::payload::hex(&bytes)
 }
 
 /// A run's stdout and stderr on its check's channel, up to their end lines
@@ -312,12 +312,12 @@ async fn read_to_ends<O, E>(
     tokio::join!(o, e);
 }
 
-/// The end line's status ("RC" and a newline, after its marker: `held`,
-/// then `inner`), and the stream from just after it.
+/// The end line's status ("RC" and a newline: what `inner` holds from
+/// just after the end marker), and the stream from just after it.
 async fn end_line<R: tokio::io::AsyncRead + Unpin>(
-    mut held: Vec<u8>,
     mut inner: R,
 ) -> Option<(i32, tokio::io::Chain<std::io::Cursor<Vec<u8>>, R>)> {
+    let mut held = Vec::new();
     let mut buf = [0u8; 64];
     let at = loop {
         if let Some(at) = held.iter().position(|&b| b == b'\n') {
@@ -342,8 +342,7 @@ async fn end_line<R: tokio::io::AsyncRead + Unpin>(
 /// hosts sharing a `remote_tmp` (an NFS home), never share a run dir.
 pub(crate) fn host_run_id(run_id: &str, host: &Host) -> String {
     let digest = Sha256::digest(host.name.as_bytes());
-    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{run_id}-{tag}")
+    format!("{run_id}-{}", crate::payload::hex(&digest[..4]))
 }
 
 /// Removes a run dir whose run never started (best effort).
@@ -512,8 +511,9 @@ impl HostTask<'_> {
         let timeout = spec.timeout.or(job.payload.timeout());
         let run_started = Instant::now();
         let hash = looping.then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
-        // a warm host's check runs the payload and collects on its own
-        // channel (not through sudo: --become runs it as another user)
+        // the check runs the payload and collects on its own channel (not
+        // through sudo: --become runs it as another user; not under
+        // dropbear, whose sessions lead no process group: `runs`)
         let (end, source) = match check {
             Some(c) if runs && self.sudo.is_none() => {
                 self.run_on_check(c, &args, &env, hash.clone(), timeout)
@@ -650,14 +650,11 @@ impl HostTask<'_> {
         let _ = tokio::time::timeout(END_WAIT, ended).await;
         let stopped = matches!(early, CommandEnd::TimedOut | CommandEnd::Converged);
         let out_end = match out {
-            Some(r) if r.found() => {
-                let (rest, inner) = r.into_rest();
-                end_line(rest, inner).await
-            }
+            Some(r) if r.found() => end_line(r.into_stream()).await,
             _ => None,
         };
-        let err_end = err.filter(EndMarked::found).map(EndMarked::into_rest);
-        let (Some((rc, out_rest)), Some((err_rest, err_inner))) = (out_end, err_end) else {
+        let err_rest = err.filter(EndMarked::found).map(EndMarked::into_stream);
+        let (Some((rc, out_rest)), Some(err_rest)) = (out_end, err_rest) else {
             // no end line: the check itself ended (or the connection did)
             let end = match self.session.lost().await {
                 Some(why) => CommandEnd::Lost(why),
@@ -683,7 +680,7 @@ impl HostTask<'_> {
         let here = Here {
             child,
             stdout: Box::new(out_rest),
-            stderr: Box::new(std::io::Cursor::new(err_rest).chain(err_inner)),
+            stderr: Box::new(err_rest),
             done: format!("pushrun-done-{nonce}\n").into_bytes(),
         };
         (end, Source::Here(Box::new(here)))

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt};
 use tokio_util::io::SyncIoBridge;
 
 use super::collect::{CollectError, Sink, stream};
@@ -102,7 +102,7 @@ async fn put_one(
         .payload
         .file_source(path)
         .ok_or_else(|| failed(format!("{path} is not in the payload")))?;
-    let input: Box<dyn AsyncRead + Unpin + Send> = match source {
+    let input: Box<dyn AsyncBufRead + Unpin + Send> = match source {
         FileSource::Embedded(bytes) => Box::new(bytes),
         FileSource::Disk(p) => {
             let file = tokio::fs::File::open(p)
@@ -245,12 +245,7 @@ fn append_entries<W: Write>(
         if content.count != size {
             return Err(format!("{shown}: the results stream was cut short"));
         }
-        let got: String = content
-            .hash
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let got = crate::payload::hex(&content.hash.finalize());
         let line = read_line(&mut input)?;
         if line.strip_prefix("sum ") != Some(got.as_str()) {
             return Err(format!("{shown} changed while it was collected"));
@@ -310,10 +305,7 @@ mod tests {
     use super::*;
 
     fn sum(bytes: &[u8]) -> String {
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::payload::hex(&Sha256::digest(bytes))
     }
 
     fn unpack(gz: &[u8]) -> Vec<(String, tar::EntryType, u32, Vec<u8>)> {

@@ -61,10 +61,7 @@ fn parts(archive: impl Read) -> Result<Parts, String> {
         } else if kind.is_file() {
             let mut content = Vec::new();
             entry.read_to_end(&mut content).map_err(bad)?;
-            let sum = Sha256::digest(&content)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let sum = crate::payload::hex(&Sha256::digest(&content));
             p.files.push((mode, sum, name, content));
         }
     }

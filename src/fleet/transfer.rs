@@ -264,7 +264,7 @@ impl HostTask<'_> {
     async fn transfer(
         &mut self,
         script: (&str, &str, &[String]),
-        input: impl tokio::io::AsyncRead + Unpin,
+        input: impl tokio::io::AsyncBufRead + Unpin,
         limit: u64,
         timeout: Option<Duration>,
     ) -> Result<Answer, Cut> {
@@ -276,7 +276,7 @@ impl HostTask<'_> {
     async fn transfer_to(
         &mut self,
         script: (&str, &str, &[String]),
-        mut input: impl tokio::io::AsyncRead + Unpin,
+        mut input: impl tokio::io::AsyncBufRead + Unpin,
         limit: u64,
         timeout: Option<Duration>,
         pass_on: bool,

@@ -139,7 +139,7 @@ pub(super) fn normal_mode(mode: u32) -> u32 {
 }
 
 /// Lowercase hex of `bytes`, as the manifest spells a sha256.
-pub(super) fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

@@ -36,7 +36,8 @@ pub use archive::{FileSource, is_gzip};
 pub use manifest::{ManifestEntry, parse_manifest};
 
 use config::{CONFIG_NAME, Settings, settle};
-use manifest::{hash_file, hex, normal_mode};
+pub(crate) use manifest::hex;
+use manifest::{hash_file, normal_mode};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_payload.rs"));
 

@@ -147,17 +147,8 @@ pub fn receive_request(script: &str, args: &[&str], size: u64) -> String {
 /// set run.sh's arguments (`args`) and `pushrun_env`, the exports of
 /// `vars`, which only the payload's process evaluates.
 pub fn run_request(nonce: &str, args: &[&str], vars: &[(String, String)]) -> String {
-    let mut exports = String::new();
-    for (k, v) in vars {
-        exports.push_str(&format!("export {k}={}\n", sh_quote(v)));
-    }
-    let mut text = String::from("set --");
-    for a in args {
-        text.push(' ');
-        text.push_str(&sh_quote(a));
-    }
-    text.push('\n');
-    text.push_str(&format!("pushrun_env={}\n", sh_quote(&exports)));
+    let mut text = script_text("", args, &[]);
+    text.push_str(&format!("pushrun_env={}\n", sh_quote(&exports(vars))));
     format!("run {nonce} {}\n{text}", text.matches('\n').count())
 }
 
@@ -191,12 +182,18 @@ fn start_with(
     start_text(boot, text.len(), &text, name)
 }
 
-/// The script with its exports and arguments ahead of it, ending in a newline.
-fn script_text(script: &str, args: &[&str], vars: &[(String, String)]) -> String {
+/// `export NAME='VALUE'` lines for `vars`, for the shell.
+fn exports(vars: &[(String, String)]) -> String {
     let mut text = String::new();
     for (k, v) in vars {
         text.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
+    text
+}
+
+/// The script with its exports and arguments ahead of it, ending in a newline.
+fn script_text(script: &str, args: &[&str], vars: &[(String, String)]) -> String {
+    let mut text = exports(vars);
     text.push_str("set --");
     for a in args {
         text.push(' ');

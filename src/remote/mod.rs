@@ -36,8 +36,9 @@ pub const BECOME: &str = script!("become.sh");
 /// Prepares the host's pushrun dir and lists payload files missing or wrong.
 pub const CHECK: &str = concat!(script!("lib.sh"), script!("check.sh"));
 /// [`CHECK`] for a check that stays on its channel once it has answered
-/// (`pushrun_linger`), to run the payload and collect there, or to collect
-/// after a run on a channel of its own (check.sh: "Then").
+/// (`pushrun_linger`), to take the upload, run the payload and collect
+/// there, or to collect after a run on a channel of its own (check.sh:
+/// "Then").
 pub const CHECK_LINGER: &str = concat!(
     script!("lib.sh"),
     script!("plain-out.sh"),

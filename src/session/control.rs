@@ -82,12 +82,7 @@ fn included_digest(text: &str) -> String {
             digest.update(std::fs::read(file).unwrap_or_default());
         }
     }
-    digest
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::payload::hex(&digest.finalize()[..16])
 }
 
 /// The cheap key exchanges, best first: ML-KEM's hybrid (post-quantum, and

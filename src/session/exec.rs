@@ -147,7 +147,7 @@ impl Session {
         script: &str,
         name: &str,
         args: &[&str],
-        input: impl tokio::io::AsyncRead + Unpin,
+        input: impl tokio::io::AsyncBufRead + Unpin,
         asked: usize,
     ) -> Result<ScriptOutput, openssh::Error> {
         let started = tokio::time::Instant::now();
@@ -330,15 +330,15 @@ impl Feeder {
     /// Writes the preamble, waits for the frame marker, copies `input` and
     /// closes stdin. A script that stops reading early says why on its own,
     /// so write errors are not the answer.
-    pub async fn feed(mut self, mut input: impl tokio::io::AsyncRead + Unpin) {
+    pub async fn feed(mut self, mut input: impl tokio::io::AsyncBufRead + Unpin) {
         use tokio::io::AsyncWriteExt;
         self.send_first().await;
         if let Some(w) = self.stdin.as_mut() {
             if let Some(mut framed) = self.framed {
                 let _ = framed.wait_for(|done| *done).await;
             }
-            // in 64 KiB pieces: a write to the master's socket each
-            let mut input = tokio::io::BufReader::with_capacity(64 * 1024, &mut input);
+            // in the input's own pieces (a file's 64 KiB buffer: a write to
+            // the master's socket each)
             let _ = tokio::io::copy_buf(&mut input, w).await;
             let _ = w.shutdown().await;
         }

@@ -98,7 +98,7 @@ impl<'s> Lingering<'s> {
         let mut answer = Vec::new();
         if let (Some(w), Some(r)) = (stdin.as_mut(), stdout.as_mut()) {
             let asked = w.write_all(request.as_bytes()).await.is_ok() && w.flush().await.is_ok();
-            if asked && read_line_to(r, &mut answer, b"receiving").await {
+            if asked && read_line_to(r, &mut answer, b"receiving", ANSWER_MARGIN).await {
                 answer.clear();
                 let send = async {
                     // in the reader's own pieces (a 64 KiB buffer: a write
@@ -106,25 +106,22 @@ impl<'s> Lingering<'s> {
                     let copied = tokio::io::copy_buf(&mut upload.take(size), w).await;
                     copied.is_ok_and(|n| n == size) && w.flush().await.is_ok()
                 };
-                let read = read_line_to(r, &mut answer, b"received ");
+                let read = read_line_to(r, &mut answer, b"received ", ANSWER_MARGIN);
                 (sent, _) = tokio::join!(send, read);
             }
         }
         let stdout_done = started.elapsed();
-        let code = answer_ends_with(&answer, b"received ")
-            .then(|| {
-                let body = &answer[..answer.len() - 1];
-                let from = body
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |at| at + 1);
-                let code = std::str::from_utf8(&body[from + b"received ".len()..])
+        // the receive's code, on the last line (which is not its output)
+        let code = match last_line(&answer) {
+            Some((from, line)) if line.starts_with(b"received ") => {
+                let code = std::str::from_utf8(&line[b"received ".len()..])
                     .ok()
                     .and_then(|c| c.parse::<i32>().ok());
                 answer.truncate(from);
                 code
-            })
-            .flatten();
+            }
+            _ => None,
+        };
         if sent && code == Some(0) {
             let output = ScriptOutput {
                 code,
@@ -197,24 +194,10 @@ impl Session {
         let stdin = feeder.first_only().await;
         let max = asked.saturating_add(ANSWER_MARGIN);
         let mut answer = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut whole = false;
-        if let Some(r) = stdout.as_mut() {
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => answer.extend_from_slice(&buf[..n]),
-                }
-                if answer.len() > max {
-                    answer.truncate(max);
-                    break;
-                }
-                if answer_ends_with(&answer, last) {
-                    whole = true;
-                    break;
-                }
-            }
-        }
+        let whole = match stdout.as_mut() {
+            Some(r) => read_line_to(r, &mut answer, last, max).await,
+            None => false,
+        };
         let stdout_done = started.elapsed();
         let script = Lingering {
             child,
@@ -246,33 +229,44 @@ impl Session {
 }
 
 /// Reads `r` into `answer` until it ends with a whole line that starts
-/// with `last` (true), its end, or [`ANSWER_MARGIN`] bytes (false).
-async fn read_line_to<R: AsyncRead + Unpin>(r: &mut R, answer: &mut Vec<u8>, last: &[u8]) -> bool {
-    let mut buf = vec![0u8; 4096];
+/// with `last` (true), or its end or more than `max` bytes (false; what is
+/// kept is cut to `max`).
+async fn read_line_to<R: AsyncRead + Unpin>(
+    r: &mut R,
+    answer: &mut Vec<u8>,
+    last: &[u8],
+    max: usize,
+) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return false,
             Ok(n) => answer.extend_from_slice(&buf[..n]),
         }
+        if answer.len() > max {
+            answer.truncate(max);
+            return false;
+        }
         if answer_ends_with(answer, last) {
             return true;
-        }
-        if answer.len() > ANSWER_MARGIN {
-            return false;
         }
     }
 }
 
-/// Whether `answer` ends with a whole line that starts with `last`.
-fn answer_ends_with(answer: &[u8], last: &[u8]) -> bool {
-    let Some(body) = answer.strip_suffix(b"\n") else {
-        return false;
-    };
-    let line_start = body
+/// The last line of `answer` when it ends with a newline: where it starts,
+/// and the line without its newline.
+fn last_line(answer: &[u8]) -> Option<(usize, &[u8])> {
+    let body = answer.strip_suffix(b"\n")?;
+    let start = body
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |at| at + 1);
-    body[line_start..].starts_with(last)
+    Some((start, &body[start..]))
+}
+
+/// Whether `answer` ends with a whole line that starts with `last`.
+fn answer_ends_with(answer: &[u8], last: &[u8]) -> bool {
+    last_line(answer).is_some_and(|(_, line)| line.starts_with(last))
 }
 
 #[cfg(test)]

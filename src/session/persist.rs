@@ -78,13 +78,8 @@ impl PersistDir {
             digest.update([0]);
         }
         digest.update(config.as_bytes());
-        let hex: String = digest
-            .finalize()
-            .iter()
-            .take(10)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.path.join(hex)
+        self.path
+            .join(crate::payload::hex(&digest.finalize()[..10]))
     }
 
     /// Removes the lock files of sockets that are gone (left by masters
