@@ -102,8 +102,8 @@
 #     out.
 #   anything else, or the end of stdin: it exits 0, the run dir left to
 #     whoever holds it (run.sh, a collect of its own, the guard).
-# This saves a warm run the run's and the collect's channels, login
-# shells and bootstraps.
+# This saves a run the upload's, the run's and the collect's channels,
+# login shells and bootstraps.
 
 umask 077
 LC_ALL=C
@@ -839,10 +839,7 @@ run_here() {
     frame
     # from here every way out removes the run dir; the watcher's TERM
     # (a timeout, or the initiator gone) is caught: it ends the payload
-    trap collect_cleanup EXIT
-    trap 'exit 129' HUP
-    trap 'exit 130' INT
-    trap 'exit 141' PIPE
+    trap_cleanup collect_cleanup
     termed=
     trap 'termed=1' TERM
     pushrun_env=

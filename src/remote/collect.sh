@@ -3,9 +3,9 @@
 # remove the run's directory.
 #
 # Invoked as: pushrun-collect BASE RUN_ID
-#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs; on
-#   a warm host the run's check does the same, collectlib.sh's collect_main,
-#   on its own channel: check.sh, "Then")
+#   (sent on stdin behind the fixed bootstrap line: src/remote/boot.rs; a
+#   check that stays on its channel does the same, collectlib.sh's
+#   collect_main, there: check.sh, "Then")
 #   BASE    the absolute BASE that check.sh printed
 #   RUN_ID  the run's id
 # stdin: not read.

@@ -24,8 +24,9 @@
 # Exit code: the entry point's (126 not executable, 127 not found, 128+N
 # killed by signal N); 125 when the run cannot start (bad arguments, no run
 # directory), with a message on stderr.
-# A warm host's check runs the payload itself instead, on its own channel
-# (check.sh, "Then"), with the same functions (runlib.sh).
+# A check that stays on its channel runs the payload itself instead, there
+# (check.sh, "Then"), with the same functions (runlib.sh); this runs it
+# where that check cannot (through sudo, under dropbear) or did not stay.
 
 run_enter "$@" || exit 125
 shift 5

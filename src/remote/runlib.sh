@@ -40,6 +40,18 @@ give_back() {
     fi
 }
 
+# The watcher's last step, once the run's processes are gone: after "stop"
+# the run dir stays for the collect (handed back, its .stopping removed),
+# otherwise it goes.
+run_release() {
+    if [ -n "$keep" ]; then
+        give_back
+        rm -f "$rundir/.stopping"
+    else
+        rm -rf "$rundir"
+    fi
+}
+
 # Starts the watcher (its pid: watcher). It reads stdin: a line "stop" (a
 # timeout) ends the run and keeps its directory for the collect, which
 # waits until the processes are gone (BASE/runs/RUN_ID/.stopping); the end
@@ -109,12 +121,7 @@ run_watch() {
             # no /proc: exec.sh's way, the run dir removed before the KILL
             # that ends this watcher too
             sleep 2
-            if [ -n "$keep" ]; then
-                give_back
-                rm -f "$rundir/.stopping"
-            else
-                rm -rf "$rundir"
-            fi
+            run_release
             kill -KILL -"$pg"
         fi
         # a grace period of 2 s, cut short once everything is gone
@@ -131,12 +138,7 @@ run_watch() {
             rounds=$((rounds + 1))
             nap
         done
-        if [ -n "$keep" ]; then
-            give_back
-            rm -f "$rundir/.stopping"
-        else
-            rm -rf "$rundir"
-        fi
+        run_release
     ) >/dev/null 2>&1 &
     # shellcheck disable=SC2034 # for the caller
     watcher=$!

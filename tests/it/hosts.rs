@@ -194,7 +194,7 @@ fn collector_timeout_and_clean(
             ("pushrun.yaml", b"timeout: 1\n", false),
         ],
     );
-    // cold (the run on a channel of its own), then warm (on its check's)
+    // cold (the upload, then the run, on the check's channel), then warm
     for round in ["cold", "warm"] {
         let res = path(&format!("slow-{round}"));
         let run = exec(hosts, inv, &["--payload", &s(&slow), "--results", &s(&res)]);

@@ -345,10 +345,9 @@ fn two_runs_at_once_with_the_same_and_a_different_payload_do_not_corrupt_each_ot
     }
 }
 
-/// Stops pushrun with `signal` while the payload runs: on a cold host (the
-/// run on a channel of its own) and, with `warm`, on a warm one (the run on
-/// its check's channel: the payload was run once before, cut short by a
-/// timeout).
+/// Stops pushrun with `signal` while the payload runs, on the check's
+/// channel: on a cold host (after the upload there) and, with `warm`, on a
+/// warm one (the payload was run once before, cut short by a timeout).
 fn stop_mid_run(signal: i32, warm: bool) {
     let hosts = TestHosts::start(1);
     let scratch = Scratch::new();
@@ -729,7 +728,7 @@ fn a_server_that_allows_one_session_at_a_time_still_runs_payloads() {
     payload_rounds(&hosts, &["cold", "warm", "warm again"], |_| {});
 }
 
-/// On a warm host the check runs the payload on its own channel, which then
+/// The check runs the payload on its own channel, cold or warm, which then
 /// carries the results: output that looks like the end line (another
 /// nonce), a last line without a newline, stderr, the exit status, and what
 /// a process the payload left running prints after it has ended all come
