@@ -198,10 +198,7 @@ async fn send_what_is_missing<'s>(
         let out = match check.take() {
             // on the check's own channel, which then waits on
             Some(waiting) => {
-                let (out, waiting) = waiting
-                    .receive((remote::RECEIVE_HERE, &args), reader, size)
-                    .await
-                    .map_err(lost)?;
+                let (out, waiting) = waiting.receive(format, reader, size).await.map_err(lost)?;
                 check = waiting;
                 out
             }

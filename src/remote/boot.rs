@@ -134,12 +134,11 @@ pub fn start_exec(args: &[&str], vars: &[(String, String)]) -> Start {
 }
 
 /// The request that makes a lingering check receive an upload of `size`
-/// bytes, sent right after it (check.sh, "Then"): the line `receive LENGTH
-/// SIZE`, then LENGTH bytes of `script` (receive.sh without lib.sh, which
-/// the check has) behind a `set --` of `args`.
-pub fn receive_request(script: &str, args: &[&str], size: u64) -> String {
-    let text = script_text(script, args, &[]);
-    format!("receive {} {size}\n{text}", text.len())
+/// bytes in `format` (receive.sh's FORMAT, `gz` or `tar`), sent right
+/// after it (check.sh, "Then"): the line `receive SIZE FORMAT`. The check
+/// has receive.sh's work already, and its own BASE, digest, run id and mode.
+pub fn receive_request(size: u64, format: &str) -> String {
+    format!("receive {size} {format}\n")
 }
 
 /// The request that makes a lingering check run the payload itself

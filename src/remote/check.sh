@@ -15,8 +15,8 @@
 #   pushrun-manifest 1
 #   <sha256 hex> <755|644> <size> <path>        (one line per payload file)
 # or, when the script text sets pushrun_manifest (the manifest's text) and
-# pushrun_linger (and the script has collectlib.sh and runlib.sh before
-# it), the check stays once it has answered (see "Then" below) and stdin
+# pushrun_linger (and the script has receivelib.sh, collectlib.sh and
+# runlib.sh before it), the check stays once it has answered (see "Then" below) and stdin
 # is what the initiator says next.
 #
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
@@ -77,14 +77,14 @@
 # "checked") where this check may run the payload itself (it leads its
 # process group: not under dropbear), and a check that went well then
 # removes its lock and reads one line, which may be, first:
-#   "receive LENGTH SIZE", then LENGTH bytes of receive.sh's text (without
-#     lib.sh, which this check has; "set --" with its arguments first): it
-#     prints "receiving", then reads the upload, SIZE bytes, which the
-#     initiator sends only then, and does receive.sh's work in a subshell that
-#     reads exactly those bytes (the rest of them are read and dropped when
-#     it ends early), prints what receive.sh prints, then "received RC" (its
-#     exit code), and reads one line again (a cold run's files come on this
-#     channel too: no login shell and bootstrap of their own);
+#   "receive SIZE FORMAT" (FORMAT: receive.sh's), then the upload, SIZE
+#     bytes: it does receive.sh's work (receivelib.sh, which this script
+#     has with the others) on this check's BASE, digest, run id and mode in
+#     a subshell that reads exactly those bytes (the rest of them are read
+#     and dropped when it ends early), prints what receive.sh prints, then
+#     "received RC" (its exit code), and reads one line again (a cold run's
+#     files come on this channel too: no login shell and bootstrap of their
+#     own, and no round trip before them);
 #   then one of:
 #   "collect" (the run, on a channel of its own, has ended): it prints the
 #     frame marker on stdout and stderr and does collect.sh's work
@@ -171,7 +171,7 @@ cleanup() {
 # warm run): they are beside the run's out dir, never in it.
 tidy() {
     [ -n "${1:-}" ] ||
-        rm -f "$work.list" "$work.sums" "$work.result" "$work.hashes" "$work.src" "$work.miss" "$work.man"
+        rm -f "$work.list" "$work.sums" "$work.result" "$work.hashes" "$work.src" "$work.miss"
     [ -z "${seed:-}" ] || { [ ! -e "$seed" ] && [ ! -L "$seed" ]; } || rm -rf "$seed"
     lock_release ${stamp:+"$stamp"}
 }
@@ -313,23 +313,25 @@ lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
 for d in "$BASE/cache" "$BASE/runs" "$BASE/manifests" "$BASE/owners" "$rundir"; do
     [ ! -L "$d" ] || rm -f "$d"
 done
-# In cache mode the payload's directory is made with the rest, and its
-# mtime records its last use (for eviction): a directory made in it now,
-# and removed with the lock (no process of its own), marks it used.
+# In cache mode the mtime of the payload's directory records its last use
+# (for eviction): a directory made in it now, and removed with the lock
+# (no process of its own), marks it used. One that is not there yet is
+# left to the upload to make (its mtime is then new).
 stamp=
 if [ "$mode" = cache ]; then
     if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then
         rm -f "$target"
     fi
-    stamp=$target/.pushrun-used-$run_id
 fi
-# a payload dir made now holds nothing to look through for damage
 target_new=
 [ -e "$target" ] || [ -L "$target" ] || target_new=1
+[ "$mode" != cache ] || [ -n "$target_new" ] || stamp=$target/.pushrun-used-$run_id
 made_rundir=
 [ -e "$rundir" ] || made_rundir=1
-# shellcheck disable=SC2086 # the stamp and manifests dir, or nothing
-err=$(mkdir -p "$BASE/cache" "$BASE/runs" "$rundir/out" ${stamp:+"$stamp" "$BASE/manifests"} 2>&1) || {
+set -- "$BASE/cache" "$BASE/runs" "$BASE/owners" "$rundir/out"
+[ "$mode" != cache ] || set -- "$@" "$BASE/manifests"
+[ -z "$stamp" ] || set -- "$@" "$stamp"
+err=$(mkdir -p "$@" 2>&1) || {
     made_rundir=1
     fail 3 "cannot write under $BASE: $(reason "$err")"
 }
@@ -369,6 +371,8 @@ if [ -n "$owner" ]; then
     spawn_guard
 fi
 if [ "$mode" = cache ] && [ -z "$target_new" ]; then
+    # the upload's list, where a receive was cut short before it removed it
+    [ ! -e "$target/.pushrun-expect" ] || rm -f "$target/.pushrun-expect"
     # anything but files and dirs in the cached payload is damage: a
     # symlinked dir would make files elsewhere pass as cached, and a repair
     # write through it (gone, what was under it is needed again)
@@ -419,7 +423,10 @@ done
 # mode): the 3 most recently used other ones with a kept manifest, gathered
 # on one line. Where there are 3 or fewer, none goes and all are sources,
 # in any order: then no ls.
+# (this run's payload, when the upload is to make its dir, counts as the
+# most recently used already)
 ncached=0
+[ "$mode" != cache ] || [ -z "$target_new" ] || ncached=1
 for f in "$BASE"/cache/*; do
     case ${f##*/} in
         '' | *[!0-9a-f]*) ;;
@@ -437,6 +444,7 @@ else
 fi
 # in this shell (no fork for a pipe), a name a line
 kept=0 nsrc=0 srcs=
+[ "$mode" != cache ] || [ -z "$target_new" ] || kept=1
 saved_ifs=$IFS
 IFS=$nl
 set -f
@@ -561,11 +569,14 @@ seed_copy() { # SOURCE CHUNK
 }
 
 if [ "$mode" = cache ]; then
-    # this payload's manifest, for later checks to seed from (written once,
-    # by a rename; only ever a hint of what to copy)
-    if [ ! -f "$BASE/manifests/$digest" ]; then
-        { printf '%s\n' "$entries" >"$work.man" &&
-            mv -f "$work.man" "$BASE/manifests/$digest"; } 2>/dev/null
+    # this payload's manifest, for later checks to seed from (written
+    # once; only ever a hint of what to copy, so a check that reads it
+    # while another writes it, both the same bytes, loses nothing)
+    # (never written through a symlink)
+    man=$BASE/manifests/$digest
+    [ ! -L "$man" ] || rm -f "$man"
+    if [ ! -f "$man" ]; then
+        printf '%s\n' "$entries" 2>/dev/null >"$man"
     fi
 fi
 if [ "$mode" = cache ] && [ -n "$srcs" ] && true 2>/dev/null >"$work.miss"; then
@@ -703,11 +714,16 @@ saved_ifs=$IFS
 IFS='
 '
 set -f
-names=
+# (and, for the answer without awk where every candidate is intact: the
+# need lines, what openssl or sha256sum -c print for intact candidates,
+# how many there are, and whether openssl's output went to .hashes in
+# pieces)
+names='' needs='' want='' oks='' cands=0 flushed=
 # shellcheck disable=SC2086 # split on newlines only, with no globbing
 hash_names() {
     [ -z "$names" ] || (cd "$target" && exec openssl dgst -sha256 -r $names) >&9 2>/dev/null
     names=
+    flushed=1
 }
 for entry in $entries; do
     sum=${entry%% *} rest=${entry#* }
@@ -723,17 +739,38 @@ for entry in $entries; do
     fi
     printf '%s %s\n' "$state" "$path" >&6
     if [ "$state" = C ]; then
+        cands=$((cands + 1))
         printf '%s  %s\n' "$sum" "$path" >&7
         if [ -n "$direct" ]; then
+            want="$want$sum *./$path$nl"
             names=$names./$path$nl
             [ "${#names}" -lt 65536 ] || hash_names
+        else
+            oks="$oks$path: OK$nl"
         fi
+    else
+        needs="${needs}need $path$nl"
     fi
 done
-if [ -n "$direct" ]; then
+# Where every candidate is intact, the answer is the need lines and their
+# count: told by comparing the hashing's whole output with what intact
+# files give (no awk). Otherwise (or with openssl's output in pieces)
+# the awk below reads it from .hashes or .result.
+answer=
+if [ "$cands" = 0 ]; then
+    answer="${needs}checked 0"
+elif [ -n "$direct" ] && [ -z "$flushed" ]; then
+    # shellcheck disable=SC2086 # split on newlines only, with no globbing
+    got=$(cd "$target" && exec openssl dgst -sha256 -r $names 2>/dev/null)
+    if [ "$got" = "${want%"$nl"}" ]; then
+        answer="${needs}checked $cands"
+    elif [ -n "$got" ]; then
+        printf '%s\n' "$got" >&9
+    fi
+elif [ -n "$direct" ]; then
     hash_names
-    exec 9>&-
 fi
+[ -z "$direct" ] || exec 9>&-
 set +f
 IFS=$saved_ifs
 exec 6>&- 7>&-
@@ -772,16 +809,24 @@ END {
     if (hashes != "" && (odd || (cands > 0 && hashed == 0))) print "redo"
     else print (NR == n ? "checked " ok : "incomplete")
 }'
-answer=redo
-if [ -n "$direct" ]; then
-    answer=$(awk "$answer_awk" n="$n" hashes="$work.hashes" sums="$work.sums" "$work.list")
+if [ -z "$answer" ]; then
+    answer=redo
+    if [ -n "$direct" ]; then
+        answer=$(awk "$answer_awk" n="$n" hashes="$work.hashes" sums="$work.sums" "$work.list")
+    fi
 fi
 if [ "${answer##*"$nl"}" = redo ]; then
     true 2>/dev/null >"$work.result" || fail 3 "cannot write under $rundir"
     if [ -s "$work.sums" ]; then
-        sums_check "$target" "$bytes" <"$work.sums" >"$work.result" 2>/dev/null
+        res=$(sums_check "$target" "$bytes" <"$work.sums" 2>/dev/null)
+        if [ -z "$direct" ] && [ "$res" = "${oks%"$nl"}" ]; then
+            answer="${needs}checked $cands"
+        else
+            printf '%s\n' "$res" 2>/dev/null >"$work.result"
+        fi
     fi
-    answer=$(awk "$answer_awk" n="$n" hashes= result="$work.result" "$work.list")
+    [ "${answer##*"$nl"}" != redo ] ||
+        answer=$(awk "$answer_awk" n="$n" hashes= result="$work.result" "$work.list")
 fi
 case ${answer##*"$nl"} in
     'checked '*) ;;
@@ -877,26 +922,21 @@ run_here() {
     collect_main "$BASE" "$run_id"
 }
 
-# "receive LENGTH SIZE" (see the top): the upload's files, received by
-# receive.sh's text in a subshell (its exits and traps its own) whose stdin
-# is exactly SIZE bytes of this one's
+# "receive SIZE FORMAT" (see the top): the upload's files, received by
+# receive.sh's work (receivelib.sh) in a subshell (its exits and traps its
+# own) whose stdin is exactly SIZE bytes of this one's. They follow the
+# line at once: this shell's read takes a byte at a time, and nothing comes
+# after them before "received" (busybox's head reads a pipe ahead).
 receive_here() {
     set -f
     # shellcheck disable=SC2086 # three words, no globbing
     set -- $next
     set +f
-    length=${2:-} size=${3:-}
-    case $length in '' | *[!0-9]*) leave ;; esac
+    size=${2:-} format=${3:-}
     case $size in '' | *[!0-9]*) leave ;; esac
-    # the text ends with a newline, which $(...) drops (LC_ALL=C: ${#}
-    # counts bytes): one byte fewer, or it was cut short
-    text=$(head -c "$length") || leave
-    [ "${#text}" -eq $((length - 1)) ] || leave
-    # the upload comes only now (busybox's head reads a pipe ahead, as the
-    # shell does: nothing may follow what it reads until it has ended)
-    echo receiving
+    case $format in gz | tar) ;; *) leave ;; esac
     head -c "$size" | {
-        (eval "$text")
+        (receive_main "$BASE" "$digest" "$run_id" "$mode" "$format")
         rc=$?
         # what the receive left of the upload (an end it did not need to
         # read, at most a block, or after a failure the rest), so that the

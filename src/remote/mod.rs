@@ -42,15 +42,17 @@ pub const CHECK: &str = concat!(script!("lib.sh"), script!("check.sh"));
 pub const CHECK_LINGER: &str = concat!(
     script!("lib.sh"),
     script!("plain-out.sh"),
+    script!("receivelib.sh"),
     script!("collectlib.sh"),
     script!("runlib.sh"),
     script!("check.sh")
 );
 /// Receives a tar.gz of payload files, verifies and installs them.
-pub const RECEIVE: &str = concat!(script!("lib.sh"), script!("receive.sh"));
-/// [`RECEIVE`] without lib.sh: what a lingering check, which has lib.sh,
-/// is sent to receive an upload on its own channel (check.sh, "Then").
-pub const RECEIVE_HERE: &str = script!("receive.sh");
+pub const RECEIVE: &str = concat!(
+    script!("lib.sh"),
+    script!("receivelib.sh"),
+    script!("receive.sh")
+);
 /// Runs a payload's entry point in its run dir.
 pub const RUN: &str = concat!(
     script!("lib.sh"),

@@ -76,39 +76,37 @@ impl<'s> Lingering<'s> {
         }
     }
 
-    /// Sends the upload `upload` (`size` bytes) to the script, which
-    /// receives it with `script` and `args` (check.sh's "receive") and then
-    /// stays: the request and the script's text first, the upload once the
-    /// script says "receiving" (it has read the text). Returns what the
-    /// script printed and its exit code (from the line "received RC", which
-    /// is not in `stdout`), and the script, still waiting, when it went
-    /// well; else (it failed, ended, or the upload could not be sent whole)
-    /// the script is ended, and its output, error output and exit code are
-    /// returned.
+    /// Sends the upload `upload` (`size` bytes, in receive.sh's `format`)
+    /// to the script, which receives it (check.sh's "receive") and then
+    /// stays: the request line and the upload right behind it. Returns what
+    /// the script printed and its exit code (from the line "received RC",
+    /// which is not in `stdout`), and the script, still waiting, when it
+    /// went well; else (it failed, ended, or the upload could not be sent
+    /// whole) the script is ended, and its output, error output and exit
+    /// code are returned.
     pub async fn receive<R: AsyncBufRead + Unpin>(
         mut self,
-        (script, args): (&str, &[&str]),
+        format: &str,
         upload: R,
         size: u64,
     ) -> Result<(ScriptOutput, Option<Lingering<'s>>), openssh::Error> {
         let started = Instant::now();
-        let request = remote::receive_request(script, args, size);
+        let request = remote::receive_request(size, format);
         let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
         let mut sent = false;
         let mut answer = Vec::new();
         if let (Some(w), Some(r)) = (stdin.as_mut(), stdout.as_mut()) {
-            let asked = w.write_all(request.as_bytes()).await.is_ok() && w.flush().await.is_ok();
-            if asked && read_line_to(r, &mut answer, b"receiving", ANSWER_MARGIN).await {
-                answer.clear();
-                let send = async {
-                    // in the reader's own pieces (a 64 KiB buffer: a write
-                    // to the master's socket each, not one per 8 KiB)
-                    let copied = tokio::io::copy_buf(&mut upload.take(size), w).await;
-                    copied.is_ok_and(|n| n == size) && w.flush().await.is_ok()
-                };
-                let read = read_line_to(r, &mut answer, b"received ", ANSWER_MARGIN);
-                (sent, _) = tokio::join!(send, read);
-            }
+            let send = async {
+                // in the reader's own pieces (a 64 KiB buffer: a write to
+                // the master's socket each, not one per 8 KiB)
+                w.write_all(request.as_bytes()).await.is_ok()
+                    && tokio::io::copy_buf(&mut upload.take(size), w)
+                        .await
+                        .is_ok_and(|n| n == size)
+                    && w.flush().await.is_ok()
+            };
+            let read = read_line_to(r, &mut answer, b"received ", ANSWER_MARGIN);
+            (sent, _) = tokio::join!(send, read);
         }
         let stdout_done = started.elapsed();
         // the receive's code, on the last line (which is not its output)

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 
 // exactly the text pushrun sends: lib.sh followed by the script
 use pushrun::remote::{
-    CHECK, CHECK_LINGER, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RECEIVE_HERE, RUN,
-    receive_request, run_request,
+    CHECK, CHECK_LINGER, CLEAN, COLLECT, COPY_PLAIN, FETCH, PUT, RECEIVE, RUN, receive_request,
+    run_request,
 };
 
 /// BASE inside a host (the login user is root).
@@ -594,7 +594,12 @@ fn a_cold_check_needs_every_file_and_creates_a_private_base() {
         std::fs::read_to_string(host.run_dir("r1").join("digest")).unwrap(),
         format!("{}\n", p.digest())
     );
-    assert!(host.local(&format!("{BASE}/cache/{}", p.digest())).is_dir());
+    // the payload's dir is the upload's to make (its mtime is then new)
+    assert!(!host.local(&format!("{BASE}/cache/{}", p.digest())).exists());
+    assert!(
+        host.local(&format!("{BASE}/manifests/{}", p.digest()))
+            .is_file()
+    );
     // nothing but the run's own files is left behind
     let mut run: Vec<String> = std::fs::read_dir(host.run_dir("r1"))
         .unwrap()
@@ -1209,6 +1214,7 @@ fn housekeeping_keeps_a_payload_that_a_check_is_seeding_from() {
     .unwrap();
     std::fs::write(base.join("manifests").join("abc123"), "x\n").unwrap();
 
+    // payload 5, new here, counts as the most recently used
     host.check(&payloads[4], "r5");
     let kept = sorted(vec![
         payloads[0].digest(),
@@ -1216,7 +1222,15 @@ fn housekeeping_keeps_a_payload_that_a_check_is_seeding_from() {
         payloads[3].digest(),
         payloads[4].digest(),
     ]);
-    assert_eq!(host.cache_entries(), kept, "payload 2 evicted, 1 kept");
+    assert_eq!(
+        host.cache_entries(),
+        kept[..]
+            .iter()
+            .filter(|d| **d != payloads[4].digest())
+            .cloned()
+            .collect::<Vec<_>>(),
+        "payload 2 evicted, 1 kept"
+    );
     assert_eq!(names_in(&base.join("manifests")), kept);
 }
 
@@ -1302,8 +1316,8 @@ fn a_corrupt_upload_is_rejected_and_the_cache_is_unchanged() {
     );
     assert_eq!(
         host.cache_entries(),
-        [p.digest()],
-        "the stage directory is gone"
+        Vec::<String>::new(),
+        "the stage directory is gone, no payload dir made"
     );
     assert_eq!(host.check(&p, "r2").needed, all);
 
@@ -1358,11 +1372,7 @@ fn an_upload_that_fills_the_disk_fails_cleanly() {
     a.assert_error(6, &format!("no space left on device under {BASE}"));
     // this host's /tmp is inside its own namespace: look through ssh
     let left = host.shell(&format!("cd {BASE}/cache && ls -A && find . -type f"));
-    assert_eq!(
-        left,
-        format!("{}\n", p.digest()),
-        "only the (empty) payload directory is left"
-    );
+    assert_eq!(left, "", "nothing is left, not even a payload directory");
     let c = host.check(&p, "r2");
     assert_eq!(
         (c.needed, c.checked),
@@ -1704,14 +1714,11 @@ fn a_lingering_check_receives_the_upload_then_runs(host: &Host, tag: &str) {
             p.files.len(),
             "{round}: {answer:?}"
         );
-        // the upload only once the check has read the receive's text
+        // the request line and the upload right behind it, in one write
         let mut send = |format: &str, upload: &[u8]| {
-            let args = [BASE, &digest, &run_id, "cache", format];
-            let request = receive_request(RECEIVE_HERE, &args, upload.len() as u64);
-            stdin.write_all(request.as_bytes()).unwrap();
-            stdin.flush().unwrap();
-            assert_eq!(read_to("receiving"), ["receiving\n"], "{round}");
-            stdin.write_all(upload).unwrap();
+            let mut request = receive_request(upload.len() as u64, format).into_bytes();
+            request.extend_from_slice(upload);
+            stdin.write_all(&request).unwrap();
             stdin.flush().unwrap();
             read_to("received ")
         };
@@ -1738,8 +1745,13 @@ fn a_lingering_check_receives_the_upload_then_runs(host: &Host, tag: &str) {
             "{round}"
         );
         for f in &p.files {
-            assert_eq!(std::fs::read(host.cached(&p, &f.path)).unwrap(), f.data);
+            let cached = host.cached(&p, &f.path);
+            assert_eq!(std::fs::read(&cached).unwrap(), f.data);
+            let mode = cached.metadata().unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, if f.exec { 0o755 } else { 0o644 }, "{}", f.path);
         }
+        // the upload's list went with the lock
+        assert!(!host.cached(&p, ".pushrun-expect").exists(), "{round}");
         let nonce = "00112233445566778899aabbccddeeff";
         let payload = format!("{BASE}/cache/{digest}");
         let args = [BASE, &payload, &run_id, "web-1", "run", "4"];
@@ -1952,13 +1964,14 @@ fn housekeeping_keeps_three_payloads_and_those_in_use_and_drops_stale_leftovers(
         set_mtime(&stage, Duration::from_secs(ago));
     }
 
+    // payload 5, new here, counts as the most recently used: its dir is
+    // the upload's to make
     host.check(&payloads[4], "r5");
     let mut want = vec![
         ".stage-fresh".to_string(),
         payloads[0].digest(),
         payloads[2].digest(),
         payloads[3].digest(),
-        payloads[4].digest(),
     ];
     want.sort();
     assert_eq!(
@@ -1966,6 +1979,10 @@ fn housekeeping_keeps_three_payloads_and_those_in_use_and_drops_stale_leftovers(
         want,
         "payload 2 evicted, payload 1 kept for r1"
     );
+    host.receive_all(&payloads[4], "r5");
+    want.push(payloads[4].digest());
+    want.sort();
+    assert_eq!(host.cache_entries(), want, "nothing else evicted");
     assert!(!crashed.exists());
     assert!(host.run_dir("r1").exists() && host.run_dir("r5").exists());
     // payload 1 is still whole for its run
@@ -2154,6 +2171,8 @@ fn without_tar_check_says_so_and_put_installs_verified_files_one_by_one() {
     // a symlink where one of the file's dirs belongs is not followed
     let elsewhere = host.local("/tmp/elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
+    // (the payload's dir, which the first put would make)
+    std::fs::create_dir(host.local(&format!("{BASE}/cache/{}", p.digest()))).unwrap();
     std::os::unix::fs::symlink("/tmp/elsewhere", host.cached(&p, "lib")).unwrap();
 
     for f in &p.files {
