@@ -183,7 +183,16 @@ try_tmp() { # TMP
                 return 1
             fi
         else
-            chmod 700 "$BASE" || fail 3 "cannot set the mode of $BASE"
+            # made 0700 (umask 077 too); where something (a default ACL)
+            # made it otherwise, it is set so once
+            bst=$(stat -c '%u %a' "$BASE" 2>/dev/null) || bst=
+            case $bst in
+                *' 700') ;;
+                *)
+                    chmod 700 "$BASE" || fail 3 "cannot set the mode of $BASE"
+                    bst=
+                    ;;
+            esac
         fi
     fi
     base_check "$bst"
@@ -198,6 +207,17 @@ try_tmp() { # TMP
     if [ -f "$probe" ] && [ ! -L "$probe" ] && [ -x "$probe" ] &&
         true 2>/dev/null >>"$probe" && "$probe" 2>/dev/null; then
         return 0
+    fi
+    # none there yet: this process's own, made in place (exactly one
+    # maker: noclobber), is the kept one once it runs
+    if [ ! -e "$probe" ] && [ ! -L "$probe" ]; then
+        set -C
+        printf '#!/bin/sh\nexit 0\n' 2>/dev/null >"$probe"
+        pc=$?
+        set +C
+        if [ "$pc" = 0 ] && chmod 700 "$probe" && "$probe" 2>/dev/null; then
+            return 0
+        fi
     fi
     own=$probe.$$
     if ! printf '#!/bin/sh\nexit 0\n' 2>/dev/null >"$own"; then
