@@ -726,6 +726,17 @@ fn a_big_payload_is_verified_through_openssl_and_damage_is_still_found() {
     let c = host.check(&p, "r7");
     assert_eq!(c.needed, ["lib/big.bin"]);
     assert_eq!(c.checked, 5);
+    // an upload (of 4 MiB or more) too: openssl's output is not what
+    // intact files give, so sha256sum decides, and it is installed
+    let big = ["lib/big.bin", "lib/it's big.bin"];
+    host.receive(&p, "r7", &big);
+    host.launcher = "exec sh -c".into();
+    let c = host.check(&p, "r8");
+    assert!(c.needed.is_empty(), "{c:?}");
+    // and one that lies about every file: the upload is refused
+    host.launcher = "PATH=/tmp/fakessl:$PATH exec sh -c".into();
+    let a = host.receive_bytes(&p, "r8", "cache", &p.upload(&big));
+    a.assert_error(5, "upload of lib/big.bin arrived corrupt");
 }
 
 #[test]
