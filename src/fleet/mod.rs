@@ -81,9 +81,53 @@ pub struct PayloadJob {
     pub cache: bool,
     /// This run's id (names the run dir on hosts and the results dir).
     pub run_id: String,
-    /// The whole payload as one archive, built once into a file of its
-    /// own, for every cold host.
-    full_archive: tokio::sync::OnceCell<Arc<std::fs::File>>,
+    /// The whole payload as one archive, built once for every cold host.
+    full_archive: tokio::sync::OnceCell<Arc<Spooled>>,
+}
+
+/// Archives up to this size are kept in memory once built (see [`Spooled`]).
+const IN_MEMORY: u64 = 64 << 20;
+
+/// A payload archive built for hosts: a file of its own with no name (see
+/// [`Payload::spool_tar_gz`]), and, where it is at most [`IN_MEMORY`], its
+/// bytes, which every host is then sent from (no read of the file, and no
+/// hop to a blocking thread, per 64 KiB per host).
+#[derive(Debug)]
+pub(crate) struct Spooled {
+    /// The archive's file, read from its start through an opening of each
+    /// host's own where `bytes` is `None`.
+    pub(crate) file: std::fs::File,
+    /// The archive itself, where it is small enough.
+    pub(crate) bytes: Option<Vec<u8>>,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// Whether it is a tar.gz (else a plain tar: the files do not compress).
+    pub(crate) gzip: bool,
+}
+
+impl Spooled {
+    fn spool(payload: &Payload, paths: &[&str]) -> Result<Spooled, String> {
+        use std::os::unix::fs::FileExt;
+        let file = payload.spool_tar_gz(paths).map_err(|e| e.to_string())?;
+        let failed = |e: std::io::Error| format!("cannot read the payload archive: {e}");
+        let size = file.metadata().map_err(failed)?.len();
+        let mut magic = [0u8; 2];
+        let bytes = if size <= IN_MEMORY {
+            let mut bytes = vec![0; size as usize];
+            file.read_exact_at(&mut bytes, 0).map_err(failed)?;
+            Some(bytes)
+        } else {
+            file.read_exact_at(&mut magic, 0).map_err(failed)?;
+            None
+        };
+        let gzip = crate::payload::is_gzip(bytes.as_deref().unwrap_or(&magic));
+        Ok(Spooled {
+            file,
+            bytes,
+            size,
+            gzip,
+        })
+    }
 }
 
 impl PayloadJob {
@@ -101,7 +145,7 @@ impl PayloadJob {
     /// The archive of `paths`, in a file with no name (see
     /// [`Payload::spool_tar_gz`]); the whole payload's is built once and
     /// shared, each host reading it through its own opening.
-    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<std::fs::File>, String> {
+    async fn archive(self: &Arc<Self>, paths: &[String]) -> Result<Arc<Spooled>, String> {
         if paths.len() == self.payload.entries().len() {
             let job = self.clone();
             let built = self
@@ -114,10 +158,7 @@ impl PayloadJob {
                             .iter()
                             .map(|e| e.path.as_str())
                             .collect();
-                        job.payload
-                            .spool_tar_gz(&all)
-                            .map(Arc::new)
-                            .map_err(|e| e.to_string())
+                        Spooled::spool(&job.payload, &all).map(Arc::new)
                     })
                     .await
                     .map_err(|e| e.to_string())?
@@ -129,10 +170,7 @@ impl PayloadJob {
         let paths = paths.to_vec();
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-            job.payload
-                .spool_tar_gz(&refs)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
+            Spooled::spool(&job.payload, &refs).map(Arc::new)
         })
         .await
         .map_err(|e| e.to_string())?

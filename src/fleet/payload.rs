@@ -176,24 +176,24 @@ async fn send_what_is_missing<'s>(
                 reason,
                 base: Some(base.clone()),
             })?;
-        // an opening of its own, so that hosts read the shared file each
-        // from its start
-        let failed = |e: std::io::Error| StageError::Failed {
-            reason: format!("cannot read the payload archive: {e}"),
-            base: Some(base.clone()),
-        };
-        let size = archive.metadata().map_err(failed)?.len();
+        let size = archive.size;
         // a tar.gz, or a plain tar where the files do not compress
-        let mut magic = [0u8; 2];
-        std::os::unix::fs::FileExt::read_exact_at(&*archive, &mut magic, 0).map_err(failed)?;
-        let format = if crate::payload::is_gzip(&magic) {
-            "gz"
-        } else {
-            "tar"
+        let format = if archive.gzip { "gz" } else { "tar" };
+        // from memory, or through an opening of its own, so that hosts read
+        // the shared file each from its start
+        let reader: Box<dyn tokio::io::AsyncBufRead + Unpin + Send + '_> = match &archive.bytes {
+            Some(bytes) => Box::new(&bytes[..]),
+            None => {
+                let own = format!("/proc/self/fd/{}", archive.file.as_raw_fd());
+                let file = tokio::fs::File::open(own)
+                    .await
+                    .map_err(|e| StageError::Failed {
+                        reason: format!("cannot read the payload archive: {e}"),
+                        base: Some(base.clone()),
+                    })?;
+                Box::new(tokio::io::BufReader::with_capacity(64 * 1024, file))
+            }
         };
-        let own = format!("/proc/self/fd/{}", archive.as_raw_fd());
-        let reader = tokio::fs::File::open(own).await.map_err(failed)?;
-        let reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let args = [base.as_str(), digest, &run_id, mode, format];
         let out = match check.take() {
             // on the check's own channel, which then waits on

@@ -125,9 +125,10 @@ receive_main() { # BASE DIGEST RUN_ID MODE [FORMAT]
         mkdir "$stage" 2>&1) || write_fail "$BASE" "$err"
 
     # gzip -dc | tar -xf - (or tar alone), keeping both exit statuses (sh has
-    # no pipefail) and the tail of their messages (in a pipe: on a full disk
-    # no file takes them). Under umask 022 the files get the modes of the
-    # headers pushrun wrote (755 or 644: no chmod after), as root too.
+    # no pipefail) and their messages (in a pipe: on a full disk no file
+    # takes them; at most a line or two for each file, and only when it
+    # fails). Under umask 022 the files get the modes of the headers pushrun
+    # wrote (755 or 644: no chmod after), as root too.
     out=$(
         umask 022
         if [ "$format" = tar ]; then
@@ -136,7 +137,7 @@ receive_main() { # BASE DIGEST RUN_ID MODE [FORMAT]
         else
             { gzip -dc; echo "pushrun-rc gzip $?" >&2; } | tar -C "$stage" -xof -
             echo "pushrun-rc tar $?"
-        fi 2>&1 | tail -n 20
+        fi 2>&1
     )
     gzip_rc='' tar_rc='' msg=''
     saved_ifs=$IFS

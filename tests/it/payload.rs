@@ -23,6 +23,35 @@ mkdir -p \"$PUSHRUN_OUT/sub\" && cat \"$PUSHRUN_PAYLOAD/lib/a.txt\" > \"$PUSHRUN
 exit ${EXIT_WITH:-0}
 ";
 
+/// An archive over 64 MiB is sent to each host from its file, not from
+/// memory: every host still gets it whole, verified and cached.
+#[test]
+fn a_payload_over_the_in_memory_limit_is_sent_from_its_file_to_every_host() {
+    let hosts = TestHosts::start(2);
+    let scratch = Scratch::new();
+    let (pl, res) = (scratch.path("pl"), scratch.path("res"));
+    let big = noise(65 << 20, 41);
+    make_payload(
+        &pl,
+        &[("run", RUN_SCRIPT, true), ("lib/big.bin", &big, false)],
+    );
+    let run = exec(&hosts, &["--payload", s(&pl), "--results", s(&res)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let digest = summary(&res)["job"]["digest"].as_str().unwrap().to_string();
+    let want = sha256_hex(&big);
+    for i in 0..2 {
+        let h = host_summary(&summary(&res), &hosts.addr(i)).clone();
+        assert_eq!(h["files_sent"], 2, "{h}");
+        assert!(h["bytes_sent"].as_u64().unwrap() > 65 << 20, "{h}");
+        let sum = on_host(
+            &hosts,
+            i,
+            &format!("cd {BASE}/cache/{digest} && sha256sum lib/big.bin"),
+        );
+        assert!(sum.starts_with(&want), "host {i}: {sum}");
+    }
+}
+
 fn standard_payload(dir: &Path) {
     make_payload(
         dir,
