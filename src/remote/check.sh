@@ -23,8 +23,9 @@
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
 # attack), and refuses a REMOTE_TMP anyone may write to without the sticky
 # bit (another user could swap BASE after this check); removes symlinks
-# where BASE's own dirs belong and, in cache mode, anything but files and
-# dirs inside BASE/cache/DIGEST (damage: never trusted nor written through);
+# where BASE's own dirs belong and, in cache mode, a symlink (or anything
+# but a directory) where a directory of a manifest path belongs in
+# BASE/cache/DIGEST (damage: never trusted nor written through);
 # a check that does not finish removes the run dir it made; creates BASE/runs/RUN_ID/out and writes BASE/runs/RUN_ID/digest
 # and BASE/owners/RUN_ID (who holds the run dir: see conn_owner), and leaves
 # a guard that removes the run dir once that connection is gone (pushrun
@@ -373,10 +374,6 @@ fi
 if [ "$mode" = cache ] && [ -z "$target_new" ]; then
     # the upload's list, where a receive was cut short before it removed it
     [ ! -e "$target/.pushrun-expect" ] || rm -f "$target/.pushrun-expect"
-    # anything but files and dirs in the cached payload is damage: a
-    # symlinked dir would make files elsewhere pass as cached, and a repair
-    # write through it (gone, what was under it is needed again)
-    find "$target" -mindepth 1 ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
 fi
 
 # uploads abandoned for over an hour, runs that crashed over a day ago
@@ -539,6 +536,44 @@ fi
 eval "$vars"
 [ "$derived" = 1 ] || fail 3 "cannot read the manifest"
 [ "$bad" = 0 ] || fail 3 "bad manifest line $bad: '$badline'"
+
+# (cache mode, a payload dir that was there) a symlink, or anything but a
+# directory, where a directory of a manifest path belongs is damage: a
+# symlinked dir would make files elsewhere pass as cached, and a seed or
+# repair write through it. It goes (what was under it is needed again),
+# before anything is seeded or hashed; each such directory is looked at
+# once, by the shell's own tests (no find through the whole tree). A file
+# that is a symlink is never taken for cached (below).
+if [ "$mode" = cache ] && [ -z "$target_new" ]; then
+    saved_ifs=$IFS
+    IFS=$nl
+    set -f
+    seen=$nl
+    for entry in $entries; do
+        path=${entry#* } && path=${path#* }
+        case $path in */*) ;; *) continue ;; esac
+        rest=${path%/*}
+        case $seen in *"$nl$rest$nl"*) continue ;; esac
+        sub=
+        while [ -n "$rest" ]; do
+            part=${rest%%/*}
+            case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+            case $part in '' | .) continue ;; esac
+            sub=$sub${sub:+/}$part
+            case $seen in *"$nl$sub$nl"*) continue ;; esac
+            seen=$seen$sub$nl
+            d=$target/$sub
+            if [ -L "$d" ] || { [ -e "$d" ] && [ ! -d "$d" ]; }; then
+                rm -f "$d" 2>/dev/null
+            fi
+        done
+        # the path's own directory as written, so that its next files skip
+        # this loop
+        seen=$seen${path%/*}$nl
+    done
+    set +f
+    IFS=$saved_ifs
+fi
 
 # ------------------------------------------------------------- seeding
 # (cache mode; see the header) the copies need not be right: the

@@ -853,6 +853,54 @@ fn a_symlink_in_place_of_a_cached_file_is_needed() {
     assert_eq!(c.needed, ["ünï cødé/ß.txt"]);
 }
 
+/// A symlink (or a file) where a directory of the payload belongs, at any
+/// depth: it is removed, never followed, and what was under it is needed,
+/// even where what it points to holds the very same files.
+#[test]
+fn a_symlinked_or_replaced_directory_in_the_cache_is_removed_and_its_files_needed() {
+    let host = Host::start();
+    let mut p = Payload::standard();
+    p.files.push(File {
+        path: "deep/er/x.txt".into(),
+        data: b"x\n".to_vec(),
+        exec: false,
+    });
+    host.check(&p, "r1");
+    host.receive_all(&p, "r1");
+    // lib and deep (above deep/er) become links to copies with the same
+    // files; bin becomes a plain file
+    let mut links = Vec::new();
+    for dir in ["lib", "deep"] {
+        let real = host.cached(&p, dir);
+        let copy = host.local(&format!("/tmp/elsewhere-{dir}"));
+        std::fs::rename(&real, &copy).unwrap();
+        std::os::unix::fs::symlink(&format!("/tmp/elsewhere-{dir}"), &real).unwrap();
+        links.push((real, copy));
+    }
+    std::fs::remove_dir_all(host.cached(&p, "bin")).unwrap();
+    std::fs::write(host.cached(&p, "bin"), "not a dir").unwrap();
+    let c = host.check(&p, "r2");
+    assert_eq!(
+        c.needed,
+        ["bin/tool", "lib/data file.bin", "deep/er/x.txt"],
+        "{c:?}"
+    );
+    assert_eq!(c.checked, 2);
+    for (link, copy) in &links {
+        assert!(!link.exists() && !link.is_symlink(), "{link:?} is left");
+        assert!(copy.is_dir(), "{copy:?} was touched");
+    }
+    assert!(!host.cached(&p, "bin").exists());
+    // the repair lands in the cache itself
+    host.receive(
+        &p,
+        "r2",
+        &["bin/tool", "deep/er/x.txt", "lib/data file.bin"],
+    );
+    assert!(host.check(&p, "r3").needed.is_empty());
+    assert!(host.cached(&p, "lib").is_dir() && !host.cached(&p, "lib").is_symlink());
+}
+
 #[test]
 fn a_base_owned_by_another_user_is_refused_and_left_alone() {
     let host = Host::start();
