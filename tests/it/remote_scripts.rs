@@ -874,7 +874,7 @@ fn a_symlinked_or_replaced_directory_in_the_cache_is_removed_and_its_files_neede
         let real = host.cached(&p, dir);
         let copy = host.local(&format!("/tmp/elsewhere-{dir}"));
         std::fs::rename(&real, &copy).unwrap();
-        std::os::unix::fs::symlink(&format!("/tmp/elsewhere-{dir}"), &real).unwrap();
+        std::os::unix::fs::symlink(format!("/tmp/elsewhere-{dir}"), &real).unwrap();
         links.push((real, copy));
     }
     std::fs::remove_dir_all(host.cached(&p, "bin")).unwrap();
