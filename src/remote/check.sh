@@ -518,12 +518,6 @@ END {
     printf "bytes=%.0f\n", bytes
     print "derived=1"
 }'
-# .list gets "N path" (needed) or "C path" (present, to be hashed) for each
-# file; .sums gets a check line for sha256sum -c for each candidate
-# (tried with true first: a failed redirection of exec, or of a special
-# built-in such as :, ends the shell; of true it does not)
-{ true 2>/dev/null >"$work.list" && true 2>/dev/null >"$work.sums"; } ||
-    fail 3 "cannot write under $rundir"
 n=0 bad=0 badline='' entries='' bytes=0 derived=
 if [ -n "${pushrun_manifest+x}" ]; then
     case $pushrun_manifest in
@@ -740,25 +734,38 @@ direct=
 if openssl_pays "$bytes"; then
     case $entries in
         *\\*) ;;
-        *) true 2>/dev/null >"$work.hashes" && direct=1 ;;
+        *) direct=1 ;;
     esac
 fi
-exec 6>"$work.list" 7>"$work.sums"
-[ -z "$direct" ] || exec 9>"$work.hashes"
 saved_ifs=$IFS
-IFS='
-'
+IFS=$nl
 set -f
-# (and, for the answer without awk where every candidate is intact: the
-# need lines, what openssl or sha256sum -c print for intact candidates,
-# how many there are, and whether openssl's output went to .hashes in
-# pieces)
-names='' needs='' want='' oks='' cands=0 flushed=
+# The list ("N path": needed, "C path": present, to be hashed, for each
+# file) and the check lines for sha256sum -c ("<sha256>  <path>" for each
+# candidate) are kept in variables while they are short, with what intact
+# candidates would make openssl or sha256sum -c print and the need lines:
+# a payload of up to some hundreds of files writes no work file. Once
+# either reaches 64 KiB they go to .list and .sums (fds 6 and 7), and
+# openssl's output to .hashes (fd 9), 64 KiB of names at a time: a shell
+# variable that grows a line at a time is copied whole each time.
+list='' sums='' names='' needs='' want='' oks='' cands=0 spilled=
+# (tried with true first: a failed redirection of exec, or of a special
+# built-in such as :, ends the shell; of true it does not)
+spill() {
+    { true 2>/dev/null >"$work.list" && true 2>/dev/null >"$work.sums" &&
+        { [ -z "$direct" ] || true 2>/dev/null >"$work.hashes"; }; } ||
+        fail 3 "cannot write under $rundir"
+    exec 6>"$work.list" 7>"$work.sums"
+    [ -z "$direct" ] || exec 9>"$work.hashes"
+    printf '%s' "$list" >&6
+    printf '%s' "$sums" >&7
+    list='' sums='' needs='' want='' oks=''
+    spilled=1
+}
 # shellcheck disable=SC2086 # split on newlines only, with no globbing
 hash_names() {
     [ -z "$names" ] || (cd "$target" && exec openssl dgst -sha256 -r $names) >&9 2>/dev/null
     names=
-    flushed=1
 }
 for entry in $entries; do
     sum=${entry%% *} rest=${entry#* }
@@ -772,43 +779,62 @@ for entry in $entries; do
             [ -x "$f" ] || state=C
         fi
     fi
-    printf '%s %s\n' "$state" "$path" >&6
-    if [ "$state" = C ]; then
-        cands=$((cands + 1))
-        printf '%s  %s\n' "$sum" "$path" >&7
-        if [ -n "$direct" ]; then
+    if [ -n "$spilled" ]; then
+        printf '%s %s\n' "$state" "$path" >&6
+        [ "$state" != C ] || printf '%s  %s\n' "$sum" "$path" >&7
+    else
+        list="$list$state $path$nl"
+        if [ "$state" != C ]; then
+            needs="${needs}need $path$nl"
+        elif [ -n "$direct" ]; then
+            sums="$sums$sum  $path$nl"
             want="$want$sum *./$path$nl"
-            names=$names./$path$nl
-            [ "${#names}" -lt 65536 ] || hash_names
         else
+            sums="$sums$sum  $path$nl"
             oks="$oks$path: OK$nl"
         fi
-    else
-        needs="${needs}need $path$nl"
+        if [ "${#list}" -ge 65536 ] || [ "${#sums}" -ge 65536 ]; then
+            spill
+        fi
+    fi
+    if [ "$state" = C ]; then
+        cands=$((cands + 1))
+        if [ -n "$direct" ]; then
+            names=$names./$path$nl
+            [ "${#names}" -lt 65536 ] || hash_names
+        fi
     fi
 done
-# Where every candidate is intact, the answer is the need lines and their
-# count: told by comparing the hashing's whole output with what intact
-# files give (no awk). Otherwise (or with openssl's output in pieces)
-# the awk below reads it from .hashes or .result.
+# Short lists: where every candidate is intact (the hashing's whole output
+# is what intact files give), the answer is the need lines and their count
+# (no awk, no work file). Otherwise the lists go to their files for the awk
+# below, with what openssl said.
 answer=
-if [ "$cands" = 0 ]; then
-    answer="${needs}checked 0"
-elif [ -n "$direct" ] && [ -z "$flushed" ]; then
-    # shellcheck disable=SC2086 # split on newlines only, with no globbing
-    got=$(cd "$target" && exec openssl dgst -sha256 -r $names 2>/dev/null)
-    if [ "$got" = "${want%"$nl"}" ]; then
-        answer="${needs}checked $cands"
-    elif [ -n "$got" ]; then
-        printf '%s\n' "$got" >&9
+if [ -z "$spilled" ]; then
+    got=
+    if [ "$cands" = 0 ]; then
+        answer="${needs}checked 0"
+    elif [ -n "$direct" ]; then
+        # shellcheck disable=SC2086 # split on newlines only, with no globbing
+        got=$(cd "$target" && exec openssl dgst -sha256 -r $names 2>/dev/null)
+        [ "$got" != "${want%"$nl"}" ] || answer="${needs}checked $cands"
+    else
+        got=$(printf '%s' "$sums" | sums_check "$target" "$bytes" 2>/dev/null)
+        [ "$got" != "${oks%"$nl"}" ] || answer="${needs}checked $cands"
+    fi
+    if [ -z "$answer" ]; then
+        spill
+        [ -z "$direct" ] || [ -z "$got" ] || printf '%s\n' "$got" >&9
     fi
 elif [ -n "$direct" ]; then
     hash_names
 fi
-[ -z "$direct" ] || exec 9>&-
+if [ -n "$spilled" ]; then
+    [ -z "$direct" ] || exec 9>&-
+    exec 6>&- 7>&-
+fi
 set +f
 IFS=$saved_ifs
-exec 6>&- 7>&-
 
 # one awk reads .list and, in step, each candidate's check line and its
 # hash (or sums_check's verdict: "path: OK" per intact file, one line per
@@ -853,15 +879,9 @@ fi
 if [ "${answer##*"$nl"}" = redo ]; then
     true 2>/dev/null >"$work.result" || fail 3 "cannot write under $rundir"
     if [ -s "$work.sums" ]; then
-        res=$(sums_check "$target" "$bytes" <"$work.sums" 2>/dev/null)
-        if [ -z "$direct" ] && [ "$res" = "${oks%"$nl"}" ]; then
-            answer="${needs}checked $cands"
-        else
-            printf '%s\n' "$res" 2>/dev/null >"$work.result"
-        fi
+        sums_check "$target" "$bytes" <"$work.sums" >"$work.result" 2>/dev/null
     fi
-    [ "${answer##*"$nl"}" != redo ] ||
-        answer=$(awk "$answer_awk" n="$n" hashes= result="$work.result" "$work.list")
+    answer=$(awk "$answer_awk" n="$n" hashes= result="$work.result" "$work.list")
 fi
 case ${answer##*"$nl"} in
     'checked '*) ;;

@@ -182,10 +182,10 @@ receive_main() { # BASE DIGEST RUN_ID MODE [FORMAT]
     list=$stage/.pushrun-expect
 
     # One awk pass reads find's list of the stage (phase 1: "STAGE/path" for
-    # each regular file but .pushrun-expect, and after it "pushrun-mode"
-    # where its mode is neither 755 nor 644, "pushrun-odd" for anything
-    # that is neither a file nor a directory) and then .pushrun-expect
-    # (phase 2).
+    # each regular file but .pushrun-expect, twice where its mode is
+    # neither 755 nor 644 (find prints it again: no process for it),
+    # "pushrun-odd" for anything that is neither a file nor a directory)
+    # and then .pushrun-expect (phase 2).
     # It checks every line as parse() does (with lib.sh's malformed()) and
     # prints shell assignments (every value single-quoted):
     #   n           lines
@@ -229,7 +229,8 @@ receive_main() { # BASE DIGEST RUN_ID MODE [FORMAT]
     }
     phase == 1 {
         if ($0 == pfx ".pushrun-expect") next
-        if ($0 == "pushrun-mode") { modes = 0; next }
+        if ($0 in listed) { modes = 0; next }
+        listed[$0] = 1
         files++
         if (substr($0, 1, plen) == pfx) found[substr($0, plen)] = 1
         else odd = 1
@@ -269,7 +270,7 @@ receive_main() { # BASE DIGEST RUN_ID MODE [FORMAT]
     }'
     n=0 bad=0 fast=0 modes=0 bytes=0 l755='' l644='' sums='' oks='' want='' dpaths='' ldirs='' lpaths=''
     derived=
-    vars=$(find "$stage" -type f -print \( -perm 755 -o -perm 644 -o -exec echo pushrun-mode \; \) \
+    vars=$(find "$stage" -type f -print \( -perm 755 -o -perm 644 -o -print \) \
         -o ! -type d -exec echo pushrun-odd \; 2>/dev/null |
         PUSHRUN_STAGE=$stage PUSHRUN_TARGET=$target awk -v "sq='" "$derive" phase=1 - phase=2 "$list")
     eval "$vars"

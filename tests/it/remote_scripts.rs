@@ -650,6 +650,40 @@ fn a_deleted_cached_file_is_needed_alone() {
     assert_eq!(c.checked, 4);
 }
 
+/// A payload of thousands of files: the check's lists go to its work files
+/// once they pass 64 KiB (and openssl takes the names in pieces), and the
+/// answer is the same: all needed cold, all intact warm, one damaged file
+/// needed alone. Small files (sha256sum) and big ones (openssl) alike.
+#[test]
+fn a_payload_of_thousands_of_files_is_checked_through_the_work_files() {
+    let host = Host::start();
+    for (size, seed) in [(40, 1u64), (2000, 2)] {
+        let files: Vec<File> = (0..2300)
+            .map(|i| File {
+                path: format!("dir {}/a file named {i:05}.dat", i % 7),
+                data: noise(size, seed * 10_000 + i as u64),
+                exec: i % 5 == 0,
+            })
+            .collect();
+        let p = Payload { files };
+        let run = |n: usize| format!("many{seed}-{n}");
+        let c = host.check(&p, &run(1));
+        assert_eq!((c.needed.len(), c.checked), (2300, 0), "{size}");
+        assert_eq!(c.needed, all_paths(&p), "{size}");
+        host.receive_all(&p, &run(1));
+        let c = host.check(&p, &run(2));
+        assert_eq!((c.needed.len(), c.checked), (0, 2300), "{size}");
+        let damaged = "dir 6/a file named 02099.dat";
+        let path = host.cached(&p, damaged);
+        let mut data = std::fs::read(&path).unwrap();
+        data[3] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        let c = host.check(&p, &run(3));
+        assert_eq!(c.needed, [damaged], "{size}");
+        assert_eq!(c.checked, 2299, "{size}");
+    }
+}
+
 /// Files adding up to 4 MiB or more are hashed with openssl where the host
 /// has it (lib.sh: sums_check); damage is found all the same, in a name
 /// with a quote and a space too.
