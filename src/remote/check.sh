@@ -597,6 +597,24 @@ seed_copy() { # SOURCE CHUNK
         (cd "$seed" && exec tar -xof -) 2>/dev/null || seed_ok=
 }
 
+# copies source N's chunk of files (c1, c2 or c3) into the seed directory,
+# removes anything there but files and directories, and gives the chunk's
+# files their manifest modes (x1.. the 755 ones, r1.. the 644 ones); the
+# lists are bounded by the chunk's 64 KiB of names (a variable that grows
+# a line at a time is copied whole each time)
+seed_flush() { # N
+    case $1 in
+        1) fsrc=$src1 fc=$c1 fx=$x1 fr=$r1 c1='' x1='' r1='' ;;
+        2) fsrc=$src2 fc=$c2 fx=$x2 fr=$r2 c2='' x2='' r2='' ;;
+        *) fsrc=$src3 fc=$c3 fx=$x3 fr=$r3 c3='' x3='' r3='' ;;
+    esac
+    [ -n "$fc" ] || return 0
+    seed_copy "$fsrc" "$fc"
+    find "$seed" ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
+    seed_chmod 755 "$fx"
+    seed_chmod 644 "$fr"
+}
+
 if [ "$mode" = cache ]; then
     # this payload's manifest, for later checks to seed from (written
     # once; only ever a hint of what to copy, so a check that reads it
@@ -647,7 +665,7 @@ rank != "" { if (index(ranks[$0], rank) == 0) ranks[$0] = ranks[$0] rank; next }
     if [ -n "$plan" ] && rm -rf "$seed" 2>/dev/null && mkdir "$seed" 2>/dev/null; then
         # each file from the first source (by rank) where it is a regular
         # file; the copies go by source, in chunks of at most 64 KiB of names
-        seed_ok=1 c1='' c2='' c3='' l755='' l644='' lpaths=''
+        seed_ok=1 seeded='' c1='' c2='' c3='' x1='' x2='' x3='' r1='' r2='' r3=''
         for line in $plan; do
             ranks=${line%% *} rest=${line#* } && rest=${rest#* }
             fmode=${rest%% *} path=${rest#* }
@@ -667,33 +685,27 @@ rank != "" { if (index(ranks[$0], rank) == 0) ranks[$0] = ranks[$0] rank; next }
             case $from in
                 1)
                     c1="$c1./$path$nl"
-                    [ "${#c1}" -lt 65536 ] || { seed_copy "$src1" "$c1"; c1=''; }
+                    if [ "$fmode" = 755 ]; then x1="$x1$seed/$path$nl"; else r1="$r1$seed/$path$nl"; fi
+                    [ "${#c1}" -lt 65536 ] || seed_flush 1
                     ;;
                 2)
                     c2="$c2./$path$nl"
-                    [ "${#c2}" -lt 65536 ] || { seed_copy "$src2" "$c2"; c2=''; }
+                    if [ "$fmode" = 755 ]; then x2="$x2$seed/$path$nl"; else r2="$r2$seed/$path$nl"; fi
+                    [ "${#c2}" -lt 65536 ] || seed_flush 2
                     ;;
                 3)
                     c3="$c3./$path$nl"
-                    [ "${#c3}" -lt 65536 ] || { seed_copy "$src3" "$c3"; c3=''; }
+                    if [ "$fmode" = 755 ]; then x3="$x3$seed/$path$nl"; else r3="$r3$seed/$path$nl"; fi
+                    [ "${#c3}" -lt 65536 ] || seed_flush 3
                     ;;
                 *) continue ;;
             esac
-            lpaths="$lpaths$path$nl"
-            if [ "$fmode" = 755 ]; then
-                l755="$l755$seed/$path$nl"
-            else
-                l644="$l644$seed/$path$nl"
-            fi
+            seeded=1
         done
-        seed_copy "$src1" "$c1"
-        seed_copy "$src2" "$c2"
-        seed_copy "$src3" "$c3"
-        if [ -n "$seed_ok" ] && [ -n "$lpaths" ]; then
-            # nothing but files and directories, with the manifest's modes
-            find "$seed" ! -type d ! -type f -exec rm -f {} \; 2>/dev/null
-            seed_chmod 755 "$l755"
-            seed_chmod 644 "$l644"
+        seed_flush 1
+        seed_flush 2
+        seed_flush 3
+        if [ -n "$seed_ok" ] && [ -n "$seeded" ]; then
             # install, under the lock (as receive.sh installs)
             lock_take || fail 3 "cannot create $BASE/lock: $(reason "$err")"
             if [ -z "$(find "$target" ! -type d 2>/dev/null | head -n 1)" ]; then
@@ -704,7 +716,8 @@ rank != "" { if (index(ranks[$0], rank) == 0) ranks[$0] = ranks[$0] rank; next }
             else
                 # files there (another check, an upload): a hard link for
                 # each missing one; ln replaces nothing
-                for path in $lpaths; do
+                for path in $(cd "$seed" && exec find . -type f 2>/dev/null); do
+                    path=${path#./}
                     f=$target/$path
                     if [ ! -f "$seed/$path" ] || [ -L "$seed/$path" ] ||
                         [ -e "$f" ] || [ -L "$f" ]; then

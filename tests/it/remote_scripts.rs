@@ -681,6 +681,21 @@ fn a_payload_of_thousands_of_files_is_checked_through_the_work_files() {
         let c = host.check(&p, &run(3));
         assert_eq!(c.needed, [damaged], "{size}");
         assert_eq!(c.checked, 2299, "{size}");
+        host.receive(&p, &run(3), &[damaged]);
+        // a new version with one file edited: the other 2299 are seeded
+        // from the cache, in many chunks, with their modes
+        let edited = "dir 0/a file named 00700.dat";
+        let p2 = p.with_changed(edited, &noise(size, 7));
+        let c = host.check(&p2, &run(4));
+        assert_eq!(
+            (c.needed, c.checked),
+            (vec![edited.to_string()], 2299),
+            "{size}"
+        );
+        for f in p2.files.iter().filter(|f| f.path != edited).step_by(97) {
+            let mode = file_mode(&host.cached(&p2, &f.path));
+            assert_eq!(mode, if f.exec { 0o755 } else { 0o644 }, "{}", f.path);
+        }
     }
 }
 
