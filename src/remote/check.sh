@@ -759,9 +759,17 @@ set -f
 # candidates would make openssl or sha256sum -c print and the need lines:
 # a payload of up to some hundreds of files writes no work file. Once
 # either reaches 64 KiB they go to .list and .sums (fds 6 and 7), and
-# openssl's output to .hashes (fd 9), 64 KiB of names at a time: a shell
-# variable that grows a line at a time is copied whole each time.
+# openssl's output to .hashes (fd 9), 64 KiB of names at a time. Lines go
+# into small chunks first (k_...), which join the lists every 4 KiB: dash
+# copies a variable whole, a byte at a time, each time it grows, so a list
+# grown a line at a time costs its length times its lines.
 list='' sums='' names='' needs='' want='' oks='' cands=0 spilled=
+k_list='' k_sums='' k_names='' k_needs='' k_want='' k_oks=''
+join_chunks() {
+    list=$list$k_list sums=$sums$k_sums names=$names$k_names
+    needs=$needs$k_needs want=$want$k_want oks=$oks$k_oks
+    k_list='' k_sums='' k_names='' k_needs='' k_want='' k_oks=''
+}
 # (tried with true first: a failed redirection of exec, or of a special
 # built-in such as :, ends the shell; of true it does not)
 spill() {
@@ -770,6 +778,7 @@ spill() {
         fail 3 "cannot write under $rundir"
     exec 6>"$work.list" 7>"$work.sums"
     [ -z "$direct" ] || exec 9>"$work.hashes"
+    join_chunks
     printf '%s' "$list" >&6
     printf '%s' "$sums" >&7
     list='' sums='' needs='' want='' oks=''
@@ -792,32 +801,37 @@ for entry in $entries; do
             [ -x "$f" ] || state=C
         fi
     fi
+    if [ "$state" = C ]; then
+        cands=$((cands + 1))
+        [ -z "$direct" ] || k_names=$k_names./$path$nl
+    fi
     if [ -n "$spilled" ]; then
         printf '%s %s\n' "$state" "$path" >&6
         [ "$state" != C ] || printf '%s  %s\n' "$sum" "$path" >&7
-    else
-        list="$list$state $path$nl"
-        if [ "$state" != C ]; then
-            needs="${needs}need $path$nl"
-        elif [ -n "$direct" ]; then
-            sums="$sums$sum  $path$nl"
-            want="$want$sum *./$path$nl"
-        else
-            sums="$sums$sum  $path$nl"
-            oks="$oks$path: OK$nl"
+        if [ "${#k_names}" -ge 4096 ]; then
+            names=$names$k_names k_names=''
+            [ "${#names}" -lt 65536 ] || hash_names
         fi
+        continue
+    fi
+    k_list="$k_list$state $path$nl"
+    if [ "$state" != C ]; then
+        k_needs="${k_needs}need $path$nl"
+    elif [ -n "$direct" ]; then
+        k_sums="$k_sums$sum  $path$nl"
+        k_want="$k_want$sum *./$path$nl"
+    else
+        k_sums="$k_sums$sum  $path$nl"
+        k_oks="$k_oks$path: OK$nl"
+    fi
+    if [ "${#k_list}" -ge 4096 ] || [ "${#k_sums}" -ge 4096 ]; then
+        join_chunks
         if [ "${#list}" -ge 65536 ] || [ "${#sums}" -ge 65536 ]; then
             spill
         fi
     fi
-    if [ "$state" = C ]; then
-        cands=$((cands + 1))
-        if [ -n "$direct" ]; then
-            names=$names./$path$nl
-            [ "${#names}" -lt 65536 ] || hash_names
-        fi
-    fi
 done
+join_chunks
 # Short lists: where every candidate is intact (the hashing's whole output
 # is what intact files give), the answer is the need lines and their count
 # (no awk, no work file). Otherwise the lists go to their files for the awk
