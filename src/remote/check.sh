@@ -16,8 +16,8 @@
 #   <sha256 hex> <755|644> <size> <path>        (one line per payload file)
 # or, when the script text sets pushrun_manifest (the manifest's text) and
 # pushrun_linger (and the script has receivelib.sh, collectlib.sh and
-# runlib.sh before it), the check stays once it has answered (see "Then" below) and stdin
-# is what the initiator says next.
+# runlib.sh before it), the check stays once it has answered (see "Then"
+# below) and stdin is what the initiator says next.
 #
 # What it does: creates BASE (mode 0700) or refuses one that is a symlink, not
 # a directory, not ours or not 0700 (in a shared /tmp any of those may be an
