@@ -194,7 +194,6 @@ async fn send_what_is_missing<'s>(
                 Box::new(tokio::io::BufReader::with_capacity(64 * 1024, file))
             }
         };
-        let args = [base.as_str(), digest, &run_id, mode, format];
         let out = match check.take() {
             // on the check's own channel, which then waits on
             Some(waiting) => {
@@ -202,10 +201,13 @@ async fn send_what_is_missing<'s>(
                 check = waiting;
                 out
             }
-            None => session
-                .run_script_from(remote::RECEIVE, "pushrun-receive", &args, reader, 0)
-                .await
-                .map_err(lost)?,
+            None => {
+                let args = [base.as_str(), digest, &run_id, mode, format];
+                session
+                    .run_script_from(remote::RECEIVE, "pushrun-receive", &args, reader, 0)
+                    .await
+                    .map_err(lost)?
+            }
         };
         stats.bytes_sent += size;
         stats.bytes_received += out.stdout.len() as u64;

@@ -784,9 +784,8 @@ spill() {
     list='' sums='' needs='' want='' oks=''
     spilled=1
 }
-# shellcheck disable=SC2086 # split on newlines only, with no globbing
 hash_names() {
-    [ -z "$names" ] || (cd "$target" && exec openssl dgst -sha256 -r $names) >&9 2>/dev/null
+    [ -z "$names" ] || (openssl_names "$target" "$names") >&9
     names=
 }
 for entry in $entries; do
@@ -842,8 +841,7 @@ if [ -z "$spilled" ]; then
     if [ "$cands" = 0 ]; then
         answer="${needs}checked 0"
     elif [ -n "$direct" ]; then
-        # shellcheck disable=SC2086 # split on newlines only, with no globbing
-        got=$(cd "$target" && exec openssl dgst -sha256 -r $names 2>/dev/null)
+        got=$(openssl_names "$target" "$names")
         [ "$got" != "${want%"$nl"}" ] || answer="${needs}checked $cands"
     else
         got=$(printf '%s' "$sums" | sums_check "$target" "$bytes" 2>/dev/null)

@@ -402,6 +402,15 @@ trap_cleanup() { # [FUNCTION]
     trap 'exit 143' TERM
 }
 
+# OpenSSL's sha256 of NAMES ("./path" lines) in DIR, one process, in its
+# `-r` form ("<sha256> *./<path>" a line; nothing where it fails). The
+# caller has IFS set to a newline and globbing off, and runs it in a
+# subshell ($(...) or (...)): it changes directory and execs.
+openssl_names() { # DIR NAMES
+    # shellcheck disable=SC2086 # split on newlines only, with no globbing
+    cd "$1" 2>/dev/null && exec openssl dgst -sha256 -r $2 2>/dev/null
+}
+
 # 0 when files adding up to BYTES are hashed with openssl (see sums_check)
 openssl_pays() { # BYTES
     [ "$1" -ge 4194304 ] && command -v openssl >/dev/null 2>&1

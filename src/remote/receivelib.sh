@@ -325,21 +325,19 @@ receive_main() { # BASE DIGEST RUN_ID MODE [FORMAT]
         on_lines "${fix644%"$nl"}" chmod 644 -- || write_fail "$BASE" "$err"
     fi
 
-    # one sha256sum (lib.sh: sums_check) for all files: intact when it prints
-    # "path: OK" for each
-    # line, in order; else the results are read in step with .pushrun-expect
-    # and the first file that is not plainly OK is named
     # Big payloads (lib.sh: openssl_pays) whose names fit one command line
-    # are hashed by one openssl run here, its output compared whole with what
-    # intact files give (no awk, no shell between); anything else goes the
-    # sums_check way, which also names the file that is not intact.
+    # are hashed by one openssl run here, its output compared whole with
+    # what intact files give (no awk, no shell between). Anything else goes
+    # through one sha256sum (lib.sh: sums_check) for all files: intact when
+    # it prints "path: OK" for each line, in order; else the results are
+    # read in step with .pushrun-expect and the first file that is not
+    # plainly OK is named.
     res=
     if [ "$n" -gt 0 ] && [ "${#dpaths}" -lt 65536 ] && openssl_pays "$bytes"; then
         saved_ifs=$IFS
         IFS=$nl
         set -f
-        # shellcheck disable=SC2086 # split on newlines only, with no globbing
-        res=$(cd "$stage" && exec openssl dgst -sha256 -r $dpaths 2>/dev/null)
+        res=$(openssl_names "$stage" "$dpaths")
         set +f
         IFS=$saved_ifs
     fi
