@@ -41,7 +41,11 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
     }
     // Persisted masters are keyed by this text: a change in an included
     // file must change it too.
-    text.push_str(&format!("# included: {}\n", included_digest(&text)));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    text.push_str(&format!(
+        "# included: {}\n",
+        included_digest(&text, home.as_deref())
+    ));
     let base = text.clone();
     if opts.kex == Kex::Fast {
         text.push_str(&format!(
@@ -70,19 +74,128 @@ pub fn write_ssh_config(dir: &ControlDir, opts: &SshOptions) -> io::Result<PathB
     Ok(path)
 }
 
-/// A digest of the files named by the `Include` lines of `text` (missing
-/// ones count as empty).
-fn included_digest(text: &str) -> String {
+/// The text by which persisted masters are told apart ([`super::persist`]):
+/// the run's config without its own `Include` lines, whose files are in it
+/// by their content (the `# included:` digest), not by their paths. The
+/// same settings under another path, as a wrapper that writes a fresh
+/// temporary config for each run gives, are the same connection.
+pub(super) fn identity(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("Include "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// How deep ssh follows `Include` (readconf.c: READCONF_MAX_DEPTH).
+const INCLUDE_DEPTH: usize = 16;
+
+/// A digest of the content ssh reads through the `Include` lines of the
+/// run's config `text`: each file, then the files its own `Include` lines
+/// name (globs expanded in lexical order; a relative path is in ~/.ssh
+/// for a user's file, in /etc/ssh for the system's, as ssh_config(5)
+/// says), as deep as ssh goes. A file that is missing counts as such; the
+/// paths themselves do not count.
+fn included_digest(text: &str, home: Option<&Path>) -> String {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     for line in text.lines() {
         if let Some(file) = line.strip_prefix("Include ") {
-            let file = file.trim_matches('"');
-            digest.update(file.as_bytes());
-            digest.update(std::fs::read(file).unwrap_or_default());
+            let file = Path::new(file.trim_matches('"'));
+            // the one system file pushrun names; `--ssh-config` is a user one
+            let system = file == Path::new("/etc/ssh/ssh_config");
+            hash_config(&mut digest, file, system, home, 0);
         }
     }
     crate::payload::hex(&digest.finalize()[..16])
+}
+
+fn hash_config(
+    digest: &mut sha2::Sha256,
+    file: &Path,
+    system: bool,
+    home: Option<&Path>,
+    depth: usize,
+) {
+    use sha2::Digest;
+    let Ok(bytes) = std::fs::read(file) else {
+        digest.update(b"missing\0");
+        return;
+    };
+    digest.update((bytes.len() as u64).to_be_bytes());
+    digest.update(&bytes);
+    if depth + 1 >= INCLUDE_DEPTH {
+        return;
+    }
+    for pattern in include_args(&String::from_utf8_lossy(&bytes)) {
+        for path in expand_include(&pattern, system, home) {
+            hash_config(digest, &path, system, home, depth + 1);
+        }
+    }
+}
+
+/// The paths named by the `Include` lines of a config file's text: the
+/// keyword in any case, after spaces or `=`, each argument possibly in
+/// double quotes.
+fn include_args(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let end = line
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(line.len());
+        if !line[..end].eq_ignore_ascii_case("include") {
+            continue;
+        }
+        let mut rest = line[end..].trim_start();
+        if let Some(r) = rest.strip_prefix('=') {
+            rest = r.trim_start();
+        }
+        let mut word = String::new();
+        let mut quoted = false;
+        let mut started = false;
+        for c in rest.chars() {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    started = true;
+                }
+                c if c.is_whitespace() && !quoted => {
+                    if started {
+                        found.push(std::mem::take(&mut word));
+                        started = false;
+                    }
+                }
+                '#' if !quoted && !started => break,
+                c => {
+                    word.push(c);
+                    started = true;
+                }
+            }
+        }
+        if started {
+            found.push(word);
+        }
+    }
+    found
+}
+
+/// The files an `Include` argument names, in the order ssh reads them.
+fn expand_include(pattern: &str, system: bool, home: Option<&Path>) -> Vec<PathBuf> {
+    let path = match (pattern.strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) if !system => home.join(rest),
+        _ if pattern.starts_with('/') => PathBuf::from(pattern),
+        _ if system => Path::new("/etc/ssh").join(pattern),
+        _ => match home {
+            Some(home) => home.join(".ssh").join(pattern),
+            None => return Vec::new(),
+        },
+    };
+    let Ok(paths) = glob::glob(&path.to_string_lossy()) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = paths.flatten().collect();
+    paths.sort();
+    paths
 }
 
 /// The cheap key exchanges, best first: ML-KEM's hybrid (post-quantum, and
@@ -250,5 +363,78 @@ fn sweep_stale(base: &Path) {
         if meta.is_dir() && meta.uid() == uid && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn run_config(user_file: &Path) -> String {
+        format!("Include \"{}\"\n", user_file.display())
+    }
+
+    #[test]
+    fn include_lines_are_read_as_ssh_reads_them() {
+        let text = "Host a\n  Include  one \"two words\" # note\n\
+                    include=three\n  INCLUDE = four five\n# Include six\nIncludeX seven\n";
+        assert_eq!(
+            include_args(text),
+            ["one", "two words", "three", "four", "five"]
+        );
+    }
+
+    #[test]
+    fn the_same_settings_under_another_path_are_the_same_connection() {
+        let home = tempfile::tempdir().unwrap();
+        let (a, b) = (home.path().join("a.conf"), home.path().join("b.conf"));
+        write(&a, "Host *\n  Include extra/*.conf\n");
+        write(&b, "Host *\n  Include extra/*.conf\n");
+        write(&home.path().join(".ssh/extra/1.conf"), "Port 22\n");
+        let h = Some(home.path());
+        let (ta, tb) = (run_config(&a), run_config(&b));
+        assert_eq!(included_digest(&ta, h), included_digest(&tb, h));
+        let with = |t: &str| identity(&format!("{t}# included: {}\n", included_digest(t, h)));
+        assert_eq!(with(&ta), with(&tb));
+        assert!(!with(&ta).contains("a.conf"));
+    }
+
+    #[test]
+    fn a_change_in_a_file_included_from_an_included_file_is_another_connection() {
+        let home = tempfile::tempdir().unwrap();
+        let main = home.path().join("main.conf");
+        let h = Some(home.path());
+        let text = run_config(&main);
+        write(&main, "Include ~/conf.d/*\n");
+        write(&home.path().join("conf.d/a"), "Include deeper\n");
+        write(&home.path().join(".ssh/deeper"), "User one\n");
+        let before = included_digest(&text, h);
+        assert_eq!(before, included_digest(&text, h), "stable");
+        write(&home.path().join(".ssh/deeper"), "User two\n");
+        let changed = included_digest(&text, h);
+        assert_ne!(before, changed, "a file two includes down");
+        write(&home.path().join("conf.d/b"), "Port 2\n");
+        assert_ne!(
+            changed,
+            included_digest(&text, h),
+            "a new file the glob matches"
+        );
+    }
+
+    #[test]
+    fn a_config_that_includes_itself_is_read_to_sshs_depth_only() {
+        let home = tempfile::tempdir().unwrap();
+        let main = home.path().join(".ssh/loop");
+        write(&main, "Include loop\n");
+        let text = run_config(&main);
+        assert_eq!(
+            included_digest(&text, Some(home.path())),
+            included_digest(&text, Some(home.path()))
+        );
     }
 }

@@ -126,7 +126,9 @@ fn persisted_socket(host: &Host, config_file: &Path, opts: &SshOptions) -> Optio
     }
     let dir = PersistDir::open().ok()?;
     let config = std::fs::read_to_string(config_file).ok()?;
-    // The config file's own path is the run's: what counts is its text.
+    // The config file's own path is the run's, and those it includes may
+    // be anywhere: what counts is their text.
+    let config = control::identity(&config);
     let mut args = host_args(host, Path::new("-"), opts);
     args.push(host.address().into());
     Some(dir.socket_for(&args, &config))

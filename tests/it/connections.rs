@@ -2,6 +2,7 @@
 //! waits on a signal), and what a run leaves behind.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::time::Duration;
 
 use pushrun::inventory::Inventory;
@@ -212,6 +213,51 @@ fn a_dead_master_is_replaced_and_other_settings_get_their_own() {
     let other = p.exec(&hosts, "60", &["--connect-timeout", "7", "--", "hostname"]);
     assert_eq!(other.code, 0, "{}", other.all());
     assert_eq!(p.masters().len(), 4);
+}
+
+#[test]
+fn the_same_config_under_another_path_shares_the_masters_and_a_changed_include_does_not() {
+    let hosts = TestHosts::start(2);
+    let p = Persisting::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A wrapper's configs: the fleet's settings, and a file they include
+    // that includes another.
+    let base = std::fs::read_to_string(hosts.ssh_config()).unwrap();
+    let deeper = dir.path().join("deeper.conf");
+    std::fs::write(&deeper, "# one\n").unwrap();
+    std::fs::write(
+        dir.path().join("extra.conf"),
+        format!("Include {}\n", deeper.display()),
+    )
+    .unwrap();
+    let text = format!("Include {}/extra.conf\n{base}", dir.path().display());
+    let (a, b) = (dir.path().join("a.conf"), dir.path().join("b.conf"));
+    std::fs::write(&a, &text).unwrap();
+    std::fs::write(&b, &text).unwrap();
+    let exec = |config: &Path| {
+        let out = p
+            .pushrun(&["exec", "--hosts"])
+            .arg(hosts.hosts_yaml())
+            .arg("--ssh-config")
+            .arg(config)
+            .args(["--persist", "60", "--", "hostname"])
+            .output()
+            .unwrap();
+        let run = crate::common::to_run(out);
+        assert_eq!(run.code, 0, "{}", run.all());
+    };
+    exec(&a);
+    let masters = p.masters();
+    assert_eq!(masters.len(), 2, "{masters:?}");
+    exec(&b);
+    assert_eq!(p.masters(), masters, "the same text under another path");
+    // A change two includes down is another configuration.
+    std::fs::write(&deeper, "# two\n").unwrap();
+    exec(&a);
+    let after = p.masters();
+    assert_eq!(after.len(), 4, "{after:?}");
+    exec(&b);
+    assert_eq!(p.masters(), after);
 }
 
 #[test]
