@@ -117,7 +117,9 @@ fn hash_config(
     depth: usize,
 ) {
     use sha2::Digest;
-    let Ok(bytes) = std::fs::read(file) else {
+    // a regular file only (a FIFO or a device named there would never end)
+    let regular = std::fs::metadata(file).is_ok_and(|m| m.is_file());
+    let Some(bytes) = regular.then(|| std::fs::read(file).ok()).flatten() else {
         digest.update(b"missing\0");
         return;
     };
@@ -423,6 +425,18 @@ mod tests {
             changed,
             included_digest(&text, h),
             "a new file the glob matches"
+        );
+    }
+
+    #[test]
+    fn an_include_of_something_that_is_not_a_file_is_not_read() {
+        let home = tempfile::tempdir().unwrap();
+        let main = home.path().join("main.conf");
+        write(&main, "Include /dev/zero /dev/stdin ~/\n");
+        let text = run_config(&main);
+        assert_eq!(
+            included_digest(&text, Some(home.path())),
+            included_digest(&text, Some(home.path()))
         );
     }
 
