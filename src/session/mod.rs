@@ -118,6 +118,18 @@ struct MasterSpec {
     persist: Option<Duration>,
 }
 
+impl MasterSpec {
+    /// A master of this run only, in its control dir (`slot` names it).
+    fn private(dir: &ControlDir, slot: usize) -> MasterSpec {
+        MasterSpec {
+            ctl: dir.path().join(slot.to_string()),
+            log: dir.path().join(format!("{slot}.log")),
+            pass_file: dir.path().join(format!("{slot}.pass")),
+            persist: None,
+        }
+    }
+}
+
 /// The persisted socket for `host`, when masters are to outlive the run
 /// and the per-user directory is usable.
 fn persisted_socket(host: &Host, config_file: &Path, opts: &SshOptions) -> Option<PathBuf> {
@@ -152,12 +164,7 @@ impl Session {
             .await
             .map_err(|why| ConnectError::new(ConnectFailure::Other, why))?;
         let Some(ctl) = persisted_socket(host, config_file, opts) else {
-            let master = MasterSpec {
-                ctl: dir.path().join(slot.to_string()),
-                log: dir.path().join(format!("{slot}.log")),
-                pass_file: dir.path().join(format!("{slot}.pass")),
-                persist: None,
-            };
+            let master = MasterSpec::private(dir, slot);
             return Self::open(master, config_file, host, opts, password, share).await;
         };
         let limit = opts.connect_timeout + Duration::from_secs(5);
@@ -165,7 +172,15 @@ impl Session {
             .await
             .map_err(|e| ConnectError::new(ConnectFailure::Other, e.to_string()))?;
         let log = ctl.with_extension("log");
-        if persist::live_or_cleared(&ctl).await {
+        let found = persist::look(&ctl).await;
+        if found == persist::Found::Silent {
+            // Another master holds the socket and does not answer: this
+            // run neither waits for it nor takes its place.
+            drop(_lock);
+            let master = MasterSpec::private(dir, slot);
+            return Self::open(master, config_file, host, opts, password, share).await;
+        }
+        if found == persist::Found::Live {
             let mux = openssh::Session::resume_mux(
                 ctl.clone().into_boxed_path(),
                 Some(log.clone().into_boxed_path()),

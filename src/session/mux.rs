@@ -56,6 +56,56 @@ pub(super) async fn alive(ctl: &Path) -> io::Result<u32> {
 
 /// Hello both ways, then one request (`kind` with request id 1) and its
 /// answer: the answer's type and the rest of its body.
+/// Ends the master behind `ctl` that took a connection but did not answer
+/// (a stopped process keeps its socket listening): the `ssh` of this user
+/// started with `-S CTL` (the socket cannot say: it was made before the
+/// master went to the background) gets SIGTERM and SIGCONT (a stopped
+/// process acts on nothing before it is continued). True when one was
+/// signalled.
+pub(super) fn end_silent(ctl: &Path) -> bool {
+    let Some(pid) = master_pid(ctl) else {
+        return false;
+    };
+    // SAFETY: kill(2) on a pid just found to be that master.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, libc::SIGCONT);
+    }
+    true
+}
+
+/// The pid of this user's `ssh -S CTL ...`, from /proc.
+fn master_pid(ctl: &Path) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let want = ctl.as_os_str().as_bytes();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata().map_or(true, |m| m.uid() != uid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_ssh = args
+            .first()
+            .is_some_and(|a| *a == b"ssh" || a.ends_with(b"/ssh"));
+        if is_ssh && args.windows(2).any(|w| w[0] == b"-S" && w[1] == want) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 async fn exchange(ctl: &Path, kind: u32) -> io::Result<(u32, Vec<u8>)> {
     let talk = async {
         let mut sock = UnixStream::connect(ctl).await?;

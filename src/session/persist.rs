@@ -134,9 +134,15 @@ impl Persisted {
     }
 
     /// Ends the master (the mux protocol's exit request) and removes its
-    /// files; false when no master answered.
+    /// files; false when no master was there. A master that holds the
+    /// socket but does not answer (stopped, say) is ended by a signal, so
+    /// that no process is left that nothing could reach any more.
     pub async fn disconnect(&self) -> bool {
-        let ended = mux::request_exit(&self.ctl).await.is_ok();
+        let ended = match mux::request_exit(&self.ctl).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => mux::end_silent(&self.ctl),
+            Err(_) => false,
+        };
         forget(&self.ctl);
         let _ = std::fs::remove_file(self.ctl.with_extension("lock"));
         ended
@@ -190,19 +196,34 @@ impl ConnectLock {
     }
 }
 
-/// A live master on `ctl`, else nothing there any more: a socket that no
-/// master answers on (dead, or not a master) is removed.
-pub(super) async fn live_or_cleared(ctl: &Path) -> bool {
+/// What a run finds on a persisted socket ([`look`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Found {
+    /// A master that answers: attach to it.
+    Live,
+    /// Nothing (any more): a socket no master was behind is removed.
+    Cleared,
+    /// A master that took the connection but did not answer in time
+    /// (stopped, or a machine too busy): it is left as it is, socket and
+    /// all, and this run connects on its own.
+    Silent,
+}
+
+/// What is on `ctl`: see [`Found`].
+pub(super) async fn look(ctl: &Path) -> Found {
     if ctl.symlink_metadata().is_err() {
         // ssh removed the socket of a master that expired; its notes stay.
         forget(ctl);
-        return false;
+        return Found::Cleared;
     }
-    if mux::alive(ctl).await.is_ok() {
-        return true;
+    match mux::alive(ctl).await {
+        Ok(_) => Found::Live,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Found::Silent,
+        Err(_) => {
+            forget(ctl);
+            Found::Cleared
+        }
     }
-    forget(ctl);
-    false
 }
 
 fn persist_base() -> PathBuf {

@@ -116,6 +116,20 @@ impl Persisting {
         crate::common::to_run(out)
     }
 
+    /// A first run of `hostname` on every host, whose masters persist for
+    /// a minute: its result, and the pids of the masters (one per host).
+    fn first_run(&self, hosts: &TestHosts) -> (crate::common::Run, Vec<String>) {
+        let first = self.exec(hosts, "60", &["--", "hostname"]);
+        assert_eq!(first.code, 0, "{}", first.all());
+        let masters = self.masters();
+        assert_eq!(
+            masters.len(),
+            hosts.len(),
+            "one master per host: {masters:?}"
+        );
+        (first, masters)
+    }
+
     /// The pids of the masters living in this directory.
     fn masters(&self) -> Vec<String> {
         let marker = format!("-S {}/", self.runtime.path().display());
@@ -139,10 +153,7 @@ impl Drop for Persisting {
 fn a_second_run_attaches_to_the_masters_the_first_left() {
     let hosts = TestHosts::start(3);
     let p = Persisting::new();
-    let first = p.exec(&hosts, "60", &["--", "hostname"]);
-    assert_eq!(first.code, 0, "{}", first.all());
-    let masters = p.masters();
-    assert_eq!(masters.len(), 3, "one master per host: {masters:?}");
+    let (first, masters) = p.first_run(&hosts);
     let listed = p
         .pushrun(&["hosts", "--hosts"])
         .arg(hosts.hosts_yaml())
@@ -190,10 +201,7 @@ fn a_second_run_attaches_to_the_masters_the_first_left() {
 fn a_dead_master_is_replaced_and_other_settings_get_their_own() {
     let hosts = TestHosts::start(2);
     let p = Persisting::new();
-    let first = p.exec(&hosts, "60", &["--", "hostname"]);
-    assert_eq!(first.code, 0, "{}", first.all());
-    let masters = p.masters();
-    assert_eq!(masters.len(), 2, "{masters:?}");
+    let (first, masters) = p.first_run(&hosts);
     // A master killed outright leaves its socket behind.
     for pid in &masters {
         let _ = std::process::Command::new("kill")
@@ -258,6 +266,43 @@ fn the_same_config_under_another_path_shares_the_masters_and_a_changed_include_d
     assert_eq!(after.len(), 4, "{after:?}");
     exec(&b);
     assert_eq!(p.masters(), after);
+}
+
+/// Sends SIGKILL to a pid when dropped (a stopped master must not outlive
+/// a failed test).
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_master_that_does_not_answer_is_left_alone_and_disconnect_ends_it() {
+    let hosts = TestHosts::start(1);
+    let p = Persisting::new();
+    let (first, masters) = p.first_run(&hosts);
+    let _kill = KillOnDrop(masters[0].clone());
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &masters[0]])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The stopped master still holds its socket: a run neither hangs on it
+    // nor starts a second persisted master beside it.
+    let second = p.exec(&hosts, "60", &["--", "hostname"]);
+    assert_eq!(second.code, 0, "{}", second.all());
+    assert_eq!(sorted(&second.stdout), sorted(&first.stdout));
+    assert_eq!(p.masters(), masters, "no second master for the host");
+    let out = p.pushrun(&["disconnect"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("disconnected 1 hosts"), "{said}");
+    wait_until(Duration::from_secs(5), "the stopped master ended", || {
+        p.masters().is_empty()
+    });
 }
 
 #[test]
