@@ -421,9 +421,10 @@ done
 # on one line. Where there are 3 or fewer, none goes and all are sources,
 # in any order: then no ls.
 # (this run's payload, when the upload is to make its dir, counts as the
-# most recently used already)
-ncached=0
-[ "$mode" != cache ] || [ -z "$target_new" ] || ncached=1
+# most recently used already: "ahead", 1 or 0)
+ahead=0
+[ "$mode" != cache ] || [ -z "$target_new" ] || ahead=1
+ncached=$ahead
 for f in "$BASE"/cache/*; do
     case ${f##*/} in
         '' | *[!0-9a-f]*) ;;
@@ -440,8 +441,7 @@ else
     done
 fi
 # in this shell (no fork for a pipe), a name a line
-kept=0 nsrc=0 srcs=
-[ "$mode" != cache ] || [ -z "$target_new" ] || kept=1
+kept=$ahead nsrc=0 srcs=
 saved_ifs=$IFS
 IFS=$nl
 set -f
