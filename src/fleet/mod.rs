@@ -88,21 +88,25 @@ pub struct PayloadJob {
 /// Archives up to this size are kept in memory once built (see [`Spooled`]).
 const IN_MEMORY: u64 = 64 << 20;
 
-/// A payload archive built for hosts: a file of its own with no name (see
-/// [`Payload::spool_tar_gz`]), and, where it is at most [`IN_MEMORY`], its
-/// bytes, which every host is then sent from (no read of the file, and no
-/// hop to a blocking thread, per 64 KiB per host).
+/// A payload archive built for hosts (see [`Payload::spool_tar_gz`]): its
+/// bytes where it is at most [`IN_MEMORY`], which every host is then sent
+/// from (no read of the file, and no hop to a blocking thread, per 64 KiB
+/// per host); else its file with no name, which each host reads from its
+/// start through an opening of its own.
 #[derive(Debug)]
 pub(crate) struct Spooled {
-    /// The archive's file, read from its start through an opening of each
-    /// host's own where `bytes` is `None`.
-    pub(crate) file: std::fs::File,
-    /// The archive itself, where it is small enough.
-    pub(crate) bytes: Option<Vec<u8>>,
+    pub(crate) body: SpooledBody,
     /// Its size in bytes.
     pub(crate) size: u64,
     /// Whether it is a tar.gz (else a plain tar: the files do not compress).
     pub(crate) gzip: bool,
+}
+
+/// Where a [`Spooled`] archive is kept.
+#[derive(Debug)]
+pub(crate) enum SpooledBody {
+    Memory(Vec<u8>),
+    File(std::fs::File),
 }
 
 impl Spooled {
@@ -112,21 +116,19 @@ impl Spooled {
         let failed = |e: std::io::Error| format!("cannot read the payload archive: {e}");
         let size = file.metadata().map_err(failed)?.len();
         let mut magic = [0u8; 2];
-        let bytes = if size <= IN_MEMORY {
+        let body = if size <= IN_MEMORY {
             let mut bytes = vec![0; size as usize];
             file.read_exact_at(&mut bytes, 0).map_err(failed)?;
-            Some(bytes)
+            SpooledBody::Memory(bytes)
         } else {
             file.read_exact_at(&mut magic, 0).map_err(failed)?;
-            None
+            SpooledBody::File(file)
         };
-        let gzip = crate::payload::is_gzip(bytes.as_deref().unwrap_or(&magic));
-        Ok(Spooled {
-            file,
-            bytes,
-            size,
-            gzip,
-        })
+        let gzip = crate::payload::is_gzip(match &body {
+            SpooledBody::Memory(bytes) => bytes,
+            SpooledBody::File(_) => &magic,
+        });
+        Ok(Spooled { body, size, gzip })
     }
 }
 

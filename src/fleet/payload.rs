@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{PayloadJob, RunSpec, error_chain, raised, reloaded, script_failure};
+use super::{PayloadJob, RunSpec, SpooledBody, error_chain, raised, reloaded, script_failure};
 
 use super::output::serve_tunnel;
 use crate::events::{Event, HostId, HostOutcome, StageStats, Status, Stream, Timings};
@@ -181,10 +181,10 @@ async fn send_what_is_missing<'s>(
         let format = if archive.gzip { "gz" } else { "tar" };
         // from memory, or through an opening of its own, so that hosts read
         // the shared file each from its start
-        let reader: Box<dyn tokio::io::AsyncBufRead + Unpin + Send + '_> = match &archive.bytes {
-            Some(bytes) => Box::new(&bytes[..]),
-            None => {
-                let own = format!("/proc/self/fd/{}", archive.file.as_raw_fd());
+        let reader: Box<dyn tokio::io::AsyncBufRead + Unpin + Send + '_> = match &archive.body {
+            SpooledBody::Memory(bytes) => Box::new(&bytes[..]),
+            SpooledBody::File(file) => {
+                let own = format!("/proc/self/fd/{}", file.as_raw_fd());
                 let file = tokio::fs::File::open(own)
                     .await
                     .map_err(|e| StageError::Failed {
