@@ -168,35 +168,37 @@ impl Session {
             return Self::open(master, config_file, host, opts, password, share).await;
         };
         let limit = opts.connect_timeout + Duration::from_secs(5);
-        let _lock = persist::ConnectLock::take(&ctl, limit)
+        let lock = persist::ConnectLock::take(&ctl, limit)
             .await
             .map_err(|e| ConnectError::new(ConnectFailure::Other, e.to_string()))?;
         let log = ctl.with_extension("log");
-        let found = persist::look(&ctl).await;
-        if found == persist::Found::Silent {
-            // Another master holds the socket and does not answer: this
-            // run neither waits for it nor takes its place.
-            drop(_lock);
-            let master = MasterSpec::private(dir, slot);
-            return Self::open(master, config_file, host, opts, password, share).await;
-        }
-        if found == persist::Found::Live {
-            let mux = openssh::Session::resume_mux(
-                ctl.clone().into_boxed_path(),
-                Some(log.clone().into_boxed_path()),
-            );
-            return Ok(Session {
-                master: Master(None),
-                ctl,
-                log,
-                destination: host.address().to_string(),
-                config_file: config_file.to_path_buf(),
-                persisted: true,
-                mux,
-                _share: share,
-                login_noise: std::sync::Arc::default(),
-                one_session: std::sync::atomic::AtomicBool::new(false),
-            });
+        match persist::look(&ctl).await {
+            persist::Found::Live => {
+                let mux = openssh::Session::resume_mux(
+                    ctl.clone().into_boxed_path(),
+                    Some(log.clone().into_boxed_path()),
+                );
+                return Ok(Session {
+                    master: Master(None),
+                    ctl,
+                    log,
+                    destination: host.address().to_string(),
+                    config_file: config_file.to_path_buf(),
+                    persisted: true,
+                    mux,
+                    _share: share,
+                    login_noise: std::sync::Arc::default(),
+                    one_session: std::sync::atomic::AtomicBool::new(false),
+                });
+            }
+            persist::Found::Silent => {
+                // Another master holds the socket and does not answer: this
+                // run neither waits for it nor takes its place.
+                drop(lock);
+                let master = MasterSpec::private(dir, slot);
+                return Self::open(master, config_file, host, opts, password, share).await;
+            }
+            persist::Found::Cleared => {}
         }
         let master = MasterSpec {
             log,

@@ -197,7 +197,7 @@ impl ConnectLock {
 }
 
 /// What a run finds on a persisted socket ([`look`]).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Found {
     /// A master that answers: attach to it.
     Live,
